@@ -272,7 +272,7 @@ mod tests {
                 key: KeyRec {
                     vertex: 1,
                     object: 2,
-                    per_flow: lsn % 2 == 0,
+                    per_flow: lsn.is_multiple_of(2),
                     sub: vec![lsn as u8; (lsn % 40) as usize],
                 },
                 num: -(lsn as i64),
