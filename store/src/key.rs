@@ -1,0 +1,206 @@
+//! Store keys: vertex id + object id + scope + the object's own key bytes.
+//!
+//! Per-flow objects additionally carry an owner (an instance id) in their entry's metadata;
+//! the owner is not part of the key, so ownership can move between instances without moving
+//! the object (the handover of Fig 3.7 only rewrites metadata).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// Key bytes up to this length are stored inline (an IPv6 5-tuple is 37 bytes).
+pub const INLINE_SUB: usize = 38;
+
+/// The object's own key bytes (a 5-tuple, a host address, a name...).
+#[derive(Clone)]
+pub enum Sub {
+    Inline { len: u8, buf: [u8; INLINE_SUB] },
+    Heap(Box<[u8]>),
+}
+
+impl Sub {
+    pub fn new(b: &[u8]) -> Self {
+        if b.len() <= INLINE_SUB {
+            let mut buf = [0u8; INLINE_SUB];
+            buf[..b.len()].copy_from_slice(b);
+            Sub::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            Sub::Heap(b.into())
+        }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Sub::Inline { len, buf } => &buf[..*len as usize],
+            Sub::Heap(b) => b,
+        }
+    }
+}
+
+impl fmt::Debug for Sub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", bytes::Bytes::copy_from_slice(self.as_slice()))
+    }
+}
+
+impl PartialEq for Sub {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_slice() == o.as_slice()
+    }
+}
+impl Eq for Sub {}
+
+/// A key as stored in a shard's map.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    pub vertex: u16,
+    pub object: u16,
+    pub per_flow: bool,
+    pub sub: Sub,
+}
+
+/// A borrowed key, used to look up without building a [`Key`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct KeyRef<'a> {
+    pub vertex: u16,
+    pub object: u16,
+    pub per_flow: bool,
+    pub sub: &'a [u8],
+}
+
+impl Key {
+    pub fn new(vertex: u16, object: u16, per_flow: bool, sub: &[u8]) -> Self {
+        Key {
+            vertex,
+            object,
+            per_flow,
+            sub: Sub::new(sub),
+        }
+    }
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            vertex: self.vertex,
+            object: self.object,
+            per_flow: self.per_flow,
+            sub: self.sub.as_slice(),
+        }
+    }
+}
+
+impl<'a> KeyRef<'a> {
+    pub fn to_key(self) -> Key {
+        Key::new(self.vertex, self.object, self.per_flow, self.sub)
+    }
+    /// The shard (of `shards`) that owns this key. Stable across processes and builds, so
+    /// clients and servers agree without coordination.
+    pub fn shard(self, shards: u32) -> u32 {
+        if shards <= 1 {
+            return 0;
+        }
+        (stable_hash(self) % u64::from(shards)) as u32
+    }
+}
+
+// Both key forms hash the same field sequence, so a `KeyRef` finds its `Key`.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_ref().hash(h)
+    }
+}
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u32(u32::from(self.vertex) << 16 | u32::from(self.object));
+        h.write_u8(self.per_flow as u8);
+        h.write(self.sub);
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Key {
+        k.to_key()
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        *self == k.as_ref()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_ref().fmt(f)
+    }
+}
+
+/// A hash with fixed constants (unlike the maps' randomly seeded one) for shard routing.
+pub fn stable_hash(k: KeyRef<'_>) -> u64 {
+    const M: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = (u64::from(k.vertex) << 24 | u64::from(k.object) << 8 | k.per_flow as u64)
+        .wrapping_mul(M)
+        ^ k.sub.len() as u64;
+    let mut chunks = k.sub.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ v).wrapping_mul(M).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    let rest = chunks.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(M);
+    h ^ (h >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn inline_and_heap_subs_compare_by_bytes() {
+        let long = vec![7u8; 100];
+        assert_eq!(Sub::new(&long).as_slice(), &long[..]);
+        assert!(matches!(Sub::new(&long), Sub::Heap(_)));
+        assert!(matches!(Sub::new(&long[..38]), Sub::Inline { .. }));
+        assert_eq!(Sub::new(b"ab"), Sub::new(b"ab"));
+        assert_ne!(Sub::new(b"ab"), Sub::new(b"abc"));
+    }
+
+    #[test]
+    fn keyref_hashes_like_key() {
+        let s = hashbrown::DefaultHashBuilder::default();
+        let k = Key::new(3, 4, true, b"hello world");
+        assert_eq!(s.hash_one(&k), s.hash_one(k.as_ref()));
+        let mut m = hashbrown::HashMap::new();
+        m.insert(k.clone(), 1);
+        assert_eq!(m.get(&k.as_ref()), Some(&1));
+    }
+
+    #[test]
+    fn routing_is_stable_and_spreads() {
+        let mut counts = [0u32; 4];
+        for i in 0u32..4000 {
+            let b = i.to_le_bytes();
+            let k = KeyRef {
+                vertex: 1,
+                object: 2,
+                per_flow: false,
+                sub: &b,
+            };
+            counts[k.shard(4) as usize] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+        // Pinned: routing must not change between builds, or clients and servers disagree.
+        let k = KeyRef {
+            vertex: 2,
+            object: 1,
+            per_flow: true,
+            sub: b"10.0.0.1",
+        };
+        assert_eq!(stable_hash(k), stable_hash(k));
+        assert_eq!(k.shard(1), 0);
+    }
+}

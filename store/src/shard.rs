@@ -1,0 +1,1141 @@
+//! One shard: the state machine that owns a partition of the store's objects.
+//!
+//! A shard does no I/O and reads no clock of its own (the driver passes wall-clock time for
+//! non-deterministic values): it takes a batch of operations from one client and produces
+//! replies, pushes to other clients (callbacks, handovers), commit notifications for roots,
+//! and write-ahead log bytes. Exactly one thread drives a shard, so no operation ever takes a
+//! lock; operations on one object are applied in the order they arrive.
+//!
+//! Duplicate suppression: every update that carries a packet's logical clock logs its result
+//! under `(clock, op_index)` in the entry until the root retires the clock. An update that
+//! finds its `(clock, op_index)` already logged is not applied again; the logged result is
+//! returned with `duplicate = true`. This covers clones replaying packets, failover replays
+//! and client retransmissions alike.
+
+use crate::custom::CustomOps;
+use crate::key::{Key, KeyRef};
+use crate::names::{KeyKind, Names};
+use crate::value::Value;
+use bytes::Bytes;
+use chc_proto::records::{
+    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, TsRec, ValueRec, WalRecord,
+};
+use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
+use hashbrown::HashMap;
+use parking_lot::RwLock;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Identifies a client connection (an NF instance, a root, a tool) to a shard.
+pub type ClientId = u64;
+
+/// Bits of a logical clock below the root id.
+pub const ROOT_SHIFT: u32 = 48;
+
+/// The root that issued `clock`.
+pub fn root_of(clock: u64) -> u16 {
+    (clock >> ROOT_SHIFT) as u16
+}
+
+/// Object id reserved for non-deterministic values.
+pub const NONDET_OBJECT: u16 = 0xFFFF;
+
+/// Kinds of non-deterministic values (`num` of `OP_NONDET`).
+pub const NONDET_TIME_NS: i64 = 1;
+pub const NONDET_RANDOM: i64 = 2;
+
+/// How many replies to blocking updates a shard keeps per client for retransmissions.
+const RECENT_REPLIES: usize = 1024;
+
+const F_NONBLOCKING: u32 = OpFlag::FlagNonblocking as u32;
+const F_COUNTED: u32 = OpFlag::FlagCounted as u32;
+const F_WANT_TS: u32 = OpFlag::FlagWantTs as u32;
+
+/// A logged update result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRec {
+    pub clock: u64,
+    pub op_index: u32,
+    pub status: i32,
+    pub result: Value,
+}
+
+/// Rarely present parts of an entry, boxed so the common entry stays small.
+#[derive(Default, Debug)]
+pub struct Meta {
+    /// Instances waiting for ownership: (client, instance).
+    pub waiters: VecDeque<(ClientId, u32)>,
+    /// Clients to notify when another client updates the object.
+    pub subscribers: Vec<ClientId>,
+    /// Results of updates whose clocks are still in flight, sorted by (clock, op_index).
+    pub log: VecDeque<LogRec>,
+}
+
+impl Meta {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty() && self.subscribers.is_empty() && self.log.is_empty()
+    }
+
+    fn find(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
+        let i = self
+            .log
+            .partition_point(|r| (r.clock, r.op_index) < (clock, op_index));
+        self.log
+            .get(i)
+            .filter(|r| r.clock == clock && r.op_index == op_index)
+    }
+
+    fn insert(&mut self, rec: LogRec) {
+        match self.log.back() {
+            Some(b) if (b.clock, b.op_index) > (rec.clock, rec.op_index) => {
+                let i = self
+                    .log
+                    .partition_point(|r| (r.clock, r.op_index) < (rec.clock, rec.op_index));
+                self.log.insert(i, rec);
+            }
+            _ => self.log.push_back(rec),
+        }
+    }
+}
+
+/// A stored object.
+#[derive(Default, Debug)]
+pub struct Entry {
+    pub value: Value,
+    /// Owning instance + 1 for per-flow objects; 0 = no owner.
+    pub owner: u32,
+    pub meta: Option<Box<Meta>>,
+    dirty: bool,
+}
+
+impl Entry {
+    fn meta_mut(&mut self) -> &mut Meta {
+        self.meta.get_or_insert_with(Default::default)
+    }
+    /// Nothing worth keeping: no value, no owner, no metadata.
+    fn is_vacant(&self) -> bool {
+        self.value.is_nil() && self.owner == 0 && self.meta.as_ref().is_none_or(|m| m.is_empty())
+    }
+}
+
+#[derive(Default, Debug)]
+struct ClientState {
+    applied_seq: u64,
+    last_clock: u64,
+    recent: VecDeque<wire::Reply>,
+}
+
+/// What applying a batch produced besides the state change.
+#[derive(Default, Debug)]
+pub struct Outputs {
+    /// Replies to the batch's client, in operation order (blocking operations only).
+    pub replies: Vec<wire::Reply>,
+    /// Highest sequence number applied for the batch's client.
+    pub acked: u64,
+    /// Pushes to other clients: callbacks and ownership handovers.
+    pub pushes: Vec<(ClientId, wire::Push)>,
+    /// Commit notifications, addressed to the client that subscribed for the clock's root.
+    pub commits: Vec<(ClientId, wire::Commit)>,
+}
+
+impl Outputs {
+    pub fn clear(&mut self) {
+        self.replies.clear();
+        self.acked = 0;
+        self.pushes.clear();
+        self.commits.clear();
+    }
+}
+
+/// Counters a shard keeps about itself.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct ShardStats {
+    pub ops: u64,
+    pub updates: u64,
+    pub duplicates_suppressed: u64,
+    pub retransmits_ignored: u64,
+    pub not_owner: u64,
+    pub bad_requests: u64,
+    pub logged_records: u64,
+}
+
+/// A change since the last checkpoint delta: the entry as it is now, or `None` if deleted.
+pub type Delta = Vec<(Key, Option<CheckpointEntry>)>;
+
+/// A durable snapshot of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointEntry {
+    pub value: ValueRec,
+    pub owner: u32,
+    pub log: Vec<ClockLogRec>,
+}
+
+pub struct Shard {
+    pub id: u32,
+    pub shards: u32,
+    customs: CustomOps,
+    names: Arc<RwLock<Names>>,
+    map: HashMap<Key, Entry>,
+    clients: HashMap<ClientId, ClientState>,
+    commit_subs: HashMap<u16, ClientId>,
+    watermarks: HashMap<u16, u64>,
+    /// Keys whose entries may hold clock-log records (may contain stale keys).
+    logged: Vec<Key>,
+    declarations: Vec<(u16, u16, String, u32)>,
+    /// Write-ahead logging on: mutations append records to `wal_buf`.
+    durable: bool,
+    /// Checkpointing on: mutated keys are remembered in `dirty`.
+    track_dirty: bool,
+    dirty: Vec<Key>,
+    wal: FrameWriter,
+    wal_buf: Vec<u8>,
+    lsn: u64,
+    rng: u64,
+    /// Set while re-executing the WAL: no outputs, recorded non-deterministic results.
+    replaying: Option<Value>,
+    pub stats: ShardStats,
+}
+
+impl Shard {
+    pub fn new(id: u32, shards: u32, customs: CustomOps, names: Arc<RwLock<Names>>) -> Self {
+        Shard {
+            id,
+            shards,
+            customs,
+            names,
+            map: HashMap::new(),
+            clients: HashMap::new(),
+            commit_subs: HashMap::new(),
+            watermarks: HashMap::new(),
+            logged: Vec::new(),
+            declarations: Vec::new(),
+            durable: false,
+            track_dirty: false,
+            dirty: Vec::new(),
+            wal: FrameWriter::new(),
+            wal_buf: Vec::new(),
+            lsn: 0,
+            rng: 0x853c_49e6_748f_ea9b ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            replaying: None,
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// Turns on write-ahead logging and dirty tracking for checkpoints.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+        self.track_dirty = durable;
+    }
+
+    pub fn customs(&self) -> &CustomOps {
+        &self.customs
+    }
+
+    /// Number of objects with a value.
+    pub fn len(&self) -> usize {
+        self.map.values().filter(|e| !e.value.is_nil()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// The highest sequence number applied for `client` (its resume point after reconnecting).
+    pub fn applied_seq(&self, client: ClientId) -> u64 {
+        self.clients.get(&client).map_or(0, |c| c.applied_seq)
+    }
+
+    /// Takes the write-ahead log bytes produced since the last call.
+    pub fn take_wal(&mut self, into: &mut Vec<u8>) {
+        into.append(&mut self.wal_buf);
+    }
+
+    pub fn wal_pending(&self) -> bool {
+        !self.wal_buf.is_empty()
+    }
+
+    pub fn get(&self, k: KeyRef<'_>) -> Option<&Entry> {
+        self.map.get(&k)
+    }
+
+    /// Iterates objects that hold a value.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.map.iter().filter(|(_, e)| !e.value.is_nil())
+    }
+
+    /// The shard's TS: for each client, the last sequence number and clock applied.
+    pub fn ts(&self) -> Vec<wire::TsEntry> {
+        let mut v: Vec<_> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.applied_seq != 0 || c.last_clock != 0)
+            .map(|(&client, c)| wire::TsEntry {
+                client,
+                seq: c.applied_seq,
+                clock: c.last_clock,
+            })
+            .collect();
+        v.sort_by_key(|t| t.client);
+        v
+    }
+
+    /// Forgets connection-bound state of a client that went away: subscriptions, waits.
+    pub fn disconnect(&mut self, client: ClientId) {
+        self.commit_subs.retain(|_, c| *c != client);
+        for e in self.map.values_mut() {
+            if let Some(m) = e.meta.as_mut() {
+                m.subscribers.retain(|c| *c != client);
+                m.waiters.retain(|(c, _)| *c != client);
+            }
+        }
+    }
+
+    /// Applies a batch of operations from `client`.
+    pub fn apply_batch(
+        &mut self,
+        client: ClientId,
+        ops: &[wire::Op],
+        now_ns: u64,
+        out: &mut Outputs,
+    ) {
+        let mut cs = self.clients.remove(&client).unwrap_or_default();
+        for op in ops {
+            self.stats.ops += 1;
+            let blocking = op.flags & F_NONBLOCKING == 0;
+            if op.seq != 0 && op.seq <= cs.applied_seq {
+                // Already applied: a retransmission. Reads are re-executed; updates answer
+                // from the replies kept for this purpose.
+                self.stats.retransmits_ignored += 1;
+                if blocking {
+                    if op.code == OpCode::OpGet as i32 || op.code == OpCode::OpReadTs as i32 {
+                        let r = self.apply_op(client, op, now_ns, out);
+                        out.replies.push(r);
+                    } else if let Some(r) = cs.recent.iter().find(|r| r.seq == op.seq) {
+                        out.replies.push(r.clone());
+                    } else {
+                        out.replies.push(wire::Reply {
+                            seq: op.seq,
+                            status: Status::Ok as i32,
+                            duplicate: true,
+                            ..Default::default()
+                        });
+                    }
+                }
+                continue;
+            }
+            let reply = self.apply_op(client, op, now_ns, out);
+            if op.seq != 0 {
+                cs.applied_seq = op.seq;
+            }
+            if op.clock != 0 {
+                cs.last_clock = op.clock;
+            }
+            if blocking {
+                if is_update(op.code) {
+                    if cs.recent.len() == RECENT_REPLIES {
+                        cs.recent.pop_front();
+                    }
+                    cs.recent.push_back(reply.clone());
+                }
+                out.replies.push(reply);
+            }
+        }
+        out.acked = cs.applied_seq;
+        self.clients.insert(client, cs);
+    }
+
+    fn apply_op(
+        &mut self,
+        client: ClientId,
+        op: &wire::Op,
+        now_ns: u64,
+        out: &mut Outputs,
+    ) -> wire::Reply {
+        let mut reply = wire::Reply {
+            seq: op.seq,
+            ..Default::default()
+        };
+        let Ok(code) = OpCode::try_from(op.code) else {
+            return self.bad(reply);
+        };
+        if op.vertex > 0xFFFF || op.object > 0xFFFF {
+            return self.bad(reply);
+        }
+        let k = KeyRef {
+            vertex: op.vertex as u16,
+            object: op.object as u16,
+            per_flow: op.per_flow,
+            sub: &op.sub,
+        };
+        match code {
+            OpCode::OpNoop => {}
+            OpCode::OpGet => match self.map.get(&k) {
+                Some(e) if !e.value.is_nil() => reply.value = e.value.to_wire(),
+                _ => reply.status = Status::NotFound as i32,
+            },
+            OpCode::OpSet
+            | OpCode::OpDel
+            | OpCode::OpIncr
+            | OpCode::OpPushFront
+            | OpCode::OpPushBack
+            | OpCode::OpPopFront
+            | OpCode::OpPopBack
+            | OpCode::OpCompareAndUpdate
+            | OpCode::OpCustom => {
+                self.stats.updates += 1;
+                self.update(client, op, code, k, &mut reply, out);
+            }
+            OpCode::OpAcquire => self.acquire(client, op, k, &mut reply),
+            OpCode::OpRelease => self.release(op, k, &mut reply, out),
+            OpCode::OpReassignOwner => {
+                let (from, to) = (op.num as u32 + 1, op.instance + 1);
+                let mut n = 0;
+                let mut changed = Vec::new();
+                for (key, e) in self.map.iter_mut() {
+                    if key.per_flow && e.owner == from {
+                        e.owner = to;
+                        n += 1;
+                        changed.push(key.clone());
+                    }
+                }
+                for key in changed {
+                    self.mark_dirty(key.as_ref());
+                }
+                if n > 0 {
+                    self.wal_record(client, op, &Value::Nil);
+                }
+                reply.value = Value::Int(n).to_wire();
+            }
+            OpCode::OpSubscribe => {
+                let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+                let m = e.meta_mut();
+                if !m.subscribers.contains(&client) {
+                    m.subscribers.push(client);
+                }
+                reply.value = e.value.to_wire();
+            }
+            OpCode::OpUnsubscribe => {
+                if let Some(e) = self.map.get_mut(&k) {
+                    if let Some(m) = e.meta.as_mut() {
+                        m.subscribers.retain(|c| *c != client);
+                    }
+                }
+                self.remove_if_vacant(k);
+            }
+            OpCode::OpNondet => self.nondet(client, op, k, now_ns, &mut reply),
+            OpCode::OpRetireClocks => {
+                let root = op.instance as u16;
+                let wm = self.watermarks.entry(root).or_insert(0);
+                *wm = (*wm).max(op.num as u64);
+                self.sweep_logs();
+            }
+            OpCode::OpSubscribeCommits => {
+                self.commit_subs.insert(op.instance as u16, client);
+            }
+            OpCode::OpDeclare => {
+                let name = op
+                    .val
+                    .as_ref()
+                    .and_then(|v| v.as_bytes())
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_string);
+                match name {
+                    Some(name) if !name.is_empty() => {
+                        self.declare(k.vertex, k.object, &name, op.num as u32);
+                        self.wal_record(client, op, &Value::Nil);
+                    }
+                    _ => return self.bad(reply),
+                }
+            }
+            OpCode::OpRestore => {
+                let v = Value::from_wire_owned(op.val.as_ref());
+                let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+                e.value = v;
+                if k.per_flow {
+                    e.owner = op.instance + 1;
+                }
+                self.mark_dirty(k);
+                self.wal_record(client, op, &Value::Nil);
+                self.remove_if_vacant(k);
+            }
+            OpCode::OpReadTs => reply.ts = self.ts(),
+        }
+        if code == OpCode::OpGet && !k.per_flow && op.flags & F_WANT_TS != 0 {
+            reply.ts = self.ts();
+        }
+        reply
+    }
+
+    fn bad(&mut self, mut reply: wire::Reply) -> wire::Reply {
+        self.stats.bad_requests += 1;
+        reply.status = Status::BadRequest as i32;
+        reply
+    }
+
+    pub fn declare(&mut self, vertex: u16, object: u16, name: &str, kind: u32) {
+        self.names
+            .write()
+            .declare(vertex, object, name, KeyKind::from_u32(kind));
+        if let Some(d) = self
+            .declarations
+            .iter_mut()
+            .find(|d| d.0 == vertex && d.1 == object)
+        {
+            d.2 = name.to_string();
+            d.3 = kind;
+        } else {
+            self.declarations
+                .push((vertex, object, name.to_string(), kind));
+        }
+    }
+
+    fn update(
+        &mut self,
+        client: ClientId,
+        op: &wire::Op,
+        code: OpCode,
+        k: KeyRef<'_>,
+        reply: &mut wire::Reply,
+        out: &mut Outputs,
+    ) {
+        let logged = op.clock != 0;
+        // An entry is created even for updates that find nothing (a pop on a missing list)
+        // when the result must be logged: a replay must see the same outcome.
+        let creates = logged
+            || matches!(
+                code,
+                OpCode::OpSet
+                    | OpCode::OpIncr
+                    | OpCode::OpPushFront
+                    | OpCode::OpPushBack
+                    | OpCode::OpCompareAndUpdate
+                    | OpCode::OpCustom
+            );
+        if !creates && !self.map.contains_key(&k) {
+            reply.status = Status::NotFound as i32;
+            return;
+        }
+        let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+        if logged {
+            if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
+                self.stats.duplicates_suppressed += 1;
+                reply.status = rec.status;
+                reply.value = rec.result.to_wire();
+                reply.duplicate = true;
+                return;
+            }
+        }
+        let me = op.instance + 1;
+        if k.per_flow && e.owner != 0 && e.owner != me {
+            self.stats.not_owner += 1;
+            reply.status = Status::NotOwner as i32;
+            if e.is_vacant() {
+                self.map.remove(&k);
+            }
+            return;
+        }
+        let mut claimed = false;
+        if k.per_flow && e.owner == 0 {
+            e.owner = me;
+            claimed = true;
+        }
+        let (status, result, mutated) = apply_update(&self.customs, code, op, &mut e.value);
+        reply.status = status as i32;
+        reply.value = result.to_wire();
+        if logged {
+            e.meta_mut().insert(LogRec {
+                clock: op.clock,
+                op_index: op.op_index,
+                status: status as i32,
+                result,
+            });
+            self.stats.logged_records += 1;
+            if e.meta.as_ref().is_some_and(|m| m.log.len() == 1) {
+                self.logged.push(k.to_key());
+            }
+        }
+        let subscribers = if mutated && self.replaying.is_none() {
+            e.meta
+                .as_ref()
+                .map(|m| {
+                    m.subscribers
+                        .iter()
+                        .copied()
+                        .filter(|c| *c != client)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if !subscribers.is_empty() {
+            let value = e.value.to_wire();
+            for c in subscribers {
+                out.pushes.push((
+                    c,
+                    wire::Push {
+                        kind: PushKind::PushUpdate as i32,
+                        vertex: op.vertex,
+                        object: op.object,
+                        per_flow: op.per_flow,
+                        sub: op.sub.clone(),
+                        value: value.clone(),
+                        commits: Vec::new(),
+                    },
+                ));
+            }
+        }
+        if mutated || claimed || logged {
+            self.mark_dirty(k);
+        }
+        if mutated || claimed {
+            self.wal_record(client, op, &Value::Nil);
+        }
+        if logged && op.flags & F_COUNTED != 0 && self.replaying.is_none() {
+            if let Some(&sub) = self.commit_subs.get(&root_of(op.clock)) {
+                out.commits.push((
+                    sub,
+                    wire::Commit {
+                        clock: op.clock,
+                        id: (op.instance & 0xFFFF) << 16 | (op.object & 0xFFFF),
+                    },
+                ));
+            }
+        }
+        if !logged {
+            self.remove_if_vacant(k);
+        }
+    }
+
+    fn acquire(&mut self, client: ClientId, op: &wire::Op, k: KeyRef<'_>, reply: &mut wire::Reply) {
+        if !k.per_flow {
+            reply.status = Status::BadRequest as i32;
+            return;
+        }
+        let me = op.instance + 1;
+        let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+        if e.owner == 0 || e.owner == me {
+            let changed = e.owner != me;
+            e.owner = me;
+            reply.value = e.value.to_wire();
+            if changed {
+                self.mark_dirty(k);
+                self.wal_record(client, op, &Value::Nil);
+            }
+        } else {
+            let m = e.meta_mut();
+            if !m.waiters.iter().any(|w| w.0 == client) {
+                m.waiters.push_back((client, op.instance));
+            }
+            reply.status = Status::Pending as i32;
+        }
+    }
+
+    fn release(
+        &mut self,
+        op: &wire::Op,
+        k: KeyRef<'_>,
+        reply: &mut wire::Reply,
+        out: &mut Outputs,
+    ) {
+        let me = op.instance + 1;
+        let Some(e) = self.map.get_mut(&k) else {
+            // Nothing stored: nothing owned.
+            return;
+        };
+        if e.owner != me {
+            if e.owner != 0 {
+                reply.status = Status::NotOwner as i32;
+            }
+            return;
+        }
+        let next = e.meta.as_mut().and_then(|m| m.waiters.pop_front());
+        match next {
+            Some((waiter, instance)) => {
+                e.owner = instance + 1;
+                if self.replaying.is_none() {
+                    out.pushes.push((
+                        waiter,
+                        wire::Push {
+                            kind: PushKind::PushHandover as i32,
+                            vertex: op.vertex,
+                            object: op.object,
+                            per_flow: true,
+                            sub: op.sub.clone(),
+                            value: e.value.to_wire(),
+                            commits: Vec::new(),
+                        },
+                    ));
+                }
+                // The WAL records the release; the grant is recorded as the waiter's owner.
+                let grant = wire::Op {
+                    code: OpCode::OpAcquire as i32,
+                    instance,
+                    ..op.clone()
+                };
+                self.mark_dirty(k);
+                self.wal_record(waiter, &grant, &Value::Nil);
+            }
+            None => {
+                e.owner = 0;
+                self.mark_dirty(k);
+                self.wal_record(0, op, &Value::Nil);
+                self.remove_if_vacant(k);
+            }
+        }
+    }
+
+    fn nondet(
+        &mut self,
+        client: ClientId,
+        op: &wire::Op,
+        k: KeyRef<'_>,
+        now_ns: u64,
+        reply: &mut wire::Reply,
+    ) {
+        if op.clock == 0 {
+            reply.status = Status::BadRequest as i32;
+            return;
+        }
+        let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+        if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
+            self.stats.duplicates_suppressed += 1;
+            reply.value = rec.result.to_wire();
+            reply.duplicate = true;
+            return;
+        }
+        let v = if let Some(v) = self.replaying.clone() {
+            v
+        } else {
+            match op.num {
+                NONDET_TIME_NS => Value::Int(now_ns as i64),
+                NONDET_RANDOM => {
+                    // xorshift64*: plenty for NF randomness, and cheap.
+                    self.rng ^= self.rng >> 12;
+                    self.rng ^= self.rng << 25;
+                    self.rng ^= self.rng >> 27;
+                    Value::Int(self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) as i64)
+                }
+                _ => {
+                    reply.status = Status::BadRequest as i32;
+                    return;
+                }
+            }
+        };
+        let first = e.meta.as_ref().is_none_or(|m| m.log.is_empty());
+        e.meta_mut().insert(LogRec {
+            clock: op.clock,
+            op_index: op.op_index,
+            status: Status::Ok as i32,
+            result: v.clone(),
+        });
+        self.stats.logged_records += 1;
+        if first {
+            self.logged.push(k.to_key());
+        }
+        reply.value = v.to_wire();
+        self.mark_dirty(k);
+        self.wal_record(client, op, &v);
+    }
+
+    fn mark_dirty(&mut self, k: KeyRef<'_>) {
+        if !self.track_dirty {
+            return;
+        }
+        match self.map.get_mut(&k) {
+            Some(e) if e.dirty => {}
+            Some(e) => {
+                e.dirty = true;
+                self.dirty.push(k.to_key());
+            }
+            None => self.dirty.push(k.to_key()),
+        }
+    }
+
+    fn remove_if_vacant(&mut self, k: KeyRef<'_>) {
+        if self.map.get(&k).is_some_and(Entry::is_vacant) {
+            self.map.remove(&k);
+            if self.track_dirty {
+                self.dirty.push(k.to_key());
+            }
+        }
+    }
+
+    fn wal_record(&mut self, client: ClientId, op: &wire::Op, result: &Value) {
+        if !self.durable || self.replaying.is_some() {
+            return;
+        }
+        self.lsn += 1;
+        let rec = WalRecord {
+            lsn: self.lsn,
+            client,
+            seq: op.seq,
+            op: op_rec(op),
+            result: result.to_rec(),
+        };
+        // Records are small and bounded by the frame limit; failure here is a bug.
+        self.wal
+            .append(&rec, &mut self.wal_buf)
+            .expect("WAL record serialises");
+    }
+
+    /// Drops clock-log records of retired clocks and entries left with nothing.
+    fn sweep_logs(&mut self) {
+        let wms = &self.watermarks;
+        let retired = |clock: u64| wms.get(&root_of(clock)).is_some_and(|&w| clock < w);
+        let mut keep = Vec::with_capacity(self.logged.len());
+        let mut dead = Vec::new();
+        for key in self.logged.drain(..) {
+            let Some(e) = self.map.get_mut(&key.as_ref()) else {
+                continue;
+            };
+            let Some(m) = e.meta.as_mut() else { continue };
+            let before = m.log.len();
+            m.log.retain(|r| !retired(r.clock));
+            let removed = before - m.log.len();
+            let log_left = !m.log.is_empty();
+            self.stats.logged_records = self.stats.logged_records.saturating_sub(removed as u64);
+            if log_left {
+                keep.push(key);
+            } else if e.is_vacant() {
+                dead.push(key);
+            } else if removed > 0 && !e.dirty && self.track_dirty {
+                e.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        self.logged = keep;
+        for key in dead {
+            self.map.remove(&key.as_ref());
+            if self.track_dirty {
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Takes every change since the last call, for the checkpoint writer.
+    pub fn take_delta(&mut self) -> Delta {
+        let mut delta = Vec::with_capacity(self.dirty.len());
+        for key in std::mem::take(&mut self.dirty) {
+            let snap = self.map.get_mut(&key.as_ref()).map(|e| {
+                e.dirty = false;
+                snapshot(e)
+            });
+            delta.push((key, snap));
+        }
+        delta
+    }
+
+    /// Every entry, as a delta (for the first checkpoint after start).
+    pub fn full_delta(&mut self) -> Delta {
+        self.dirty.clear();
+        self.map
+            .iter_mut()
+            .map(|(k, e)| {
+                e.dirty = false;
+                (k.clone(), Some(snapshot(e)))
+            })
+            .collect()
+    }
+
+    pub fn ts_records(&self) -> Vec<TsRec> {
+        self.ts()
+            .into_iter()
+            .map(|t| TsRec {
+                client: t.client,
+                seq: t.seq,
+                clock: t.clock,
+            })
+            .collect()
+    }
+
+    pub fn declarations(&self) -> &[(u16, u16, String, u32)] {
+        &self.declarations
+    }
+
+    /// Restores state from a checkpoint record (recovery).
+    pub fn load_checkpoint_record(&mut self, rec: CheckpointRecord) {
+        match rec {
+            CheckpointRecord::Header { lsn, .. } => self.lsn = lsn,
+            CheckpointRecord::Ts(ts) => {
+                for t in ts {
+                    let c = self.clients.entry(t.client).or_default();
+                    c.applied_seq = t.seq;
+                    c.last_clock = t.clock;
+                }
+            }
+            CheckpointRecord::Declare {
+                vertex,
+                object,
+                name,
+                kind,
+            } => self.declare(vertex as u16, object as u16, &name, kind),
+            CheckpointRecord::Entry {
+                key,
+                value,
+                owner,
+                log,
+            } => {
+                let k = Key::new(key.vertex as u16, key.object as u16, key.per_flow, &key.sub);
+                let mut e = Entry {
+                    value: Value::from_rec(&value),
+                    owner,
+                    meta: None,
+                    dirty: false,
+                };
+                if !log.is_empty() {
+                    let m = e.meta_mut();
+                    for r in log {
+                        m.log.push_back(LogRec {
+                            clock: r.clock,
+                            op_index: r.op_index,
+                            status: Status::Ok as i32,
+                            result: Value::from_rec(&r.result),
+                        });
+                    }
+                    self.logged.push(k.clone());
+                }
+                self.map.insert(k, e);
+            }
+            CheckpointRecord::Footer { .. } => {}
+        }
+    }
+
+    /// Re-executes one write-ahead log record (recovery). Records at or below the shard's
+    /// LSN are already reflected and skipped.
+    pub fn replay_wal_record(&mut self, rec: &WalRecord) {
+        if rec.lsn <= self.lsn {
+            return;
+        }
+        self.lsn = rec.lsn;
+        let op = rec_op(&rec.op, rec.seq);
+        self.replaying = Some(Value::from_rec(&rec.result));
+        let mut out = Outputs::default();
+        if rec.op.code == OpCode::OpRelease as i32 && rec.client == 0 {
+            // A release without a waiter.
+            let k = op_key(&op);
+            if let Some(e) = self.map.get_mut(&k.as_ref()) {
+                e.owner = 0;
+            }
+            self.remove_if_vacant(k.as_ref());
+        } else if rec.op.code == OpCode::OpAcquire as i32 {
+            let k = op_key(&op);
+            let e = self
+                .map
+                .entry_ref(&k.as_ref())
+                .or_insert_with(Entry::default);
+            e.owner = op.instance + 1;
+        } else {
+            // Ops replayed through the normal path keep identical semantics. The client's
+            // sequence number is re-applied only if it advances.
+            let mut cs = self.clients.remove(&rec.client).unwrap_or_default();
+            let _ = self.apply_op(rec.client, &op, 0, &mut out);
+            if op.seq > cs.applied_seq {
+                cs.applied_seq = op.seq;
+            }
+            if op.clock != 0 {
+                cs.last_clock = op.clock;
+            }
+            self.clients.insert(rec.client, cs);
+        }
+        self.replaying = None;
+    }
+}
+
+fn snapshot(e: &Entry) -> CheckpointEntry {
+    CheckpointEntry {
+        value: e.value.to_rec(),
+        owner: e.owner,
+        log: e
+            .meta
+            .as_ref()
+            .map(|m| {
+                m.log
+                    .iter()
+                    .map(|r| ClockLogRec {
+                        clock: r.clock,
+                        op_index: r.op_index,
+                        result: r.result.to_rec(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Whether `code` changes an object's value.
+pub fn is_update(code: i32) -> bool {
+    matches!(
+        OpCode::try_from(code),
+        Ok(OpCode::OpSet
+            | OpCode::OpDel
+            | OpCode::OpIncr
+            | OpCode::OpPushFront
+            | OpCode::OpPushBack
+            | OpCode::OpPopFront
+            | OpCode::OpPopBack
+            | OpCode::OpCompareAndUpdate
+            | OpCode::OpCustom)
+    )
+}
+
+/// Applies an update to a value: (status, result, whether the value changed).
+fn apply_update(
+    customs: &CustomOps,
+    code: OpCode,
+    op: &wire::Op,
+    v: &mut Value,
+) -> (Status, Value, bool) {
+    match code {
+        OpCode::OpSet => {
+            let new = Value::from_wire_owned(op.val.as_ref());
+            let old = std::mem::replace(v, new);
+            (Status::Ok, old, true)
+        }
+        OpCode::OpDel => {
+            if v.is_nil() {
+                (Status::NotFound, Value::Nil, false)
+            } else {
+                (Status::Ok, std::mem::take(v), true)
+            }
+        }
+        OpCode::OpIncr => {
+            let cur = match &*v {
+                Value::Nil => 0,
+                other => match other.as_int() {
+                    Some(i) => i,
+                    None => return (Status::WrongType, Value::Nil, false),
+                },
+            };
+            match cur.checked_add(op.num) {
+                Some(n) => {
+                    *v = Value::Int(n);
+                    (Status::Ok, Value::Int(n), true)
+                }
+                None => (Status::Overflow, Value::Nil, false),
+            }
+        }
+        OpCode::OpPushFront | OpCode::OpPushBack => {
+            let item = match Value::from_wire_owned(op.val.as_ref()) {
+                Value::Bytes(b) => b,
+                Value::Int(i) => Bytes::from(i.to_string()),
+                _ => return (Status::BadRequest, Value::Nil, false),
+            };
+            if v.is_nil() {
+                *v = Value::List(VecDeque::new());
+            }
+            let Value::List(l) = v else {
+                return (Status::WrongType, Value::Nil, false);
+            };
+            if code == OpCode::OpPushFront {
+                l.push_front(item);
+            } else {
+                l.push_back(item);
+            }
+            (Status::Ok, Value::Int(l.len() as i64), true)
+        }
+        OpCode::OpPopFront | OpCode::OpPopBack => {
+            let Value::List(l) = v else {
+                return if v.is_nil() {
+                    (Status::NotFound, Value::Nil, false)
+                } else {
+                    (Status::WrongType, Value::Nil, false)
+                };
+            };
+            let item = if code == OpCode::OpPopFront {
+                l.pop_front()
+            } else {
+                l.pop_back()
+            };
+            let empty = l.is_empty();
+            if empty {
+                *v = Value::Nil;
+            }
+            match item {
+                Some(b) => (Status::Ok, Value::Bytes(b), true),
+                None => (Status::NotFound, Value::Nil, false),
+            }
+        }
+        OpCode::OpCompareAndUpdate => {
+            let expected = Value::from_wire(op.val.as_ref());
+            let same = match (&*v, &expected) {
+                (Value::Int(a), b) | (b, Value::Int(a)) if !matches!(b, Value::Nil) => {
+                    b.as_int() == Some(*a)
+                }
+                (a, b) => a == b,
+            };
+            if same {
+                let old = std::mem::replace(v, Value::from_wire_owned(op.val2.as_ref()));
+                (Status::Ok, old, true)
+            } else {
+                (Status::CompareFailed, v.clone(), false)
+            }
+        }
+        OpCode::OpCustom => {
+            let Some(f) = u32::try_from(op.num).ok().and_then(|id| customs.get(id)) else {
+                return (Status::UnknownCustomOp, Value::Nil, false);
+            };
+            let arg = Value::from_wire_owned(op.val.as_ref());
+            let before = v.clone();
+            match f(v, &arg) {
+                Ok(r) => {
+                    let changed = *v != before;
+                    (Status::Ok, r, changed)
+                }
+                Err(_) => {
+                    *v = before;
+                    (Status::CustomOpFailed, Value::Nil, false)
+                }
+            }
+        }
+        _ => (Status::BadRequest, Value::Nil, false),
+    }
+}
+
+fn op_rec(op: &wire::Op) -> OpRec {
+    OpRec {
+        code: op.code,
+        key: KeyRec {
+            vertex: op.vertex,
+            object: op.object,
+            per_flow: op.per_flow,
+            sub: op.sub.to_vec(),
+        },
+        num: op.num,
+        val: Value::from_wire(op.val.as_ref()).to_rec(),
+        val2: Value::from_wire(op.val2.as_ref()).to_rec(),
+        clock: op.clock,
+        instance: op.instance,
+        op_index: op.op_index,
+        flags: op.flags,
+    }
+}
+
+fn rec_op(r: &OpRec, seq: u64) -> wire::Op {
+    wire::Op {
+        seq,
+        code: r.code,
+        vertex: r.key.vertex,
+        object: r.key.object,
+        per_flow: r.key.per_flow,
+        sub: Bytes::copy_from_slice(&r.key.sub),
+        num: r.num,
+        val: Value::from_rec(&r.val).to_wire(),
+        val2: Value::from_rec(&r.val2).to_wire(),
+        clock: r.clock,
+        instance: r.instance,
+        op_index: r.op_index,
+        flags: r.flags,
+    }
+}
+
+fn op_key(op: &wire::Op) -> Key {
+    Key::new(op.vertex as u16, op.object as u16, op.per_flow, &op.sub)
+}
+
+#[cfg(test)]
+mod tests;

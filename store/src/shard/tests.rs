@@ -1,0 +1,366 @@
+use super::*;
+use chc_proto::wire::Value as WV;
+
+fn shard() -> Shard {
+    Shard::new(
+        0,
+        1,
+        CustomOps::builtin(),
+        Arc::new(RwLock::new(Names::default())),
+    )
+}
+
+fn op(code: OpCode, sub: &str) -> wire::Op {
+    wire::Op {
+        code: code as i32,
+        vertex: 1,
+        object: 2,
+        sub: Bytes::copy_from_slice(sub.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn run(s: &mut Shard, client: ClientId, ops: Vec<wire::Op>) -> Outputs {
+    let mut out = Outputs::default();
+    s.apply_batch(client, &ops, 42, &mut out);
+    out
+}
+
+fn one(s: &mut Shard, client: ClientId, o: wire::Op) -> wire::Reply {
+    run(s, client, vec![o]).replies.pop().expect("a reply")
+}
+
+fn incr(sub: &str, n: i64) -> wire::Op {
+    wire::Op {
+        num: n,
+        ..op(OpCode::OpIncr, sub)
+    }
+}
+
+#[test]
+fn offloaded_operations() {
+    let mut s = shard();
+    assert_eq!(one(&mut s, 1, incr("c", 5)).value, Some(WV::int(5)));
+    assert_eq!(one(&mut s, 1, incr("c", -7)).value, Some(WV::int(-2)));
+    let get = one(&mut s, 1, op(OpCode::OpGet, "c"));
+    assert_eq!(get.value, Some(WV::int(-2)));
+    // Lists at both ends.
+    for (code, v) in [
+        (OpCode::OpPushBack, "b"),
+        (OpCode::OpPushFront, "a"),
+        (OpCode::OpPushBack, "c"),
+    ] {
+        let mut o = op(code, "l");
+        o.val = Some(WV::bytes(v.as_bytes().to_vec()));
+        assert_eq!(one(&mut s, 1, o).status, Status::Ok as i32);
+    }
+    assert_eq!(
+        one(&mut s, 1, op(OpCode::OpPopBack, "l")).value,
+        Some(WV::bytes(&b"c"[..]))
+    );
+    assert_eq!(
+        one(&mut s, 1, op(OpCode::OpPopFront, "l")).value,
+        Some(WV::bytes(&b"a"[..]))
+    );
+    assert_eq!(
+        one(&mut s, 1, op(OpCode::OpPopFront, "l")).value,
+        Some(WV::bytes(&b"b"[..]))
+    );
+    assert_eq!(
+        one(&mut s, 1, op(OpCode::OpPopFront, "l")).status,
+        Status::NotFound as i32
+    );
+    // Compare and update.
+    let mut cas = op(OpCode::OpCompareAndUpdate, "c");
+    cas.val = Some(WV::int(-2));
+    cas.val2 = Some(WV::int(10));
+    assert_eq!(one(&mut s, 1, cas.clone()).status, Status::Ok as i32);
+    assert_eq!(one(&mut s, 1, cas).status, Status::CompareFailed as i32);
+    // Wrong types.
+    let mut set = op(OpCode::OpSet, "s");
+    set.val = Some(WV::bytes(&b"abc"[..]));
+    one(&mut s, 1, set);
+    assert_eq!(
+        one(&mut s, 1, incr("s", 1)).status,
+        Status::WrongType as i32
+    );
+    assert_eq!(
+        one(&mut s, 1, incr("c", i64::MAX)).status,
+        Status::Overflow as i32
+    );
+    // Custom operation by id.
+    let mut c = op(OpCode::OpCustom, "c");
+    c.num = s.customs().id("max").unwrap() as i64;
+    c.val = Some(WV::int(99));
+    assert_eq!(one(&mut s, 1, c).value, Some(WV::int(99)));
+    let mut c = op(OpCode::OpCustom, "c");
+    c.num = 1000;
+    assert_eq!(one(&mut s, 1, c).status, Status::UnknownCustomOp as i32);
+    assert_eq!(
+        one(&mut s, 1, op(OpCode::OpDel, "c")).status,
+        Status::Ok as i32
+    );
+    assert_eq!(
+        one(&mut s, 1, op(OpCode::OpGet, "c")).status,
+        Status::NotFound as i32
+    );
+    // Garbage codes are refused, not applied.
+    let mut bad = op(OpCode::OpGet, "c");
+    bad.code = 999;
+    assert_eq!(one(&mut s, 1, bad).status, Status::BadRequest as i32);
+}
+
+#[test]
+fn same_clock_and_index_is_applied_once() {
+    let mut s = shard();
+    let mut o = incr("pkts", 1);
+    o.clock = 7;
+    o.op_index = 0;
+    o.flags = F_COUNTED;
+    o.instance = 3;
+    let mut sub = Outputs::default();
+    // The root subscribes to commits of root 0.
+    s.apply_batch(
+        100,
+        &[wire::Op {
+            code: OpCode::OpSubscribeCommits as i32,
+            instance: 0,
+            ..Default::default()
+        }],
+        0,
+        &mut sub,
+    );
+    let first = run(&mut s, 1, vec![o.clone()]);
+    assert_eq!(first.replies[0].value, Some(WV::int(1)));
+    assert_eq!(first.commits.len(), 1);
+    assert_eq!(first.commits[0].0, 100);
+    assert_eq!(first.commits[0].1.id, 3 << 16 | 2);
+    // A clone (another client, same logical instance) replays the packet.
+    let again = run(&mut s, 2, vec![o.clone()]);
+    assert!(again.replies[0].duplicate);
+    assert_eq!(again.replies[0].value, Some(WV::int(1)));
+    assert!(
+        again.commits.is_empty(),
+        "a suppressed duplicate commits nothing new"
+    );
+    // A different op of the same packet is a different update.
+    o.op_index = 1;
+    assert_eq!(one(&mut s, 2, o.clone()).value, Some(WV::int(2)));
+    assert_eq!(s.stats.duplicates_suppressed, 1);
+    // Once the clock is retired the log is gone (a later replay could not exist).
+    let mut r = op(OpCode::OpRetireClocks, "");
+    r.num = 8;
+    r.instance = 0;
+    run(&mut s, 100, vec![r]);
+    assert_eq!(s.stats.logged_records, 0);
+    let e = s
+        .get(KeyRef {
+            vertex: 1,
+            object: 2,
+            per_flow: false,
+            sub: b"pkts",
+        })
+        .unwrap();
+    assert!(e.meta.as_ref().is_none_or(|m| m.log.is_empty()));
+}
+
+#[test]
+fn out_of_order_clocks_are_found() {
+    let mut s = shard();
+    for clock in [5u64, 3, 9, 1, 4] {
+        let mut o = incr("x", 1);
+        o.clock = clock;
+        one(&mut s, 1, o);
+    }
+    for clock in [1u64, 3, 4, 5, 9] {
+        let mut o = incr("x", 1);
+        o.clock = clock;
+        assert!(one(&mut s, 1, o).duplicate, "clock {clock}");
+    }
+    let mut o = incr("x", 1);
+    o.clock = 2;
+    assert!(!one(&mut s, 1, o).duplicate);
+}
+
+#[test]
+fn retransmitted_sequence_numbers_are_not_reapplied() {
+    let mut s = shard();
+    let mut a = incr("k", 1);
+    a.seq = 1;
+    let mut b = incr("k", 10);
+    b.seq = 2;
+    let out = run(&mut s, 9, vec![a.clone(), b.clone()]);
+    assert_eq!(out.acked, 2);
+    let out = run(&mut s, 9, vec![a, b]);
+    assert_eq!(
+        out.replies[1].value,
+        Some(WV::int(11)),
+        "the kept reply is returned"
+    );
+    assert_eq!(
+        one(&mut s, 9, op(OpCode::OpGet, "k")).value,
+        Some(WV::int(11))
+    );
+    assert_eq!(s.stats.retransmits_ignored, 2);
+}
+
+#[test]
+fn per_flow_objects_have_one_owner_and_hand_over() {
+    let mut s = shard();
+    let pf = |code, inst: u32| wire::Op {
+        per_flow: true,
+        instance: inst,
+        num: 1,
+        ..op(code, "flow")
+    };
+    // Instance 1 claims by updating.
+    assert_eq!(
+        one(&mut s, 11, pf(OpCode::OpIncr, 1)).status,
+        Status::Ok as i32
+    );
+    assert_eq!(
+        one(&mut s, 12, pf(OpCode::OpIncr, 2)).status,
+        Status::NotOwner as i32
+    );
+    // Instance 2 asks for it and waits.
+    assert_eq!(
+        one(&mut s, 12, pf(OpCode::OpAcquire, 2)).status,
+        Status::Pending as i32
+    );
+    // Instance 1 releases: 2 is told, with the value.
+    let out = run(&mut s, 11, vec![pf(OpCode::OpRelease, 1)]);
+    assert_eq!(out.pushes.len(), 1);
+    assert_eq!(out.pushes[0].0, 12);
+    assert_eq!(out.pushes[0].1.kind, PushKind::PushHandover as i32);
+    assert_eq!(out.pushes[0].1.value, Some(WV::int(1)));
+    assert_eq!(
+        one(&mut s, 12, pf(OpCode::OpIncr, 2)).value,
+        Some(WV::int(2))
+    );
+    assert_eq!(
+        one(&mut s, 11, pf(OpCode::OpIncr, 1)).status,
+        Status::NotOwner as i32
+    );
+    // Failover: everything of instance 2 goes to instance 5.
+    let mut re = pf(OpCode::OpReassignOwner, 5);
+    re.num = 2;
+    assert_eq!(one(&mut s, 1, re).value, Some(WV::int(1)));
+    assert_eq!(
+        one(&mut s, 15, pf(OpCode::OpIncr, 5)).value,
+        Some(WV::int(3))
+    );
+}
+
+#[test]
+fn subscribers_get_updates_from_others_only() {
+    let mut s = shard();
+    one(&mut s, 1, op(OpCode::OpSubscribe, "cfg"));
+    one(&mut s, 2, op(OpCode::OpSubscribe, "cfg"));
+    let mut set = op(OpCode::OpSet, "cfg");
+    set.val = Some(WV::int(4));
+    let out = run(&mut s, 1, vec![set]);
+    assert_eq!(out.pushes.len(), 1);
+    assert_eq!(out.pushes[0].0, 2);
+    assert_eq!(out.pushes[0].1.value, Some(WV::int(4)));
+    s.disconnect(2);
+    let out = run(&mut s, 1, vec![incr("cfg", 1)]);
+    assert!(out.pushes.is_empty());
+}
+
+#[test]
+fn nondeterministic_values_repeat_per_clock() {
+    let mut s = shard();
+    let nd = |clock, idx| wire::Op {
+        code: OpCode::OpNondet as i32,
+        vertex: 1,
+        object: u32::from(NONDET_OBJECT),
+        sub: Bytes::copy_from_slice(&u64::to_le_bytes(clock)),
+        num: NONDET_RANDOM,
+        clock,
+        op_index: idx,
+        ..Default::default()
+    };
+    let a = one(&mut s, 1, nd(5, 0)).value;
+    let b = one(&mut s, 2, nd(5, 0)).value;
+    let c = one(&mut s, 1, nd(5, 1)).value;
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let mut r = op(OpCode::OpRetireClocks, "");
+    r.num = 6;
+    run(&mut s, 1, vec![r]);
+    assert_eq!(
+        s.map.len(),
+        0,
+        "retired non-deterministic values are dropped"
+    );
+}
+
+#[test]
+fn reads_of_shared_state_return_ts() {
+    let mut s = shard();
+    let mut a = incr("x", 1);
+    a.seq = 4;
+    a.clock = 40;
+    run(&mut s, 7, vec![a]);
+    let mut g = op(OpCode::OpGet, "x");
+    g.flags = F_WANT_TS;
+    let r = one(&mut s, 8, g);
+    assert_eq!(
+        r.ts,
+        vec![wire::TsEntry {
+            client: 7,
+            seq: 4,
+            clock: 40
+        }],
+        "only clients whose operations were applied appear"
+    );
+}
+
+/// Everything the WAL records replays to the same state.
+#[test]
+fn wal_replay_reproduces_state() {
+    let mut s = shard();
+    s.set_durable(true);
+    let mut ops = Vec::new();
+    for i in 0..50u64 {
+        let mut o = incr(&format!("k{}", i % 7), i as i64);
+        o.seq = i + 1;
+        o.clock = if i % 3 == 0 { i + 1 } else { 0 };
+        ops.push(o);
+    }
+    let mut p = op(OpCode::OpPushBack, "list");
+    p.val = Some(WV::bytes(&b"x"[..]));
+    ops.push(p);
+    let mut pf = incr("flow", 3);
+    pf.per_flow = true;
+    pf.instance = 4;
+    ops.push(pf);
+    let mut nd = op(OpCode::OpNondet, "nd");
+    nd.num = NONDET_RANDOM;
+    nd.clock = 77;
+    ops.push(nd.clone());
+    let nd_val = run(&mut s, 3, ops).replies.pop().unwrap().value;
+    let mut wal = Vec::new();
+    s.take_wal(&mut wal);
+    let mut r = chc_proto::records::FrameReader::new(&wal);
+    let mut t = shard();
+    while let Some(rec) = r.next_record::<WalRecord>() {
+        t.replay_wal_record(&rec);
+    }
+    assert!(r.torn().is_none());
+    let dump = |s: &Shard| {
+        let mut v: Vec<_> = s
+            .map
+            .iter()
+            .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(dump(&s), dump(&t));
+    assert_eq!(t.applied_seq(3), 50);
+    // The non-deterministic value is the logged one, and still suppressed as a duplicate.
+    let again = one(&mut t, 9, nd);
+    assert!(again.duplicate);
+    assert_eq!(again.value, nd_val);
+}
