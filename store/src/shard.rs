@@ -411,7 +411,7 @@ impl Shard {
                 reply.value = Value::Int(n).to_wire();
             }
             OpCode::OpSubscribe => {
-                let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+                let e = self.map.entry_ref(&k).or_default();
                 let m = e.meta_mut();
                 if !m.subscribers.contains(&client) {
                     m.subscribers.push(client);
@@ -453,7 +453,7 @@ impl Shard {
             }
             OpCode::OpRestore => {
                 let v = Value::from_wire_owned(op.val.as_ref());
-                let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+                let e = self.map.entry_ref(&k).or_default();
                 e.value = v;
                 if k.per_flow {
                     e.owner = op.instance + 1;
@@ -519,7 +519,7 @@ impl Shard {
             reply.status = Status::NotFound as i32;
             return;
         }
-        let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+        let e = self.map.entry_ref(&k).or_default();
         if logged {
             if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
                 self.stats.duplicates_suppressed += 1;
@@ -617,7 +617,7 @@ impl Shard {
             return;
         }
         let me = op.instance + 1;
-        let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+        let e = self.map.entry_ref(&k).or_default();
         if e.owner == 0 || e.owner == me {
             let changed = e.owner != me;
             e.owner = me;
@@ -701,7 +701,7 @@ impl Shard {
             reply.status = Status::BadRequest as i32;
             return;
         }
-        let e = self.map.entry_ref(&k).or_insert_with(Entry::default);
+        let e = self.map.entry_ref(&k).or_default();
         if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
             self.stats.duplicates_suppressed += 1;
             reply.value = rec.result.to_wire();
@@ -924,10 +924,7 @@ impl Shard {
             self.remove_if_vacant(k.as_ref());
         } else if rec.op.code == OpCode::OpAcquire as i32 {
             let k = op_key(&op);
-            let e = self
-                .map
-                .entry_ref(&k.as_ref())
-                .or_insert_with(Entry::default);
+            let e = self.map.entry_ref(&k.as_ref()).or_default();
             e.owner = op.instance + 1;
         } else {
             // Ops replayed through the normal path keep identical semantics. The client's

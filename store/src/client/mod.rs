@@ -1,1 +1,447 @@
-//! Client library.
+//! The client library: one API over two transports.
+//!
+//! [`StoreClient`] routes each operation to its shard, batches operations per shard until
+//! [`StoreClient::flush`] (or a blocking [`StoreClient::call`]) sends them, and keeps every sent
+//! operation until the shard acknowledges it. Operations on one shard are applied in the order
+//! they were issued, so a read sees every earlier non-blocking update of the same client.
+//! Un-acknowledged operations are sent again after a timeout or a reconnection, flagged as
+//! retransmissions; the shard recognises their sequence numbers and does not apply them twice.
+//!
+//! Transports: in-process (the shard threads of a [`Store`] in this process; batches travel
+//! through channels) and TCP (one connection per shard, to one or several `chc-store`
+//! processes).
+
+pub mod cache;
+pub mod nflog;
+pub mod ops;
+mod tcp;
+
+use crate::server::{Inbound, Mailbox, Store, WorkerShared};
+use crate::shard::ClientId;
+use chc_proto::wire::{self, OpFlag, PushKind, Status};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use ops::ObjKey;
+pub use tcp::TcpOptions;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("no reply from shard {shard} within {waited:?}")]
+    Timeout { shard: u32, waited: Duration },
+    #[error("store refused the connection: {0}")]
+    Refused(String),
+    #[error("the store closed the connection: {0}")]
+    Closed(String),
+}
+
+/// Counters a client keeps.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct ClientStats {
+    pub ops: u64,
+    pub batches: u64,
+    pub blocking_calls: u64,
+    pub retransmits: u64,
+    pub reconnects: u64,
+}
+
+/// What arrived from a shard without being asked for: callbacks, handovers, commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pushed {
+    pub shard: u32,
+    pub push: wire::Push,
+}
+
+struct ShardLink {
+    next_seq: u64,
+    /// Not yet sent.
+    pending: Vec<wire::Op>,
+    /// Sent, not yet acknowledged, in sequence order.
+    outstanding: VecDeque<wire::Op>,
+    acked: u64,
+    last_progress: Instant,
+    rto: Duration,
+}
+
+enum Transport {
+    InProc { workers: Vec<Arc<WorkerShared>> },
+    Tcp(tcp::TcpLinks),
+}
+
+/// A client of the store: an NF instance, a root, a tool.
+pub struct StoreClient {
+    id: ClientId,
+    transport: Transport,
+    mailbox: Arc<Mailbox>,
+    links: Vec<ShardLink>,
+    customs: Vec<String>,
+    replies: HashMap<(u32, u64), wire::Reply>,
+    pushes: VecDeque<Pushed>,
+    /// How long a blocking call waits before giving up.
+    pub call_timeout: Duration,
+    /// Initial retransmission timeout.
+    pub rto: Duration,
+    pub stats: ClientStats,
+}
+
+const F_NONBLOCKING: u32 = OpFlag::FlagNonblocking as u32;
+const F_RETRANSMIT: u32 = OpFlag::FlagRetransmit as u32;
+
+impl StoreClient {
+    pub(crate) fn in_process(store: &Store, id: ClientId) -> Self {
+        let workers = (0..store.shards())
+            .map(|s| store.worker(s).clone())
+            .collect();
+        Self::new(
+            id,
+            Transport::InProc { workers },
+            Arc::new(Mailbox::new()),
+            store.shards(),
+            store.customs().names(),
+        )
+    }
+
+    /// Connects to one or more `chc-store` processes; each holds the shards it reports, and
+    /// the client numbers them in the order the addresses are given.
+    pub fn connect(
+        addrs: &[SocketAddr],
+        id: ClientId,
+        opts: TcpOptions,
+    ) -> Result<Self, ClientError> {
+        let mailbox = Arc::new(Mailbox::new());
+        let (links, customs) = tcp::TcpLinks::connect(addrs, id, opts, mailbox.clone())?;
+        let shards = links.shards();
+        let mut c = Self::new(id, Transport::Tcp(links), mailbox, shards, customs);
+        // Resume sequence numbers where the shards say this client stopped.
+        if let Transport::Tcp(t) = &c.transport {
+            for (s, l) in c.links.iter_mut().enumerate() {
+                let a = t.applied_seq(s as u32);
+                l.next_seq = a + 1;
+                l.acked = a;
+            }
+        }
+        Ok(c)
+    }
+
+    fn new(
+        id: ClientId,
+        transport: Transport,
+        mailbox: Arc<Mailbox>,
+        shards: u32,
+        customs: Vec<String>,
+    ) -> Self {
+        let now = Instant::now();
+        StoreClient {
+            id,
+            transport,
+            mailbox,
+            links: (0..shards)
+                .map(|_| ShardLink {
+                    next_seq: 1,
+                    pending: Vec::new(),
+                    outstanding: VecDeque::new(),
+                    acked: 0,
+                    last_progress: now,
+                    rto: Duration::from_millis(200),
+                })
+                .collect(),
+            customs,
+            replies: HashMap::new(),
+            pushes: VecDeque::new(),
+            call_timeout: Duration::from_secs(10),
+            rto: Duration::from_millis(200),
+            stats: ClientStats::default(),
+        }
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.links.len() as u32
+    }
+
+    /// Id of a custom operation by name, as the store registered it.
+    pub fn custom_op(&self, name: &str) -> Option<u32> {
+        self.customs
+            .iter()
+            .position(|n| n == name)
+            .map(|i| i as u32)
+    }
+
+    /// The shard an operation goes to.
+    pub fn shard_of(&self, op: &wire::Op) -> u32 {
+        crate::key::KeyRef {
+            vertex: op.vertex as u16,
+            object: op.object as u16,
+            per_flow: op.per_flow,
+            sub: &op.sub,
+        }
+        .shard(self.shards())
+    }
+
+    /// Queues an operation for its shard; returns (shard, sequence number). Nothing is sent
+    /// until [`StoreClient::flush`] or a blocking call.
+    pub fn submit(&mut self, op: wire::Op) -> (u32, u64) {
+        let shard = self.shard_of(&op);
+        (shard, self.submit_to(shard, op))
+    }
+
+    /// Queues an operation for a given shard (operations that address shards, not keys, such
+    /// as clock retirement or commit subscriptions).
+    pub fn submit_to(&mut self, shard: u32, mut op: wire::Op) -> u64 {
+        let l = &mut self.links[shard as usize];
+        op.seq = l.next_seq;
+        l.next_seq += 1;
+        l.pending.push(op);
+        self.stats.ops += 1;
+        l.next_seq - 1
+    }
+
+    /// Queues a non-blocking operation (no reply, only an acknowledgement).
+    pub fn submit_nonblocking(&mut self, mut op: wire::Op) -> (u32, u64) {
+        op.flags |= F_NONBLOCKING;
+        self.submit(op)
+    }
+
+    /// Sends every queued operation.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        for s in 0..self.links.len() as u32 {
+            self.flush_shard(s)?;
+        }
+        Ok(())
+    }
+
+    fn flush_shard(&mut self, shard: u32) -> Result<(), ClientError> {
+        let l = &mut self.links[shard as usize];
+        if l.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut l.pending);
+        if l.outstanding.is_empty() {
+            l.last_progress = Instant::now();
+        }
+        l.outstanding.extend(batch.iter().cloned());
+        self.stats.batches += 1;
+        self.send(shard, batch)
+    }
+
+    fn send(&mut self, shard: u32, ops: Vec<wire::Op>) -> Result<(), ClientError> {
+        match &mut self.transport {
+            Transport::InProc { workers } => {
+                workers[shard as usize].send(Inbound::Batch {
+                    client: self.id,
+                    ops,
+                    mailbox: self.mailbox.clone(),
+                });
+                Ok(())
+            }
+            Transport::Tcp(t) => t.send(shard, ops),
+        }
+    }
+
+    /// Runs one operation and waits for its reply (everything queued before it on the same
+    /// shard is applied first).
+    pub fn call(&mut self, op: wire::Op) -> Result<wire::Reply, ClientError> {
+        let (shard, seq) = self.submit(op);
+        self.stats.blocking_calls += 1;
+        self.flush_shard(shard)?;
+        self.wait_reply(shard, seq)
+    }
+
+    /// Runs a shard-addressed operation and waits for its reply.
+    pub fn call_shard(&mut self, shard: u32, op: wire::Op) -> Result<wire::Reply, ClientError> {
+        let seq = self.submit_to(shard, op);
+        self.stats.blocking_calls += 1;
+        self.flush_shard(shard)?;
+        self.wait_reply(shard, seq)
+    }
+
+    /// Waits for the reply to an operation submitted earlier (flushes its shard).
+    pub fn wait_reply(&mut self, shard: u32, seq: u64) -> Result<wire::Reply, ClientError> {
+        self.flush_shard(shard)?;
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self.replies.remove(&(shard, seq)) {
+                return Ok(r);
+            }
+            let waited = start.elapsed();
+            if waited >= self.call_timeout {
+                return Err(ClientError::Timeout { shard, waited });
+            }
+            self.wait_one(Duration::from_millis(20).min(self.call_timeout - waited))?;
+        }
+    }
+
+    /// Waits until every operation sent so far is acknowledged.
+    pub fn sync(&mut self) -> Result<(), ClientError> {
+        self.flush()?;
+        let start = Instant::now();
+        while self.links.iter().any(|l| !l.outstanding.is_empty()) {
+            let waited = start.elapsed();
+            if waited >= self.call_timeout {
+                let shard = self
+                    .links
+                    .iter()
+                    .position(|l| !l.outstanding.is_empty())
+                    .unwrap_or(0) as u32;
+                return Err(ClientError::Timeout { shard, waited });
+            }
+            self.wait_one(Duration::from_millis(20))?;
+        }
+        Ok(())
+    }
+
+    /// Number of sent operations not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.links.iter().map(|l| l.outstanding.len()).sum()
+    }
+
+    /// Processes whatever has arrived, without waiting; resends timed-out operations.
+    pub fn poll(&mut self) -> Result<(), ClientError> {
+        while let Some((shard, f)) = self.mailbox.try_take() {
+            self.on_frame(shard, f)?;
+        }
+        self.retransmit_due()
+    }
+
+    fn wait_one(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        if let Some((shard, f)) = self.mailbox.wait(timeout) {
+            self.on_frame(shard, f)?;
+        }
+        self.poll()
+    }
+
+    /// The next pushed notification, if any has arrived.
+    pub fn take_push(&mut self) -> Option<Pushed> {
+        self.pushes.pop_front()
+    }
+
+    /// Waits up to `timeout` for a pushed notification.
+    pub fn wait_push(&mut self, timeout: Duration) -> Result<Option<Pushed>, ClientError> {
+        let start = Instant::now();
+        loop {
+            self.poll()?;
+            if let Some(p) = self.pushes.pop_front() {
+                return Ok(Some(p));
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Ok(None);
+            }
+            self.wait_one((timeout - waited).min(Duration::from_millis(20)))?;
+        }
+    }
+
+    fn on_frame(&mut self, shard: u32, f: wire::ServerFrame) -> Result<(), ClientError> {
+        if !f.error.is_empty() {
+            if let Transport::Tcp(t) = &mut self.transport {
+                t.mark_broken(shard);
+            }
+            return Err(ClientError::Closed(f.error));
+        }
+        if let Some(h) = f.hello {
+            // A (re)connection: the shard reports how far it got. Everything after that point
+            // is sent again, flagged as a retransmission.
+            let l = &mut self.links[shard as usize];
+            l.acked = l.acked.max(h.applied_seq);
+            self.ack(shard, h.applied_seq);
+            self.resend(shard)?;
+        }
+        for r in f.replies {
+            self.replies.insert((shard, r.seq), r);
+        }
+        if f.acked > 0 {
+            self.ack(shard, f.acked);
+        }
+        for p in f.pushes {
+            self.pushes.push_back(Pushed { shard, push: p });
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, shard: u32, upto: u64) {
+        let l = &mut self.links[shard as usize];
+        let before = l.outstanding.len();
+        while l.outstanding.front().is_some_and(|o| o.seq <= upto) {
+            l.outstanding.pop_front();
+        }
+        if l.outstanding.len() != before {
+            l.acked = l.acked.max(upto);
+            l.last_progress = Instant::now();
+            l.rto = self.rto;
+        }
+    }
+
+    fn resend(&mut self, shard: u32) -> Result<(), ClientError> {
+        let l = &mut self.links[shard as usize];
+        if l.outstanding.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<wire::Op> = l
+            .outstanding
+            .iter()
+            .cloned()
+            .map(|mut o| {
+                o.flags |= F_RETRANSMIT;
+                o
+            })
+            .collect();
+        self.stats.retransmits += ops.len() as u64;
+        l.last_progress = Instant::now();
+        l.rto = (l.rto * 2).min(Duration::from_secs(5));
+        self.send(shard, ops)
+    }
+
+    fn retransmit_due(&mut self) -> Result<(), ClientError> {
+        for s in 0..self.links.len() as u32 {
+            // A lost connection is re-established at once; everything not acknowledged goes
+            // again (the shard ignores what it already applied).
+            let broken = matches!(&self.transport, Transport::Tcp(t) if t.is_broken(s));
+            if broken {
+                let Transport::Tcp(t) = &mut self.transport else {
+                    unreachable!()
+                };
+                let applied = t.reconnect(s)?;
+                self.stats.reconnects += 1;
+                self.ack(s, applied);
+                self.resend(s)?;
+                continue;
+            }
+            let l = &self.links[s as usize];
+            if !l.outstanding.is_empty() && l.last_progress.elapsed() >= l.rto {
+                self.resend(s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StoreClient {
+    fn drop(&mut self) {
+        let _ = self.flush();
+        if let Transport::InProc { workers } = &self.transport {
+            for w in workers {
+                w.send(Inbound::Detach { client: self.id });
+            }
+        }
+    }
+}
+
+/// Whether a reply carries a usable value (OK, possibly as a suppressed duplicate).
+pub fn is_ok(r: &wire::Reply) -> bool {
+    r.status == Status::Ok as i32
+}
+
+/// Whether a push is a handover notification.
+pub fn is_handover(p: &wire::Push) -> bool {
+    p.kind == PushKind::PushHandover as i32
+}
+
+#[cfg(test)]
+mod tests;

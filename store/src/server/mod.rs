@@ -1,1 +1,501 @@
-//! Store servers.
+//! A running store: shard threads, optional TCP listeners, recovery at start.
+//!
+//! [`Store::start`] recovers each shard from its checkpoint and write-ahead log (when a data
+//! directory is given), starts one thread per shard and, if asked, the native protocol and RESP
+//! listeners. The same `Store` serves in-process clients ([`Store::client`]) without sockets:
+//! that is the embedded default of `chc-dataplane`.
+
+pub mod resp;
+mod worker;
+
+use crate::checkpoint::{self, CheckpointWriter};
+use crate::custom::CustomOps;
+use crate::names::Names;
+use crate::shard::{ClientId, Shard, ShardStats};
+use crate::wal::{self, FsyncPolicy, WalWriter};
+use bytes::BytesMut;
+use chc_proto::wire;
+use crossbeam::channel::{self, Receiver, Sender};
+use crossbeam::queue::SegQueue;
+use mio::{Poll, Waker};
+use parking_lot::{Mutex, RwLock};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+pub use resp::RespError;
+
+/// How to run a store.
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub shards: u32,
+    /// Where checkpoints and WAL segments live; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    pub fsync: FsyncPolicy,
+    pub checkpoint_interval: Duration,
+    pub customs: CustomOps,
+    /// Native protocol listener.
+    pub listen: Option<SocketAddr>,
+    /// RESP listener.
+    pub resp: Option<SocketAddr>,
+    /// When set, both listeners refuse clients that do not present it.
+    pub auth_token: Option<String>,
+    pub max_frame: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            shards: 1,
+            data_dir: None,
+            fsync: FsyncPolicy::EverySec,
+            checkpoint_interval: Duration::from_millis(150),
+            customs: CustomOps::builtin(),
+            listen: None,
+            resp: None,
+            auth_token: None,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// An in-memory, in-process store with `shards` shard threads.
+    pub fn in_memory(shards: u32) -> Self {
+        StoreConfig {
+            shards,
+            ..Default::default()
+        }
+    }
+
+    fn fsync_name(&self) -> &'static str {
+        match self.fsync {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::EverySec => "everysec",
+            FsyncPolicy::No => "no",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("shard count must be between 1 and 1024, not {0}")]
+    Shards(u32),
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Messages to a shard thread.
+pub(crate) enum Inbound {
+    Batch {
+        client: ClientId,
+        ops: Vec<wire::Op>,
+        mailbox: Arc<Mailbox>,
+    },
+    Detach {
+        client: ClientId,
+    },
+    Native {
+        stream: TcpStream,
+        client: ClientId,
+        leftover: Vec<u8>,
+    },
+    Resp {
+        stream: TcpStream,
+        client: ClientId,
+    },
+    Call {
+        call: resp::ShardCall,
+        from: u32,
+        conn: usize,
+        slot: u64,
+        idx: u32,
+    },
+    CallResult {
+        conn: usize,
+        slot: u64,
+        idx: u32,
+        result: resp::CallResult,
+    },
+    Shutdown,
+}
+
+/// The part of a shard thread others hold: its inbox and a way to wake it.
+pub(crate) struct WorkerShared {
+    tx: Sender<Inbound>,
+    rx: Receiver<Inbound>,
+    waker: Waker,
+    /// Set while the thread is (about to be) blocked in poll: only then is a wake-up needed,
+    /// so a busy shard costs its senders no system call.
+    sleeping: AtomicBool,
+}
+
+impl WorkerShared {
+    pub(crate) fn send(&self, m: Inbound) {
+        let _ = self.tx.send(m);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// Where a shard thread leaves frames for an in-process client.
+pub struct Mailbox {
+    q: SegQueue<(u32, wire::ServerFrame)>,
+    waiting: AtomicBool,
+    waiter: Mutex<Option<Thread>>,
+}
+
+impl Mailbox {
+    pub(crate) fn new() -> Self {
+        Mailbox {
+            q: SegQueue::new(),
+            waiting: AtomicBool::new(false),
+            waiter: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn deliver(&self, shard: u32, frame: wire::ServerFrame) {
+        self.q.push((shard, frame));
+        if self.waiting.load(Ordering::SeqCst) {
+            if let Some(t) = self.waiter.lock().as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    pub(crate) fn try_take(&self) -> Option<(u32, wire::ServerFrame)> {
+        self.q.pop()
+    }
+
+    /// Waits up to `timeout` for a frame: spins briefly (a reply from a busy shard arrives in
+    /// microseconds), then parks.
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
+        for _ in 0..200 {
+            if let Some(f) = self.q.pop() {
+                return Some(f);
+            }
+            std::hint::spin_loop();
+        }
+        *self.waiter.lock() = Some(std::thread::current());
+        self.waiting.store(true, Ordering::SeqCst);
+        let r = match self.q.pop() {
+            Some(f) => Some(f),
+            None => {
+                std::thread::park_timeout(timeout);
+                self.q.pop()
+            }
+        };
+        self.waiting.store(false, Ordering::SeqCst);
+        r
+    }
+}
+
+/// A running store.
+pub struct Store {
+    cfg: Arc<StoreConfig>,
+    workers: Arc<Vec<Arc<WorkerShared>>>,
+    threads: Vec<JoinHandle<ShardStats>>,
+    acceptors: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+    pub native_addr: Option<SocketAddr>,
+    pub resp_addr: Option<SocketAddr>,
+    /// Recovery summary per shard: (records replayed, torn tail truncated).
+    pub recovery: Vec<wal::RecoveryReport>,
+    next_client: AtomicU64,
+}
+
+/// High bit marks client ids the server invents for RESP connections.
+const RESP_CLIENT_BIT: u64 = 1 << 63;
+
+impl Store {
+    pub fn start(cfg: StoreConfig) -> Result<Store, StoreError> {
+        if cfg.shards == 0 || cfg.shards > 1024 {
+            return Err(StoreError::Shards(cfg.shards));
+        }
+        // Each store has its own name registry, filled by declarations and checkpoints.
+        let names: Arc<RwLock<Names>> = Arc::default();
+        let cfg = Arc::new(cfg);
+        // Recover every shard before serving anything.
+        let mut shards = Vec::new();
+        let mut recovery = Vec::new();
+        for id in 0..cfg.shards {
+            let mut shard = Shard::new(id, cfg.shards, cfg.customs.clone(), names.clone());
+            let mut report = wal::RecoveryReport::default();
+            if let Some(dir) = &cfg.data_dir {
+                std::fs::create_dir_all(dir)?;
+                if let Some(recs) = checkpoint::load(dir, id, cfg.shards)? {
+                    for r in recs {
+                        shard.load_checkpoint_record(r);
+                    }
+                }
+                report = wal::recover(dir, id, |rec| shard.replay_wal_record(rec))?;
+                if let Some((p, off, n)) = &report.truncated {
+                    eprintln!(
+                        "chc-store: shard {id}: {}: dropped a torn tail of {n} bytes at offset {off}",
+                        p.display()
+                    );
+                }
+                shard.set_durable(true);
+            }
+            shards.push(shard);
+            recovery.push(report);
+        }
+        let mut polls = Vec::new();
+        let mut shared = Vec::new();
+        for _ in 0..cfg.shards {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), worker::WAKER)?;
+            let (tx, rx) = channel::unbounded();
+            shared.push(Arc::new(WorkerShared {
+                tx,
+                rx,
+                waker,
+                sleeping: AtomicBool::new(false),
+            }));
+            polls.push(poll);
+        }
+        let workers = Arc::new(shared);
+        let mut threads = Vec::new();
+        for (mut shard, poll) in shards.into_iter().zip(polls) {
+            let id = shard.id;
+            let (wal, ckpt) = match &cfg.data_dir {
+                Some(dir) => {
+                    let w = WalWriter::create(dir, id, shard.lsn() + 1, cfg.fsync)?;
+                    let c = CheckpointWriter::start(dir.clone(), id, cfg.shards);
+                    // A fresh checkpoint of the recovered state lets old segments go.
+                    c.submit(checkpoint::Job {
+                        delta: shard.full_delta(),
+                        lsn: shard.lsn(),
+                        ts: shard.ts_records(),
+                        declarations: shard.declarations().to_vec(),
+                    });
+                    (Some(w), Some(c))
+                }
+                None => (None, None),
+            };
+            let w = worker::Worker::new(
+                shard,
+                workers[id as usize].clone(),
+                workers.clone(),
+                cfg.clone(),
+                names.clone(),
+                poll,
+                wal,
+                ckpt,
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{id}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        let mut store = Store {
+            cfg: cfg.clone(),
+            workers,
+            threads,
+            acceptors: Vec::new(),
+            native_addr: None,
+            resp_addr: None,
+            recovery,
+            next_client: AtomicU64::new(1),
+        };
+        if let Some(addr) = cfg.listen {
+            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind { addr, source })?;
+            store.native_addr = Some(l.local_addr()?);
+            store.spawn_acceptor(l, false)?;
+        }
+        if let Some(addr) = cfg.resp {
+            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind { addr, source })?;
+            store.resp_addr = Some(l.local_addr()?);
+            store.spawn_acceptor(l, true)?;
+        }
+        Ok(store)
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.cfg.shards
+    }
+
+    pub fn customs(&self) -> &CustomOps {
+        &self.cfg.customs
+    }
+
+    fn spawn_acceptor(&mut self, l: TcpListener, is_resp: bool) -> Result<(), StoreError> {
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let workers = self.workers.clone();
+        let cfg = self.cfg.clone();
+        let name = if is_resp { "resp-accept" } else { "accept" };
+        let h = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut rr = 0usize;
+                let mut resp_id = 0u64;
+                while !stop2.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, peer)) => {
+                            let _ = s.set_nonblocking(false);
+                            if is_resp {
+                                resp_id += 1;
+                                let w = &workers[rr % workers.len()];
+                                rr += 1;
+                                w.send(Inbound::Resp {
+                                    stream: s,
+                                    client: RESP_CLIENT_BIT | resp_id,
+                                });
+                            } else {
+                                let workers = workers.clone();
+                                let cfg = cfg.clone();
+                                // The handshake waits for the client; do not hold up others.
+                                let _ = std::thread::Builder::new()
+                                    .name("handshake".into())
+                                    .spawn(move || handshake(s, peer, &cfg, &workers));
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => {
+                            eprintln!("chc-store: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            })?;
+        self.acceptors.push((stop, h));
+        Ok(())
+    }
+
+    /// An in-process client (no sockets).
+    pub fn client(&self, id: ClientId) -> crate::client::StoreClient {
+        crate::client::StoreClient::in_process(self, id)
+    }
+
+    /// A fresh client id not used by other in-process clients of this store.
+    pub fn next_client_id(&self) -> ClientId {
+        (1 << 62) | self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn worker(&self, shard: u32) -> &Arc<WorkerShared> {
+        &self.workers[shard as usize]
+    }
+
+    /// Stops listeners and shard threads, syncing the WAL and writing a final checkpoint.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for (s, _) in &self.acceptors {
+            s.store(true, Ordering::Relaxed);
+        }
+        for (_, h) in self.acceptors.drain(..) {
+            let _ = h.join();
+        }
+        for w in self.workers.iter() {
+            w.send(Inbound::Shutdown);
+        }
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the client's Hello, checks it and hands the connection to its shard's thread.
+fn handshake(mut s: TcpStream, peer: SocketAddr, cfg: &StoreConfig, workers: &[Arc<WorkerShared>]) {
+    let refuse = |mut s: TcpStream, why: String| {
+        eprintln!("chc-store: refusing {peer}: {why}");
+        let mut b = BytesMut::new();
+        wire::put_frame(
+            &wire::ServerFrame {
+                error: why,
+                ..Default::default()
+            },
+            &mut b,
+        );
+        let _ = s.write_all(&b);
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    let hello = loop {
+        match wire::take_frame::<wire::ClientFrame>(&mut buf, 64 * 1024) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(e) => return refuse(s, format!("bad hello frame: {e}")),
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return refuse(s, format!("no hello: {e}")),
+        }
+    };
+    let _ = s.set_read_timeout(None);
+    let Some(h) = hello.hello else {
+        return refuse(s, "first frame must carry Hello".into());
+    };
+    if let Some(t) = &cfg.auth_token {
+        if &h.token != t {
+            return refuse(s, "authentication failed".into());
+        }
+    }
+    if h.version != wire::PROTOCOL_VERSION {
+        return refuse(
+            s,
+            format!(
+                "protocol version {} not supported (server speaks {})",
+                h.version,
+                wire::PROTOCOL_VERSION
+            ),
+        );
+    }
+    if h.shard >= cfg.shards {
+        return refuse(
+            s,
+            format!("no shard {} (the server has {})", h.shard, cfg.shards),
+        );
+    }
+    if h.client_id & RESP_CLIENT_BIT != 0 {
+        return refuse(s, "client ids with the top bit set are reserved".into());
+    }
+    let mut leftover = buf.to_vec();
+    // Operations sent along with the Hello are processed right after registration.
+    if !hello.ops.is_empty() {
+        let mut b = BytesMut::new();
+        wire::put_frame(
+            &wire::ClientFrame {
+                hello: None,
+                ops: hello.ops,
+            },
+            &mut b,
+        );
+        let mut v = b.to_vec();
+        v.extend_from_slice(&leftover);
+        leftover = v;
+    }
+    workers[h.shard as usize].send(Inbound::Native {
+        stream: s,
+        client: h.client_id,
+        leftover,
+    });
+}

@@ -1,0 +1,1 @@
+//! Caching strategies (Table 3.5).

@@ -1,0 +1,1 @@
+//! NF-side log and store recovery.

@@ -1,0 +1,766 @@
+//! A shard's thread: the event loop around one [`Shard`].
+//!
+//! The thread owns its shard, the TCP connections assigned to it (native connections name
+//! their shard; RESP connections are spread round-robin) and an inbox through which in-process
+//! clients, the acceptors and the other shards' threads reach it. One pass of the loop reads
+//! everything that is ready, applies it, appends the pass's WAL records with one write (and
+//! one sync under `fsync always`), and only then sends the pass's replies: an acknowledged
+//! update is as durable as the policy promises.
+
+use super::resp::{self, CallResult, Combine, Plan, PlanCtx, ShardCall};
+use super::{Inbound, Mailbox, StoreConfig, WorkerShared};
+use crate::checkpoint::{CheckpointWriter, Job};
+use crate::names::Names;
+use crate::shard::{ClientId, Outputs, Shard, ShardStats};
+use crate::wal::WalWriter;
+use bytes::BytesMut;
+use chc_proto::wire::{self, PushKind};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use parking_lot::RwLock;
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub(crate) const WAKER: Token = Token(0);
+/// Stop reading from a connection whose unsent replies exceed this.
+const WBUF_HIGH: usize = 64 << 20;
+
+enum Sink {
+    Mailbox(Arc<Mailbox>),
+    Conn(Token),
+}
+
+struct Slot {
+    id: u64,
+    combine: Option<Combine>,
+    results: Vec<Option<CallResult>>,
+    missing: usize,
+    ready: Option<Vec<u8>>,
+}
+
+enum Kind {
+    Native {
+        client: ClientId,
+    },
+    Resp {
+        client: ClientId,
+        authed: bool,
+        slots: VecDeque<Slot>,
+        next_slot: u64,
+    },
+}
+
+struct Conn {
+    stream: TcpStream,
+    kind: Kind,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    closing: bool,
+    peer: String,
+}
+
+pub(crate) struct Worker {
+    pub shard: Shard,
+    shared: Arc<WorkerShared>,
+    peers: Arc<Vec<Arc<WorkerShared>>>,
+    cfg: Arc<StoreConfig>,
+    names: Arc<RwLock<Names>>,
+    poll: Poll,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    sinks: HashMap<ClientId, Sink>,
+    pending: HashMap<ClientId, wire::ServerFrame>,
+    out: Outputs,
+    wal: Option<WalWriter>,
+    ckpt: Option<CheckpointWriter>,
+    last_ckpt: Instant,
+    wal_scratch: Vec<u8>,
+    scratch: Vec<u8>,
+    args: Vec<Range<usize>>,
+    dirty_conns: Vec<Token>,
+    now_ns: u64,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: Shard,
+        shared: Arc<WorkerShared>,
+        peers: Arc<Vec<Arc<WorkerShared>>>,
+        cfg: Arc<StoreConfig>,
+        names: Arc<RwLock<Names>>,
+        poll: Poll,
+        wal: Option<WalWriter>,
+        ckpt: Option<CheckpointWriter>,
+    ) -> Self {
+        Worker {
+            shard,
+            shared,
+            peers,
+            cfg,
+            names,
+            poll,
+            conns: HashMap::new(),
+            next_token: 1,
+            sinks: HashMap::new(),
+            pending: HashMap::new(),
+            out: Outputs::default(),
+            wal,
+            ckpt,
+            last_ckpt: Instant::now(),
+            wal_scratch: Vec::new(),
+            scratch: vec![0; 256 * 1024],
+            args: Vec::new(),
+            dirty_conns: Vec::new(),
+            now_ns: 0,
+        }
+    }
+
+    /// Serves until shutdown; returns the shard's final counters.
+    pub fn run(mut self) -> ShardStats {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.now_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let (busy, stop) = self.drain_inbox();
+            if stop {
+                break;
+            }
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.shared.sleeping.store(true, Ordering::SeqCst);
+                if !self.shared.rx.is_empty() {
+                    self.shared.sleeping.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                Some(self.idle_timeout())
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != ErrorKind::Interrupted {
+                    eprintln!("chc-store: shard {}: poll: {e}", self.shard.id);
+                }
+            }
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    continue;
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(t);
+                }
+                if ev.is_writable() {
+                    self.mark_dirty(t);
+                }
+            }
+            self.finish_pass();
+        }
+        self.finish_pass();
+        if let Some(w) = self.wal.as_mut() {
+            let _ = w.sync();
+        }
+        if let Some(mut c) = self.ckpt.take() {
+            self.checkpoint(&mut c);
+            c.finish();
+        }
+        self.shard.stats
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        let mut t = Duration::from_millis(500);
+        if self.ckpt.is_some() {
+            t = t.min(
+                self.cfg
+                    .checkpoint_interval
+                    .saturating_sub(self.last_ckpt.elapsed()),
+            );
+        }
+        if self.wal.is_some() {
+            t = t.min(Duration::from_millis(200));
+        }
+        t.max(Duration::from_millis(1))
+    }
+
+    /// Handles inbox messages; returns (did any work, stop requested).
+    fn drain_inbox(&mut self) -> (bool, bool) {
+        let mut n = 0;
+        while n < 4096 {
+            let Ok(msg) = self.shared.rx.try_recv() else {
+                break;
+            };
+            n += 1;
+            match msg {
+                Inbound::Batch {
+                    client,
+                    ops,
+                    mailbox,
+                } => {
+                    if !matches!(self.sinks.get(&client), Some(Sink::Mailbox(m)) if Arc::ptr_eq(m, &mailbox))
+                    {
+                        self.sinks.insert(client, Sink::Mailbox(mailbox));
+                    }
+                    self.apply(client, &ops);
+                }
+                Inbound::Detach { client } => {
+                    if matches!(self.sinks.get(&client), Some(Sink::Mailbox(_))) {
+                        self.sinks.remove(&client);
+                        self.shard.disconnect(client);
+                    }
+                }
+                Inbound::Native {
+                    stream,
+                    client,
+                    leftover,
+                } => self.add_native(stream, client, leftover),
+                Inbound::Resp { stream, client } => self.add_resp(stream, client),
+                Inbound::Call {
+                    call,
+                    from,
+                    conn,
+                    slot,
+                    idx,
+                } => {
+                    let result = self.exec_call(call, 0);
+                    self.peers[from as usize].send(Inbound::CallResult {
+                        conn,
+                        slot,
+                        idx,
+                        result,
+                    });
+                }
+                Inbound::CallResult {
+                    conn,
+                    slot,
+                    idx,
+                    result,
+                } => self.on_call_result(conn, slot, idx, result),
+                Inbound::Shutdown => return (true, true),
+            }
+        }
+        (n > 0, false)
+    }
+
+    /// Applies a batch and routes what it produced.
+    fn apply(&mut self, client: ClientId, ops: &[wire::Op]) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.shard.apply_batch(client, ops, self.now_ns, &mut out);
+        let f = self.pending.entry(client).or_default();
+        f.replies.append(&mut out.replies);
+        f.acked = f.acked.max(out.acked);
+        self.route(&mut out);
+        self.out = out;
+    }
+
+    /// Queues pushes and commit notifications for their clients.
+    fn route(&mut self, out: &mut Outputs) {
+        for (c, p) in out.pushes.drain(..) {
+            self.pending.entry(c).or_default().pushes.push(p);
+        }
+        for (c, commit) in out.commits.drain(..) {
+            let f = self.pending.entry(c).or_default();
+            match f.pushes.last_mut() {
+                Some(p) if p.kind == PushKind::PushCommits as i32 => p.commits.push(commit),
+                _ => f.pushes.push(wire::Push {
+                    kind: PushKind::PushCommits as i32,
+                    commits: vec![commit],
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+
+    fn add_native(&mut self, stream: std::net::TcpStream, client: ClientId, leftover: Vec<u8>) {
+        let t = self.register(stream, Kind::Native { client });
+        let Some(t) = t else { return };
+        self.sinks.insert(client, Sink::Conn(t));
+        let hello = wire::ServerFrame {
+            hello: Some(wire::HelloReply {
+                shard: self.shard.id,
+                shards: self.shard.shards,
+                custom_ops: self.shard.customs().names(),
+                applied_seq: self.shard.applied_seq(client),
+            }),
+            ..Default::default()
+        };
+        if let Some(c) = self.conns.get_mut(&t) {
+            let mut b = BytesMut::new();
+            wire::put_frame(&hello, &mut b);
+            c.wbuf.extend_from_slice(&b);
+            c.rbuf.extend_from_slice(&leftover);
+        }
+        self.mark_dirty(t);
+        self.process_native(t);
+    }
+
+    fn add_resp(&mut self, stream: std::net::TcpStream, client: ClientId) {
+        let authed = self.cfg.auth_token.is_none();
+        if let Some(t) = self.register(
+            stream,
+            Kind::Resp {
+                client,
+                authed,
+                slots: VecDeque::new(),
+                next_slot: 0,
+            },
+        ) {
+            self.sinks.insert(client, Sink::Conn(t));
+            self.on_readable(t);
+        }
+    }
+
+    fn register(&mut self, stream: std::net::TcpStream, kind: Kind) -> Option<Token> {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        if stream.set_nonblocking(true).is_err() {
+            return None;
+        }
+        let _ = stream.set_nodelay(true);
+        let mut stream = TcpStream::from_std(stream);
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)
+        {
+            eprintln!("chc-store: shard {}: register {peer}: {e}", self.shard.id);
+            return None;
+        }
+        self.conns.insert(
+            t,
+            Conn {
+                stream,
+                kind,
+                rbuf: BytesMut::with_capacity(64 * 1024),
+                wbuf: Vec::with_capacity(64 * 1024),
+                closing: false,
+                peer,
+            },
+        );
+        Some(t)
+    }
+
+    fn mark_dirty(&mut self, t: Token) {
+        if !self.dirty_conns.contains(&t) {
+            self.dirty_conns.push(t);
+        }
+    }
+
+    fn on_readable(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if c.wbuf.len() > WBUF_HIGH {
+            return;
+        }
+        let mut eof = false;
+        loop {
+            match c.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.rbuf.extend_from_slice(&self.scratch[..n]);
+                    if c.rbuf.len() > self.cfg.max_frame + (1 << 20) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        match c.kind {
+            Kind::Native { .. } => self.process_native(t),
+            Kind::Resp { .. } => self.process_resp(t),
+        }
+        if eof {
+            self.close(t, None);
+        }
+    }
+
+    fn process_native(&mut self, t: Token) {
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else {
+                return;
+            };
+            let Kind::Native { client } = c.kind else {
+                return;
+            };
+            match wire::take_frame::<wire::ClientFrame>(&mut c.rbuf, self.cfg.max_frame) {
+                Ok(Some(frame)) => {
+                    if frame.hello.is_some() {
+                        self.close(t, Some("unexpected second Hello".into()));
+                        return;
+                    }
+                    self.apply(client, &frame.ops);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.close(t, Some(format!("bad frame: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn process_resp(&mut self, t: Token) {
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
+        let mut pos = 0;
+        let mut args = std::mem::take(&mut self.args);
+        while !c.closing {
+            match resp::parse(&c.rbuf[pos..], &mut args) {
+                Ok(Some(n)) => {
+                    if !args.is_empty() {
+                        let argv: Vec<&[u8]> = args
+                            .iter()
+                            .map(|r| &c.rbuf[pos + r.start..pos + r.end])
+                            .collect();
+                        let plan = {
+                            let Kind::Resp { client, authed, .. } = &mut c.kind else {
+                                unreachable!("resp connection")
+                            };
+                            let names = self.shard_names();
+                            let names = names.read();
+                            let mut ctx = PlanCtx {
+                                shards: self.shard.shards,
+                                names: &names,
+                                authed,
+                                token: self.cfg.auth_token.as_deref(),
+                                fsync: self.cfg.fsync_name(),
+                                client: *client,
+                            };
+                            resp::plan(&mut ctx, &argv)
+                        };
+                        self.run_plan(t, &mut c, plan);
+                    }
+                    pos += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let mut out = Vec::new();
+                    resp::enc::error(&mut out, &format!("ERR {e}"));
+                    emit(&mut c, out);
+                    eprintln!(
+                        "chc-store: shard {}: closing RESP connection {}: {e}",
+                        self.shard.id, c.peer
+                    );
+                    c.closing = true;
+                }
+            }
+        }
+        let _ = c.rbuf.split_to(pos);
+        self.args = args;
+        self.conns.insert(t, c);
+        self.mark_dirty(t);
+    }
+
+    fn shard_names(&self) -> Arc<RwLock<Names>> {
+        self.names.clone()
+    }
+
+    fn run_plan(&mut self, t: Token, c: &mut Conn, plan: Plan) {
+        match plan {
+            Plan::Now(b) => emit(c, b),
+            Plan::Quit(b) => {
+                emit(c, b);
+                c.closing = true;
+            }
+            Plan::Calls(calls, combine) => {
+                let Kind::Resp { client, .. } = c.kind else {
+                    return;
+                };
+                let me = self.shard.id;
+                if calls.iter().all(|(s, _)| *s == me) {
+                    let results: Vec<CallResult> = calls
+                        .into_iter()
+                        .map(|(_, call)| self.exec_call(call, client))
+                        .collect();
+                    let mut out = Vec::new();
+                    resp::combine(&combine, &results, &mut out);
+                    emit(c, out);
+                    return;
+                }
+                let Kind::Resp {
+                    slots, next_slot, ..
+                } = &mut c.kind
+                else {
+                    return;
+                };
+                let id = *next_slot;
+                *next_slot += 1;
+                let n = calls.len();
+                let mut slot = Slot {
+                    id,
+                    combine: Some(combine),
+                    results: vec![None; n],
+                    missing: n,
+                    ready: None,
+                };
+                let mut remote = Vec::new();
+                for (idx, (s, call)) in calls.into_iter().enumerate() {
+                    if s == me {
+                        slot.results[idx] = Some(self.exec_call(call, client));
+                        slot.missing -= 1;
+                    } else {
+                        remote.push((s, idx, call));
+                    }
+                }
+                slots.push_back(slot);
+                for (s, idx, call) in remote {
+                    self.peers[s as usize].send(Inbound::Call {
+                        call,
+                        from: me,
+                        conn: t.0,
+                        slot: id,
+                        idx: idx as u32,
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_call_result(&mut self, conn: usize, slot: u64, idx: u32, result: CallResult) {
+        let t = Token(conn);
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
+        let Kind::Resp { slots, .. } = &mut c.kind else {
+            return;
+        };
+        if let Some(s) = slots.iter_mut().find(|s| s.id == slot) {
+            if s.results[idx as usize].replace(result).is_none() {
+                s.missing -= 1;
+            }
+            if s.missing == 0 {
+                let mut out = Vec::new();
+                let results: Vec<CallResult> = s.results.drain(..).flatten().collect();
+                if let Some(comb) = s.combine.take() {
+                    resp::combine(&comb, &results, &mut out);
+                }
+                s.ready = Some(out);
+            }
+        }
+        while slots.front().is_some_and(|s| s.ready.is_some()) {
+            let s = slots.pop_front().expect("front");
+            c.wbuf.extend_from_slice(&s.ready.expect("ready"));
+        }
+        self.mark_dirty(t);
+    }
+
+    /// Runs one call of a RESP command on this shard.
+    fn exec_call(&mut self, call: ShardCall, client: ClientId) -> CallResult {
+        match call {
+            ShardCall::Op(op) => {
+                let mut out = std::mem::take(&mut self.out);
+                out.clear();
+                self.shard
+                    .apply_batch(client, std::slice::from_ref(&op), self.now_ns, &mut out);
+                let r = out.replies.pop().unwrap_or_default();
+                self.route(&mut out);
+                self.out = out;
+                CallResult::Reply(r)
+            }
+            ShardCall::Count => CallResult::Count(self.shard.len() as u64),
+            ShardCall::Keys(p) => {
+                let names = self.names.read();
+                CallResult::Keys(
+                    self.shard
+                        .iter()
+                        .map(|(k, e)| names.render(k.as_ref(), e.owner))
+                        .filter(|k| resp::glob(&p, k))
+                        .map(Into::into)
+                        .collect(),
+                )
+            }
+            ShardCall::Scan {
+                pos,
+                count,
+                pattern,
+            } => {
+                let names = self.names.read();
+                let mut keys = Vec::new();
+                let mut next = None;
+                for (i, (k, e)) in self.shard.iter().enumerate().skip(pos as usize) {
+                    if i as u64 >= pos + count {
+                        next = Some(i as u64);
+                        break;
+                    }
+                    let r = names.render(k.as_ref(), e.owner);
+                    if pattern.as_ref().is_none_or(|p| resp::glob(p, &r)) {
+                        keys.push(r.into());
+                    }
+                }
+                CallResult::Scan { keys, next }
+            }
+            ShardCall::Stats => CallResult::Stats(self.shard.stats, self.shard.len() as u64),
+        }
+    }
+
+    fn close(&mut self, t: Token, reason: Option<String>) {
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
+        if let Some(r) = &reason {
+            eprintln!(
+                "chc-store: shard {}: closing connection {}: {r}",
+                self.shard.id, c.peer
+            );
+            if let Kind::Native { .. } = c.kind {
+                let mut b = BytesMut::new();
+                wire::put_frame(
+                    &wire::ServerFrame {
+                        error: r.clone(),
+                        ..Default::default()
+                    },
+                    &mut b,
+                );
+                c.wbuf.extend_from_slice(&b);
+            }
+        }
+        let _ = c.stream.write_all(&c.wbuf);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let client = match c.kind {
+            Kind::Native { client } | Kind::Resp { client, .. } => client,
+        };
+        if matches!(self.sinks.get(&client), Some(Sink::Conn(x)) if *x == t) {
+            self.sinks.remove(&client);
+            self.pending.remove(&client);
+            self.shard.disconnect(client);
+        }
+    }
+
+    fn finish_pass(&mut self) {
+        // 1. Make this pass's updates durable (per policy) before anything is acknowledged.
+        if let Some(w) = self.wal.as_mut() {
+            self.wal_scratch.clear();
+            self.shard.take_wal(&mut self.wal_scratch);
+            let r = if self.wal_scratch.is_empty() {
+                w.tick()
+            } else {
+                w.append(&self.wal_scratch)
+            };
+            if let Err(e) = r {
+                // Without a working log nothing may be acknowledged: stop serving.
+                eprintln!(
+                    "chc-store: shard {}: write-ahead log failed: {e}; exiting",
+                    self.shard.id
+                );
+                std::process::exit(70);
+            }
+        }
+        // 2. Deliver replies, acks and pushes.
+        for (client, frame) in self.pending.drain() {
+            match self.sinks.get(&client) {
+                Some(Sink::Mailbox(m)) => m.deliver(self.shard.id, frame),
+                Some(Sink::Conn(t)) => {
+                    if let Some(c) = self.conns.get_mut(t) {
+                        let mut b = BytesMut::new();
+                        wire::put_frame(&frame, &mut b);
+                        c.wbuf.extend_from_slice(&b);
+                        if !self.dirty_conns.contains(t) {
+                            self.dirty_conns.push(*t);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        // 3. Write out.
+        let dirty = std::mem::take(&mut self.dirty_conns);
+        for t in dirty {
+            let mut close = false;
+            let mut resume = false;
+            if let Some(c) = self.conns.get_mut(&t) {
+                let was_high = c.wbuf.len() > WBUF_HIGH;
+                let mut written = 0;
+                while written < c.wbuf.len() {
+                    match c.stream.write(&c.wbuf[written..]) {
+                        Ok(0) => {
+                            close = true;
+                            break;
+                        }
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                c.wbuf.drain(..written);
+                if c.closing && c.wbuf.is_empty() {
+                    close = true;
+                }
+                resume = was_high && c.wbuf.len() <= WBUF_HIGH;
+            }
+            if close {
+                self.close(t, None);
+            } else if resume {
+                self.on_readable(t);
+            }
+        }
+        // 4. Checkpoint when due.
+        if let Some(mut c) = self.ckpt.take() {
+            if self.last_ckpt.elapsed() >= self.cfg.checkpoint_interval {
+                self.checkpoint(&mut c);
+            }
+            self.ckpt = Some(c);
+        }
+    }
+
+    fn checkpoint(&mut self, c: &mut CheckpointWriter) {
+        self.last_ckpt = Instant::now();
+        let delta = self.shard.take_delta();
+        let lsn = self.shard.lsn();
+        if let Some(w) = self.wal.as_mut() {
+            if let Err(e) = w.rotate(lsn + 1) {
+                eprintln!(
+                    "chc-store: shard {}: WAL rotation failed: {e}; exiting",
+                    self.shard.id
+                );
+                std::process::exit(70);
+            }
+        }
+        c.submit(Job {
+            delta,
+            lsn,
+            ts: self.shard.ts_records(),
+            declarations: self.shard.declarations().to_vec(),
+        });
+    }
+}
+
+fn emit(c: &mut Conn, bytes: Vec<u8>) {
+    match &mut c.kind {
+        Kind::Resp {
+            slots, next_slot, ..
+        } if !slots.is_empty() => {
+            let id = *next_slot;
+            *next_slot += 1;
+            slots.push_back(Slot {
+                id,
+                combine: None,
+                results: Vec::new(),
+                missing: 0,
+                ready: Some(bytes),
+            });
+        }
+        _ => c.wbuf.extend_from_slice(&bytes),
+    }
+}
