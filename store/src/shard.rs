@@ -357,6 +357,7 @@ impl Shard {
     ) -> wire::Reply {
         let mut reply = wire::Reply {
             seq: op.seq,
+            version: self.stats.ops,
             ..Default::default()
         };
         let Ok(code) = OpCode::try_from(op.code) else {
@@ -585,6 +586,7 @@ impl Shard {
                         sub: op.sub.clone(),
                         value: value.clone(),
                         commits: Vec::new(),
+                        version: self.stats.ops,
                     },
                 ));
             }
@@ -601,7 +603,7 @@ impl Shard {
                     sub,
                     wire::Commit {
                         clock: op.clock,
-                        id: (op.instance & 0xFFFF) << 16 | (op.object & 0xFFFF),
+                        id: update_id(op.instance as u16, op.object as u16, op.op_index),
                     },
                 ));
             }
@@ -668,6 +670,7 @@ impl Shard {
                             sub: op.sub.clone(),
                             value: e.value.to_wire(),
                             commits: Vec::new(),
+                            version: self.stats.ops,
                         },
                     ));
                 }
@@ -964,6 +967,14 @@ fn snapshot(e: &Entry) -> CheckpointEntry {
     }
 }
 
+/// The 32-bit id a counted update contributes to its packet's update vector (and reports in
+/// its commit notification): `instance << 16 | object`, rotated by the update's index within
+/// the packet. The rotation keeps two updates of one object by one packet from cancelling
+/// out in the XOR (plain ids would XOR to zero and hide a lost update).
+pub fn update_id(instance: u16, object: u16, op_index: u32) -> u32 {
+    (u32::from(instance) << 16 | u32::from(object)).rotate_left(op_index & 31)
+}
+
 /// Whether `code` changes an object's value.
 pub fn is_update(code: i32) -> bool {
     matches!(
@@ -980,8 +991,9 @@ pub fn is_update(code: i32) -> bool {
     )
 }
 
-/// Applies an update to a value: (status, result, whether the value changed).
-fn apply_update(
+/// Applies an update to a value: (status, result, whether the value changed). Shared by the
+/// shards and by NF-local state (traditional mode, caches), so both behave identically.
+pub fn apply_update(
     customs: &CustomOps,
     code: OpCode,
     op: &wire::Op,
