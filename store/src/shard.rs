@@ -713,6 +713,9 @@ impl Shard {
         }
         let v = if let Some(v) = self.replaying.clone() {
             v
+        } else if op.val.is_some() {
+            // The instance computed the value and logs it here (Appendix A.2).
+            Value::from_wire(op.val.as_ref())
         } else {
             match op.num {
                 NONDET_TIME_NS => Value::Int(now_ns as i64),

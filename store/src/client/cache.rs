@@ -1,1 +1,809 @@
-//! Caching strategies (Table 3.5).
+//! NF state access with the strategies of the paper's Table 3.5.
+//!
+//! An NF declares each state object with a scope (per-flow or cross-flow) and an access
+//! pattern; [`strategy`] picks how the object is kept for the vertex's [`Mode`]:
+//!
+//! | scope, access | strategy |
+//! |---|---|
+//! | any, write-mostly / read-rarely | non-blocking operations, no cache |
+//! | per-flow, any other | cache; operations applied locally and forwarded non-blocking |
+//! | cross-flow, read-heavy | cache kept fresh by callbacks; updates go to the store |
+//! | cross-flow, read/write often | cache while this instance has the object to itself (the upstream split says so), else operations in the store |
+//!
+//! In `eo` and `eo-c` every operation sent to the store waits for its acknowledgement; in
+//! `eo-c-na` the framework does not wait and retransmits instead. `traditional` keeps all state
+//! in the instance, applied with the very same operation semantics as the store.
+//!
+//! Every update sent to the store carries the packet's logical clock and its index within
+//! the packet, so the store can suppress duplicates; its id is XORed into the packet's update
+//! vector. Updates and reads of cross-flow objects are recorded in the NF-side log
+//! ([`super::nflog`]) for store recovery.
+
+use super::nflog::NfLog;
+use super::ops::{self, ObjKey};
+use super::{ClientError, Pushed, StoreClient};
+use crate::custom::CustomOps;
+use crate::key::{Key, KeyRef};
+use crate::names::KeyKind;
+use crate::shard::{apply_update, update_id, NONDET_RANDOM, NONDET_TIME_NS};
+use crate::value::Value;
+use bytes::Bytes;
+use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
+use hashbrown::HashMap;
+
+/// Scope of a state object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Keyed by a flow: only the instance the flow is assigned to touches it.
+    PerFlow,
+    /// Shared by flows (a host's counters, a port pool): several instances may touch it.
+    CrossFlow,
+}
+
+/// How an object is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Updated often, read rarely (counters).
+    WriteMostly,
+    /// Read often, updated rarely.
+    ReadHeavy,
+    /// Read and updated often.
+    ReadWriteOften,
+}
+
+/// Where a vertex keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// In the instance; nothing survives a crash. The baseline.
+    Traditional,
+    /// In the store; every operation waits for the store.
+    Eo,
+    /// In the store, cached per Table 3.5; operations sent to the store wait for their ACK.
+    EoC,
+    /// As `EoC`, without waiting for ACKs.
+    EoCNa,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "traditional" => Ok(Mode::Traditional),
+            "eo" => Ok(Mode::Eo),
+            "eo-c" => Ok(Mode::EoC),
+            "eo-c-na" => Ok(Mode::EoCNa),
+            _ => Err(format!(
+                "mode must be traditional, eo, eo-c or eo-c-na, not {s:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Traditional => "traditional",
+            Mode::Eo => "eo",
+            Mode::EoC => "eo-c",
+            Mode::EoCNa => "eo-c-na",
+        })
+    }
+}
+
+/// How one object is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Local,
+    Blocking,
+    NonBlocking,
+    CacheFlush,
+    CacheCallback,
+    CacheExclusive,
+}
+
+/// Table 3.5: the strategy for an object of `scope` and `access` in `mode`.
+pub fn strategy(mode: Mode, scope: Scope, access: Access) -> Strategy {
+    match mode {
+        Mode::Traditional => Strategy::Local,
+        Mode::Eo => Strategy::Blocking,
+        Mode::EoC | Mode::EoCNa => match (scope, access) {
+            (_, Access::WriteMostly) => Strategy::NonBlocking,
+            (Scope::PerFlow, _) => Strategy::CacheFlush,
+            (Scope::CrossFlow, Access::ReadHeavy) => Strategy::CacheCallback,
+            (Scope::CrossFlow, Access::ReadWriteOften) => Strategy::CacheExclusive,
+        },
+    }
+}
+
+/// A state object as an NF declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// Unique within the NF; 16 bits as in the update vector.
+    pub id: u16,
+    /// `nf:object`, shown by the store's RESP face.
+    pub name: String,
+    pub scope: Scope,
+    pub access: Access,
+    pub key_kind: KeyKind,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StateError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("object {0} was not declared")]
+    UnknownObject(u16),
+    #[error("custom operation {0:?} is not registered in the store")]
+    UnknownCustomOp(String),
+}
+
+#[derive(Clone, Debug)]
+struct Cached {
+    value: Value,
+    version: u64,
+}
+
+struct Obj {
+    spec: ObjectSpec,
+    strategy: Strategy,
+    /// CacheExclusive: this instance currently has the object to itself.
+    exclusive: bool,
+}
+
+/// Counters of state access.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct StateStats {
+    pub ops: u64,
+    pub local_ops: u64,
+    pub remote_calls: u64,
+    pub nonblocking: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub callbacks_applied: u64,
+}
+
+/// One NF instance's access to its state.
+pub struct StateClient {
+    vertex: u16,
+    instance: u16,
+    mode: Mode,
+    objs: Vec<Option<Obj>>,
+    customs: CustomOps,
+    store: Option<StoreClient>,
+    /// Traditional state and caches.
+    local: HashMap<Key, Cached>,
+    /// Per-flow cache misses mean "no state yet" (a fresh instance that saw its flows from
+    /// the start); a failover or clone instance must ask the store instead.
+    fresh: bool,
+    clock: u64,
+    op_index: u32,
+    vector: u32,
+    replay: bool,
+    rng: u64,
+    nflog: NfLog,
+    /// Keep the NF-side log of shared operations (for recovering a remote store).
+    log_shared: bool,
+    handovers: Vec<(ObjKey, Value)>,
+    pub stats: StateStats,
+}
+
+const F_COUNTED: u32 = OpFlag::FlagCounted as u32;
+const F_REPLAY: u32 = OpFlag::FlagReplay as u32;
+const F_WANT_TS: u32 = OpFlag::FlagWantTs as u32;
+
+impl StateClient {
+    /// State kept in the instance (traditional mode).
+    pub fn local(vertex: u16, instance: u16, objects: &[ObjectSpec], customs: CustomOps) -> Self {
+        Self::build(vertex, instance, Mode::Traditional, objects, customs, None)
+    }
+
+    /// State kept in the store in `mode`. Declares the objects' names to every shard.
+    pub fn external(
+        vertex: u16,
+        instance: u16,
+        mode: Mode,
+        objects: &[ObjectSpec],
+        customs: CustomOps,
+        mut store: StoreClient,
+    ) -> Result<Self, StateError> {
+        for o in objects {
+            for s in 0..store.shards() {
+                store.submit_to(s, ops::declare(vertex, o.id, &o.name, o.key_kind));
+            }
+        }
+        store.sync()?;
+        Ok(Self::build(
+            vertex,
+            instance,
+            mode,
+            objects,
+            customs,
+            Some(store),
+        ))
+    }
+
+    fn build(
+        vertex: u16,
+        instance: u16,
+        mode: Mode,
+        objects: &[ObjectSpec],
+        customs: CustomOps,
+        store: Option<StoreClient>,
+    ) -> Self {
+        let mut objs: Vec<Option<Obj>> = Vec::new();
+        for o in objects {
+            let i = o.id as usize;
+            if objs.len() <= i {
+                objs.resize_with(i + 1, || None);
+            }
+            objs[i] = Some(Obj {
+                spec: o.clone(),
+                strategy: if store.is_some() {
+                    strategy(mode, o.scope, o.access)
+                } else {
+                    Strategy::Local
+                },
+                exclusive: true,
+            });
+        }
+        StateClient {
+            vertex,
+            instance,
+            mode: if store.is_some() {
+                mode
+            } else {
+                Mode::Traditional
+            },
+            objs,
+            customs,
+            store,
+            local: HashMap::new(),
+            fresh: true,
+            clock: 0,
+            op_index: 0,
+            vector: 0,
+            replay: false,
+            rng: 0x2545_F491_4F6C_DD1D ^ (u64::from(vertex) << 32 | u64::from(instance)),
+            nflog: NfLog::default(),
+            log_shared: false,
+            handovers: Vec::new(),
+            stats: StateStats::default(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn vertex(&self) -> u16 {
+        self.vertex
+    }
+
+    pub fn instance(&self) -> u16 {
+        self.instance
+    }
+
+    pub fn strategy_of(&self, obj: u16) -> Option<Strategy> {
+        self.objs.get(obj as usize)?.as_ref().map(|o| o.strategy)
+    }
+
+    /// A fresh instance treats per-flow cache misses as "no state"; a replacement or clone
+    /// instance (`fresh = false`) loads them from the store.
+    pub fn set_fresh(&mut self, fresh: bool) {
+        self.fresh = fresh;
+    }
+
+    pub fn store(&mut self) -> Option<&mut StoreClient> {
+        self.store.as_mut()
+    }
+
+    /// Turns the NF-side log of shared operations on (needed to recover a store that can
+    /// fail independently of this instance).
+    pub fn set_log_shared(&mut self, on: bool) {
+        self.log_shared = on;
+    }
+
+    pub fn nflog(&mut self) -> &mut NfLog {
+        &mut self.nflog
+    }
+
+    /// Starts processing a packet with logical clock `clock` (replayed or not).
+    pub fn begin_packet(&mut self, clock: u64, replay: bool) {
+        self.clock = clock;
+        self.op_index = 0;
+        self.vector = 0;
+        self.replay = replay;
+    }
+
+    /// Ends the packet: the XOR of the ids of every counted update it caused here.
+    pub fn end_packet(&mut self) -> u32 {
+        self.vector
+    }
+
+    /// Sends everything queued to the store and handles what arrived (call once per burst).
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        if let Some(s) = self.store.as_mut() {
+            s.flush()?;
+            s.poll()?;
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// Waits until the store has acknowledged every operation sent so far.
+    pub fn sync(&mut self) -> Result<(), StateError> {
+        if let Some(s) = self.store.as_mut() {
+            s.sync()?;
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// Handles callbacks and handovers that arrived.
+    fn pump(&mut self) {
+        let Some(s) = self.store.as_mut() else { return };
+        while let Some(Pushed { push, .. }) = s.take_push() {
+            let k = KeyRef {
+                vertex: push.vertex as u16,
+                object: push.object as u16,
+                per_flow: push.per_flow,
+                sub: &push.sub,
+            };
+            if push.kind == PushKind::PushUpdate as i32 {
+                if let Some(c) = self.local.get_mut(&k) {
+                    if push.version > c.version {
+                        c.value = Value::from_wire_owned(push.value.as_ref());
+                        c.version = push.version;
+                        self.stats.callbacks_applied += 1;
+                    }
+                }
+            } else if push.kind == PushKind::PushHandover as i32 {
+                let v = Value::from_wire_owned(push.value.as_ref());
+                self.handovers.push((
+                    ObjKey {
+                        vertex: k.vertex,
+                        object: k.object,
+                        per_flow: true,
+                        sub: push.sub.clone(),
+                    },
+                    v,
+                ));
+            }
+        }
+    }
+
+    /// Ownership grants that arrived since the last call (handover step 6).
+    pub fn take_handovers(&mut self) -> Vec<(ObjKey, Value)> {
+        self.pump();
+        std::mem::take(&mut self.handovers)
+    }
+
+    /// Whether this instance has a cross-flow read/write-often object to itself. Becoming
+    /// shared flushes (waits for the store to have every update) and drops the cache.
+    pub fn set_exclusive(&mut self, obj: u16, exclusive: bool) -> Result<(), StateError> {
+        let was = match self.objs.get_mut(obj as usize).and_then(|o| o.as_mut()) {
+            Some(o) => std::mem::replace(&mut o.exclusive, exclusive),
+            None => return Err(StateError::UnknownObject(obj)),
+        };
+        if was && !exclusive {
+            self.sync()?;
+            let v = self.vertex;
+            self.local
+                .retain(|k, _| !(k.vertex == v && k.object == obj));
+        }
+        Ok(())
+    }
+
+    /// Drops cached per-flow objects of a flow that moved away, after making sure the store
+    /// has every update (handover steps 1 and 5).
+    pub fn flush_flow(&mut self, obj: u16, sub: &[u8]) -> Result<(), StateError> {
+        self.sync()?;
+        let k = KeyRef {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: true,
+            sub,
+        };
+        self.local.remove(&k);
+        Ok(())
+    }
+
+    fn obj(&self, obj: u16) -> Result<(Strategy, Scope, bool), StateError> {
+        match self.objs.get(obj as usize).and_then(|o| o.as_ref()) {
+            Some(o) => Ok((o.strategy, o.spec.scope, o.exclusive)),
+            None => Err(StateError::UnknownObject(obj)),
+        }
+    }
+
+    fn key(&self, obj: u16, scope: Scope, sub: &[u8]) -> ObjKey {
+        ObjKey {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub: Bytes::copy_from_slice(sub),
+        }
+    }
+
+    /// Stamps an update with the packet's clock and counts it in the update vector.
+    fn stamp(&mut self, op: wire::Op, obj: u16) -> wire::Op {
+        let idx = self.op_index;
+        self.op_index += 1;
+        let mut flags = F_COUNTED;
+        if self.replay {
+            flags |= F_REPLAY;
+        }
+        if self.clock != 0 {
+            self.vector ^= update_id(self.instance, obj, idx);
+        }
+        ops::with_clock(op, self.clock, self.instance, idx, flags)
+    }
+
+    fn store_mut(&mut self) -> &mut StoreClient {
+        self.store
+            .as_mut()
+            .expect("external strategies have a store")
+    }
+
+    /// Reads an object.
+    pub fn get(&mut self, obj: u16, sub: &[u8]) -> Result<Value, StateError> {
+        self.stats.ops += 1;
+        let (strat, scope, excl) = self.obj(obj)?;
+        let k = KeyRef {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub,
+        };
+        match strat {
+            Strategy::Local => {
+                self.stats.local_ops += 1;
+                Ok(self
+                    .local
+                    .get(&k)
+                    .map(|c| c.value.clone())
+                    .unwrap_or_default())
+            }
+            Strategy::CacheFlush | Strategy::CacheCallback => self.cached(obj, scope, sub),
+            Strategy::CacheExclusive if excl => self.cached(obj, scope, sub),
+            Strategy::Blocking | Strategy::NonBlocking | Strategy::CacheExclusive => {
+                self.remote_get(obj, scope, sub).map(|(v, _)| v)
+            }
+        }
+    }
+
+    fn remote_get(
+        &mut self,
+        obj: u16,
+        scope: Scope,
+        sub: &[u8],
+    ) -> Result<(Value, u64), StateError> {
+        let key = self.key(obj, scope, sub);
+        let mut op = key.get();
+        if scope == Scope::CrossFlow {
+            op.flags |= F_WANT_TS;
+        }
+        self.stats.remote_calls += 1;
+        let r = self.store_mut().call(op)?;
+        let v = Value::from_wire_owned(r.value.as_ref());
+        if scope == Scope::CrossFlow && self.log_shared {
+            let shard = self.store_mut().shard_of(&key.get());
+            self.nflog.record_read(shard, key, v.clone(), r.ts);
+        }
+        Ok((v, r.version))
+    }
+
+    /// The cached value, loading it on a miss.
+    fn cached(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Value, StateError> {
+        let k = KeyRef {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub,
+        };
+        if let Some(c) = self.local.get(&k) {
+            self.stats.cache_hits += 1;
+            return Ok(c.value.clone());
+        }
+        self.stats.cache_misses += 1;
+        let c = self.load(obj, scope, sub)?;
+        let v = c.value.clone();
+        self.local.insert(k.to_key(), c);
+        Ok(v)
+    }
+
+    fn load(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Cached, StateError> {
+        let (strat, _, _) = self.obj(obj)?;
+        if strat == Strategy::CacheFlush && self.fresh && !self.replay {
+            return Ok(Cached {
+                value: Value::Nil,
+                version: 0,
+            });
+        }
+        if strat == Strategy::CacheCallback {
+            let key = self.key(obj, scope, sub);
+            self.stats.remote_calls += 1;
+            let r = self.store_mut().call(key.subscribe())?;
+            return Ok(Cached {
+                value: Value::from_wire_owned(r.value.as_ref()),
+                version: r.version,
+            });
+        }
+        let (value, version) = self.remote_get(obj, scope, sub)?;
+        Ok(Cached { value, version })
+    }
+
+    /// Applies an update; returns its status and result. `need` says whether the caller
+    /// uses the result (a blind update of a write-mostly object then costs no wait).
+    fn update(
+        &mut self,
+        obj: u16,
+        sub: &[u8],
+        op: wire::Op,
+        need: bool,
+    ) -> Result<(Status, Value), StateError> {
+        self.stats.ops += 1;
+        let (strat, scope, excl) = self.obj(obj)?;
+        let code = OpCode::try_from(op.code).unwrap_or(OpCode::OpNoop);
+        let wait_ack = self.mode != Mode::EoCNa;
+        match strat {
+            Strategy::Local => {
+                self.stats.local_ops += 1;
+                let k = KeyRef {
+                    vertex: self.vertex,
+                    object: obj,
+                    per_flow: scope == Scope::PerFlow,
+                    sub,
+                };
+                let c = self.local.entry_ref(&k).or_insert_with(|| Cached {
+                    value: Value::Nil,
+                    version: 0,
+                });
+                let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
+                if c.value.is_nil() {
+                    self.local.remove(&k);
+                }
+                Ok((st, res))
+            }
+            Strategy::Blocking => self.remote_update(obj, scope, op, true),
+            Strategy::NonBlocking => self.remote_update(obj, scope, op, need || wait_ack),
+            Strategy::CacheExclusive if !excl => {
+                self.remote_update(obj, scope, op, need || wait_ack)
+            }
+            // Updates are serialised by the store; the cache takes the value the store reports
+            // right after this update (and ignores older callbacks).
+            Strategy::CacheCallback => self.update_in_store_then_cache(obj, scope, sub, op),
+            Strategy::CacheFlush | Strategy::CacheExclusive => {
+                if self.replay {
+                    // The store decides (it may have applied this update before).
+                    return self.update_in_store_then_cache(obj, scope, sub, op);
+                }
+                self.cached(obj, scope, sub)?;
+                let k = KeyRef {
+                    vertex: self.vertex,
+                    object: obj,
+                    per_flow: scope == Scope::PerFlow,
+                    sub,
+                };
+                let c = self.local.get_mut(&k).expect("loaded above");
+                let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
+                // The operation (not the value) goes to the store: it stays correct however
+                // the store interleaves it with others (§3.3.3).
+                self.remote_update(obj, scope, op, wait_ack)?;
+                Ok((st, res))
+            }
+        }
+    }
+
+    /// Applies an update in the store and caches the value the store holds right after it
+    /// (one round trip: the update and a read in one batch).
+    fn update_in_store_then_cache(
+        &mut self,
+        obj: u16,
+        scope: Scope,
+        sub: &[u8],
+        op: wire::Op,
+    ) -> Result<(Status, Value), StateError> {
+        let key = self.key(obj, scope, sub);
+        let stamped = self.stamp(op, obj);
+        let (shard, seq) = self.send(&key, stamped, false);
+        self.stats.remote_calls += 1;
+        let s = self.store_mut();
+        let (_, gseq) = s.submit(key.get());
+        let r = s.wait_reply(shard, seq)?;
+        let g = s.wait_reply(shard, gseq)?;
+        let k = KeyRef {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub,
+        };
+        self.local.insert(
+            k.to_key(),
+            Cached {
+                value: Value::from_wire_owned(g.value.as_ref()),
+                version: g.version,
+            },
+        );
+        Ok((status_of(&r), Value::from_wire_owned(r.value.as_ref())))
+    }
+
+    fn remote_update(
+        &mut self,
+        obj: u16,
+        scope: Scope,
+        op: wire::Op,
+        wait: bool,
+    ) -> Result<(Status, Value), StateError> {
+        let key = ObjKey {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub: op.sub.clone(),
+        };
+        let stamped = self.stamp(op, obj);
+        let (shard, seq) = self.send(&key, stamped, !wait);
+        if wait {
+            self.stats.remote_calls += 1;
+            let r = self.store_mut().wait_reply(shard, seq)?;
+            Ok((status_of(&r), Value::from_wire_owned(r.value.as_ref())))
+        } else {
+            self.stats.nonblocking += 1;
+            Ok((Status::Ok, Value::Nil))
+        }
+    }
+
+    /// Queues a stamped update, logging it in the NF-side log if it is shared state.
+    fn send(&mut self, key: &ObjKey, mut op: wire::Op, nonblocking: bool) -> (u32, u64) {
+        if nonblocking {
+            op.flags |= OpFlag::FlagNonblocking as u32;
+        }
+        let logged = (self.log_shared && !key.per_flow).then(|| op.clone());
+        let (shard, seq) = self.store_mut().submit(op);
+        if let Some(mut op) = logged {
+            op.seq = seq;
+            self.nflog.record_update(shard, op);
+        }
+        (shard, seq)
+    }
+
+    fn obj_op(&self, obj: u16, sub: &[u8], code: OpCode) -> Result<wire::Op, StateError> {
+        let (_, scope, _) = self.obj(obj)?;
+        Ok(self.key(obj, scope, sub).op(code))
+    }
+
+    pub fn set(&mut self, obj: u16, sub: &[u8], v: Value) -> Result<(), StateError> {
+        let mut op = self.obj_op(obj, sub, OpCode::OpSet)?;
+        op.val = v.to_wire();
+        self.update(obj, sub, op, false).map(|_| ())
+    }
+
+    pub fn del(&mut self, obj: u16, sub: &[u8]) -> Result<(), StateError> {
+        let op = self.obj_op(obj, sub, OpCode::OpDel)?;
+        self.update(obj, sub, op, false).map(|_| ())
+    }
+
+    /// Adds `by`; the result is not needed (non-blocking where the strategy allows).
+    pub fn incr(&mut self, obj: u16, sub: &[u8], by: i64) -> Result<(), StateError> {
+        let mut op = self.obj_op(obj, sub, OpCode::OpIncr)?;
+        op.num = by;
+        self.update(obj, sub, op, false).map(|_| ())
+    }
+
+    /// Adds `by` and returns the new value.
+    pub fn incr_get(&mut self, obj: u16, sub: &[u8], by: i64) -> Result<i64, StateError> {
+        let mut op = self.obj_op(obj, sub, OpCode::OpIncr)?;
+        op.num = by;
+        let (_, v) = self.update(obj, sub, op, true)?;
+        Ok(v.as_int().unwrap_or(0))
+    }
+
+    pub fn push_back(&mut self, obj: u16, sub: &[u8], item: Bytes) -> Result<(), StateError> {
+        let mut op = self.obj_op(obj, sub, OpCode::OpPushBack)?;
+        op.val = Some(wire::Value::bytes(item));
+        self.update(obj, sub, op, false).map(|_| ())
+    }
+
+    pub fn push_front(&mut self, obj: u16, sub: &[u8], item: Bytes) -> Result<(), StateError> {
+        let mut op = self.obj_op(obj, sub, OpCode::OpPushFront)?;
+        op.val = Some(wire::Value::bytes(item));
+        self.update(obj, sub, op, false).map(|_| ())
+    }
+
+    pub fn pop_front(&mut self, obj: u16, sub: &[u8]) -> Result<Option<Bytes>, StateError> {
+        let op = self.obj_op(obj, sub, OpCode::OpPopFront)?;
+        let (st, v) = self.update(obj, sub, op, true)?;
+        Ok(match (st, v) {
+            (Status::Ok, Value::Bytes(b)) => Some(b),
+            _ => None,
+        })
+    }
+
+    pub fn pop_back(&mut self, obj: u16, sub: &[u8]) -> Result<Option<Bytes>, StateError> {
+        let op = self.obj_op(obj, sub, OpCode::OpPopBack)?;
+        let (st, v) = self.update(obj, sub, op, true)?;
+        Ok(match (st, v) {
+            (Status::Ok, Value::Bytes(b)) => Some(b),
+            _ => None,
+        })
+    }
+
+    /// Sets `new` if the value equals `expected`; returns whether it did.
+    pub fn compare_and_update(
+        &mut self,
+        obj: u16,
+        sub: &[u8],
+        expected: &Value,
+        new: &Value,
+    ) -> Result<bool, StateError> {
+        let mut op = self.obj_op(obj, sub, OpCode::OpCompareAndUpdate)?;
+        op.val = expected.to_wire();
+        op.val2 = new.to_wire();
+        let (st, _) = self.update(obj, sub, op, true)?;
+        Ok(st == Status::Ok)
+    }
+
+    /// Runs a custom operation by name; returns its result (`need`: whether the caller uses it).
+    pub fn custom(
+        &mut self,
+        obj: u16,
+        sub: &[u8],
+        name: &str,
+        arg: &Value,
+        need: bool,
+    ) -> Result<Value, StateError> {
+        let id = self
+            .customs
+            .id(name)
+            .ok_or_else(|| StateError::UnknownCustomOp(name.to_string()))?;
+        let mut op = self.obj_op(obj, sub, OpCode::OpCustom)?;
+        op.num = i64::from(id);
+        op.val = arg.to_wire();
+        let (_, v) = self.update(obj, sub, op, need)?;
+        Ok(v)
+    }
+
+    /// Wall-clock time in ns, the same for every replay of this packet.
+    pub fn now_ns(&mut self) -> Result<u64, StateError> {
+        let local = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.nondet(NONDET_TIME_NS, local)
+    }
+
+    /// A random number, the same for every replay of this packet.
+    pub fn random(&mut self) -> Result<u64, StateError> {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let local = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        self.nondet(NONDET_RANDOM, local)
+    }
+
+    /// Appendix A.2: a fresh value is computed here and logged in the store without waiting;
+    /// a replayed packet asks the store for the logged one.
+    fn nondet(&mut self, kind: i64, local: u64) -> Result<u64, StateError> {
+        if self.store.is_none() || self.clock == 0 {
+            return Ok(local);
+        }
+        let idx = self.op_index;
+        self.op_index += 1;
+        let mut op = ops::nondet(self.vertex, self.clock, idx, kind);
+        if self.replay {
+            op.flags |= F_REPLAY;
+            let r = self.store_mut().call(op)?;
+            return Ok(Value::from_wire(r.value.as_ref())
+                .as_int()
+                .unwrap_or(local as i64) as u64);
+        }
+        op.val = Some(wire::Value::int(local as i64));
+        self.store_mut().submit_nonblocking(op);
+        Ok(local)
+    }
+}
+
+fn status_of(r: &wire::Reply) -> Status {
+    Status::try_from(r.status).unwrap_or(Status::BadRequest)
+}
+
+#[cfg(test)]
+mod tests;

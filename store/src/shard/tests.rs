@@ -134,7 +134,11 @@ fn same_clock_and_index_is_applied_once() {
     assert_eq!(first.replies[0].value, Some(WV::int(1)));
     assert_eq!(first.commits.len(), 1);
     assert_eq!(first.commits[0].0, 100);
-    assert_eq!(first.commits[0].1.id, 3 << 16 | 2, "op_index 0: the plain id");
+    assert_eq!(
+        first.commits[0].1.id,
+        3 << 16 | 2,
+        "op_index 0: the plain id"
+    );
     assert_eq!(update_id(3, 2, 1), (3 << 16 | 2) << 1);
     // A clone (another client, same logical instance) replays the packet.
     let again = run(&mut s, 2, vec![o.clone()]);

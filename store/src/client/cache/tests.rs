@@ -1,0 +1,255 @@
+use super::*;
+use crate::server::{Store, StoreConfig};
+use proptest::prelude::{
+    any, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig, Strategy as PStrategy,
+};
+use std::time::Duration;
+
+const PF: u16 = 1; // per-flow, read/write often
+const CNT: u16 = 2; // cross-flow, write-mostly
+const CFG: u16 = 3; // cross-flow, read-heavy
+const POOL: u16 = 4; // cross-flow, read/write often
+
+fn specs() -> Vec<ObjectSpec> {
+    let o = |id, name: &str, scope, access| ObjectSpec {
+        id,
+        name: format!("t:{name}"),
+        scope,
+        access,
+        key_kind: KeyKind::Raw,
+    };
+    vec![
+        o(PF, "flow", Scope::PerFlow, Access::ReadWriteOften),
+        o(CNT, "count", Scope::CrossFlow, Access::WriteMostly),
+        o(CFG, "cfg", Scope::CrossFlow, Access::ReadHeavy),
+        o(POOL, "pool", Scope::CrossFlow, Access::ReadWriteOften),
+    ]
+}
+
+#[test]
+fn table_3_5() {
+    use Access::*;
+    use Scope::*;
+    for m in [Mode::EoC, Mode::EoCNa] {
+        assert_eq!(strategy(m, PerFlow, WriteMostly), Strategy::NonBlocking);
+        assert_eq!(strategy(m, CrossFlow, WriteMostly), Strategy::NonBlocking);
+        assert_eq!(strategy(m, PerFlow, ReadHeavy), Strategy::CacheFlush);
+        assert_eq!(strategy(m, PerFlow, ReadWriteOften), Strategy::CacheFlush);
+        assert_eq!(strategy(m, CrossFlow, ReadHeavy), Strategy::CacheCallback);
+        assert_eq!(
+            strategy(m, CrossFlow, ReadWriteOften),
+            Strategy::CacheExclusive
+        );
+    }
+    assert_eq!(strategy(Mode::Eo, PerFlow, ReadHeavy), Strategy::Blocking);
+    assert_eq!(
+        strategy(Mode::Traditional, CrossFlow, ReadHeavy),
+        Strategy::Local
+    );
+    assert_eq!("eo-c-na".parse::<Mode>().unwrap(), Mode::EoCNa);
+    assert!("fast".parse::<Mode>().is_err());
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Incr(u16, u8, i64),
+    IncrGet(u16, u8, i64),
+    Get(u16, u8),
+    Push(u8, u8),
+    Pop(u8),
+    Set(u16, u8, i64),
+    Cas(u16, u8, i64, i64),
+    Max(u16, u8, i64),
+    Del(u16, u8),
+}
+
+fn step() -> impl PStrategy<Value = Step> {
+    let obj = prop_oneof![Just(PF), Just(CNT), Just(CFG), Just(POOL)];
+    let k = 0u8..4;
+    prop_oneof![
+        (obj.clone(), k.clone(), -5i64..5).prop_map(|(o, k, n)| Step::Incr(o, k, n)),
+        (obj.clone(), k.clone(), -5i64..5).prop_map(|(o, k, n)| Step::IncrGet(o, k, n)),
+        (obj.clone(), k.clone()).prop_map(|(o, k)| Step::Get(o, k)),
+        (k.clone(), any::<u8>()).prop_map(|(k, v)| Step::Push(k, v)),
+        k.clone().prop_map(Step::Pop),
+        (obj.clone(), k.clone(), -3i64..3).prop_map(|(o, k, n)| Step::Set(o, k, n)),
+        (obj.clone(), k.clone(), -3i64..3, -3i64..3).prop_map(|(o, k, a, b)| Step::Cas(o, k, a, b)),
+        (obj.clone(), k.clone(), -9i64..9).prop_map(|(o, k, n)| Step::Max(o, k, n)),
+        (obj, k).prop_map(|(o, k)| Step::Del(o, k)),
+    ]
+}
+
+/// Runs the steps, one packet each; returns everything the NF could observe.
+fn observe(s: &mut StateClient, steps: &[Step]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for (i, st) in steps.iter().enumerate() {
+        s.begin_packet(ops::clock(1, i as u64 + 1), false);
+        let r = match st {
+            Step::Incr(o, k, n) => format!("{:?}", s.incr(*o, &[*k], *n)),
+            Step::IncrGet(o, k, n) => format!("{:?}", s.incr_get(*o, &[*k], *n)),
+            Step::Get(o, k) => format!("{:?}", s.get(*o, &[*k])),
+            Step::Push(k, v) => format!("{:?}", s.push_back(POOL, &[*k], Bytes::from(vec![*v]))),
+            Step::Pop(k) => format!("{:?}", s.pop_front(POOL, &[*k])),
+            Step::Set(o, k, n) => format!("{:?}", s.set(*o, &[*k], Value::Int(*n))),
+            Step::Cas(o, k, a, b) => format!(
+                "{:?}",
+                s.compare_and_update(*o, &[*k], &Value::Int(*a), &Value::Int(*b))
+            ),
+            Step::Max(o, k, n) => {
+                format!("{:?}", s.custom(*o, &[*k], "max", &Value::Int(*n), true))
+            }
+            Step::Del(o, k) => format!("{:?}", s.del(*o, &[*k])),
+        };
+        s.end_packet();
+        seen.push(r);
+        if i % 7 == 6 {
+            s.flush().unwrap();
+        }
+    }
+    s.sync().unwrap();
+    for o in [PF, CNT, CFG, POOL] {
+        for k in 0u8..4 {
+            seen.push(format!("final {o} {k} {:?}", s.get(o, &[k])));
+        }
+    }
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// The same NF code sees the same values in every mode (COE for one instance).
+    #[test]
+    fn every_mode_behaves_like_traditional(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut t = StateClient::local(9, 1, &specs(), CustomOps::builtin());
+        let want = observe(&mut t, &steps);
+        let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+        for (n, mode) in [Mode::Eo, Mode::EoC, Mode::EoCNa].into_iter().enumerate() {
+            let vertex = 10 + n as u16;
+            let mut e = StateClient::external(vertex, 1, mode, &specs(), CustomOps::builtin(), store.client(store.next_client_id())).unwrap();
+            // Vertex ids differ per mode so the runs do not share state.
+            let got = observe(&mut e, &steps);
+            prop_assert_eq!(&got, &want, "mode {}", mode);
+        }
+    }
+}
+
+#[test]
+fn update_vector_matches_commit_notifications() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mut root = store.client(store.next_client_id());
+    for s in 0..root.shards() {
+        root.call_shard(s, ops::subscribe_commits(1)).unwrap();
+    }
+    let mut nf = StateClient::external(
+        3,
+        7,
+        Mode::EoCNa,
+        &specs(),
+        CustomOps::builtin(),
+        store.client(store.next_client_id()),
+    )
+    .unwrap();
+    let clock = ops::clock(1, 42);
+    nf.begin_packet(clock, false);
+    nf.incr(CNT, b"a", 1).unwrap();
+    nf.incr(CNT, b"a", 1).unwrap(); // twice the same object: must not cancel out
+    nf.set(PF, b"f", Value::Int(3)).unwrap();
+    nf.push_back(POOL, b"p", Bytes::from_static(b"x")).unwrap();
+    let vector = nf.end_packet();
+    assert_ne!(vector, 0);
+    nf.sync().unwrap();
+    let mut acc = 0u32;
+    let mut n = 0;
+    while let Some(p) = root.wait_push(Duration::from_millis(500)).unwrap() {
+        for c in p.push.commits {
+            assert_eq!(c.clock, clock);
+            acc ^= c.id;
+            n += 1;
+        }
+        if n == 4 {
+            break;
+        }
+    }
+    assert_eq!(n, 4, "one commit per update");
+    assert_eq!(
+        acc ^ vector,
+        0,
+        "XOR check passes once everything committed"
+    );
+}
+
+#[test]
+fn read_heavy_caches_follow_other_instances() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mk = |i| {
+        StateClient::external(
+            5,
+            i,
+            Mode::EoCNa,
+            &specs(),
+            CustomOps::builtin(),
+            store.client(store.next_client_id()),
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (mk(1), mk(2));
+    assert_eq!(a.get(CFG, b"k").unwrap(), Value::Nil);
+    assert_eq!(b.get(CFG, b"k").unwrap(), Value::Nil);
+    b.set(CFG, b"k", Value::Int(11)).unwrap();
+    // a learns through the callback, without asking.
+    let calls = a.stats.remote_calls;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.get(CFG, b"k").unwrap() != Value::Int(11) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callback never arrived"
+        );
+        a.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        a.stats.remote_calls, calls,
+        "reads were served from the cache"
+    );
+    assert!(a.stats.callbacks_applied >= 1);
+}
+
+#[test]
+fn a_clone_replaying_a_packet_does_not_double_count() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut straggler = StateClient::external(
+        6,
+        1,
+        Mode::EoCNa,
+        &specs(),
+        CustomOps::builtin(),
+        store.client(store.next_client_id()),
+    )
+    .unwrap();
+    for i in 1..=3u64 {
+        straggler.begin_packet(ops::clock(1, i), false);
+        straggler.incr(PF, b"f", 10).unwrap();
+        straggler.incr(CNT, b"c", 1).unwrap();
+    }
+    straggler.sync().unwrap();
+    // The clone (same logical instance) starts from the store and replays packets 2..=4.
+    let mut clone = StateClient::external(
+        6,
+        1,
+        Mode::EoCNa,
+        &specs(),
+        CustomOps::builtin(),
+        store.client(store.next_client_id()),
+    )
+    .unwrap();
+    clone.set_fresh(false);
+    for i in 2..=4u64 {
+        clone.begin_packet(ops::clock(1, i), true);
+        clone.incr(PF, b"f", 10).unwrap();
+        clone.incr(CNT, b"c", 1).unwrap();
+    }
+    clone.sync().unwrap();
+    clone.begin_packet(ops::clock(1, 5), false);
+    assert_eq!(clone.get(PF, b"f").unwrap(), Value::Int(40));
+    assert_eq!(clone.get(CNT, b"c").unwrap(), Value::Int(4));
+}
