@@ -1,1 +1,2 @@
-//! nfs.
+//! Network functions for CHC chains, and what an NF developer writes against.
+pub mod packet;
