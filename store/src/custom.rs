@@ -34,6 +34,8 @@ impl CustomOps {
             ("bit_or".into(), op_bit_or),
             ("list_remove".into(), op_list_remove),
             ("add_floor0".into(), op_add_floor0),
+            ("argmin_incr".into(), op_argmin_incr),
+            ("vec_add_floor0".into(), op_vec_add_floor0),
         ];
         CustomOps { ops: Arc::new(ops) }
     }
@@ -143,6 +145,79 @@ fn op_add_floor0(v: &mut Value, arg: &Value) -> Result<Value, String> {
     Ok(Value::Int(n))
 }
 
+fn counters(v: &Value) -> Result<Vec<i64>, String> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Bytes(b) if b.len() % 8 == 0 => Ok(b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()),
+        _ => Err("value is not a counter vector".into()),
+    }
+}
+
+fn store_counters(v: &mut Value, c: &[i64]) {
+    let mut b = Vec::with_capacity(c.len() * 8);
+    for x in c {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    *v = Value::Bytes(Bytes::from(b));
+}
+
+/// A vector of counters (little-endian i64s): picks the smallest of the first `arg`
+/// counters (lowest index on ties), increments it and returns its index. A load balancer's
+/// "least active connections" choice as one offloaded operation.
+fn op_argmin_incr(v: &mut Value, arg: &Value) -> Result<Value, String> {
+    let n = int_of(arg, "argument")?.ok_or("argument missing")?;
+    if !(1..=65536).contains(&n) {
+        return Err("argument must be between 1 and 65536".into());
+    }
+    let mut c = counters(v)?;
+    if c.len() < n as usize {
+        c.resize(n as usize, 0);
+    }
+    let (i, _) = c[..n as usize]
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, x)| (**x, *i))
+        .expect("n >= 1");
+    c[i] += 1;
+    store_counters(v, &c);
+    Ok(Value::Int(i as i64))
+}
+
+/// A vector of counters: adds `delta` to counter `idx` (argument: u32 LE index, i64 LE delta),
+/// clamping at zero; returns the new value of that counter.
+fn op_vec_add_floor0(v: &mut Value, arg: &Value) -> Result<Value, String> {
+    let Value::Bytes(a) = arg else {
+        return Err("argument must be 12 bytes".into());
+    };
+    if a.len() != 12 {
+        return Err("argument must be 12 bytes".into());
+    }
+    let idx = u32::from_le_bytes(a[0..4].try_into().expect("4")) as usize;
+    let delta = i64::from_le_bytes(a[4..12].try_into().expect("8"));
+    if idx >= 65536 {
+        return Err("index out of range".into());
+    }
+    let mut c = counters(v)?;
+    if c.len() <= idx {
+        c.resize(idx + 1, 0);
+    }
+    c[idx] = c[idx].saturating_add(delta).max(0);
+    let r = c[idx];
+    store_counters(v, &c);
+    Ok(Value::Int(r))
+}
+
+/// The argument of `vec_add_floor0`.
+pub fn vec_add_arg(idx: u32, delta: i64) -> Value {
+    let mut b = Vec::with_capacity(12);
+    b.extend_from_slice(&idx.to_le_bytes());
+    b.extend_from_slice(&delta.to_le_bytes());
+    Value::Bytes(Bytes::from(b))
+}
+
 /// Helper for callers building arguments.
 pub fn bytes_arg(b: &[u8]) -> Value {
     Value::Bytes(Bytes::copy_from_slice(b))
@@ -168,6 +243,20 @@ mod tests {
         assert_eq!(rm(&mut l, &bytes_arg(b"a")).unwrap(), Value::Int(1));
         assert!(l.is_nil());
         assert!(max(&mut Value::Bytes("x".into()), &Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn counter_vectors() {
+        let c = CustomOps::builtin();
+        let pick = c.get(c.id("argmin_incr").unwrap()).unwrap();
+        let add = c.get(c.id("vec_add_floor0").unwrap()).unwrap();
+        let mut v = Value::Nil;
+        let picks: Vec<_> = (0..5).map(|_| pick(&mut v, &Value::Int(3)).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1].map(Value::Int));
+        assert_eq!(add(&mut v, &vec_add_arg(0, -5)).unwrap(), Value::Int(0));
+        assert_eq!(pick(&mut v, &Value::Int(3)).unwrap(), Value::Int(0));
+        assert!(pick(&mut v, &Value::Int(0)).is_err());
+        assert!(add(&mut v, &Value::Int(1)).is_err());
     }
 
     #[test]
