@@ -240,10 +240,11 @@ impl<'a> Packet<'a> {
     /// Parses `data`. Never fails: problems are reported in `hdr.shape`.
     pub fn parse(data: &'a mut [u8], wire_len: usize, ts_ns: u64) -> Packet<'a> {
         let hdr = parse_headers(data);
+        let captured = data.len();
         Packet {
             data,
             hdr,
-            wire_len: wire_len.max(0),
+            wire_len: wire_len.max(captured),
             ts_ns,
         }
     }

@@ -1,0 +1,346 @@
+//! NAT: rewrites the client side of every connection to a public address and port.
+//!
+//! State (Table 3.12): the pool of free public ports is a list in the store (cross-flow,
+//! read/write often): a new connection pops one, a finished or idle one pushes it back. The
+//! per-connection mapping is per-flow (written once, read on every packet) and the L3/L4
+//! packet counters are cross-flow, write-mostly (non-blocking increments).
+//!
+//! Both directions of a connection leave the NAT as seen from outside: the client endpoint
+//! is replaced by the public one in whichever direction it appears, so NFs downstream see
+//! one consistent 5-tuple per connection. The connection's initiator (sender of its first
+//! packet) is the client; with `internal` prefixes configured, only connections initiated
+//! from inside are translated and unsolicited inbound connections are dropped.
+//! Non-first IP fragments carry no ports and cannot be mapped: they are dropped and counted.
+
+use crate::nf::{
+    object, tuple_json, Cell, Counter, Ctx, Event, List, NetworkFunction, NfError, PartitionKey,
+    Verdict,
+};
+use crate::nf::{Access, ObjectSpec, Scope};
+use crate::packet::{tcp_flags, FiveTuple, Packet, PROTO_TCP, PROTO_UDP};
+use crate::util::{cfg_ip, cfg_prefixes, cfg_u64, check_keys, Prefix};
+use bytes::Bytes;
+use chc_store::names::KeyKind;
+use std::net::IpAddr;
+
+const POOL: List<u64> = List::new(1);
+const CONN: Cell<FiveTuple, Bytes> = Cell::new(2);
+const PKTS: Counter<()> = Counter::new(3);
+const TCP_PKTS: Counter<()> = Counter::new(4);
+
+/// Connection flags in a mapping.
+const FIN_CLIENT: u8 = 1;
+const FIN_SERVER: u8 = 2;
+
+pub struct Nat {
+    public4: IpAddr,
+    public6: IpAddr,
+    ports: (u16, u16),
+    internal: Vec<Prefix>,
+    tcp_idle_ns: u64,
+    udp_idle_ns: u64,
+    /// Counters local to the instance, for the summary.
+    pub fragment_drops: u64,
+    pub exhausted_drops: u64,
+    pub unsolicited_drops: u64,
+}
+
+/// A connection's mapping: which canonical endpoint is the client, its public port, when it
+/// was last seen (seconds of packet time), teardown flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapping {
+    client_is_src: bool,
+    port: u16,
+    last_seen_s: u32,
+    flags: u8,
+}
+
+impl Mapping {
+    fn encode(&self) -> Bytes {
+        let mut b = Vec::with_capacity(8);
+        b.push(self.client_is_src as u8);
+        b.extend_from_slice(&self.port.to_be_bytes());
+        b.extend_from_slice(&self.last_seen_s.to_be_bytes());
+        b.push(self.flags);
+        Bytes::from(b)
+    }
+    fn decode(b: &[u8]) -> Option<Mapping> {
+        (b.len() == 8).then(|| Mapping {
+            client_is_src: b[0] != 0,
+            port: u16::from_be_bytes([b[1], b[2]]),
+            last_seen_s: u32::from_be_bytes([b[3], b[4], b[5], b[6]]),
+            flags: b[7],
+        })
+    }
+}
+
+impl Nat {
+    pub fn from_config(c: &toml::Table) -> Result<Nat, NfError> {
+        check_keys(
+            c,
+            "nat",
+            &[
+                "public_ip",
+                "public_ip6",
+                "port_min",
+                "port_max",
+                "internal",
+                "tcp_idle_s",
+                "udp_idle_s",
+            ],
+        )?;
+        let public4 = cfg_ip(c, "nat", "public_ip", "198.51.100.1")?;
+        let public6 = cfg_ip(c, "nat", "public_ip6", "2001:db8:ffff::1")?;
+        if !public4.is_ipv4() || !public6.is_ipv6() {
+            return Err(NfError::config(
+                "nat",
+                "public_ip must be IPv4 and public_ip6 IPv6",
+            ));
+        }
+        let lo = cfg_u64(c, "nat", "port_min", 1024)?;
+        let hi = cfg_u64(c, "nat", "port_max", 65535)?;
+        if lo == 0 || hi > 65535 || lo > hi {
+            return Err(NfError::config(
+                "nat",
+                "need 1 <= port_min <= port_max <= 65535",
+            ));
+        }
+        Ok(Nat {
+            public4,
+            public6,
+            ports: (lo as u16, hi as u16),
+            internal: cfg_prefixes(c, "nat", "internal")?,
+            tcp_idle_ns: cfg_u64(c, "nat", "tcp_idle_s", 300)? * 1_000_000_000,
+            udp_idle_ns: cfg_u64(c, "nat", "udp_idle_s", 60)? * 1_000_000_000,
+            fragment_drops: 0,
+            exhausted_drops: 0,
+            unsolicited_drops: 0,
+        })
+    }
+
+    fn family(ip: IpAddr) -> u64 {
+        if ip.is_ipv4() {
+            4
+        } else {
+            6
+        }
+    }
+
+    fn public(&self, ip: IpAddr) -> IpAddr {
+        if ip.is_ipv4() {
+            self.public4
+        } else {
+            self.public6
+        }
+    }
+
+    fn release(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &FiveTuple,
+        m: &Mapping,
+        why: &str,
+    ) -> Result<(), NfError> {
+        if has_ports(key.proto) {
+            POOL.push_back(
+                ctx,
+                &Self::family(key.src),
+                Bytes::copy_from_slice(&m.port.to_be_bytes()),
+            )?;
+        }
+        CONN.del(ctx, key)?;
+        let client = if m.client_is_src {
+            *key
+        } else {
+            key.reversed()
+        };
+        ctx.emit(
+            Event::new("mapping_removed")
+                .flow(client)
+                .with("public", endpoint(self.public(client.src), m.port))
+                .with("reason", why),
+        );
+        Ok(())
+    }
+}
+
+fn has_ports(proto: u8) -> bool {
+    proto == PROTO_TCP || proto == PROTO_UDP
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+impl NetworkFunction for Nat {
+    fn kind(&self) -> &'static str {
+        "nat"
+    }
+
+    fn objects(&self) -> Vec<ObjectSpec> {
+        vec![
+            object(
+                POOL.id,
+                "nat:ports",
+                Scope::CrossFlow,
+                Access::ReadWriteOften,
+                KeyKind::U64,
+            ),
+            object(
+                CONN.id,
+                "nat:conn",
+                Scope::PerFlow,
+                Access::ReadHeavy,
+                KeyKind::FiveTuple,
+            ),
+            object(
+                PKTS.id,
+                "nat:packets",
+                Scope::CrossFlow,
+                Access::WriteMostly,
+                KeyKind::Raw,
+            ),
+            object(
+                TCP_PKTS.id,
+                "nat:tcp_packets",
+                Scope::CrossFlow,
+                Access::WriteMostly,
+                KeyKind::Raw,
+            ),
+        ]
+    }
+
+    fn scopes(&self) -> Vec<PartitionKey> {
+        vec![PartitionKey::Flow]
+    }
+
+    /// Fills the port pools. Traditional instances each get a disjoint slice of the range
+    /// (instance i of n), since their pools are not shared.
+    fn init(&mut self, ctx: &mut Ctx<'_>, instances: u16) -> Result<(), NfError> {
+        let (lo, hi) = (u32::from(self.ports.0), u32::from(self.ports.1));
+        let (lo, hi) = if ctx.state().mode() == crate::nf::Mode::Traditional && instances > 1 {
+            let n = u32::from(instances);
+            let span = (hi - lo + 1) / n;
+            let i = u32::from(ctx.instance);
+            let a = lo + i * span;
+            let b = if i + 1 == n { hi } else { a + span - 1 };
+            (a, b)
+        } else {
+            (lo, hi)
+        };
+        for fam in [4u64, 6] {
+            for p in lo..=hi {
+                POOL.push_back(ctx, &fam, Bytes::copy_from_slice(&(p as u16).to_be_bytes()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, pkt: &mut Packet<'_>, ctx: &mut Ctx<'_>) -> Result<Verdict, NfError> {
+        let Some(t) = pkt.five_tuple() else {
+            return Ok(Verdict::Forward);
+        };
+        PKTS.add(ctx, &(), 1)?;
+        if t.proto == PROTO_TCP {
+            TCP_PKTS.add(ctx, &(), 1)?;
+        }
+        let key = t.canonical();
+        let now_s = (pkt.ts_ns / 1_000_000_000) as u32;
+        let idle = if t.proto == PROTO_TCP {
+            self.tcp_idle_ns
+        } else {
+            self.udp_idle_ns
+        };
+        let mut m = CONN.get(ctx, &key)?.and_then(|b| Mapping::decode(&b));
+        if let Some(old) = m {
+            if u64::from(now_s.saturating_sub(old.last_seen_s)) * 1_000_000_000 > idle {
+                self.release(ctx, &key, &old, "idle")?;
+                m = None;
+            }
+        }
+        let sender_is_src_of_key = t == key;
+        let mut m = match m {
+            Some(m) => m,
+            None => {
+                if !self.internal.is_empty() && !self.internal.iter().any(|p| p.contains(t.src)) {
+                    self.unsolicited_drops += 1;
+                    return Ok(Verdict::Drop);
+                }
+                let port = if has_ports(t.proto) {
+                    match POOL.pop_front(ctx, &Self::family(t.src))? {
+                        Some(b) if b.len() == 2 => u16::from_be_bytes([b[0], b[1]]),
+                        _ => {
+                            self.exhausted_drops += 1;
+                            ctx.emit(Event::new("pool_exhausted").flow(t));
+                            return Ok(Verdict::Drop);
+                        }
+                    }
+                } else {
+                    0
+                };
+                let m = Mapping {
+                    client_is_src: sender_is_src_of_key,
+                    port,
+                    last_seen_s: now_s,
+                    flags: 0,
+                };
+                CONN.set(ctx, &key, &m.encode())?;
+                ctx.emit(
+                    Event::new("mapping_created")
+                        .flow(t)
+                        .with("client", endpoint(t.src, t.sport))
+                        .with("public", endpoint(self.public(t.src), port))
+                        .with("tuple", tuple_json(&t)),
+                );
+                m
+            }
+        };
+        let from_client = m.client_is_src == sender_is_src_of_key;
+        let public = self.public(t.src);
+        if from_client {
+            pkt.set_src(public);
+            if has_ports(t.proto) {
+                pkt.set_sport(m.port);
+            }
+        } else {
+            pkt.set_dst(public);
+            if has_ports(t.proto) {
+                pkt.set_dport(m.port);
+            }
+        }
+        let mut changed = false;
+        if now_s > m.last_seen_s.saturating_add(1) {
+            m.last_seen_s = now_s;
+            changed = true;
+        }
+        if let Some(f) = pkt.tcp_flags() {
+            if f & tcp_flags::RST != 0 {
+                self.release(ctx, &key, &m, "rst")?;
+                return Ok(Verdict::Forward);
+            }
+            if f & tcp_flags::FIN != 0 {
+                let bit = if from_client { FIN_CLIENT } else { FIN_SERVER };
+                if m.flags & bit == 0 {
+                    m.flags |= bit;
+                    changed = true;
+                }
+                if m.flags == FIN_CLIENT | FIN_SERVER {
+                    self.release(ctx, &key, &m, "fin")?;
+                    return Ok(Verdict::Forward);
+                }
+            }
+        }
+        if changed {
+            CONN.set(ctx, &key, &m.encode())?;
+        }
+        Ok(Verdict::Forward)
+    }
+
+    fn fragment(&mut self, _pkt: &mut Packet<'_>, _ctx: &mut Ctx<'_>) -> Result<Verdict, NfError> {
+        self.fragment_drops += 1;
+        Ok(Verdict::Drop)
+    }
+}
