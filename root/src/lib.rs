@@ -1,1 +1,370 @@
-//! chc-root.
+//! The root of a chain, as a state machine fed with events (no threads, no I/O).
+//!
+//! The root stamps every input packet with a logical clock (its root id in the high bits),
+//! keeps a copy in its log, and forgets the packet only when
+//! 1. every copy of it has left the chain or been dropped: each terminal sends a delete
+//!    carrying the weight of its copy (the root hands out weight [`FULL`]; a splitter that
+//!    copies a packet to an off-path tap splits the weight), and
+//! 2. the XOR of the update vectors in those deletes equals the XOR of the ids in the store's
+//!    commit notifications for the clock (Fig 3.9): every update the packet caused, blocking
+//!    or not, has been applied by the store.
+//!
+//! Until then the packet can be replayed after a failure. When the log holds `log_limit`
+//! packets the root drops new input (counted) rather than let queues grow without bound. The
+//! clock counter is persisted every `persist_every` packets; a new root resumes at the
+//! persisted value + `persist_every`, so clocks keep increasing across a root failure.
+
+use hashbrown::HashMap;
+
+/// The weight a root gives each packet.
+pub const FULL: u64 = 1 << 32;
+
+/// Bits of the clock below the root id (as in the store).
+pub const ROOT_SHIFT: u32 = chc_store::shard::ROOT_SHIFT;
+
+#[derive(Clone, Copy, Debug)]
+pub struct RootConfig {
+    pub root_id: u16,
+    /// Packets the log may hold before input is dropped.
+    pub log_limit: usize,
+    /// Persist the clock every this many packets (n of §3.6.2).
+    pub persist_every: u64,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        RootConfig {
+            root_id: 1,
+            log_limit: 1 << 16,
+            persist_every: 100,
+        }
+    }
+}
+
+/// A logged packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub data: Vec<u8>,
+    pub wire_len: u32,
+    pub ts_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    slot: usize,
+    weight: u64,
+    xor: u32,
+}
+
+/// Counters a root keeps.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootStats {
+    pub stamped: u64,
+    pub dropped_log_full: u64,
+    pub deleted: u64,
+    pub high_water: usize,
+    pub orphan_deletes: u64,
+    pub orphan_commits: u64,
+    pub replayed: u64,
+}
+
+/// The result of a delete or a commit notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The packet left the log.
+    Deleted,
+    /// Still waiting for copies or commits.
+    Pending,
+    /// No such packet in the log.
+    Unknown,
+}
+
+pub struct Root {
+    cfg: RootConfig,
+    counter: u64,
+    log: HashMap<u64, Entry>,
+    slots: Vec<Logged>,
+    free: Vec<usize>,
+    /// Counter value that must be persisted before it is exceeded.
+    persisted: u64,
+    pub stats: RootStats,
+}
+
+impl Root {
+    /// A root starting from clock counter `start` (1 for a fresh chain).
+    pub fn new(cfg: RootConfig, start: u64) -> Root {
+        Root {
+            cfg,
+            counter: start.max(1),
+            log: HashMap::with_capacity(cfg.log_limit.min(1 << 20)),
+            slots: Vec::new(),
+            free: Vec::new(),
+            persisted: 0,
+            stats: RootStats::default(),
+        }
+    }
+
+    /// A root taking over after a failure: the persisted counter was `last`; clocks up to
+    /// `last + persist_every` may have been used, so it starts after them.
+    pub fn recover(cfg: RootConfig, last: u64) -> Root {
+        Root::new(cfg, last + cfg.persist_every)
+    }
+
+    pub fn id(&self) -> u16 {
+        self.cfg.root_id
+    }
+
+    pub fn config(&self) -> &RootConfig {
+        &self.cfg
+    }
+
+    pub fn clock_of(&self, counter: u64) -> u64 {
+        u64::from(self.cfg.root_id) << ROOT_SHIFT | counter
+    }
+
+    /// Logged packets.
+    pub fn in_flight(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Stamps and logs a packet; `None` if the log is full (the packet is dropped).
+    pub fn admit(&mut self, data: &[u8], wire_len: u32, ts_ns: u64) -> Option<u64> {
+        if self.log.len() >= self.cfg.log_limit {
+            self.stats.dropped_log_full += 1;
+            return None;
+        }
+        let clock = self.clock_of(self.counter);
+        self.counter += 1;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                let l = &mut self.slots[s];
+                l.data.clear();
+                l.data.extend_from_slice(data);
+                l.wire_len = wire_len;
+                l.ts_ns = ts_ns;
+                s
+            }
+            None => {
+                self.slots.push(Logged {
+                    data: data.to_vec(),
+                    wire_len,
+                    ts_ns,
+                });
+                self.slots.len() - 1
+            }
+        };
+        self.log.insert(
+            clock,
+            Entry {
+                slot,
+                weight: 0,
+                xor: 0,
+            },
+        );
+        self.stats.stamped += 1;
+        self.stats.high_water = self.stats.high_water.max(self.log.len());
+        Some(clock)
+    }
+
+    /// The counter to persist now, if a multiple of `persist_every` was reached.
+    pub fn persist_due(&mut self) -> Option<u64> {
+        if self.counter >= self.persisted + self.cfg.persist_every {
+            self.persisted = self.counter;
+            Some(self.counter)
+        } else {
+            None
+        }
+    }
+
+    /// A terminal's delete request for one copy of packet `clock`.
+    pub fn on_delete(&mut self, clock: u64, weight: u64, vector: u32) -> Settled {
+        let Some(e) = self.log.get_mut(&clock) else {
+            self.stats.orphan_deletes += 1;
+            return Settled::Unknown;
+        };
+        e.weight += weight;
+        e.xor ^= vector;
+        self.settle(clock)
+    }
+
+    /// The store's notification that the update with `id` caused by `clock` was applied.
+    pub fn on_commit(&mut self, clock: u64, id: u32) -> Settled {
+        let Some(e) = self.log.get_mut(&clock) else {
+            self.stats.orphan_commits += 1;
+            return Settled::Unknown;
+        };
+        e.xor ^= id;
+        self.settle(clock)
+    }
+
+    fn settle(&mut self, clock: u64) -> Settled {
+        let e = &self.log[&clock];
+        if e.weight >= FULL && e.xor == 0 {
+            let e = self.log.remove(&clock).expect("present");
+            self.free.push(e.slot);
+            self.stats.deleted += 1;
+            Settled::Deleted
+        } else {
+            Settled::Pending
+        }
+    }
+
+    /// The oldest clock still logged (or the next one): clocks below it are retired.
+    pub fn watermark(&self) -> u64 {
+        self.log
+            .keys()
+            .copied()
+            .min()
+            .unwrap_or_else(|| self.clock_of(self.counter))
+    }
+
+    /// The logged packets in clock order, for replay. Their accumulated deletes and commits
+    /// are reset: the replay's terminals report again, and the store reports only updates it
+    /// had not applied before.
+    pub fn replay(&mut self) -> Vec<(u64, Logged)> {
+        let mut clocks: Vec<u64> = self.log.keys().copied().collect();
+        clocks.sort_unstable();
+        self.stats.replayed += clocks.len() as u64;
+        clocks
+            .into_iter()
+            .map(|c| {
+                let e = self.log.get_mut(&c).expect("present");
+                e.weight = 0;
+                (c, self.slots[e.slot].clone())
+            })
+            .collect()
+    }
+
+    /// A logged packet.
+    pub fn get(&self, clock: u64) -> Option<&Logged> {
+        self.log.get(&clock).map(|e| &self.slots[e.slot])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn root(limit: usize) -> Root {
+        Root::new(
+            RootConfig {
+                root_id: 3,
+                log_limit: limit,
+                persist_every: 10,
+            },
+            1,
+        )
+    }
+
+    #[test]
+    fn clocks_carry_the_root_id_and_increase() {
+        let mut r = root(100);
+        let a = r.admit(b"a", 1, 0).unwrap();
+        let b = r.admit(b"b", 1, 0).unwrap();
+        assert_eq!(a >> ROOT_SHIFT, 3);
+        assert!(b > a);
+        assert_eq!(r.get(a).unwrap().data, b"a");
+    }
+
+    #[test]
+    fn a_packet_leaves_only_when_all_copies_and_commits_are_in() {
+        let mut r = root(100);
+        let c = r.admit(b"p", 1, 0).unwrap();
+        // Two copies (main path and a tap), three updates, one committed late.
+        assert_eq!(r.on_commit(c, 0x0001_0002), Settled::Pending);
+        assert_eq!(
+            r.on_delete(c, FULL / 2, 0x0001_0002 ^ 0x0003_0001),
+            Settled::Pending
+        );
+        assert_eq!(r.on_commit(c, 0x0003_0001), Settled::Pending);
+        assert_eq!(
+            r.on_delete(c, FULL / 2, 0x0007_0001),
+            Settled::Pending,
+            "a commit is missing"
+        );
+        assert_eq!(r.on_commit(c, 0x0007_0001), Settled::Deleted);
+        assert_eq!(r.in_flight(), 0);
+        assert_eq!(r.on_delete(c, FULL, 0), Settled::Unknown);
+    }
+
+    #[test]
+    fn a_full_log_drops_input_and_slots_are_reused() {
+        let mut r = root(2);
+        let a = r.admit(b"a", 1, 0).unwrap();
+        let _b = r.admit(b"b", 1, 0).unwrap();
+        assert!(r.admit(b"c", 1, 0).is_none());
+        assert_eq!(r.stats.dropped_log_full, 1);
+        r.on_delete(a, FULL, 0);
+        let d = r.admit(b"dd", 2, 0).unwrap();
+        assert_eq!(r.get(d).unwrap().data, b"dd");
+        assert_eq!(r.slots.len(), 2, "the freed slot was reused");
+        assert_eq!(r.stats.high_water, 2);
+    }
+
+    #[test]
+    fn recovery_never_reuses_a_clock() {
+        let mut r = root(1000);
+        let mut persisted = 0;
+        let mut last = 0;
+        for _ in 0..37 {
+            last = r.admit(b"x", 1, 0).unwrap();
+            if let Some(p) = r.persist_due() {
+                persisted = p;
+            }
+        }
+        let mut r2 = Root::recover(*r.config(), persisted);
+        let next = r2.admit(b"y", 1, 0).unwrap();
+        assert!(next > last, "{next} > {last}");
+    }
+
+    #[test]
+    fn replay_is_in_clock_order_and_resets_copies() {
+        let mut r = root(100);
+        let cs: Vec<u64> = (0..5).map(|i| r.admit(&[i], 1, 0).unwrap()).collect();
+        r.on_delete(cs[2], FULL, 0);
+        r.on_delete(cs[4], FULL / 2, 0);
+        let rp = r.replay();
+        assert_eq!(
+            rp.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![cs[0], cs[1], cs[3], cs[4]]
+        );
+        // The half delete of cs[4] was reset: a full delete is needed again.
+        assert_eq!(r.on_delete(cs[4], FULL / 2, 0), Settled::Pending);
+        assert_eq!(r.on_delete(cs[4], FULL / 2, 0), Settled::Deleted);
+        assert_eq!(r.watermark(), cs[0]);
+    }
+
+    proptest! {
+        /// Whatever order deletes and commits arrive in, a packet is deleted exactly when the
+        /// last of them arrives (update ids of one packet are distinct).
+        #[test]
+        fn settles_exactly_at_the_last_event(ids in proptest::collection::btree_set(1u32.., 0..6), split in 1u64..4, seed: u64) {
+            let mut r = root(10);
+            let c = r.admit(b"p", 1, 0).unwrap();
+            let vector = ids.iter().fold(0, |a, b| a ^ b);
+            // `split` deletes share the weight; the vector rides on the first.
+            let mut events: Vec<(bool, u64, u32)> = ids.iter().map(|&i| (false, 0, i)).collect();
+            let w = FULL / split;
+            for k in 0..split {
+                let weight = if k + 1 == split { FULL - w * (split - 1) } else { w };
+                events.push((true, weight, if k == 0 { vector } else { 0 }));
+            }
+            // Shuffle deterministically.
+            let mut s = seed | 1;
+            for i in (1..events.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                events.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            let n = events.len();
+            for (i, (del, weight, v)) in events.into_iter().enumerate() {
+                let got = if del { r.on_delete(c, weight, v) } else { r.on_commit(c, v) };
+                if i + 1 == n {
+                    prop_assert_eq!(got, Settled::Deleted);
+                } else {
+                    prop_assert_eq!(got, Settled::Pending);
+                }
+            }
+        }
+    }
+}
