@@ -7,9 +7,16 @@
 //! and clock per client), declarations, entries, footer. The file is written to a temporary
 //! name, synced and renamed over the previous checkpoint, so a crash leaves either the old or
 //! the new file, never half of one. Afterwards WAL segments the checkpoint covers are deleted.
+//!
+//! The mirror keeps each entry already encoded as its checkpoint frame: an entry is encoded
+//! once per change, and writing a checkpoint is a copy of bytes. Writing still costs time
+//! proportional to the whole state, so the writer paces itself: after a write that took `d`,
+//! the next one starts no sooner than [`PACING`] × `d` later, which caps the share of a core
+//! (and of the disk) checkpoints take at about 1 / (1 + PACING) however large the state. The WAL
+//! covers whatever the next checkpoint has not yet.
 
 use crate::key::Key;
-use crate::shard::{CheckpointEntry, Delta};
+use crate::shard::Delta;
 use crate::wal;
 use chc_proto::records::{CheckpointRecord, FrameReader, FrameWriter, KeyRec, TsRec};
 use crossbeam::channel::{self, Receiver, Sender};
@@ -17,10 +24,13 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// After a checkpoint write that took `d`, the writer waits `PACING * d` before the next.
+pub const PACING: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -113,37 +123,69 @@ pub struct Job {
     pub declarations: Vec<(u16, u16, String, u32)>,
 }
 
+/// What the shard thread and the writer thread share.
+struct Progress {
+    /// LSN covered by the newest durable checkpoint.
+    durable_lsn: AtomicU64,
+    written: AtomicU64,
+    /// A job is queued or being written.
+    busy: AtomicBool,
+    /// Nanoseconds after `base` before which the next write should not start.
+    next_at_ns: AtomicU64,
+    base: Instant,
+}
+
 /// Handle to a shard's checkpoint writer thread.
 pub struct CheckpointWriter {
     tx: Option<Sender<Job>>,
     handle: Option<JoinHandle<()>>,
-    /// LSN covered by the newest durable checkpoint.
-    pub durable_lsn: Arc<AtomicU64>,
-    pub written: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 impl CheckpointWriter {
     pub fn start(dir: PathBuf, shard: u32, shards: u32) -> Self {
         let (tx, rx) = channel::unbounded();
-        let durable_lsn = Arc::new(AtomicU64::new(0));
-        let written = Arc::new(AtomicU64::new(0));
-        let (d, w) = (durable_lsn.clone(), written.clone());
+        let progress = Arc::new(Progress {
+            durable_lsn: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            next_at_ns: AtomicU64::new(0),
+            base: Instant::now(),
+        });
+        let p = progress.clone();
         let handle = std::thread::Builder::new()
             .name(format!("ckpt-{shard}"))
-            .spawn(move || writer_loop(dir, shard, shards, rx, d, w))
+            .spawn(move || writer_loop(dir, shard, shards, rx, &p))
             .expect("spawn checkpoint writer");
         CheckpointWriter {
             tx: Some(tx),
             handle: Some(handle),
-            durable_lsn,
-            written,
+            progress,
         }
     }
 
     pub fn submit(&self, job: Job) {
         if let Some(tx) = &self.tx {
+            self.progress.busy.store(true, Ordering::Release);
             let _ = tx.send(job);
         }
+    }
+
+    /// Whether the writer is idle and its pacing allows the next checkpoint now.
+    pub fn ready(&self) -> bool {
+        let p = &self.progress;
+        !p.busy.load(Ordering::Acquire)
+            && p.base.elapsed().as_nanos() as u64 >= p.next_at_ns.load(Ordering::Acquire)
+    }
+
+    /// LSN covered by the newest durable checkpoint.
+    pub fn durable_lsn(&self) -> u64 {
+        self.progress.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// Checkpoints written so far.
+    pub fn written(&self) -> u64 {
+        self.progress.written.load(Ordering::Acquire)
     }
 
     /// Finishes pending checkpoints and stops the thread.
@@ -161,20 +203,17 @@ impl Drop for CheckpointWriter {
     }
 }
 
-fn writer_loop(
-    dir: PathBuf,
-    shard: u32,
-    shards: u32,
-    rx: Receiver<Job>,
-    durable_lsn: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
-) {
-    let mut mirror: HashMap<Key, CheckpointEntry> = HashMap::new();
+/// An entry's checkpoint frame, encoded when the entry changed.
+type Mirror = HashMap<Key, Vec<u8>>;
+
+fn writer_loop(dir: PathBuf, shard: u32, shards: u32, rx: Receiver<Job>, progress: &Progress) {
+    let mut mirror: Mirror = HashMap::new();
     let mut writer = FrameWriter::new();
     while let Ok(mut job) = rx.recv() {
+        let t0 = Instant::now();
         // Coalesce: a slow disk must not make deltas queue up.
         loop {
-            apply_delta(&mut mirror, std::mem::take(&mut job.delta));
+            apply_delta(&mut mirror, std::mem::take(&mut job.delta), &mut writer);
             match rx.try_recv() {
                 Ok(next) => job = next,
                 Err(_) => break,
@@ -182,22 +221,42 @@ fn writer_loop(
         }
         match write(&dir, shard, shards, &mirror, &job, &mut writer) {
             Ok(()) => {
-                durable_lsn.store(job.lsn, Ordering::Release);
-                written.fetch_add(1, Ordering::Relaxed);
+                progress.durable_lsn.store(job.lsn, Ordering::Release);
+                progress.written.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = wal::delete_covered(&dir, shard, job.lsn) {
                     eprintln!("chc-store: shard {shard}: deleting covered WAL segments: {e}");
                 }
             }
             Err(e) => eprintln!("chc-store: shard {shard}: checkpoint failed: {e}"),
         }
+        let done = progress.base.elapsed().as_nanos() as u64;
+        let cost = t0.elapsed().as_nanos() as u64;
+        progress
+            .next_at_ns
+            .store(done + cost * u64::from(PACING), Ordering::Release);
+        progress.busy.store(false, Ordering::Release);
     }
 }
 
-fn apply_delta(mirror: &mut HashMap<Key, CheckpointEntry>, delta: Delta) {
+fn apply_delta(mirror: &mut Mirror, delta: Delta, w: &mut FrameWriter) {
     for (k, e) in delta {
         match e {
             Some(e) => {
-                mirror.insert(k, e);
+                let mut frame = Vec::new();
+                let rec = CheckpointRecord::Entry {
+                    key: KeyRec {
+                        vertex: u32::from(k.vertex),
+                        object: u32::from(k.object),
+                        per_flow: k.per_flow,
+                        sub: k.sub.as_slice().to_vec(),
+                    },
+                    value: e.value.to_rec(),
+                    owner: e.owner,
+                    log: e.log,
+                };
+                w.append(&rec, &mut frame)
+                    .expect("checkpoint record serialises");
+                mirror.insert(k, frame);
             }
             None => {
                 mirror.remove(&k);
@@ -210,7 +269,7 @@ fn write(
     dir: &Path,
     shard: u32,
     shards: u32,
-    mirror: &HashMap<Key, CheckpointEntry>,
+    mirror: &Mirror,
     job: &Job,
     w: &mut FrameWriter,
 ) -> Result<(), CheckpointError> {
@@ -220,7 +279,7 @@ fn write(
         let p = p.to_path_buf();
         move |source| CheckpointError::Io { path: p, source }
     };
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Vec::with_capacity(1 << 20);
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     let created_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -251,30 +310,20 @@ fn write(
             w,
         );
     }
-    let mut n = 0u64;
-    for (k, e) in mirror {
-        push(
-            &CheckpointRecord::Entry {
-                key: KeyRec {
-                    vertex: u32::from(k.vertex),
-                    object: u32::from(k.object),
-                    per_flow: k.per_flow,
-                    sub: k.sub.as_slice().to_vec(),
-                },
-                value: e.value.clone(),
-                owner: e.owner,
-                log: e.log.clone(),
-            },
-            &mut buf,
-            w,
-        );
-        n += 1;
+    for frame in mirror.values() {
+        buf.extend_from_slice(frame);
         if buf.len() >= 1 << 20 {
             f.write_all(&buf).map_err(io(&tmp))?;
             buf.clear();
         }
     }
-    push(&CheckpointRecord::Footer { entries: n }, &mut buf, w);
+    push(
+        &CheckpointRecord::Footer {
+            entries: mirror.len() as u64,
+        },
+        &mut buf,
+        w,
+    );
     f.write_all(&buf).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);

@@ -18,13 +18,16 @@ use crate::names::{KeyKind, Names};
 use crate::value::Value;
 use bytes::Bytes;
 use chc_proto::records::{
-    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, TsRec, ValueRec, WalRecord,
+    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, TsRec, WalRecord,
 };
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use hashbrown::HashMap;
 use parking_lot::RwLock;
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+mod direct;
+pub use direct::{Direct, DirectOp};
 
 /// Identifies a client connection (an NF instance, a root, a tool) to a shard.
 pub type ClientId = u64;
@@ -162,10 +165,12 @@ pub struct ShardStats {
 /// A change since the last checkpoint delta: the entry as it is now, or `None` if deleted.
 pub type Delta = Vec<(Key, Option<CheckpointEntry>)>;
 
-/// A durable snapshot of one entry.
+/// A snapshot of one entry for the checkpoint writer. The value is the in-memory one (byte
+/// strings are shared, not copied): the shard thread only takes the snapshot, the writer
+/// thread does the encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointEntry {
-    pub value: ValueRec,
+    pub value: Value,
     pub owner: u32,
     pub log: Vec<ClockLogRec>,
 }
@@ -178,6 +183,9 @@ pub struct Shard {
     map: HashMap<Key, Entry>,
     clients: HashMap<ClientId, ClientState>,
     commit_subs: HashMap<u16, ClientId>,
+    /// Clients that subscribed to or wait for some object: only their disconnection needs a
+    /// scan of the map.
+    watchers: hashbrown::HashSet<ClientId>,
     watermarks: HashMap<u16, u64>,
     /// Keys whose entries may hold clock-log records (may contain stale keys).
     logged: Vec<Key>,
@@ -206,6 +214,7 @@ impl Shard {
             map: HashMap::new(),
             clients: HashMap::new(),
             commit_subs: HashMap::new(),
+            watchers: hashbrown::HashSet::new(),
             watermarks: HashMap::new(),
             logged: Vec::new(),
             declarations: Vec::new(),
@@ -286,6 +295,9 @@ impl Shard {
     /// Forgets connection-bound state of a client that went away: subscriptions, waits.
     pub fn disconnect(&mut self, client: ClientId) {
         self.commit_subs.retain(|_, c| *c != client);
+        if !self.watchers.remove(&client) {
+            return;
+        }
         for e in self.map.values_mut() {
             if let Some(m) = e.meta.as_mut() {
                 m.subscribers.retain(|c| *c != client);
@@ -417,6 +429,7 @@ impl Shard {
                 if !m.subscribers.contains(&client) {
                     m.subscribers.push(client);
                 }
+                self.watchers.insert(client);
                 reply.value = e.value.to_wire();
             }
             OpCode::OpUnsubscribe => {
@@ -633,6 +646,7 @@ impl Shard {
             if !m.waiters.iter().any(|w| w.0 == client) {
                 m.waiters.push_back((client, op.instance));
             }
+            self.watchers.insert(client);
             reply.status = Status::Pending as i32;
         }
     }
@@ -773,6 +787,9 @@ impl Shard {
 
     fn wal_record(&mut self, client: ClientId, op: &wire::Op, result: &Value) {
         if !self.durable || self.replaying.is_some() {
+            return;
+        }
+        if result.is_nil() && self.wal_compact(client, op) {
             return;
         }
         self.lsn += 1;
@@ -951,7 +968,7 @@ impl Shard {
 
 fn snapshot(e: &Entry) -> CheckpointEntry {
     CheckpointEntry {
-        value: e.value.to_rec(),
+        value: e.value.clone(),
         owner: e.owner,
         log: e
             .meta

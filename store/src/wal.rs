@@ -3,7 +3,9 @@
 //! Segment `wal-<shard>-<first lsn>.log` holds CRC-framed [`WalRecord`]s in LSN order. The
 //! shard thread appends the records of one event-loop pass with a single `write`, then syncs
 //! according to the [`FsyncPolicy`] before any reply of that pass leaves (group commit). A new
-//! segment starts at every checkpoint; the checkpoint writer deletes segments it covers.
+//! segment starts at the first checkpoint after the current one reached [`SEGMENT_BYTES`]
+//! (starting one at every checkpoint would cost a file creation and two syncs several times a
+//! second); the checkpoint writer deletes segments it covers.
 //!
 //! Recovery reads the segments in order. A torn or corrupt frame at the end of the last
 //! segment (a crash mid-write) is truncated away and reported; the same damage in an earlier
@@ -15,6 +17,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Size after which the next checkpoint starts a new segment.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 
 /// When appended records reach the disk, as in Redis' `appendfsync`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +130,7 @@ pub fn recover(
     for (i, (_, path)) in segs.iter().enumerate() {
         let data = fs::read(path).map_err(io_err(path))?;
         let mut r = FrameReader::new(&data);
-        while let Some(rec) = r.next_record::<WalRecord>() {
+        while let Some(rec) = r.next_wal() {
             apply(&rec);
             report.records += 1;
         }
@@ -159,6 +164,7 @@ pub struct WalWriter {
     path: PathBuf,
     last_sync: Instant,
     unsynced: bool,
+    segment_bytes: u64,
     pub bytes_written: u64,
     pub syncs: u64,
 }
@@ -181,6 +187,7 @@ impl WalWriter {
             path,
             last_sync: Instant::now(),
             unsynced: false,
+            segment_bytes: 0,
             bytes_written: 0,
             syncs: 0,
         })
@@ -198,6 +205,7 @@ impl WalWriter {
         }
         self.file.write_all(bytes).map_err(io_err(&self.path))?;
         self.bytes_written += bytes.len() as u64;
+        self.segment_bytes += bytes.len() as u64;
         self.unsynced = true;
         match self.policy {
             FsyncPolicy::Always => self.sync()?,
@@ -234,7 +242,13 @@ impl WalWriter {
         let (file, path) = open_segment(&self.dir, self.shard, first_lsn)?;
         self.file = file;
         self.path = path;
+        self.segment_bytes = 0;
         Ok(())
+    }
+
+    /// Bytes appended to the current segment.
+    pub fn segment_len(&self) -> u64 {
+        self.segment_bytes
     }
 }
 

@@ -147,8 +147,6 @@ fn parse_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Option<usize
 
 /// Appends RESP encodings.
 pub mod enc {
-    use std::io::Write;
-
     pub fn simple(out: &mut Vec<u8>, s: &str) {
         out.push(b'+');
         out.extend_from_slice(s.as_bytes());
@@ -160,18 +158,66 @@ pub mod enc {
         out.extend_from_slice(b"\r\n");
     }
     pub fn int(out: &mut Vec<u8>, v: i64) {
-        let _ = write!(out, ":{v}\r\n");
+        prefixed(out, b':', v);
     }
     pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-        let _ = write!(out, "${}\r\n", b.len());
+        prefixed(out, b'$', b.len() as i64);
         out.extend_from_slice(b);
         out.extend_from_slice(b"\r\n");
+    }
+    /// An integer as a bulk string (GET of a counter).
+    pub fn bulk_int(out: &mut Vec<u8>, v: i64) {
+        let mut buf = [0; 20];
+        bulk(out, itoa(&mut buf, v));
     }
     pub fn nil(out: &mut Vec<u8>) {
         out.extend_from_slice(b"$-1\r\n");
     }
     pub fn array(out: &mut Vec<u8>, n: usize) {
-        let _ = write!(out, "*{n}\r\n");
+        prefixed(out, b'*', n as i64);
+    }
+
+    /// `<tag><v>\r\n`: every reply header has this shape, and it is on every reply's path.
+    fn prefixed(out: &mut Vec<u8>, tag: u8, v: i64) {
+        let mut buf = [0; 20];
+        out.push(tag);
+        out.extend_from_slice(itoa(&mut buf, v));
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Formats `v` in decimal into `buf` without going through `fmt`.
+    pub fn itoa(buf: &mut [u8; 20], v: i64) -> &[u8] {
+        let mut n = v.unsigned_abs();
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if v < 0 {
+            i -= 1;
+            buf[i] = b'-';
+        }
+        &buf[i..]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn itoa_formats_like_display() {
+            for v in [0, 7, -7, 10, 123_456_789, i64::MAX, i64::MIN, -1] {
+                let mut b = [0; 20];
+                assert_eq!(super::itoa(&mut b, v), v.to_string().as_bytes());
+            }
+            let mut out = Vec::new();
+            super::bulk(&mut out, b"ab");
+            super::int(&mut out, -3);
+            super::array(&mut out, 2);
+            assert_eq!(out, b"$2\r\nab\r\n:-3\r\n*2\r\n");
+        }
     }
 }
 

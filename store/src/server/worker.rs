@@ -5,14 +5,20 @@
 //! clients, the acceptors and the other shards' threads reach it. One pass of the loop reads
 //! everything that is ready, applies it, appends the pass's WAL records with one write (and
 //! one sync under `fsync always`), and only then sends the pass's replies: an acknowledged
-//! update is as durable as the policy promises.
+//! update is as durable as the policy promises. Connections are closed at the end of a pass
+//! too, so not even a closing connection's last replies overtake the log.
+//!
+//! RESP commands on plain keys of this shard take a direct path (see [`crate::shard::Direct`]):
+//! no request object, no copy of the key, the reply encoded straight into the connection's
+//! output buffer. Everything else is planned by [`resp::plan`].
 
 use super::resp::{self, CallResult, Combine, Plan, PlanCtx, ShardCall};
 use super::{Inbound, Mailbox, StoreConfig, WorkerShared};
 use crate::checkpoint::{CheckpointWriter, Job};
+use crate::key::KeyRef;
 use crate::names::Names;
-use crate::shard::{ClientId, Outputs, Shard, ShardStats};
-use crate::wal::WalWriter;
+use crate::shard::{ClientId, Direct, DirectOp, Outputs, Shard, ShardStats};
+use crate::wal::{WalWriter, SEGMENT_BYTES};
 use bytes::BytesMut;
 use chc_proto::wire::{self, PushKind};
 use mio::net::TcpStream;
@@ -78,6 +84,10 @@ pub(crate) struct Worker {
     wal: Option<WalWriter>,
     ckpt: Option<CheckpointWriter>,
     last_ckpt: Instant,
+    /// Shard counters at the last checkpoint: an idle shard writes none.
+    ckpt_mark: (u64, u64),
+    /// What taking the last checkpoint's delta cost this thread; the next waits 20 times that.
+    ckpt_cost: Duration,
     wal_scratch: Vec<u8>,
     scratch: Vec<u8>,
     args: Vec<Range<usize>>,
@@ -112,6 +122,8 @@ impl Worker {
             wal,
             ckpt,
             last_ckpt: Instant::now(),
+            ckpt_mark: (u64::MAX, u64::MAX),
+            ckpt_cost: Duration::ZERO,
             wal_scratch: Vec::new(),
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
@@ -358,7 +370,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&t) else {
             return;
         };
-        if c.wbuf.len() > WBUF_HIGH {
+        if c.closing || c.wbuf.len() > WBUF_HIGH {
             return;
         }
         let mut eof = false;
@@ -370,7 +382,9 @@ impl Worker {
                 }
                 Ok(n) => {
                     c.rbuf.extend_from_slice(&self.scratch[..n]);
-                    if c.rbuf.len() > self.cfg.max_frame + (1 << 20) {
+                    // A short read emptied the socket: the next byte raises a new readiness
+                    // event, so the extra read that would only say "would block" is skipped.
+                    if n < self.scratch.len() || c.rbuf.len() > self.cfg.max_frame + (1 << 20) {
                         break;
                     }
                 }
@@ -399,6 +413,9 @@ impl Worker {
             let Kind::Native { client } = c.kind else {
                 return;
             };
+            if c.closing {
+                return;
+            }
             match wire::take_frame::<wire::ClientFrame>(&mut c.rbuf, self.cfg.max_frame) {
                 Ok(Some(frame)) => {
                     if frame.hello.is_some() {
@@ -425,7 +442,22 @@ impl Worker {
         while !c.closing {
             match resp::parse(&c.rbuf[pos..], &mut args) {
                 Ok(Some(n)) => {
-                    if !args.is_empty() {
+                    let direct = match &c.kind {
+                        Kind::Resp {
+                            client,
+                            authed: true,
+                            slots,
+                            ..
+                        } if slots.is_empty() && !args.is_empty() => direct_resp(
+                            &mut self.shard,
+                            *client,
+                            &c.rbuf[pos..pos + n],
+                            &args,
+                            &mut c.wbuf,
+                        ),
+                        _ => false,
+                    };
+                    if !direct && !args.is_empty() {
                         let argv: Vec<&[u8]> = args
                             .iter()
                             .map(|r| &c.rbuf[pos + r.start..pos + r.end])
@@ -611,8 +643,10 @@ impl Worker {
         }
     }
 
+    /// Stops reading from a connection and closes it at the end of the pass, after the WAL
+    /// append, so the replies it still has to send never overtake the log.
     fn close(&mut self, t: Token, reason: Option<String>) {
-        let Some(mut c) = self.conns.remove(&t) else {
+        let Some(c) = self.conns.get_mut(&t) else {
             return;
         };
         if let Some(r) = &reason {
@@ -632,7 +666,16 @@ impl Worker {
                 c.wbuf.extend_from_slice(&b);
             }
         }
-        let _ = c.stream.write_all(&c.wbuf);
+        c.closing = true;
+        self.mark_dirty(t);
+    }
+
+    /// Closes a connection now: a last non-blocking write of what it has, then forget it.
+    fn drop_conn(&mut self, t: Token) {
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
+        let _ = c.stream.write(&c.wbuf);
         let _ = self.poll.registry().deregister(&mut c.stream);
         let client = match c.kind {
             Kind::Native { client } | Kind::Resp { client, .. } => client,
@@ -645,6 +688,8 @@ impl Worker {
     }
 
     fn finish_pass(&mut self) {
+        // Connections closed during the pass are still dirty: they are written and dropped in
+        // step 3, after the log.
         // 1. Make this pass's updates durable (per policy) before anything is acknowledged.
         if let Some(w) = self.wal.as_mut() {
             self.wal_scratch.clear();
@@ -704,20 +749,25 @@ impl Worker {
                     }
                 }
                 c.wbuf.drain(..written);
-                if c.closing && c.wbuf.is_empty() {
+                if c.closing {
                     close = true;
                 }
                 resume = was_high && c.wbuf.len() <= WBUF_HIGH;
             }
             if close {
-                self.close(t, None);
+                self.drop_conn(t);
             } else if resume {
                 self.on_readable(t);
             }
         }
-        // 4. Checkpoint when due.
+        // 4. Checkpoint when due, something changed and the writer is ready for it.
         if let Some(mut c) = self.ckpt.take() {
-            if self.last_ckpt.elapsed() >= self.cfg.checkpoint_interval {
+            let since = self.last_ckpt.elapsed();
+            if since >= self.cfg.checkpoint_interval
+                && since >= self.ckpt_cost * 20
+                && (self.shard.lsn(), self.shard.stats.ops) != self.ckpt_mark
+                && c.ready()
+            {
                 self.checkpoint(&mut c);
             }
             self.ckpt = Some(c);
@@ -725,10 +775,16 @@ impl Worker {
     }
 
     fn checkpoint(&mut self, c: &mut CheckpointWriter) {
-        self.last_ckpt = Instant::now();
+        let t0 = Instant::now();
+        self.last_ckpt = t0;
         let delta = self.shard.take_delta();
         let lsn = self.shard.lsn();
-        if let Some(w) = self.wal.as_mut() {
+        self.ckpt_mark = (lsn, self.shard.stats.ops);
+        if let Some(w) = self
+            .wal
+            .as_mut()
+            .filter(|w| w.segment_len() >= SEGMENT_BYTES)
+        {
             if let Err(e) = w.rotate(lsn + 1) {
                 eprintln!(
                     "chc-store: shard {}: WAL rotation failed: {e}; exiting",
@@ -743,6 +799,7 @@ impl Worker {
             ts: self.shard.ts_records(),
             declarations: self.shard.declarations().to_vec(),
         });
+        self.ckpt_cost = t0.elapsed();
     }
 }
 
@@ -763,4 +820,87 @@ fn emit(c: &mut Conn, bytes: Vec<u8>) {
         }
         _ => c.wbuf.extend_from_slice(&bytes),
     }
+}
+
+/// Runs a hot RESP command on a plain key of this shard without planning it; returns false
+/// (having done nothing) when the command needs the general path: another shard's key, a
+/// structured key, an unusual argument count or an entry with metadata.
+fn direct_resp(
+    shard: &mut Shard,
+    client: ClientId,
+    req: &[u8],
+    args: &[Range<usize>],
+    out: &mut Vec<u8>,
+) -> bool {
+    let arg = |i: usize| &req[args[i].clone()];
+    let name = arg(0);
+    if name.len() > 6 || args.len() < 2 {
+        return false;
+    }
+    let mut up = [0u8; 6];
+    up[..name.len()].copy_from_slice(name);
+    up.make_ascii_uppercase();
+    let cmd = &up[..name.len()];
+    let raw = arg(1);
+    // Keys starting with 'v' may be structured (`v2:s:...`): the planner parses those.
+    if raw.first() == Some(&b'v') {
+        return false;
+    }
+    let k = KeyRef {
+        vertex: 0,
+        object: 0,
+        per_flow: false,
+        sub: raw,
+    };
+    if k.shard(shard.shards) != shard.id {
+        return false;
+    }
+    let n = args.len();
+    let op = match (cmd, n) {
+        (b"GET", 2) => {
+            match shard.direct_get(k) {
+                None => out.extend_from_slice(b"$-1\r\n"),
+                Some(crate::value::Value::Bytes(b)) => resp::enc::bulk(out, b),
+                Some(crate::value::Value::Int(i)) => resp::enc::bulk_int(out, *i),
+                Some(_) => resp::enc::error(out, WRONGTYPE),
+            }
+            return true;
+        }
+        (b"SET", 3) => DirectOp::Set(arg(2)),
+        (b"INCR", 2) => DirectOp::Incr(1),
+        (b"DECR", 2) => DirectOp::Incr(-1),
+        (b"INCRBY", 3) => match parse_int(arg(2)) {
+            Some(d) => DirectOp::Incr(d),
+            None => return false,
+        },
+        (b"DECRBY", 3) => match parse_int(arg(2)).and_then(i64::checked_neg) {
+            Some(d) => DirectOp::Incr(d),
+            None => return false,
+        },
+        (b"LPUSH", 3) => DirectOp::PushFront(arg(2)),
+        (b"RPUSH", 3) => DirectOp::PushBack(arg(2)),
+        (b"LPOP", 2) => DirectOp::PopFront,
+        (b"RPOP", 2) => DirectOp::PopBack,
+        _ => return false,
+    };
+    match shard.apply_direct(client, k, op) {
+        Direct::Fallback => return false,
+        Direct::Ok => out.extend_from_slice(b"+OK\r\n"),
+        Direct::Int(i) => resp::enc::int(out, i),
+        Direct::Item(b) => resp::enc::bulk(out, &b),
+        Direct::Nil => out.extend_from_slice(b"$-1\r\n"),
+        Direct::WrongType => resp::enc::error(out, WRONGTYPE),
+        Direct::Overflow => resp::enc::error(out, "ERR increment or decrement would overflow"),
+    }
+    true
+}
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// A decimal i64 as Redis accepts it (optional '-', digits, no spaces or '+').
+fn parse_int(a: &[u8]) -> Option<i64> {
+    if a.is_empty() || a.len() > 20 || a[0] == b'+' {
+        return None;
+    }
+    std::str::from_utf8(a).ok()?.parse().ok()
 }

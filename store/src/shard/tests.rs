@@ -349,7 +349,7 @@ fn wal_replay_reproduces_state() {
     s.take_wal(&mut wal);
     let mut r = chc_proto::records::FrameReader::new(&wal);
     let mut t = shard();
-    while let Some(rec) = r.next_record::<WalRecord>() {
+    while let Some(rec) = r.next_wal() {
         t.replay_wal_record(&rec);
     }
     assert!(r.torn().is_none());

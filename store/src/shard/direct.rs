@@ -1,0 +1,416 @@
+//! Updates applied straight from borrowed bytes, and the compact write-ahead log layout.
+//!
+//! RESP commands carry no sequence number, clock or instance, so most of what
+//! [`Shard::apply_batch`] does per operation (the client's TS entry, the cache of replies for
+//! retransmissions, the clock log, ownership) has nothing to do for them. The hot commands
+//! (SET, INCR*, DECR*, LPUSH/RPUSH, LPOP/RPOP) therefore skip building a `wire::Op`: the key
+//! and value are borrowed from the connection's read buffer, the entry is updated in place and
+//! the WAL record is written in the compact layout. Whenever the entry holds anything this path
+//! does not handle (subscribers, waiters, a clock log, a per-flow owner) the caller is told to
+//! take the general path, so a command means the same on both paths, and replaying its WAL
+//! record through the general path reproduces it.
+
+use super::{ClientId, Entry, Shard};
+use crate::key::KeyRef;
+use crate::value::Value;
+use bytes::Bytes;
+use chc_proto::records::{CompactOp, CompactVal};
+use chc_proto::wire::{self, OpCode};
+use std::collections::VecDeque;
+
+/// An update the direct path applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectOp<'a> {
+    Set(&'a [u8]),
+    Incr(i64),
+    PushFront(&'a [u8]),
+    PushBack(&'a [u8]),
+    PopFront,
+    PopBack,
+}
+
+/// What a direct update produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Direct {
+    /// Applied; SET's answer.
+    Ok,
+    /// Applied; the new integer (INCR) or the list's new length (PUSH).
+    Int(i64),
+    /// The popped item.
+    Item(Bytes),
+    /// Nothing to pop.
+    Nil,
+    WrongType,
+    Overflow,
+    /// The entry needs the general path (see the module docs); nothing was changed.
+    Fallback,
+}
+
+impl DirectOp<'_> {
+    fn code(self) -> OpCode {
+        match self {
+            DirectOp::Set(_) => OpCode::OpSet,
+            DirectOp::Incr(_) => OpCode::OpIncr,
+            DirectOp::PushFront(_) => OpCode::OpPushFront,
+            DirectOp::PushBack(_) => OpCode::OpPushBack,
+            DirectOp::PopFront => OpCode::OpPopFront,
+            DirectOp::PopBack => OpCode::OpPopBack,
+        }
+    }
+}
+
+impl Shard {
+    /// Reads a value for a client without a sequence number (RESP GET and friends).
+    pub fn direct_get(&mut self, k: KeyRef<'_>) -> Option<&Value> {
+        self.stats.ops += 1;
+        self.map.get(&k).map(|e| &e.value).filter(|v| !v.is_nil())
+    }
+
+    /// Applies an update for a client without sequence numbers or clocks; see the module docs.
+    pub fn apply_direct(&mut self, client: ClientId, k: KeyRef<'_>, op: DirectOp<'_>) -> Direct {
+        if k.per_flow || !CompactOp::fits(k.sub) {
+            return Direct::Fallback;
+        }
+        let creates = !matches!(op, DirectOp::PopFront | DirectOp::PopBack);
+        let e: &mut Entry = if creates {
+            self.map.entry_ref(&k).or_default()
+        } else {
+            match self.map.get_mut(&k) {
+                Some(e) => e,
+                None => {
+                    self.stats.ops += 1;
+                    self.stats.updates += 1;
+                    return Direct::Nil;
+                }
+            }
+        };
+        if e.meta.is_some() || e.owner != 0 {
+            return Direct::Fallback;
+        }
+        self.stats.ops += 1;
+        self.stats.updates += 1;
+        let (result, num, val) = match op {
+            DirectOp::Set(v) => {
+                e.value = Value::Bytes(Bytes::copy_from_slice(v));
+                (Direct::Ok, 0, CompactVal::Bytes(v))
+            }
+            DirectOp::Incr(n) => {
+                let cur = match &e.value {
+                    Value::Nil => 0,
+                    Value::Int(i) => *i,
+                    other => match other.as_int() {
+                        Some(i) => i,
+                        None => return Direct::WrongType,
+                    },
+                };
+                let Some(new) = cur.checked_add(n) else {
+                    return Direct::Overflow;
+                };
+                e.value = Value::Int(new);
+                (Direct::Int(new), n, CompactVal::Nil)
+            }
+            DirectOp::PushFront(item) | DirectOp::PushBack(item) => {
+                if e.value.is_nil() {
+                    e.value = Value::List(VecDeque::new());
+                }
+                let Value::List(l) = &mut e.value else {
+                    return Direct::WrongType;
+                };
+                let item_b = Bytes::copy_from_slice(item);
+                if matches!(op, DirectOp::PushFront(_)) {
+                    l.push_front(item_b);
+                } else {
+                    l.push_back(item_b);
+                }
+                (Direct::Int(l.len() as i64), 0, CompactVal::Bytes(item))
+            }
+            DirectOp::PopFront | DirectOp::PopBack => {
+                let Value::List(l) = &mut e.value else {
+                    return Direct::WrongType;
+                };
+                let item = if op == DirectOp::PopFront {
+                    l.pop_front()
+                } else {
+                    l.pop_back()
+                };
+                if l.is_empty() {
+                    e.value = Value::Nil;
+                }
+                match item {
+                    Some(b) => (Direct::Item(b), 0, CompactVal::Nil),
+                    None => return Direct::Nil,
+                }
+            }
+        };
+        // Checkpoint bookkeeping, as `mark_dirty` does, without a second lookup.
+        let vacant = e.value.is_nil();
+        if self.track_dirty && !e.dirty {
+            e.dirty = true;
+            self.dirty.push(k.to_key());
+        }
+        if vacant {
+            // A popped-empty list: the key is gone, as in Redis.
+            self.map.remove(&k);
+            if self.track_dirty {
+                self.dirty.push(k.to_key());
+            }
+        }
+        if self.durable {
+            self.lsn += 1;
+            CompactOp {
+                lsn: self.lsn,
+                client,
+                seq: 0,
+                code: op.code() as u8,
+                vertex: k.vertex,
+                object: k.object,
+                per_flow: false,
+                sub: k.sub,
+                num,
+                val,
+                clock: 0,
+                instance: 0,
+                op_index: 0,
+                flags: 0,
+            }
+            .append(&mut self.wal_buf);
+        }
+        result
+    }
+
+    /// Logs `op` in the compact layout if it fits (no `val2`, `val` nil, integer or bytes);
+    /// returns whether it did. The caller has checked that logging is on.
+    pub(super) fn wal_compact(&mut self, client: ClientId, op: &wire::Op) -> bool {
+        use wire::value::Kind;
+        if op.val2.is_some()
+            || !CompactOp::fits(&op.sub)
+            || op.vertex > 0xFFFF
+            || op.object > 0xFFFF
+            || !(0..=255).contains(&op.code)
+        {
+            return false;
+        }
+        let val = match op.val.as_ref().and_then(|v| v.kind.as_ref()) {
+            None => CompactVal::Nil,
+            Some(Kind::Int(i)) => CompactVal::Int(*i),
+            Some(Kind::Bytes(b)) => CompactVal::Bytes(b),
+            Some(Kind::List(_)) => return false,
+        };
+        self.lsn += 1;
+        CompactOp {
+            lsn: self.lsn,
+            client,
+            seq: op.seq,
+            code: op.code as u8,
+            vertex: op.vertex as u16,
+            object: op.object as u16,
+            per_flow: op.per_flow,
+            sub: &op.sub,
+            num: op.num,
+            val,
+            clock: op.clock,
+            instance: op.instance,
+            op_index: op.op_index,
+            flags: op.flags,
+        }
+        .append(&mut self.wal_buf);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custom::CustomOps;
+    use crate::names::Names;
+    use chc_proto::records::{FrameReader, WalRecord};
+    use parking_lot::RwLock;
+    use std::sync::Arc;
+
+    fn shard() -> Shard {
+        let mut s = Shard::new(
+            0,
+            1,
+            CustomOps::builtin(),
+            Arc::new(RwLock::new(Names::default())),
+        );
+        s.set_durable(true);
+        s
+    }
+
+    fn key(s: &str) -> KeyRef<'_> {
+        KeyRef {
+            vertex: 0,
+            object: 0,
+            per_flow: false,
+            sub: s.as_bytes(),
+        }
+    }
+
+    fn dump(s: &Shard) -> Vec<(String, Value)> {
+        let mut v: Vec<_> = s
+            .map
+            .iter()
+            .map(|(k, e)| (format!("{k:?}"), e.value.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The direct path answers as the general path does, and its WAL replays to the same state.
+    #[test]
+    fn direct_updates_match_the_general_path_and_replay() {
+        let mut s = shard();
+        let c = 1 << 63 | 5;
+        assert_eq!(
+            s.apply_direct(c, key("n"), DirectOp::Incr(5)),
+            Direct::Int(5)
+        );
+        assert_eq!(
+            s.apply_direct(c, key("n"), DirectOp::Incr(-7)),
+            Direct::Int(-2)
+        );
+        assert_eq!(
+            s.apply_direct(c, key("n"), DirectOp::Incr(i64::MIN)),
+            Direct::Overflow
+        );
+        assert_eq!(
+            s.apply_direct(c, key("s"), DirectOp::Set(b"12")),
+            Direct::Ok
+        );
+        assert_eq!(
+            s.apply_direct(c, key("s"), DirectOp::Incr(1)),
+            Direct::Int(13)
+        );
+        assert_eq!(s.apply_direct(c, key("t"), DirectOp::Set(b"x")), Direct::Ok);
+        assert_eq!(
+            s.apply_direct(c, key("t"), DirectOp::Incr(1)),
+            Direct::WrongType
+        );
+        assert_eq!(
+            s.apply_direct(c, key("t"), DirectOp::PopFront),
+            Direct::WrongType
+        );
+        assert_eq!(
+            s.apply_direct(c, key("l"), DirectOp::PushBack(b"b")),
+            Direct::Int(1)
+        );
+        assert_eq!(
+            s.apply_direct(c, key("l"), DirectOp::PushFront(b"a")),
+            Direct::Int(2)
+        );
+        assert_eq!(
+            s.apply_direct(c, key("l"), DirectOp::PushBack(b"c")),
+            Direct::Int(3)
+        );
+        assert_eq!(
+            s.apply_direct(c, key("l"), DirectOp::PopBack),
+            Direct::Item(Bytes::from_static(b"c"))
+        );
+        assert_eq!(
+            s.apply_direct(c, key("e"), DirectOp::PushBack(b"z")),
+            Direct::Int(1)
+        );
+        assert_eq!(
+            s.apply_direct(c, key("e"), DirectOp::PopFront),
+            Direct::Item(Bytes::from_static(b"z"))
+        );
+        assert_eq!(s.apply_direct(c, key("e"), DirectOp::PopFront), Direct::Nil);
+        assert!(s.direct_get(key("e")).is_none(), "an emptied list is gone");
+        assert_eq!(s.direct_get(key("n")), Some(&Value::Int(-2)));
+        // The same commands through the general path give the same state.
+        let mut g = shard();
+        let gen = |code: OpCode, k: &str, num: i64, val: Option<&[u8]>| wire::Op {
+            code: code as i32,
+            sub: Bytes::copy_from_slice(k.as_bytes()),
+            num,
+            val: val.map(|v| wire::Value::bytes(Bytes::copy_from_slice(v))),
+            ..Default::default()
+        };
+        let ops = vec![
+            gen(OpCode::OpIncr, "n", 5, None),
+            gen(OpCode::OpIncr, "n", -7, None),
+            gen(OpCode::OpSet, "s", 0, Some(b"12")),
+            gen(OpCode::OpIncr, "s", 1, None),
+            gen(OpCode::OpSet, "t", 0, Some(b"x")),
+            gen(OpCode::OpPushBack, "l", 0, Some(b"b")),
+            gen(OpCode::OpPushFront, "l", 0, Some(b"a")),
+            gen(OpCode::OpPushBack, "l", 0, Some(b"c")),
+            gen(OpCode::OpPopBack, "l", 0, None),
+            gen(OpCode::OpPushBack, "e", 0, Some(b"z")),
+            gen(OpCode::OpPopFront, "e", 0, None),
+        ];
+        g.apply_batch(c, &ops, 0, &mut Default::default());
+        assert_eq!(dump(&s), dump(&g));
+        // Replaying the compact records rebuilds the state.
+        let mut wal = Vec::new();
+        s.take_wal(&mut wal);
+        let mut r = FrameReader::new(&wal);
+        let mut t = shard();
+        let mut n = 0;
+        while let Some(rec) = r.next_wal() {
+            t.replay_wal_record(&rec);
+            n += 1;
+        }
+        assert!(r.torn().is_none());
+        assert_eq!(n, 11, "one record per change, none for refused updates");
+        assert_eq!(dump(&s), dump(&t));
+    }
+
+    #[test]
+    fn entries_with_metadata_take_the_general_path() {
+        let mut s = shard();
+        let sub = wire::Op {
+            code: OpCode::OpSubscribe as i32,
+            sub: Bytes::from_static(b"watched"),
+            ..Default::default()
+        };
+        s.apply_batch(9, &[sub], 0, &mut Default::default());
+        assert_eq!(
+            s.apply_direct(1, key("watched"), DirectOp::Incr(1)),
+            Direct::Fallback
+        );
+        let pf = KeyRef {
+            per_flow: true,
+            ..key("flow")
+        };
+        assert_eq!(s.apply_direct(1, pf, DirectOp::Incr(1)), Direct::Fallback);
+        assert!(
+            s.direct_get(key("watched")).is_none(),
+            "nothing was applied"
+        );
+    }
+
+    #[test]
+    fn general_ops_use_the_compact_layout_when_they_fit() {
+        let mut s = shard();
+        let mut op = wire::Op {
+            seq: 3,
+            code: OpCode::OpIncr as i32,
+            vertex: 2,
+            object: 1,
+            sub: Bytes::from_static(b"k"),
+            num: 4,
+            clock: 77,
+            instance: 2,
+            flags: 8,
+            ..Default::default()
+        };
+        s.apply_batch(4, &[op.clone()], 0, &mut Default::default());
+        op.seq = 4;
+        op.clock = 0;
+        op.code = OpCode::OpCompareAndUpdate as i32;
+        op.val = Some(wire::Value::int(4));
+        op.val2 = Some(wire::Value::int(9));
+        s.apply_batch(4, &[op], 0, &mut Default::default());
+        let mut wal = Vec::new();
+        s.take_wal(&mut wal);
+        // The first record is compact (top bit of its length), the second rkyv.
+        assert_ne!(wal[3] & 0x80, 0);
+        let mut r = FrameReader::new(&wal);
+        let recs: Vec<WalRecord> = std::iter::from_fn(|| r.next_wal()).collect();
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].seq, recs[0].op.clock, recs[0].op.num), (3, 77, 4));
+        assert_eq!(recs[1].op.val2, chc_proto::records::ValueRec::Int(9));
+    }
+}
