@@ -86,8 +86,10 @@ if [ "$(cat "$out/.fragment" 2>/dev/null || true)" != "$frag" ] || [ ! -f "$out/
   echo "$frag" > "$out/.fragment"
 fi
 if [ "$stock" = 0 ] && ! grep -q '^CONFIG_CGROUP_IRON=y' "$out/.config"; then
+  # The option only exists once the series is applied: enable it now.
+  "$tree/scripts/config" --file "$out/.config" --enable CGROUP_IRON
   make -s -C "$tree" O="$out" olddefconfig >/dev/null
-  grep -q '^CONFIG_CGROUP_IRON=y' "$out/.config" || { log "CONFIG_CGROUP_IRON not enabled"; exit 1; }
+  grep -q '^CONFIG_CGROUP_IRON=y' "$out/.config" || { log "CONFIG_CGROUP_IRON cannot be enabled (missing dependency?)"; exit 1; }
 fi
 
 # Objects the series touches (every .c file it modifies or adds).
@@ -137,6 +139,7 @@ if [ "$initramfs" = 1 ]; then
   rm -f "$root/bin/ip"
   copy_with_libs() {
     local bin=$1 dest=$2
+    rm -f "$root/$dest"
     cp "$bin" "$root/$dest"
     ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
       mkdir -p "$root$(dirname "$lib")"
@@ -144,6 +147,8 @@ if [ "$initramfs" = 1 ]; then
     done
   }
   copy_with_libs "$(command -v ip)" bin/ip
+  tc=$(command -v tc || echo /usr/sbin/tc)
+  [ -x "$tc" ] && copy_with_libs "$tc" bin/tc
   tools=${IRON_TOOLS:-}
   if [ -z "$tools" ]; then
     for d in "${CARGO_TARGET_DIR:-}/release" "$repo/target/release"; do
@@ -153,7 +158,7 @@ if [ "$initramfs" = 1 ]; then
   for t in iron-bench iron-governor; do
     if [ -n "$tools" ] && [ -x "$tools/$t" ]; then copy_with_libs "$tools/$t" "bin/$t"; else log "no $t binary (set IRON_TOOLS); in-VM benchmarks need it"; fi
   done
-  cp "$here"/vm/*.sh "$root/bin/"
+  cp "$here"/vm/iron-*.sh "$root/bin/"
   cp "$here/vm/init" "$root/init"
   chmod +x "$root/init" "$root"/bin/*.sh
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 > "$initrd")

@@ -1,0 +1,300 @@
+//! iron-bench: Iron's experiments, run inside a qemu VM booted with Iron's test kernel, and the
+//! small workload tools those experiments run inside the VM.
+
+mod vm;
+mod workload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use iron_model::results::{median, Machine, Results, Row};
+use vm::{num, records, Vm};
+
+/// Iron's experiments (penalty factor, CPU-limit accuracy, the in-VM check) and workload tools.
+///
+/// The experiments boot the kernel and initramfs built by iron/kernel/build.sh under
+/// qemu-system-x86_64 (TCG) and read the results the in-VM scripts print.
+#[derive(Parser, Debug)]
+#[command(name = "iron-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct VmArgs {
+    /// Patched kernel (default: build.sh's cache, $IRON_CACHE or ~/.cache/iron).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs for --kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Keep each VM's console log in this directory.
+    #[arg(long)]
+    logs: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Penalty factor of a CPU-bound victim next to n-1 traffic interferers (dissertation
+    /// §2.1.3/§2.3), without Iron, with iron-governor, and with the patched kernel.
+    Penalty {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Write the rows in the shared results format.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Containers on the victim's core (victim included).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
+        n: u32,
+        /// Repetitions per configuration (victim runs with traffic and with CPU interferers,
+        /// interleaved).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        reps: u32,
+        /// Victim work units (see `spin`).
+        #[arg(long, default_value_t = 60)]
+        work: u64,
+        /// Traffic kinds to run.
+        #[arg(long, value_delimiter = ',', default_value = "udp,tcp")]
+        kinds: Vec<String>,
+        /// Modes to run: off (no Iron), governor (iron-governor, Iron switched off), iron.
+        #[arg(long, value_delimiter = ',', default_value = "off,governor,iron")]
+        modes: Vec<String>,
+    },
+    /// CPU-limit accuracy: 3 containers at 30 % each (one CPU job, two UDP senders); the core
+    /// must not be more than 90 % + 0.5 % busy.
+    Accuracy {
+        #[command(flatten)]
+        vm: VmArgs,
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10)]
+        secs: u32,
+    },
+    /// The CI check: cpu.iron.stat moves when traffic flows over veth between two cgroups,
+    /// stays put with Iron switched off, and a throttled group's packets are dropped.
+    Check {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// (in VM) Run `units` of CPU work and print the elapsed milliseconds.
+    Spin {
+        units: u64,
+    },
+    /// (in VM) Burn CPU for `secs` seconds.
+    Burn {
+        secs: f64,
+    },
+    /// (in VM) Flood UDP to the targets.
+    UdpSend {
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 1400)]
+        size: usize,
+        #[arg(long)]
+        secs: f64,
+        /// Packets per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// (in VM) Receive UDP.
+    UdpRecv {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// (in VM) Send TCP over `flows` connections per target.
+    TcpSend {
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 2)]
+        flows: usize,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// (in VM) Receive TCP.
+    TcpRecv {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
+}
+
+fn vm_of(a: &VmArgs, stock: bool) -> Result<Vm> {
+    match (&a.kernel, &a.initrd) {
+        (Some(k), Some(i)) => Vm::new(k.clone(), i.clone()),
+        (None, None) => Vm::from_cache(stock),
+        _ => bail!("--kernel and --initrd go together"),
+    }
+}
+
+fn log_path(a: &VmArgs, name: &str) -> Result<Option<PathBuf>> {
+    match &a.logs {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Ok(Some(d.join(format!("{name}.log"))))
+        }
+        None => Ok(None),
+    }
+}
+
+fn write_json(path: &Option<PathBuf>, experiment: &str, reps: u32, rows: Vec<Row>) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let res = Results {
+        experiment: experiment.into(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::this(),
+        repetitions: reps,
+        rows,
+    };
+    std::fs::write(path, serde_json::to_string_pretty(&res)?).with_context(|| format!("writing {}", path.display()))
+}
+
+fn paper_penalty(kind: &str, mode: &str) -> &'static str {
+    match (kind, mode) {
+        ("udp", "iron") | ("tcp", "iron") => "with Iron <= 1.05 (Figs 2.11, 2.12)",
+        ("udp", _) => "without Iron up to 4.45x (Fig 2.4, UDP receivers)",
+        _ => "without Iron up to 6x (Fig 2.5, TCP receivers)",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn penalty(vm_args: &VmArgs, json: &Option<PathBuf>, n: u32, reps: u32, work: u64, kinds: &[String], modes: &[String]) -> Result<()> {
+    let patched = vm_of(vm_args, false)?;
+    let mut rows = Vec::new();
+    println!("{:<6} {:>3} {:<10} {:>12} {:>12} {:>8}", "kind", "n", "mode", "victim ms", "baseline ms", "penalty");
+    for kind in kinds {
+        if kind != "udp" && kind != "tcp" {
+            bail!("unknown traffic kind {kind:?} (udp or tcp)");
+        }
+        for mode in modes {
+            if !["off", "governor", "iron"].contains(&mode.as_str()) {
+                bail!("unknown mode {mode:?} (off, governor or iron)");
+            }
+            let args = format!("iron.test=penalty iron.kind={kind} iron.n={n} iron.mode={mode} iron.reps={reps} iron.work={work}");
+            let out = patched.run(&args, log_path(vm_args, &format!("penalty-{kind}-{mode}"))?.as_deref())?;
+            let recs: Vec<_> = records(&out).into_iter().filter(|r| r.get("type").map(String::as_str) == Some("penalty")).collect();
+            if recs.is_empty() {
+                bail!("the VM printed no penalty results for {kind}/{mode}");
+            }
+            let net: Vec<f64> = recs.iter().map(|r| num(r, "victim_ms")).collect::<Result<_>>()?;
+            let cpu: Vec<f64> = recs.iter().map(|r| num(r, "baseline_ms")).collect::<Result<_>>()?;
+            let extra: Vec<String> = ["charged_ms", "dropped", "rx_pkts"]
+                .iter()
+                .filter_map(|k| recs.last().and_then(|r| r.get(*k)).map(|v| format!("{k}={v}")))
+                .collect();
+            let label = match mode.as_str() {
+                "off" => "without Iron (kernel.sched_iron=0)",
+                "governor" => "iron-governor, stock mode (kernel.sched_iron=0)",
+                _ => "Iron kernel patch",
+            };
+            let row = Row::lower_is_better(
+                format!("victim completion, {kind} receivers, n={n} (1 victim, {} receivers), {label}", n - 1),
+                "ms",
+                &net,
+                &cpu,
+                "same victim job next to CPU-bound interferers (same VM, interleaved)",
+                if mode == "iron" { Some(1.05) } else { None },
+            )
+            .with_paper(paper_penalty(kind, mode));
+            println!(
+                "{:<6} {:>3} {:<10} {:>12.1} {:>12.1} {:>7.3}x  {}",
+                kind,
+                n,
+                mode,
+                median(&net),
+                median(&cpu),
+                row.ratio,
+                extra.join(" ")
+            );
+            rows.push(row);
+        }
+    }
+    write_json(json, "iron-penalty", reps, rows)
+}
+
+fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
+    let patched = vm_of(vm_args, false)?;
+    let mut rows = Vec::new();
+    for mode in ["off", "iron"] {
+        let out = patched.run(&format!("iron.test=accuracy iron.mode={mode} iron.secs={secs}"), log_path(vm_args, &format!("accuracy-{mode}"))?.as_deref())?;
+        let r = records(&out)
+            .into_iter()
+            .find(|r| r.get("type").map(String::as_str) == Some("accuracy"))
+            .context("the VM printed no accuracy result")?;
+        let busy = num(&r, "busy_pct")?;
+        let label = if mode == "iron" { "Iron kernel patch" } else { "without Iron" };
+        println!("accuracy {mode:<5} core busy {busy:.2} % (allocated 90 %), groups {:.2} %", num(&r, "groups_pct").unwrap_or(f64::NAN));
+        rows.push(
+            Row::lower_is_better(
+                format!("core busy with 3 containers at 30 % (1 CPU job, 2 UDP senders), {label}"),
+                "%",
+                &[busy],
+                &[90.0],
+                "allocated: 3 x 30 %",
+                if mode == "iron" { Some(90.5 / 90.0) } else { None },
+            )
+            .with_paper("Iron: 90.02 % used with senders, 10.07 % idle with a receiver (Fig 2.14)"),
+        );
+    }
+    write_json(json, "iron-accuracy", 1, rows)
+}
+
+fn check(vm_args: &VmArgs) -> Result<()> {
+    let patched = vm_of(vm_args, false)?;
+    let out = patched.run("iron.test=check", log_path(vm_args, "check")?.as_deref())?;
+    let recs: Vec<_> = records(&out).into_iter().filter(|r| r.get("type").map(String::as_str) == Some("check")).collect();
+    if recs.is_empty() {
+        bail!("the VM printed no check results:\n{out}");
+    }
+    let mut failed = 0;
+    for r in &recs {
+        let ok = r.get("ok").map(String::as_str) == Some("1");
+        let detail: Vec<String> = r.iter().filter(|(k, _)| !["type", "name", "ok"].contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{} {} {}", if ok { "PASS" } else { "FAIL" }, r.get("name").map(String::as_str).unwrap_or("?"), detail.join(" "));
+        failed += usize::from(!ok);
+    }
+    println!("{} passed, {} failed", recs.len() - failed, failed);
+    if failed > 0 {
+        bail!("{failed} in-VM checks failed");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Penalty { vm, json, n, reps, work, kinds, modes } => penalty(&vm, &json, n, reps, work, &kinds, &modes),
+        Cmd::Accuracy { vm, json, secs } => accuracy(&vm, &json, secs),
+        Cmd::Check { vm } => check(&vm),
+        Cmd::Spin { units } => {
+            println!("elapsed_ms={:.3}", workload::spin(units).as_secs_f64() * 1e3);
+            Ok(())
+        }
+        Cmd::Burn { secs } => {
+            workload::spin_for(secs);
+            Ok(())
+        }
+        Cmd::UdpSend { to, size, secs, rate } => {
+            println!("sent={}", workload::udp_send(&to, size, secs, rate)?);
+            Ok(())
+        }
+        Cmd::UdpRecv { bind, secs } => {
+            println!("received={}", workload::udp_recv(bind, secs)?);
+            Ok(())
+        }
+        Cmd::TcpSend { to, flows, secs } => {
+            println!("sent_bytes={}", workload::tcp_send(&to, flows, secs)?);
+            Ok(())
+        }
+        Cmd::TcpRecv { bind, secs } => {
+            println!("received_bytes={}", workload::tcp_recv(bind, secs)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The workloads the in-VM experiments run: a fixed CPU job (the victim, like sysbench's cpu
+//! test) and simple UDP/TCP senders and receivers (the interferers).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// Runs `units` units of integer work and returns the wall time it took. A unit is a fixed
+/// number of rounds of a xorshift mix, so the same `units` is the same CPU work everywhere.
+pub fn spin(units: u64) -> Duration {
+    let start = Instant::now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..units {
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        std::hint::black_box(x);
+    }
+    start.elapsed()
+}
+
+/// Spins until `stop` is reached (an interferer that only burns CPU).
+pub fn spin_for(secs: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        spin(10);
+    }
+}
+
+/// Floods UDP datagrams of `size` bytes round-robin to `targets` for `secs` seconds (optionally
+/// paced to `rate` packets per second). Returns the number sent.
+pub fn udp_send(targets: &[SocketAddr], size: usize, secs: f64, rate: Option<f64>) -> Result<u64> {
+    let sock = UdpSocket::bind("0.0.0.0:0").context("binding the UDP sender")?;
+    let buf = vec![0x5au8; size.clamp(1, 65_000)];
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        for t in targets {
+            // Errors such as ENOBUFS or ECONNREFUSED are part of flooding; keep going.
+            if sock.send_to(&buf, t).is_ok() {
+                sent += 1;
+            }
+        }
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64(sent as f64 / r);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Receives UDP on `bind` for `secs` seconds; returns the number of datagrams.
+pub fn udp_recv(bind: SocketAddr, secs: f64) -> Result<u64> {
+    let sock = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut buf = vec![0u8; 65_536];
+    let mut n = 0u64;
+    while Instant::now() < end {
+        if sock.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Sends TCP as fast as possible over `flows` connections per target for `secs` seconds.
+/// Returns bytes sent.
+pub fn tcp_send(targets: &[SocketAddr], flows: usize, secs: f64) -> Result<u64> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut handles = Vec::new();
+    for t in targets {
+        for _ in 0..flows.max(1) {
+            let t = *t;
+            handles.push(std::thread::spawn(move || -> u64 {
+                let mut total = 0u64;
+                let buf = vec![0x5au8; 64 * 1024];
+                while Instant::now() < end {
+                    let Ok(mut s) = TcpStream::connect_timeout(&t, Duration::from_millis(500)) else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+                    while Instant::now() < end {
+                        match s.write(&buf) {
+                            Ok(k) => total += k as u64,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                total
+            }));
+        }
+    }
+    Ok(handles.into_iter().map(|h| h.join().unwrap_or(0)).sum())
+}
+
+/// Accepts TCP connections on `bind` and drains them for `secs` seconds; returns bytes read.
+pub fn tcp_recv(bind: SocketAddr, secs: f64) -> Result<u64> {
+    let l = TcpListener::bind(bind).with_context(|| format!("binding TCP {bind}"))?;
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut total = 0u64;
+    let mut conns: Vec<TcpStream> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < end {
+        while let Ok((s, _)) = l.accept() {
+            s.set_nonblocking(true)?;
+            conns.push(s);
+        }
+        let mut idle = true;
+        conns.retain_mut(|c| match c.read(&mut buf) {
+            Ok(0) => false,
+            Ok(k) => {
+                total += k as u64;
+                idle = false;
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        });
+        if idle {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_round_trip_on_loopback() {
+        let r = std::thread::spawn(|| udp_recv("127.0.0.1:39411".parse().unwrap(), 1.0).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = udp_send(&["127.0.0.1:39411".parse().unwrap()], 100, 0.3, Some(1000.0)).unwrap();
+        let got = r.join().unwrap();
+        assert!(sent > 50, "sent {sent}");
+        assert!(got > 0 && got <= sent, "got {got} of {sent}");
+    }
+
+    #[test]
+    fn tcp_round_trip_on_loopback() {
+        let r = std::thread::spawn(|| tcp_recv("127.0.0.1:39412".parse().unwrap(), 1.0).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = tcp_send(&["127.0.0.1:39412".parse().unwrap()], 1, 0.3).unwrap();
+        let got = r.join().unwrap();
+        assert!(sent > 0 && got > 0 && got <= sent, "sent {sent} got {got}");
+    }
+
+    #[test]
+    fn spin_does_work() {
+        assert!(spin(5) > Duration::ZERO);
+    }
+}

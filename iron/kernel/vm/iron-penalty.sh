@@ -1,0 +1,74 @@
+# Penalty factor (dissertation §2.1.3/§2.3): n containers share CPU 0 with quota = period/n; one
+# victim runs a fixed CPU job, the n-1 interferers either burn CPU (baseline) or receive UDP/TCP
+# that a sender on CPU 1 (outside the containers) pushes over veth, with RPS steering receive
+# processing to CPU 0 as a NIC queue's interrupt would. Prints one IRON-RESULT per repetition.
+#   iron.kind=udp|tcp iron.n=N iron.mode=off|governor|iron iron.reps=R iron.work=MS
+. /bin/iron-lib.sh
+kind=$(param kind udp); n=$(param n 4); mode=$(param mode iron); reps=$(param reps 3)
+target_ms=$(param work 300)
+quota=$((100000 / n))
+# Calibrate the victim job to about target_ms of CPU on this (emulated) machine.
+cal=$(taskset 1 iron-bench spin 200 | sed 's/elapsed_ms=//')
+units=$(awk -v c="$cal" -v t="$target_ms" 'BEGIN{u=int(200*t/c); if(u<10)u=10; print u}')
+echo "calibration: 200 units = $cal ms -> $units units"
+mkgroup c0 $quota
+targets=""
+i=1
+while [ $i -lt $n ]; do
+  mkgroup c$i $quota
+  veth $i
+  rps $i 1
+  [ "$mode" = iron ] && bind $i c$i
+  targets="$targets${targets:+,}10.99.$i.2:9000"
+  i=$((i + 1))
+done
+case "$mode" in
+  off) sysctl -w kernel.sched_iron=0 >/dev/null 2>&1 ;;
+  governor)
+    sysctl -w kernel.sched_iron=0 >/dev/null 2>&1
+    { echo "period_ms = 100"; echo "cgroup_root = \"/cgroup\""; echo "drop = \"tc\"";
+      i=0; while [ $i -lt $n ]; do
+        echo "[[container]]"; echo "name = \"c$i\""; echo "cgroup = \"c$i\""; echo "quota_us = $quota"
+        [ $i -gt 0 ] && echo "host_iface = \"va$i\""
+        i=$((i + 1)); done; } > /tmp/governor.toml
+    taskset 2 iron-governor --config /tmp/governor.toml --stock > /tmp/governor.log 2>&1 &
+    gov=$!
+    sleep 0.5 ;;
+esac
+victim() { ingroup c0 taskset 1 iron-bench spin $units | sed 's/elapsed_ms=//'; }
+r=1
+while [ $r -le $reps ]; do
+  # Baseline: the interferers burn CPU.
+  pids=""
+  i=1; while [ $i -lt $n ]; do ingroup c$i taskset 1 iron-bench burn 100000 & pids="$pids $!"; i=$((i + 1)); done
+  sleep 0.3
+  base=$(victim)
+  kill $pids 2>/dev/null; wait $pids 2>/dev/null
+  # Traffic: the interferers receive.
+  c0=0; d0=0; i=1; while [ $i -lt $n ]; do c0=$((c0 + $(stat c$i charged_usec))); d0=$((d0 + $(stat c$i dropped))); i=$((i + 1)); done
+  pids=""
+  i=1
+  while [ $i -lt $n ]; do
+    if [ "$kind" = tcp ]; then
+      ingroup c$i taskset 1 /bin/ip netns exec ns$i iron-bench tcp-recv --bind 10.99.$i.2:9000 --secs 100000 > /dev/null &
+    else
+      ingroup c$i taskset 1 /bin/ip netns exec ns$i iron-bench udp-recv --bind 10.99.$i.2:9000 --secs 100000 > /dev/null &
+    fi
+    pids="$pids $!"; i=$((i + 1))
+  done
+  sleep 0.3
+  if [ "$kind" = tcp ]; then
+    taskset 2 iron-bench tcp-send --to $targets --flows 2 --secs 100000 > /dev/null &
+  else
+    taskset 2 iron-bench udp-send --to $targets --size 1400 --secs 100000 > /dev/null &
+  fi
+  pids="$pids $!"
+  sleep 1
+  net=$(victim)
+  kill $pids 2>/dev/null; wait $pids 2>/dev/null
+  c1=0; d1=0; i=1; while [ $i -lt $n ]; do c1=$((c1 + $(stat c$i charged_usec))); d1=$((d1 + $(stat c$i dropped))); i=$((i + 1)); done
+  result type=penalty kind=$kind n=$n mode=$mode rep=$r victim_ms=$net baseline_ms=$base charged_ms=$(((c1 - c0) / 1000)) dropped=$((d1 - d0)) softirq="$(awk '/NET_RX/{print $2"/"$3}' /proc/softirqs)"
+  sleep 0.3
+  r=$((r + 1))
+done
+[ -n "${gov:-}" ] && { kill -INT $gov; wait $gov; tail -5 /tmp/governor.log; }
