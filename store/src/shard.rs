@@ -314,6 +314,7 @@ impl Shard {
         now_ns: u64,
         out: &mut Outputs,
     ) {
+        self.touch(ops);
         let mut cs = self.clients.remove(&client).unwrap_or_default();
         for op in ops {
             self.stats.ops += 1;
@@ -572,6 +573,7 @@ impl Shard {
                 self.logged.push(k.to_key());
             }
         }
+        let vacant = e.is_vacant();
         let subscribers = if mutated && self.replaying.is_none() {
             e.meta
                 .as_ref()
@@ -621,7 +623,7 @@ impl Shard {
                 ));
             }
         }
-        if !logged {
+        if !logged && vacant {
             self.remove_if_vacant(k);
         }
     }
