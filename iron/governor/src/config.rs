@@ -22,12 +22,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path} is not a valid configuration")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
@@ -194,7 +194,9 @@ mod tests {
         let e = parse("period_ms = 100\n").unwrap_err();
         assert!(e.to_string().contains("no [[container]]"), "{e}");
         let e = parse("[[container]]\nname='a'\ncgroup='a'\nquota_us=5000\nbogus=1\n").unwrap_err();
-        let ConfigError::Parse { source, .. } = e else { panic!("not a parse error") };
+        let ConfigError::Parse { source, .. } = e else {
+            panic!("not a parse error: {e}")
+        };
         assert!(source.to_string().contains("bogus"), "{source}");
     }
 }
