@@ -39,7 +39,7 @@ mkdir -p "$cache"
 tarball=$(ls /usr/src/linux-source-6.12.tar.* 2>/dev/null | head -1 || true)
 if [ -z "$tarball" ]; then
   log "linux-source-6.12 missing; installing it from bookworm-backports"
-  "$here/apt-backports.sh"
+  "$here/deps.sh"
   tarball=$(ls /usr/src/linux-source-6.12.tar.* | head -1)
 fi
 tree="$cache/linux-source-6.12"
