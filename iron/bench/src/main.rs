@@ -81,13 +81,9 @@ enum Cmd {
         vm: VmArgs,
     },
     /// (in VM) Run `units` of CPU work and print the elapsed milliseconds.
-    Spin {
-        units: u64,
-    },
+    Spin { units: u64 },
     /// (in VM) Burn CPU for `secs` seconds.
-    Burn {
-        secs: f64,
-    },
+    Burn { secs: f64 },
     /// (in VM) Flood UDP to the targets.
     UdpSend {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -152,7 +148,8 @@ fn write_json(path: &Option<PathBuf>, experiment: &str, reps: u32, rows: Vec<Row
         repetitions: reps,
         rows,
     };
-    std::fs::write(path, serde_json::to_string_pretty(&res)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(&res)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn paper_penalty(kind: &str, mode: &str) -> &'static str {
@@ -164,10 +161,21 @@ fn paper_penalty(kind: &str, mode: &str) -> &'static str {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn penalty(vm_args: &VmArgs, json: &Option<PathBuf>, n: u32, reps: u32, work: u64, kinds: &[String], modes: &[String]) -> Result<()> {
+fn penalty(
+    vm_args: &VmArgs,
+    json: &Option<PathBuf>,
+    n: u32,
+    reps: u32,
+    work: u64,
+    kinds: &[String],
+    modes: &[String],
+) -> Result<()> {
     let patched = vm_of(vm_args, false)?;
     let mut rows = Vec::new();
-    println!("{:<6} {:>3} {:<10} {:>12} {:>12} {:>8}", "kind", "n", "mode", "victim ms", "baseline ms", "penalty");
+    println!(
+        "{:<6} {:>3} {:<10} {:>12} {:>12} {:>8}",
+        "kind", "n", "mode", "victim ms", "baseline ms", "penalty"
+    );
     for kind in kinds {
         if kind != "udp" && kind != "tcp" {
             bail!("unknown traffic kind {kind:?} (udp or tcp)");
@@ -177,16 +185,32 @@ fn penalty(vm_args: &VmArgs, json: &Option<PathBuf>, n: u32, reps: u32, work: u6
                 bail!("unknown mode {mode:?} (off, governor or iron)");
             }
             let args = format!("iron.test=penalty iron.kind={kind} iron.n={n} iron.mode={mode} iron.reps={reps} iron.work={work}");
-            let out = patched.run(&args, log_path(vm_args, &format!("penalty-{kind}-{mode}"))?.as_deref())?;
-            let recs: Vec<_> = records(&out).into_iter().filter(|r| r.get("type").map(String::as_str) == Some("penalty")).collect();
+            let out = patched.run(
+                &args,
+                log_path(vm_args, &format!("penalty-{kind}-{mode}"))?.as_deref(),
+            )?;
+            let recs: Vec<_> = records(&out)
+                .into_iter()
+                .filter(|r| r.get("type").map(String::as_str) == Some("penalty"))
+                .collect();
             if recs.is_empty() {
                 bail!("the VM printed no penalty results for {kind}/{mode}");
             }
-            let net: Vec<f64> = recs.iter().map(|r| num(r, "victim_ms")).collect::<Result<_>>()?;
-            let cpu: Vec<f64> = recs.iter().map(|r| num(r, "baseline_ms")).collect::<Result<_>>()?;
+            let net: Vec<f64> = recs
+                .iter()
+                .map(|r| num(r, "victim_ms"))
+                .collect::<Result<_>>()?;
+            let cpu: Vec<f64> = recs
+                .iter()
+                .map(|r| num(r, "baseline_ms"))
+                .collect::<Result<_>>()?;
             let extra: Vec<String> = ["charged_ms", "dropped", "rx_pkts"]
                 .iter()
-                .filter_map(|k| recs.last().and_then(|r| r.get(*k)).map(|v| format!("{k}={v}")))
+                .filter_map(|k| {
+                    recs.last()
+                        .and_then(|r| r.get(*k))
+                        .map(|v| format!("{k}={v}"))
+                })
                 .collect();
             let label = match mode.as_str() {
                 "off" => "without Iron (kernel.sched_iron=0)",
@@ -194,7 +218,10 @@ fn penalty(vm_args: &VmArgs, json: &Option<PathBuf>, n: u32, reps: u32, work: u6
                 _ => "Iron kernel patch",
             };
             let row = Row::lower_is_better(
-                format!("victim completion, {kind} receivers, n={n} (1 victim, {} receivers), {label}", n - 1),
+                format!(
+                    "victim completion, {kind} receivers, n={n} (1 victim, {} receivers), {label}",
+                    n - 1
+                ),
                 "ms",
                 &net,
                 &cpu,
@@ -222,14 +249,24 @@ fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
     let patched = vm_of(vm_args, false)?;
     let mut rows = Vec::new();
     for mode in ["off", "iron"] {
-        let out = patched.run(&format!("iron.test=accuracy iron.mode={mode} iron.secs={secs}"), log_path(vm_args, &format!("accuracy-{mode}"))?.as_deref())?;
+        let out = patched.run(
+            &format!("iron.test=accuracy iron.mode={mode} iron.secs={secs}"),
+            log_path(vm_args, &format!("accuracy-{mode}"))?.as_deref(),
+        )?;
         let r = records(&out)
             .into_iter()
             .find(|r| r.get("type").map(String::as_str) == Some("accuracy"))
             .context("the VM printed no accuracy result")?;
         let busy = num(&r, "busy_pct")?;
-        let label = if mode == "iron" { "Iron kernel patch" } else { "without Iron" };
-        println!("accuracy {mode:<5} core busy {busy:.2} % (allocated 90 %), groups {:.2} %", num(&r, "groups_pct").unwrap_or(f64::NAN));
+        let label = if mode == "iron" {
+            "Iron kernel patch"
+        } else {
+            "without Iron"
+        };
+        println!(
+            "accuracy {mode:<5} core busy {busy:.2} % (allocated 90 %), groups {:.2} %",
+            num(&r, "groups_pct").unwrap_or(f64::NAN)
+        );
         rows.push(
             Row::lower_is_better(
                 format!("core busy with 3 containers at 30 % (1 CPU job, 2 UDP senders), {label}"),
@@ -237,7 +274,11 @@ fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
                 &[busy],
                 &[90.0],
                 "allocated: 3 x 30 %",
-                if mode == "iron" { Some(90.5 / 90.0) } else { None },
+                if mode == "iron" {
+                    Some(90.5 / 90.0)
+                } else {
+                    None
+                },
             )
             .with_paper("Iron: 90.02 % used with senders, 10.07 % idle with a receiver (Fig 2.14)"),
         );
@@ -248,15 +289,27 @@ fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
 fn check(vm_args: &VmArgs) -> Result<()> {
     let patched = vm_of(vm_args, false)?;
     let out = patched.run("iron.test=check", log_path(vm_args, "check")?.as_deref())?;
-    let recs: Vec<_> = records(&out).into_iter().filter(|r| r.get("type").map(String::as_str) == Some("check")).collect();
+    let recs: Vec<_> = records(&out)
+        .into_iter()
+        .filter(|r| r.get("type").map(String::as_str) == Some("check"))
+        .collect();
     if recs.is_empty() {
         bail!("the VM printed no check results:\n{out}");
     }
     let mut failed = 0;
     for r in &recs {
         let ok = r.get("ok").map(String::as_str) == Some("1");
-        let detail: Vec<String> = r.iter().filter(|(k, _)| !["type", "name", "ok"].contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{} {} {}", if ok { "PASS" } else { "FAIL" }, r.get("name").map(String::as_str).unwrap_or("?"), detail.join(" "));
+        let detail: Vec<String> = r
+            .iter()
+            .filter(|(k, _)| !["type", "name", "ok"].contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{} {} {}",
+            if ok { "PASS" } else { "FAIL" },
+            r.get("name").map(String::as_str).unwrap_or("?"),
+            detail.join(" ")
+        );
         failed += usize::from(!ok);
     }
     println!("{} passed, {} failed", recs.len() - failed, failed);
@@ -269,18 +322,34 @@ fn check(vm_args: &VmArgs) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Penalty { vm, json, n, reps, work, kinds, modes } => penalty(&vm, &json, n, reps, work, &kinds, &modes),
+        Cmd::Penalty {
+            vm,
+            json,
+            n,
+            reps,
+            work,
+            kinds,
+            modes,
+        } => penalty(&vm, &json, n, reps, work, &kinds, &modes),
         Cmd::Accuracy { vm, json, secs } => accuracy(&vm, &json, secs),
         Cmd::Check { vm } => check(&vm),
         Cmd::Spin { units } => {
-            println!("elapsed_ms={:.3}", workload::spin(units).as_secs_f64() * 1e3);
+            println!(
+                "elapsed_ms={:.3}",
+                workload::spin(units).as_secs_f64() * 1e3
+            );
             Ok(())
         }
         Cmd::Burn { secs } => {
             workload::spin_for(secs);
             Ok(())
         }
-        Cmd::UdpSend { to, size, secs, rate } => {
+        Cmd::UdpSend {
+            to,
+            size,
+            secs,
+            rate,
+        } => {
             println!("sent={}", workload::udp_send(&to, size, secs, rate)?);
             Ok(())
         }

@@ -28,7 +28,9 @@ pub fn cache_dir() -> PathBuf {
     }
     let base = std::env::var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
+        });
     base.join("iron")
 }
 
@@ -37,9 +39,15 @@ impl Vm {
     pub fn from_cache(stock: bool) -> Result<Vm> {
         let c = cache_dir();
         let (k, i) = if stock {
-            (c.join("build-stock/arch/x86/boot/bzImage"), c.join("initramfs-stock.cpio.gz"))
+            (
+                c.join("build-stock/arch/x86/boot/bzImage"),
+                c.join("initramfs-stock.cpio.gz"),
+            )
         } else {
-            (c.join("build-iron/arch/x86/boot/bzImage"), c.join("initramfs-iron.cpio.gz"))
+            (
+                c.join("build-iron/arch/x86/boot/bzImage"),
+                c.join("initramfs-iron.cpio.gz"),
+            )
         };
         Vm::new(k, i)
     }
@@ -47,18 +55,41 @@ impl Vm {
     pub fn new(kernel: PathBuf, initrd: PathBuf) -> Result<Vm> {
         for p in [&kernel, &initrd] {
             if !p.exists() {
-                bail!("{} not found: build it with iron/kernel/build.sh (see iron/kernel/README.md)", p.display());
+                bail!(
+                    "{} not found: build it with iron/kernel/build.sh (see iron/kernel/README.md)",
+                    p.display()
+                );
             }
         }
-        Ok(Vm { kernel, initrd, smp: 2, mem_mb: 1024, timeout: Duration::from_secs(900) })
+        Ok(Vm {
+            kernel,
+            initrd,
+            smp: 2,
+            mem_mb: 1024,
+            timeout: Duration::from_secs(900),
+        })
     }
 
     /// Boots with `args` appended to the kernel command line; returns the console output.
     pub fn run(&self, args: &str, log: Option<&Path>) -> Result<String> {
         let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 {args}");
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
-            .args(["-smp", &self.smp.to_string(), "-m", &self.mem_mb.to_string()])
+            .args([
+                "-accel",
+                "tcg",
+                "-nographic",
+                "-no-reboot",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+            ])
+            .args([
+                "-smp",
+                &self.smp.to_string(),
+                "-m",
+                &self.mem_mb.to_string(),
+            ])
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")
@@ -92,9 +123,16 @@ impl Vm {
             std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
         }
         match status {
-            None => bail!("VM timed out after {:?}; last output:\n{}", self.timeout, tail(&text, 20)),
+            None => bail!(
+                "VM timed out after {:?}; last output:\n{}",
+                self.timeout,
+                tail(&text, 20)
+            ),
             Some(st) if !text.contains("IRON-DONE") => {
-                bail!("VM exited ({st}) before the test finished; last output:\n{}", tail(&text, 30))
+                bail!(
+                    "VM exited ({st}) before the test finished; last output:\n{}",
+                    tail(&text, 30)
+                )
             }
             _ => Ok(text),
         }
@@ -110,7 +148,11 @@ fn tail(s: &str, n: usize) -> String {
 pub fn records(console: &str) -> Vec<Record> {
     console
         .lines()
-        .filter_map(|l| l.trim_end_matches('\r').split_once("IRON-RESULT ").map(|(_, r)| r))
+        .filter_map(|l| {
+            l.trim_end_matches('\r')
+                .split_once("IRON-RESULT ")
+                .map(|(_, r)| r)
+        })
         .map(|r| {
             r.split_whitespace()
                 .filter_map(|kv| kv.split_once('='))

@@ -83,7 +83,8 @@ pub fn tcp_send(targets: &[SocketAddr], flows: usize, secs: f64) -> Result<u64> 
                 let mut total = 0u64;
                 let buf = vec![0x5au8; 64 * 1024];
                 while Instant::now() < end {
-                    let Ok(mut s) = TcpStream::connect_timeout(&t, Duration::from_millis(500)) else {
+                    let Ok(mut s) = TcpStream::connect_timeout(&t, Duration::from_millis(500))
+                    else {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     };
@@ -91,7 +92,9 @@ pub fn tcp_send(targets: &[SocketAddr], flows: usize, secs: f64) -> Result<u64> 
                     while Instant::now() < end {
                         match s.write(&buf) {
                             Ok(k) => total += k as u64,
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
                             Err(_) => break,
                         }
                     }
@@ -141,7 +144,13 @@ mod tests {
     fn udp_round_trip_on_loopback() {
         let r = std::thread::spawn(|| udp_recv("127.0.0.1:39411".parse().unwrap(), 1.0).unwrap());
         std::thread::sleep(Duration::from_millis(100));
-        let sent = udp_send(&["127.0.0.1:39411".parse().unwrap()], 100, 0.3, Some(1000.0)).unwrap();
+        let sent = udp_send(
+            &["127.0.0.1:39411".parse().unwrap()],
+            100,
+            0.3,
+            Some(1000.0),
+        )
+        .unwrap();
         let got = r.join().unwrap();
         assert!(sent > 50, "sent {sent}");
         assert!(got > 0 && got <= sent, "got {got} of {sent}");
