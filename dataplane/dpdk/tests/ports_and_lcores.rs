@@ -187,7 +187,10 @@ fn ring_ports_queues_stats_and_lcores() {
     assert_eq!(ring0.stats().unwrap().rx_packets, N as u64);
 
     // A panic on a worker lcore comes back to the main lcore through join.
-    let job = lcore::launch(1, || -> u32 { panic!("intentional panic on lcore 1, expected by the test") }).unwrap();
+    let job = lcore::launch(1, || -> u32 {
+        panic!("intentional panic on lcore 1, expected by the test")
+    })
+    .unwrap();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.join()));
     assert!(caught.is_err(), "the worker's panic must resume in join");
     // And the lcore is free again afterwards.
