@@ -369,6 +369,15 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
             pt.reach(&start)
         })
         .collect();
+    if std::env::var_os("STATEALYZR_DEBUG").is_some() {
+        for (vi, v) in vars.iter().enumerate() {
+            let kinds: Vec<String> = reach_of[vi]
+                .iter()
+                .map(|&o| format!("{:?}", pt.objs[o as usize].kind))
+                .collect();
+            eprintln!("reach of {}: {}", v.name, kinds.join(" "));
+        }
+    }
     for (vi, v) in vars.iter_mut().enumerate() {
         if !v.top_level {
             continue;
@@ -425,9 +434,17 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
         if keyed.is_empty() {
             continue;
         }
-        let targets = flowspace_targets(p, &pt, &pkt_stmts, &loops, &allowed_inst, &keyed);
+        let targets = flowspace_targets(p, &pt, &pkt_stmts, &loops, &cfgs, &allowed_inst, &keyed);
         if targets.is_empty() {
             continue;
+        }
+        if std::env::var_os("STATEALYZR_DEBUG").is_some() {
+            for &t in &targets {
+                let d = p
+                    .inst_of_val(t)
+                    .map(|i| (&p.insts[i as usize].name, p.insts[i as usize].loc));
+                eprintln!("flowspace target of {}: {:?}", v.name, d);
+            }
         }
         let mut crit: Vec<u32> = targets.iter().map(|&t| sdg.val_node(p, t)).collect();
         crit.sort_unstable();
@@ -436,7 +453,33 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
             .entry(crit.clone())
             .or_insert_with(|| {
                 let back = sdg.backward(&crit, &allowed, true);
-                extract_fields(p, &pt, &sdg, &back, &facts, &ethernet)
+                if std::env::var_os("STATEALYZR_DEBUG").is_some() {
+                    for n in back.iter() {
+                        if (n as usize) < sdg.ninst {
+                            let ins = &p.insts[n as usize];
+                            eprintln!(
+                                "  chop {}: {:?} {:?} {:?}",
+                                v.name,
+                                ins.name,
+                                ins.loc.map(|l| l.line),
+                                ins.kind
+                            );
+                            for o in Program::operands(&ins.kind) {
+                                eprintln!(
+                                    "     op {:?} pts {:?}",
+                                    o,
+                                    pt.op(o)
+                                        .iter()
+                                        .map(|&x| &pt.objs[x as usize].kind)
+                                        .collect::<Vec<_>>()
+                                );
+                            }
+                        } else {
+                            eprintln!("  chop {}: node {n}", v.name);
+                        }
+                    }
+                }
+                extract_fields(p, &pt, &sdg, &back, &fwd, &facts, &ethernet)
             })
             .clone();
         v.flowspace = fields;
@@ -475,6 +518,31 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
         let mut objs_in: HashSet<ObjId> = HashSet::new();
         for n in back.iter() {
             if (n as usize) < sdg.ninst {
+                let ins = &p.insts[n as usize];
+                // A call into the program is in a slice for running its callee; the arguments
+                // that matter are in the slice through their own vertices.
+                let into_program = matches!(ins.kind, Kind::Call { .. })
+                    && facts
+                        .calls
+                        .get(&n)
+                        .is_some_and(|t| !t.defined.is_empty() && t.external.is_empty());
+                if into_program {
+                    if let Kind::Call {
+                        callee: crate::ir::Callee::Indirect(o),
+                        ..
+                    } = &ins.kind
+                    {
+                        if let Some(&vi) = o.val().and_then(|v| var_of_val.get(&v)) {
+                            hit.insert(vi);
+                        }
+                    }
+                    continue;
+                }
+                if let (Kind::Alloca, Some(r)) = (&ins.kind, ins.result) {
+                    if let Some(&vi) = var_of_val.get(&r) {
+                        hit.insert(vi);
+                    }
+                }
                 let mut used = Vec::new();
                 uses_of(n, &mut used);
                 hit.extend(used);
@@ -781,6 +849,7 @@ fn flowspace_targets(
     pt: &PointsTo,
     stmts: &[InstId],
     loops: &HashMap<FuncId, Vec<cfg::Loop>>,
+    cfgs: &[FuncCfg],
     allowed: &dyn Fn(InstId) -> bool,
     keyed: &HashSet<ObjId>,
 ) -> Vec<ValId> {
@@ -817,8 +886,28 @@ fn flowspace_targets(
             _ => false,
         }
     };
-    for (f, ls) in loops {
-        let f = &p.funcs[*f as usize];
+    for (fid, ls) in loops {
+        let f = &p.funcs[*fid as usize];
+        let fc = &cfgs[*fid as usize];
+        // Blocks from which execution goes on (returns, or keeps looping), unlike the dead ends
+        // that lead to abort() or exit().
+        let mut live = vec![false; f.blocks.len()];
+        let mut stack: Vec<u32> = Vec::new();
+        for (bi, b) in f.blocks.iter().enumerate() {
+            let t = b.insts.last().map(|&t| &p.insts[t as usize].kind);
+            if matches!(t, Some(Kind::Ret { .. })) || fc.in_loop(bi as u32) {
+                live[bi] = true;
+                stack.push(bi as u32);
+            }
+        }
+        while let Some(b) = stack.pop() {
+            for &q in &f.blocks[b as usize].preds {
+                if !live[q as usize] {
+                    live[q as usize] = true;
+                    stack.push(q);
+                }
+            }
+        }
         for l in ls {
             let body: HashSet<u32> = l.blocks.iter().copied().collect();
             let conds: Vec<(InstId, &Op)> = l
@@ -840,13 +929,29 @@ fn flowspace_targets(
                     _ => vec![v],
                 }
             };
+            // The loop walks the structure when a condition that leaves the loop (for code
+            // that goes on, not into abort()) tests a loop-carried pointer into it, or a value
+            // read from it (`i < tbl->n`, `e->next != NULL`).
+            let iterates = |v: ValId| -> bool {
+                let r = root(v);
+                match p.inst_of_val(r).map(|i| (i, &p.insts[i as usize])) {
+                    Some((_, ins)) => match &ins.kind {
+                        Kind::Phi { .. } => {
+                            body.contains(&ins.block) && pt.val(r).iter().any(|x| keyed.contains(x))
+                        }
+                        Kind::Load { addr } => touches(addr),
+                        _ => false,
+                    },
+                    None => false,
+                }
+            };
             let walks = conds.iter().any(|(t, c)| {
                 let blk = p.insts[*t as usize].block;
                 let exits = f.blocks[blk as usize]
                     .succs
                     .iter()
-                    .any(|s| !body.contains(s));
-                exits && operands(c).into_iter().any(entry_side)
+                    .any(|s| !body.contains(s) && live[*s as usize]);
+                exits && operands(c).into_iter().any(iterates)
             });
             if !walks {
                 continue;
@@ -865,12 +970,15 @@ fn flowspace_targets(
     targets
 }
 
-/// Header fields read in a chop: loads (and library reads) of packet memory.
+/// Header fields read in a chop: loads (and library reads such as `memcpy`) of packet memory.
+/// Reads of memory the packet was copied into (a queue slot, a local copy) count when they go
+/// through a well-known header member.
 fn extract_fields(
     p: &Program,
     pt: &PointsTo,
     sdg: &Sdg,
     back: &Bits,
+    fwd: &Bits,
     facts: &Facts,
     ethernet: &HashSet<ObjId>,
 ) -> BTreeSet<String> {
@@ -880,18 +988,20 @@ fn extract_fields(
             break;
         }
         let ins = &p.insts[n as usize];
-        let addrs: Vec<&Op> = match &ins.kind {
-            Kind::Load { addr } => vec![addr],
-            Kind::Call { args, .. } => args.iter().collect(),
+        let (addrs, is_load): (Vec<&Op>, bool) = match &ins.kind {
+            Kind::Load { addr } => (vec![addr], true),
+            Kind::Call { args, .. } => (args.iter().collect(), false),
             _ => continue,
         };
         for a in addrs {
             let objs = pt.op(a);
-            if !objs.iter().any(|o| facts.packet_objs.contains(o)) {
+            let raw = objs.iter().any(|o| facts.packet_objs.contains(o));
+            let copied = !raw && objs.iter().any(|&o| fwd.get(sdg.obj_node(o)));
+            if !raw && !copied {
                 continue;
             }
-            let eth = objs.iter().any(|o| ethernet.contains(o));
-            if let Some(name) = fields::field_of_address(p, a, eth) {
+            let eth = is_load && objs.iter().any(|o| ethernet.contains(o));
+            if let Some(name) = fields::field_of_address(p, a, eth, copied || !is_load) {
                 out.insert(name);
             }
         }

@@ -270,11 +270,8 @@ pub fn model(name: &str) -> Model {
     }
     match base {
         // ---- receive ----
-        "pcap_next" => p()
-            .ret(R::Packet)
-            .writes(A1)
-            .store(1, Stored::PktHdr)
-            .recv_as(Recv::PcapNext),
+        // Fills the caller's `struct pcap_pkthdr` (a copy, no pointer is stored).
+        "pcap_next" => p().ret(R::Packet).writes(A1).recv_as(Recv::PcapNext),
         "pcap_next_ex" => p()
             .writes(ArgSet::of(&[1, 2]))
             .store(1, Stored::PktHdr)

@@ -44,7 +44,14 @@ fn member_of(p: &Program, name: &str) -> Option<String> {
 /// struct inwards; the first well-known one wins (`ip->ip_src.s_addr` is `src_ip`), otherwise
 /// the innermost member is reported by name. With no member names, a constant byte offset into
 /// an Ethernet frame is named by its position.
-pub fn field_of_address(p: &Program, addr: &Op, ethernet: bool) -> Option<String> {
+/// `canonical_only` restricts the answer to the well-known names (for copies of packet data,
+/// where only the header struct a read goes through says it is a header field).
+pub fn field_of_address(
+    p: &Program,
+    addr: &Op,
+    ethernet: bool,
+    canonical_only: bool,
+) -> Option<String> {
     let mut names: Vec<String> = Vec::new();
     let mut offset: Option<i64> = Some(0);
     let mut cur: Option<ValId> = addr.val();
@@ -83,6 +90,9 @@ pub fn field_of_address(p: &Program, addr: &Op, ethernet: bool) -> Option<String
     // `names` runs innermost first.
     if let Some(c) = names.iter().rev().find_map(|n| canonical(n)) {
         return Some(c.to_owned());
+    }
+    if canonical_only {
+        return None;
     }
     if let Some(n) = names.first() {
         return Some(n.clone());

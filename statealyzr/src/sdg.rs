@@ -366,7 +366,11 @@ impl Sdg {
                             for (_, m) in &t.external {
                                 any_ext = true;
                                 for (k, a) in args.iter().enumerate() {
+                                    // An argument whose pointees the call reads or writes is an
+                                    // address; anything else (ntohs(x), abs(x)) is a value.
+                                    let is_ptr = !pt.op(a).is_empty();
                                     let kind = if m.known
+                                        && is_ptr
                                         && (m.reads.contains(k) || m.writes.contains(k))
                                     {
                                         Ek::Addr
