@@ -32,8 +32,9 @@ fn main() {
     println!("cargo::rerun-if-changed=shim/shim.c");
     for var in [
         "CHC_DPDK_DISABLE",
-        "PKG_CONFIG_PATH",
         "PKG_CONFIG",
+        "PKG_CONFIG_PATH",
+        "PKG_CONFIG_LIBDIR",
         "LIBCLANG_PATH",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
@@ -79,33 +80,47 @@ fn enable() -> Result<String, String> {
     ))
 }
 
-fn pkg_config(args: &[&str]) -> Result<String, String> {
+/// Why pkg-config gave no answer: it could not run at all, or it ran and said no.
+enum PkgConfigError {
+    NotRunnable(String),
+    Failed(String),
+}
+
+fn pkg_config(args: &[&str]) -> Result<String, PkgConfigError> {
     let bin = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {bin} ({e}); install pkg-config"))?;
+    let out = Command::new(&bin).args(args).output().map_err(|e| {
+        PkgConfigError::NotRunnable(format!("cannot run {bin} ({e}); install pkg-config"))
+    })?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(PkgConfigError::Failed(err));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+fn query(args: &[&str]) -> Result<String, String> {
+    pkg_config(args).map_err(|e| match e {
+        PkgConfigError::NotRunnable(why) | PkgConfigError::Failed(why) => why,
+    })
+}
+
 fn probe() -> Result<Dpdk, String> {
-    let version = pkg_config(&["--modversion", "libdpdk"])
-        .map_err(|e| format!("pkg-config does not find libdpdk ({e}); install libdpdk-dev"))?;
-    pkg_config(&[
+    let version = pkg_config(&["--modversion", "libdpdk"]).map_err(|e| match e {
+        PkgConfigError::NotRunnable(why) => why,
+        PkgConfigError::Failed(_) => "pkg-config does not find libdpdk; install libdpdk-dev".into(),
+    })?;
+    query(&[
         &format!("--atleast-version={MIN_VERSION}"),
         &format!("--max-version={MAX_VERSION}"),
         "libdpdk",
     ])
     .map_err(|_| format!("found DPDK {version}, but the bindings need {MIN_VERSION}.x"))?;
-    let cflags = pkg_config(&["--cflags", "libdpdk"])?
+    let cflags = query(&["--cflags", "libdpdk"])?
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    let libdir = PathBuf::from(pkg_config(&["--variable=libdir", "libdpdk"])?);
-    let libs = pkg_config(&["--libs-only-l", "libdpdk"])?
+    let libdir = PathBuf::from(query(&["--variable=libdir", "libdpdk"])?);
+    let libs = query(&["--libs-only-l", "libdpdk"])?
         .split_whitespace()
         .filter_map(|l| l.strip_prefix("-l").map(str::to_string))
         .collect();

@@ -169,3 +169,8 @@ uint64_t chc_rte_eth_rx_offload_rss_hash(void)
 {
 	return RTE_ETH_RX_OFFLOAD_RSS_HASH;
 }
+
+uint64_t chc_rte_eth_rx_offload_timestamp(void)
+{
+	return RTE_ETH_RX_OFFLOAD_TIMESTAMP;
+}

@@ -71,5 +71,7 @@ uint64_t chc_rte_eth_rss_tcp(void);
 uint64_t chc_rte_eth_rss_udp(void);
 /* the Rx offload flag that makes a PMD store its RSS hash in the mbuf */
 uint64_t chc_rte_eth_rx_offload_rss_hash(void);
+/* the Rx offload flag that makes a PMD timestamp received packets (a dynamic mbuf field) */
+uint64_t chc_rte_eth_rx_offload_timestamp(void);
 
 #endif

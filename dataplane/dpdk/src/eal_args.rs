@@ -3,6 +3,7 @@
 //! hugepages, no PCI, nothing shared with other DPDK processes).
 
 use std::fmt;
+use std::path::Path;
 
 use crate::{Error, Result};
 
@@ -58,6 +59,33 @@ impl EalArgs {
     /// `net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`; its port name is the part before the comma.
     pub fn vdev(self, spec: &str) -> Self {
         self.arg("--vdev").arg(spec)
+    }
+
+    /// `--vdev NAME,rx_pcap=RX,tx_pcap=TX`: a `net_pcap` port (`NAME` starts with `net_pcap`)
+    /// that receives the packets of the file `rx` and writes what it transmits to `tx`.
+    /// DPDK splits device arguments at `,` and `=` and cannot quote them, so paths with those
+    /// characters are refused rather than misread.
+    pub fn pcap_vdev(self, name: &str, rx: Option<&Path>, tx: Option<&Path>) -> Result<Self> {
+        if !name.starts_with("net_pcap") || name.contains([',', '=']) {
+            return Err(Error::InvalidArgument(format!(
+                "pcap port name {name:?} must start with net_pcap and contain no ',' or '='"
+            )));
+        }
+        let mut spec = name.to_string();
+        for (key, path) in [("rx_pcap", rx), ("tx_pcap", tx)] {
+            let Some(path) = path else { continue };
+            let path = path
+                .to_str()
+                .filter(|p| !p.is_empty() && !p.contains([',', '=']));
+            let path = path.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{key} path must be UTF-8 without ',' or '=' (DPDK device arguments cannot \
+                     quote them)"
+                ))
+            })?;
+            spec.push_str(&format!(",{key}={path}"));
+        }
+        Ok(self.vdev(&spec))
     }
 
     /// `--file-prefix NAME`: separates this process's runtime files from other DPDK processes.
@@ -164,6 +192,33 @@ mod tests {
             .lcores("0")
             .vdev("net_pcap0,rx_pcap=/tmp/with space.pcap,tx_pcap=/tmp/o.pcap");
         assert_eq!(EalArgs::parse(&args.to_string()).unwrap(), args);
+    }
+
+    #[test]
+    fn pcap_vdev_builds_the_spec_and_refuses_what_dpdk_would_misread() {
+        let args = EalArgs::new()
+            .pcap_vdev(
+                "net_pcap0",
+                Some(Path::new("/t/in.pcap")),
+                Some(Path::new("/t/o.pcap")),
+            )
+            .unwrap();
+        assert_eq!(
+            args.as_slice(),
+            ["--vdev", "net_pcap0,rx_pcap=/t/in.pcap,tx_pcap=/t/o.pcap"]
+        );
+        assert_eq!(args.vdev_names(), ["net_pcap0"]);
+        let rx_only = EalArgs::new()
+            .pcap_vdev("net_pcap1", Some(Path::new("a")), None)
+            .unwrap();
+        assert_eq!(rx_only.as_slice()[1], "net_pcap1,rx_pcap=a");
+        for bad in ["/t/a,b.pcap", "/t/a=b.pcap", ""] {
+            assert!(matches!(
+                EalArgs::new().pcap_vdev("net_pcap0", Some(Path::new(bad)), None),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert!(EalArgs::new().pcap_vdev("net_ring0", None, None).is_err());
     }
 
     #[test]

@@ -9,11 +9,47 @@
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::{fmt, slice};
 
 use chc_dpdk_sys as sys;
 
+use crate::eal::last_error;
 use crate::{Error, Mempool, Result};
+
+/// Where drivers put receive timestamps: a dynamic mbuf field (offset into the mbuf) and a
+/// flag bit in `ol_flags` saying the field is set. Registered once per process by the first
+/// driver asked to timestamp; a mask of 0 means no port timestamps.
+static RX_TIMESTAMP_OFFSET: AtomicUsize = AtomicUsize::new(0);
+static RX_TIMESTAMP_FLAG: AtomicU64 = AtomicU64::new(0);
+
+/// Looks up the timestamp field and flag after a port with timestamps started.
+pub(crate) fn find_rx_timestamps() -> Result<()> {
+    // SAFETY: the names are NUL-terminated constants; NULL asks for no parameters back.
+    let offset = unsafe {
+        sys::rte_mbuf_dynfield_lookup(
+            sys::RTE_MBUF_DYNFIELD_TIMESTAMP_NAME.as_ptr().cast(),
+            std::ptr::null_mut(),
+        )
+    };
+    if offset < 0 {
+        return Err(last_error("rte_mbuf_dynfield_lookup"));
+    }
+    // SAFETY: as above.
+    let bit = unsafe {
+        sys::rte_mbuf_dynflag_lookup(
+            sys::RTE_MBUF_DYNFLAG_RX_TIMESTAMP_NAME.as_ptr().cast(),
+            std::ptr::null_mut(),
+        )
+    };
+    if !(0..64).contains(&bit) {
+        return Err(last_error("rte_mbuf_dynflag_lookup"));
+    }
+    RX_TIMESTAMP_OFFSET.store(offset as usize, Ordering::Relaxed);
+    // Release: a reader that sees the flag also sees the offset.
+    RX_TIMESTAMP_FLAG.store(1 << bit, Ordering::Release);
+    Ok(())
+}
 
 /// An owned packet buffer.
 ///
@@ -270,6 +306,29 @@ impl Mbuf {
         } else {
             None
         }
+    }
+
+    /// When the device received the packet, if its port was started with
+    /// [`crate::PortConfig::rx_timestamps`]. DPDK leaves unit and epoch to the device: NICs
+    /// count in their own clock; `net_pcap` gives the capture time recorded in the file, in
+    /// microseconds since the Unix epoch.
+    #[inline]
+    pub fn rx_timestamp(&self) -> Option<u64> {
+        let flag = RX_TIMESTAMP_FLAG.load(Ordering::Acquire);
+        if flag == 0 || self.head().ol_flags & flag == 0 {
+            return None;
+        }
+        let offset = RX_TIMESTAMP_OFFSET.load(Ordering::Relaxed);
+        // SAFETY: the flag says the driver wrote the registered 8-byte field at `offset`,
+        // which DPDK placed inside the mbuf structure we own.
+        Some(unsafe {
+            self.raw
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<u64>()
+                .read_unaligned()
+        })
     }
 
     /// The pool this buffer returns to.

@@ -150,6 +150,15 @@ impl Port {
                 conf.rxmode.offloads |= hash_offload;
             }
         }
+        if config.rx_timestamps {
+            // SAFETY: returns a constant.
+            let timestamp = unsafe { sys::chc_rte_eth_rx_offload_timestamp() };
+            // NICs timestamp as an offload; some virtual devices (net_pcap) always do, without
+            // advertising it. Either way the field must exist once the port runs (below).
+            if info.rx_offload_capa & timestamp != 0 {
+                conf.rxmode.offloads |= timestamp;
+            }
+        }
         // SAFETY: the port is valid and claimed by us, so nobody else configures it; conf
         // (and the key it points to) is valid for the call, which copies what it needs.
         check("rte_eth_dev_configure", unsafe {
@@ -184,6 +193,12 @@ impl Port {
         }
         // SAFETY: configured port with all queues set up.
         check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(id) })?;
+        if config.rx_timestamps {
+            // The driver registered the timestamp field when probed or configured.
+            crate::mbuf::find_rx_timestamps().map_err(|_| {
+                Error::InvalidArgument(format!("port {id} cannot timestamp received packets"))
+            })?;
+        }
         if config.promiscuous {
             // SAFETY: started port. Virtual devices without the notion answer -ENOTSUP, which
             // is harmless: they receive everything anyway.

@@ -35,6 +35,10 @@ pub struct PortConfig {
     pub promiscuous: bool,
     /// MTU to set, if not the device's default.
     pub mtu: Option<u16>,
+    /// Have the device timestamp received packets ([`crate::Mbuf::rx_timestamp`]; `net_pcap`
+    /// gives each packet's capture time from the file). Starting the port fails if the device
+    /// cannot.
+    pub rx_timestamps: bool,
 }
 
 impl Default for PortConfig {
@@ -48,6 +52,7 @@ impl Default for PortConfig {
             symmetric_rss: true,
             promiscuous: true,
             mtu: None,
+            rx_timestamps: false,
         }
     }
 }

@@ -147,6 +147,9 @@ impl Mbuf {
     pub fn rss_hash(&self) -> Option<u32> {
         match self.never {}
     }
+    pub fn rx_timestamp(&self) -> Option<u64> {
+        match self.never {}
+    }
     pub fn pool(&self) -> Mempool {
         match self.never {}
     }

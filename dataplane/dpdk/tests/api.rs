@@ -16,6 +16,8 @@ fn assert_sync<T: Sync>() {}
 #[allow(dead_code, clippy::type_complexity)]
 fn signatures() {
     let _: fn(EalArgs) -> Result<Eal> = Eal::init::<EalArgs, String>;
+    let _ = |a: &EalArgs| Eal::init(a);
+    let _ = |a: EalArgs, p: &std::path::Path| a.pcap_vdev("net_pcap0", Some(p), None);
     let _: fn() -> bool = Eal::is_initialised;
     let _: fn(&Eal) -> u32 = Eal::main_lcore;
 
@@ -46,6 +48,7 @@ fn signatures() {
     let _: fn(&mut Mbuf) -> Result<()> = Mbuf::linearize;
     let _: fn(&Mbuf) -> u16 = Mbuf::port;
     let _: fn(&Mbuf) -> Option<u32> = Mbuf::rss_hash;
+    let _: fn(&Mbuf) -> Option<u64> = Mbuf::rx_timestamp;
     let _: fn(&Mbuf) -> Mempool = Mbuf::pool;
     let _ = |m: &Mbuf| m.segment_data().map(<[u8]>::len).sum::<usize>();
 
