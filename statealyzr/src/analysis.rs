@@ -48,6 +48,8 @@ pub struct Var {
     pub objs: Vec<ObjId>,
     /// The SSA values a promoted local takes.
     pub ssa: Vec<ValId>,
+    /// Objects a promoted local is set to point to by constant assignments (`p = &g`).
+    pub pointees: Vec<ObjId>,
     pub shape: TypeShape,
     pub top_level: bool,
     pub updateable: bool,
@@ -362,6 +364,7 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
         .iter()
         .map(|v| {
             let mut start = v.objs.clone();
+            start.extend_from_slice(&v.pointees);
             for &s in &v.ssa {
                 start.extend_from_slice(pt.val(s));
             }
@@ -762,6 +765,7 @@ fn persistent_vars(p: &Program, pt: &PointsTo, loops: &[LoopProc], _cfgs: &[Func
         storage,
         objs,
         ssa,
+        pointees: Vec::new(),
         top_level: false,
         updateable: false,
         flowspace: BTreeSet::new(),
@@ -807,8 +811,12 @@ fn persistent_vars(p: &Program, pt: &PointsTo, loops: &[LoopProc], _cfgs: &[Func
         locals.sort_unstable();
         let mut objs: HashMap<u32, Vec<ObjId>> = HashMap::new();
         let mut ssa: HashMap<u32, Vec<ValId>> = HashMap::new();
+        let mut pointees: HashMap<u32, Vec<ObjId>> = HashMap::new();
         for i in p.func_insts(l.func) {
             if let Kind::Dbg { var, vals, declare } = &p.insts[i as usize].kind {
+                for c in vals.iter().filter(|v| matches!(v, Op::Addr(_))) {
+                    pointees.entry(*var).or_default().extend(pt.op(c));
+                }
                 for v in vals.iter().filter_map(Op::val) {
                     if *declare {
                         if let ValDef::Inst(a) = p.vals[v as usize] {
@@ -834,6 +842,7 @@ fn persistent_vars(p: &Program, pt: &PointsTo, loops: &[LoopProc], _cfgs: &[Func
             let o = objs.remove(&id).unwrap_or_default();
             let s = ssa.remove(&id).unwrap_or_default();
             let mut v = mk(info, storage, o, s);
+            v.pointees = pointees.remove(&id).unwrap_or_default();
             v.dbg_var = Some(id);
             vars.push(v);
         }

@@ -65,6 +65,8 @@ pub struct DbgCall {
     pub declare: bool,
     /// Local names (without `%`) of the SSA operands; empty for constants and `undef`.
     pub operands: Vec<String>,
+    /// Globals a constant operand refers to (`p = &g` leaves `metadata i32* @g`).
+    pub globals: Vec<String>,
     pub var: u32,
 }
 
@@ -322,6 +324,7 @@ fn parse_dbg_call(line: &str) -> Option<DbgCall> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(after.len());
     let var: u32 = after[..end].parse().ok()?;
+    let globals = globals_in(first);
     let operands = if first.starts_with("!DIArgList(") {
         locals_in(first)
     } else {
@@ -334,8 +337,22 @@ fn parse_dbg_call(line: &str) -> Option<DbgCall> {
     Some(DbgCall {
         declare,
         operands,
+        globals,
         var,
     })
+}
+
+/// Names of `@globals` in a snippet of IR text (not intrinsics).
+fn globals_in(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in s.match_indices('@') {
+        if let Some(n) = global_name_after(s, i) {
+            if !n.starts_with("llvm.") {
+                out.push(n);
+            }
+        }
+    }
+    out
 }
 
 /// Names of `%locals` in a snippet of IR text.
@@ -518,6 +535,7 @@ entry:
   call void @llvm.dbg.value(metadata i8* %u, metadata !159, metadata !DIExpression()), !dbg !160
   call void @llvm.dbg.declare(metadata { i32, i32 }* %"odd name", metadata !161, metadata !DIExpression()), !dbg !160
   call void @llvm.dbg.value(metadata i32 0, metadata !161, metadata !DIExpression()), !dbg !160
+  call void @llvm.dbg.value(metadata i32* @total, metadata !161, metadata !DIExpression()), !dbg !160
   ret void
 }
 !0 = !DIGlobalVariableExpression(var: !1, expr: !DIExpression())
@@ -540,8 +558,10 @@ entry:
         assert_eq!(di.global_vars["hosts"], vec![1]);
         assert_eq!(di.func_sub["cb"], 84);
         let calls = &di.dbg_calls["cb"];
-        assert_eq!(calls.len(), 3);
+        assert_eq!(calls.len(), 4);
+        assert_eq!(calls[3].globals, vec!["total"]);
         assert_eq!(calls[0].operands, vec!["u"]);
+        assert!(calls[0].globals.is_empty());
         assert!(calls[1].declare);
         assert_eq!(calls[1].operands, vec!["odd name"]);
         assert!(calls[2].operands.is_empty());

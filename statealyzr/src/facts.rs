@@ -93,6 +93,34 @@ impl Facts {
                     t.external.push((*f, model_of(p, opts, *f)));
                 }
             }
+            let at = ins.loc.map(|l| (l.file, l.line));
+            match callee {
+                Callee::Indirect(_) if t.defined.is_empty() && t.external.is_empty() => {
+                    let msg = if pt.opaque_sites.contains(&i) {
+                        "through a function pointer from outside the program: assumed to read \
+                         and write everything reachable from its arguments"
+                    } else {
+                        "through a function pointer that is never set to a function of the \
+                         program (always null?): it is assumed never to be taken"
+                    };
+                    diags.warn(
+                        at,
+                        format!(
+                            "indirect call in `{}` {msg}",
+                            p.funcs[ins.func as usize].name
+                        ),
+                    );
+                }
+                Callee::Asm => diags.warn(
+                    at,
+                    format!(
+                        "inline assembly in `{}`: assumed to read and write everything reachable \
+                         from its operands",
+                        p.funcs[ins.func as usize].name
+                    ),
+                ),
+                _ => {}
+            }
             calls.insert(i, t);
         }
         let mut facts = Facts {
@@ -308,8 +336,8 @@ impl Facts {
                 reads = pt.op(addr);
                 writes = reads.clone();
             }
-            Kind::Call { callee, args } => {
-                if let Callee::Asm = callee {
+            Kind::Call { args, .. } => {
+                if pt.opaque_sites.contains(&i) {
                     let all: Vec<ObjId> = args.iter().flat_map(|a| pt.op(a)).collect();
                     reads = pt.reach(&all);
                     writes = reads.clone();

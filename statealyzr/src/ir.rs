@@ -749,15 +749,25 @@ fn lower_function(
                             let found = dbg_calls.get(dbg_idx).filter(|d| d.declare == declare);
                             dbg_idx += 1;
                             match found {
-                                Some(d) if dbg_ok => Kind::Dbg {
-                                    var: d.var,
-                                    vals: d
+                                Some(d) if dbg_ok => {
+                                    let mut vals: Vec<Op> = d
                                         .operands
                                         .iter()
                                         .filter_map(|n| names.get(n).map(|v| Op::Val(*v)))
-                                        .collect(),
-                                    declare,
-                                },
+                                        .collect();
+                                    let mut refs = Vec::new();
+                                    for g in &d.globals {
+                                        cx.global_ref(&Name::from(g.as_str()), &mut refs);
+                                    }
+                                    if !refs.is_empty() {
+                                        vals.push(Op::Addr(refs));
+                                    }
+                                    Kind::Dbg {
+                                        var: d.var,
+                                        vals,
+                                        declare,
+                                    }
+                                }
                                 _ => {
                                     if dbg_ok {
                                         diags.warn(

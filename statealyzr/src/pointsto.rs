@@ -77,6 +77,8 @@ pub struct PointsTo {
     pub ext_targets: HashMap<InstId, Vec<FuncId>>,
     /// Unknown external functions that were modelled conservatively.
     pub unknown_externs: Vec<FuncId>,
+    /// Calls into code nobody can see: inline assembly, function pointers from outside.
+    pub opaque_sites: HashSet<InstId>,
     pub nodes: usize,
     pub collapsed: usize,
 }
@@ -105,6 +107,7 @@ struct Solver<'p> {
     ext_targets: HashMap<InstId, Vec<FuncId>>,
     modelled: HashSet<(InstId, FuncId)>,
     unknown: HashSet<FuncId>,
+    opaque_sites: HashSet<InstId>,
     edges_since_collapse: usize,
     collapsed: usize,
 }
@@ -557,6 +560,60 @@ impl<'p> Solver<'p> {
         }
     }
 
+    /// A call to code nobody can see (inline assembly, a function pointer from outside): it
+    /// may read, overwrite with and return anything reachable from its operands.
+    fn opaque(&mut self, site: InstId, args: &[Vec<NodeId>], res: Option<NodeId>) {
+        self.opaque_sites.insert(site);
+        let t = self.new_node();
+        for a in args {
+            self.add_edges(a, t);
+        }
+        self.add_load(t, t);
+        self.add_store(t, t);
+        if let Some(r) = res {
+            self.add_edge(t, r);
+        }
+    }
+
+    /// Indirect calls whose pointer holds only memory from outside the program (no function
+    /// of it): treated as opaque, which may add points-to facts, so solving resumes.
+    fn resolve_outside_calls(&mut self) -> bool {
+        let p = self.p;
+        let mut added = false;
+        for (fi, f) in p.funcs.iter().enumerate() {
+            let _ = fi;
+            for b in &f.blocks {
+                for &i in &b.insts {
+                    let ins = &p.insts[i as usize];
+                    let Kind::Call {
+                        callee: Callee::Indirect(op),
+                        args,
+                    } = &ins.kind
+                    else {
+                        continue;
+                    };
+                    if self.opaque_sites.contains(&i)
+                        || self.bindings.contains_key(&i)
+                        || self.ext_targets.contains_key(&i)
+                    {
+                        continue;
+                    }
+                    let callee_nodes = self.nodes(op);
+                    let outside = callee_nodes.iter().any(|&n| {
+                        let r = self.find(n);
+                        !self.pts[r as usize].is_empty()
+                    });
+                    if outside {
+                        let argn: Vec<Vec<NodeId>> = args.iter().map(|a| self.nodes(a)).collect();
+                        self.opaque(i, &argn, ins.result);
+                        added = true;
+                    }
+                }
+            }
+        }
+        added
+    }
+
     fn gen(&mut self) {
         let p = self.p;
         for (g, gl) in p.globals.iter().enumerate() {
@@ -669,18 +726,7 @@ impl<'p> Solver<'p> {
                                         );
                                     }
                                 }
-                                Callee::Asm => {
-                                    // Inline assembly: like an unknown function.
-                                    let t = self.new_node();
-                                    for a in &argn {
-                                        self.add_edges(a, t);
-                                    }
-                                    self.add_load(t, t);
-                                    self.add_store(t, t);
-                                    if let Some(r) = res {
-                                        self.add_edge(t, r);
-                                    }
-                                }
+                                Callee::Asm => self.opaque(i, &argn, res),
                             }
                         }
                         _ => {}
@@ -870,6 +916,7 @@ impl PointsTo {
             ext_targets: HashMap::new(),
             modelled: HashSet::new(),
             unknown: HashSet::new(),
+            opaque_sites: HashSet::new(),
             edges_since_collapse: 0,
             collapsed: 0,
         };
@@ -884,6 +931,9 @@ impl PointsTo {
         }
         s.gen();
         s.solve();
+        while s.resolve_outside_calls() {
+            s.solve();
+        }
         // Normalise: every node answers with its representative's set.
         let n = s.pts.len();
         let mut pts = vec![Vec::new(); n];
@@ -916,6 +966,7 @@ impl PointsTo {
             bindings: s.bindings,
             ext_targets: s.ext_targets,
             unknown_externs: unknown,
+            opaque_sites: s.opaque_sites,
             nodes: n,
             collapsed: s.collapsed,
         }
