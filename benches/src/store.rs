@@ -25,7 +25,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -365,6 +364,9 @@ fn tcp(a: &StoreArgs, reps: usize, bin: &Path, res: &mut Results) -> Result<()> 
 
 /// Sends frames of 32 non-blocking increments on random keys for `secs`, keeping up to 64
 /// frames unacknowledged; returns (operations acknowledged, seconds).
+///
+/// One thread does both directions: it writes while the window has room and otherwise blocks
+/// reading acknowledgements, so the client never spins on the cores the server needs.
 fn pipelined_incr(
     addr: SocketAddr,
     table: &'static [u8],
@@ -389,48 +391,37 @@ fn pipelined_incr(
         &mut b,
     );
     s.write_all(&b)?;
-    // The Hello reply says where this client's sequence numbers resume.
     let mut rbuf = BytesMut::new();
     let mut chunk = vec![0u8; 1 << 16];
-    let hello = loop {
-        if let Some(f) = wire::take_frame::<wire::ServerFrame>(&mut rbuf, wire::DEFAULT_MAX_FRAME)?
-        {
-            break f;
-        }
+    // Reads at least once and applies every complete frame; returns the newest ack.
+    let mut read_acks = |s: &mut TcpStream, acked: &mut u64| -> Result<Option<wire::HelloReply>> {
         let n = s.read(&mut chunk)?;
         if n == 0 {
-            bail!("store closed the connection during the handshake");
+            bail!("store closed the bench connection");
         }
         rbuf.extend_from_slice(&chunk[..n]);
-    };
-    if !hello.error.is_empty() {
-        bail!("store refused the bench client: {}", hello.error);
-    }
-    let first = hello.hello.map_or(0, |h| h.applied_seq);
-    let acked = Arc::new(AtomicU64::new(first));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let mut s = s.try_clone()?;
-        let (acked, stop) = (acked.clone(), stop.clone());
-        std::thread::spawn(move || -> Result<()> {
-            while !stop.load(Ordering::Relaxed) {
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                rbuf.extend_from_slice(&chunk[..n]);
-                while let Some(f) =
-                    wire::take_frame::<wire::ServerFrame>(&mut rbuf, wire::DEFAULT_MAX_FRAME)?
-                {
-                    if !f.error.is_empty() {
-                        bail!("store closed the bench connection: {}", f.error);
-                    }
-                    acked.fetch_max(f.acked, Ordering::Release);
-                }
+        let mut hello = None;
+        while let Some(f) =
+            wire::take_frame::<wire::ServerFrame>(&mut rbuf, wire::DEFAULT_MAX_FRAME)?
+        {
+            if !f.error.is_empty() {
+                bail!("store closed the bench connection: {}", f.error);
             }
-            Ok(())
-        })
+            *acked = (*acked).max(f.acked);
+            if f.hello.is_some() {
+                hello = f.hello;
+            }
+        }
+        Ok(hello)
     };
+    // The Hello reply says where this client's sequence numbers resume.
+    let mut acked = 0;
+    let first = loop {
+        if let Some(h) = read_acks(&mut s, &mut acked)? {
+            break h.applied_seq;
+        }
+    };
+    acked = acked.max(first);
     let mut rng = Rng(seed);
     let mut frame = wire::ClientFrame {
         hello: None,
@@ -440,8 +431,8 @@ fn pipelined_incr(
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
-        if seq - acked.load(Ordering::Acquire) >= WINDOW {
-            std::thread::yield_now();
+        if seq - acked >= WINDOW {
+            read_acks(&mut s, &mut acked)?;
             continue;
         }
         for op in frame.ops.iter_mut() {
@@ -455,17 +446,10 @@ fn pipelined_incr(
         s.write_all(&b)?;
     }
     // Count what was acknowledged by the deadline, then let the rest drain.
-    let done = acked.load(Ordering::Acquire) - first;
+    let done = acked - first;
     let el = t0.elapsed().as_secs_f64();
-    let drain = Instant::now();
-    while acked.load(Ordering::Acquire) < seq && drain.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let _ = s.shutdown(std::net::Shutdown::Both);
-    match reader.join() {
-        Ok(r) => r?,
-        Err(_) => bail!("bench reader thread panicked"),
+    while acked < seq {
+        read_acks(&mut s, &mut acked)?;
     }
     Ok((done, el))
 }
