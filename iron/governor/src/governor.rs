@@ -230,6 +230,11 @@ impl Governor {
         }
     }
 
+    /// Which measurement backend the stock mode uses.
+    pub fn meter_backend(&self) -> &str {
+        &self.meter.backend
+    }
+
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.managed.iter().map(|m| m.cg.dir.clone()).collect()
     }

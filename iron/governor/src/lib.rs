@@ -8,6 +8,8 @@
 //! * [`governor`]: the period loop and the guarantee that nothing stays throttled on exit.
 //! * [`sys`]: every side effect, so `--dry-run` prints instead of acting.
 
+#[cfg(feature = "bpf")]
+pub mod bpf;
 pub mod cgroup;
 pub mod config;
 pub mod enforce;

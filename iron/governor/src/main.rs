@@ -76,9 +76,6 @@ fn run() -> Result<()> {
         cfg.period_ms,
         cfg.containers.len()
     );
-    if mode == Mode::Stock {
-        println!("iron-governor: eBPF measurement unavailable ({}); using /proc/stat, /proc/softirqs and per-device packet counters", bpf_probe(caps));
-    }
     let wants_drop =
         cfg.drop != DropMode::None && cfg.containers.iter().any(|c| c.host_iface.is_some());
     let can_tc = has_cap(caps, CAP_NET_ADMIN);
@@ -96,6 +93,12 @@ fn run() -> Result<()> {
         Box::new(Real)
     };
     let mut gov = Governor::new(&cfg, mode, exec, gate, &mut warn);
+    if mode == Mode::Stock {
+        println!("iron-governor: measuring with {}", gov.meter_backend());
+        if !cfg!(feature = "bpf") {
+            println!("iron-governor: eBPF backend: {}", bpf_probe(caps));
+        }
+    }
     if gov.managed.is_empty() {
         bail!("none of the configured containers could be opened; nothing to govern");
     }

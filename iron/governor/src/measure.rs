@@ -28,6 +28,8 @@ pub struct Reading {
     pub all_events: u64,
     /// Packets (rx + tx) per device.
     pub dev_packets: BTreeMap<String, u64>,
+    /// NET_RX + NET_TX time measured by the eBPF meter, when it is loaded.
+    pub bpf_net_ns: Option<u64>,
 }
 
 /// The network softirq time of one period and the packets per device that caused it.
@@ -82,9 +84,13 @@ pub fn apportion(p: &Period, devices: &[Option<&str>]) -> Vec<u64> {
         .collect()
 }
 
-/// Reads /proc.
+/// Reads /proc, and the eBPF meter where it is built in and loads.
 pub struct ProcMeter {
     ksoftirqd: Vec<u32>,
+    #[cfg(feature = "bpf")]
+    bpf: Option<crate::bpf::BpfMeter>,
+    /// Which backend measures, or why eBPF does not.
+    pub backend: String,
 }
 
 impl ProcMeter {
@@ -102,7 +108,26 @@ impl ProcMeter {
                 }
             }
         }
-        ProcMeter { ksoftirqd }
+        #[cfg(feature = "bpf")]
+        {
+            let (bpf, backend) = match crate::bpf::BpfMeter::load() {
+                Ok(m) => (
+                    Some(m),
+                    "eBPF tp_btf softirq_entry/softirq_exit".to_string(),
+                ),
+                Err(e) => (None, format!("/proc (eBPF unavailable: {e})")),
+            };
+            ProcMeter {
+                ksoftirqd,
+                bpf,
+                backend,
+            }
+        }
+        #[cfg(not(feature = "bpf"))]
+        ProcMeter {
+            ksoftirqd,
+            backend: "/proc (built without the bpf feature)".to_string(),
+        }
     }
 
     pub fn read(&self) -> Reading {
@@ -124,6 +149,10 @@ impl ProcMeter {
         }
         if let Ok(s) = std::fs::read_to_string("/proc/net/dev") {
             r.dev_packets = parse_net_dev(&s);
+        }
+        #[cfg(feature = "bpf")]
+        {
+            r.bpf_net_ns = self.bpf.as_ref().map(|b| b.net_ns());
         }
         r
     }
@@ -213,6 +242,7 @@ mod tests {
             net_events: 0,
             all_events: 0,
             dev_packets: [("va1".into(), 0), ("va2".into(), 0)].into(),
+            bpf_net_ns: None,
         };
         let b = Reading {
             softirq_ns: 6_000_000,
@@ -220,9 +250,15 @@ mod tests {
             net_events: 90,
             all_events: 100,
             dev_packets: [("va1".into(), 300), ("va2".into(), 100)].into(),
+            bpf_net_ns: None,
         };
         let p = a.delta(&b);
         assert_eq!(p.net_ns, 9_000_000);
+        // With the eBPF meter on both sides its NET_RX + NET_TX time is used as is.
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        a2.bpf_net_ns = Some(1_000);
+        b2.bpf_net_ns = Some(5_001_000);
+        assert_eq!(a2.delta(&b2).net_ns, 5_000_000);
         let v = apportion(&p, &[Some("va1"), Some("va2"), None, Some("missing")]);
         assert_eq!(v, vec![6_750_000, 2_250_000, 0, 0]);
         assert!(v.iter().sum::<u64>() <= p.net_ns);
