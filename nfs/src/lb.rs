@@ -29,6 +29,8 @@ const CONN: Cell<FiveTuple, Bytes> = Cell::new(3);
 
 const FIN_CLIENT: u8 = 1;
 const FIN_SERVER: u8 = 2;
+/// The connection ended; the assignment stays for its trailing packets (as in the NAT).
+const CLOSED: u8 = 4;
 
 pub struct Lb {
     backends4: Vec<IpAddr>,
@@ -89,11 +91,12 @@ impl Lb {
         }
     }
 
-    fn release(
+    /// The connection no longer counts as active on its backend.
+    fn close(
         &self,
         ctx: &mut Ctx<'_>,
         key: &FiveTuple,
-        a: &Assignment,
+        a: &mut Assignment,
         why: &str,
     ) -> Result<(), NfError> {
         let (_, fam) = self.pool(key.src);
@@ -103,7 +106,8 @@ impl Lb {
             "vec_add_floor0",
             &vec_add_arg(u32::from(a.backend), -1),
         )?;
-        CONN.del(ctx, key)?;
+        a.flags |= CLOSED;
+        CONN.set(ctx, key, &a.encode())?;
         ctx.emit(
             Event::new("backend_released")
                 .flow(*key)
@@ -153,7 +157,15 @@ impl NetworkFunction for Lb {
             return Ok(Verdict::Forward);
         };
         let key = t.canonical();
-        let a = match CONN.get(ctx, &key)?.and_then(|b| Assignment::decode(&b)) {
+        let flags = pkt.tcp_flags().unwrap_or(0);
+        let mut known = CONN.get(ctx, &key)?.and_then(|b| Assignment::decode(&b));
+        let new_syn = flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
+        if known.is_some_and(|a| a.flags & CLOSED != 0 && new_syn) {
+            // A new connection on the tuple of a finished one.
+            CONN.del(ctx, &key)?;
+            known = None;
+        }
+        let mut a = match known {
             Some(a) => a,
             None => {
                 // The server is the receiver of the connection's first packet, unless that
@@ -204,22 +216,24 @@ impl NetworkFunction for Lb {
             pkt.set_src(backend);
         }
         BYTES.add(ctx, &backend, pkt.wire_len as i64)?;
-        if let Some(f) = pkt.tcp_flags() {
-            if f & tcp_flags::RST != 0 {
-                self.release(ctx, &key, &a, "rst")?;
-                return Ok(Verdict::Forward);
+        if a.flags & CLOSED != 0 {
+            let bare_ack = pkt.tcp_flags().is_some()
+                && flags & (tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST) == 0
+                && pkt.payload().is_empty();
+            if bare_ack {
+                CONN.del(ctx, &key)?;
             }
-            if f & tcp_flags::FIN != 0 {
+        } else if pkt.tcp_flags().is_some() {
+            if flags & tcp_flags::RST != 0 {
+                self.close(ctx, &key, &mut a, "rst")?;
+            } else if flags & tcp_flags::FIN != 0 {
                 let bit = if to_server { FIN_CLIENT } else { FIN_SERVER };
                 if a.flags & bit == 0 {
-                    let a2 = Assignment {
-                        flags: a.flags | bit,
-                        ..a
-                    };
-                    if a2.flags == FIN_CLIENT | FIN_SERVER {
-                        self.release(ctx, &key, &a2, "fin")?;
+                    a.flags |= bit;
+                    if a.flags & (FIN_CLIENT | FIN_SERVER) == FIN_CLIENT | FIN_SERVER {
+                        self.close(ctx, &key, &mut a, "fin")?;
                     } else {
-                        CONN.set(ctx, &key, &a2.encode())?;
+                        CONN.set(ctx, &key, &a.encode())?;
                     }
                 }
             }

@@ -31,6 +31,10 @@ const TCP_PKTS: Counter<()> = Counter::new(4);
 /// Connection flags in a mapping.
 const FIN_CLIENT: u8 = 1;
 const FIN_SERVER: u8 = 2;
+/// The connection ended (both FINs, or a RST): its port is back in the pool, but the
+/// mapping stays to translate trailing packets (the last ACK, retransmissions); the closing
+/// handshake's last ACK, a new SYN on the same tuple or the idle timeout removes it.
+const CLOSED: u8 = 4;
 
 pub struct Nat {
     public4: IpAddr,
@@ -134,11 +138,13 @@ impl Nat {
         }
     }
 
-    fn release(
+    /// Returns the connection's port to the pool. The mapping stays, marked closed, so
+    /// trailing packets of the connection are still translated.
+    fn close(
         &mut self,
         ctx: &mut Ctx<'_>,
         key: &FiveTuple,
-        m: &Mapping,
+        m: &mut Mapping,
         why: &str,
     ) -> Result<(), NfError> {
         if has_ports(key.proto) {
@@ -148,7 +154,8 @@ impl Nat {
                 Bytes::copy_from_slice(&m.port.to_be_bytes()),
             )?;
         }
-        CONN.del(ctx, key)?;
+        m.flags |= CLOSED;
+        CONN.set(ctx, key, &m.encode())?;
         let client = if m.client_is_src {
             *key
         } else {
@@ -254,10 +261,19 @@ impl NetworkFunction for Nat {
         } else {
             self.udp_idle_ns
         };
+        let flags = pkt.tcp_flags().unwrap_or(0);
         let mut m = CONN.get(ctx, &key)?.and_then(|b| Mapping::decode(&b));
-        if let Some(old) = m {
-            if u64::from(now_s.saturating_sub(old.last_seen_s)) * 1_000_000_000 > idle {
-                self.release(ctx, &key, &old, "idle")?;
+        if let Some(mut old) = m {
+            let idle_out = u64::from(now_s.saturating_sub(old.last_seen_s)) * 1_000_000_000 > idle;
+            if old.flags & CLOSED != 0 {
+                if flags & tcp_flags::SYN != 0 || idle_out {
+                    // A new connection reuses the tuple.
+                    CONN.del(ctx, &key)?;
+                    m = None;
+                }
+            } else if idle_out {
+                self.close(ctx, &key, &mut old, "idle")?;
+                CONN.del(ctx, &key)?;
                 m = None;
             }
         }
@@ -316,19 +332,29 @@ impl NetworkFunction for Nat {
             m.last_seen_s = now_s;
             changed = true;
         }
-        if let Some(f) = pkt.tcp_flags() {
-            if f & tcp_flags::RST != 0 {
-                self.release(ctx, &key, &m, "rst")?;
+        if m.flags & CLOSED != 0 {
+            // A trailing packet; the final ACK of the closing handshake ends the mapping.
+            let bare_ack = t.proto == PROTO_TCP
+                && flags & (tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST) == 0
+                && pkt.payload().is_empty();
+            if bare_ack {
+                CONN.del(ctx, &key)?;
+            }
+            return Ok(Verdict::Forward);
+        }
+        if t.proto == PROTO_TCP {
+            if flags & tcp_flags::RST != 0 {
+                self.close(ctx, &key, &mut m, "rst")?;
                 return Ok(Verdict::Forward);
             }
-            if f & tcp_flags::FIN != 0 {
+            if flags & tcp_flags::FIN != 0 {
                 let bit = if from_client { FIN_CLIENT } else { FIN_SERVER };
                 if m.flags & bit == 0 {
                     m.flags |= bit;
                     changed = true;
                 }
-                if m.flags == FIN_CLIENT | FIN_SERVER {
-                    self.release(ctx, &key, &m, "fin")?;
+                if m.flags & (FIN_CLIENT | FIN_SERVER) == FIN_CLIENT | FIN_SERVER {
+                    self.close(ctx, &key, &mut m, "fin")?;
                     return Ok(Verdict::Forward);
                 }
             }

@@ -19,7 +19,7 @@
 use crate::nf::{object, Cell, Ctx, Event, NetworkFunction, NfError, PartitionKey, Verdict};
 use crate::nf::{Access, ObjectSpec, Scope};
 use crate::packet::{tcp_flags, FiveTuple, Packet, PROTO_TCP};
-use crate::util::{cfg_f64, cfg_u64, check_keys};
+use crate::util::{cfg_f64, check_keys};
 use bytes::{BufMut, Bytes, BytesMut};
 use chc_store::names::KeyKind;
 use std::net::IpAddr;
@@ -69,7 +69,16 @@ impl Portscan {
             step_failure: l((1.0 - theta1) / (1.0 - theta0)),
             upper: l(pd / pf),
             lower: l((1.0 - pd) / (1.0 - pf)),
-            timeout_ns: cfg_u64(c, "portscan", "timeout_s", 3)? as i64 * 1_000_000_000,
+            timeout_ns: {
+                let t = cfg_f64(c, "portscan", "timeout_s", 1.0)?;
+                if !(t > 0.0 && t < 3600.0) {
+                    return Err(NfError::config(
+                        "portscan",
+                        "timeout_s must be in (0, 3600)",
+                    ));
+                }
+                (t * 1e9) as i64
+            },
             blocked_drops: 0,
         })
     }

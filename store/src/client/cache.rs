@@ -494,21 +494,37 @@ impl StateClient {
 
     /// The cached value, loading it on a miss.
     fn cached(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Value, StateError> {
+        self.ensure_cached(obj, scope, sub)?;
         let k = KeyRef {
             vertex: self.vertex,
             object: obj,
             per_flow: scope == Scope::PerFlow,
             sub,
         };
-        if let Some(c) = self.local.get(&k) {
+        Ok(self
+            .local
+            .get(&k)
+            .map(|c| c.value.clone())
+            .unwrap_or_default())
+    }
+
+    /// Loads an object into the cache on a miss (without copying the value: a port pool
+    /// may hold tens of thousands of items).
+    fn ensure_cached(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<(), StateError> {
+        let k = KeyRef {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub,
+        };
+        if self.local.contains_key(&k) {
             self.stats.cache_hits += 1;
-            return Ok(c.value.clone());
+            return Ok(());
         }
         self.stats.cache_misses += 1;
         let c = self.load(obj, scope, sub)?;
-        let v = c.value.clone();
         self.local.insert(k.to_key(), c);
-        Ok(v)
+        Ok(())
     }
 
     fn load(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Cached, StateError> {
@@ -577,7 +593,7 @@ impl StateClient {
                     // The store decides (it may have applied this update before).
                     return self.update_in_store_then_cache(obj, scope, sub, op);
                 }
-                self.cached(obj, scope, sub)?;
+                self.ensure_cached(obj, scope, sub)?;
                 let k = KeyRef {
                     vertex: self.vertex,
                     object: obj,

@@ -1,0 +1,138 @@
+//! Splitters: which downstream instance gets a packet.
+//!
+//! A packet's partition key (see [`PartitionKey`]) is hashed with a fixed hash into one of
+//! [`BUCKETS`] buckets, and an allocation table maps buckets to instances (like a NIC's RSS
+//! indirection table). All splitters in front of a vertex share its table, so they agree on
+//! where each flow group goes; moving a group to another instance rewrites bucket entries.
+
+use nfs::nf::{client_is_src, PartitionKey};
+use nfs::packet::{FiveTuple, Packet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+pub const BUCKETS: usize = 1024;
+
+/// Bucket -> instance for one vertex.
+#[derive(Debug)]
+pub struct Allocation {
+    table: Vec<AtomicU16>,
+}
+
+impl Allocation {
+    /// Buckets spread round-robin over `n` instances.
+    pub fn even(n: u16) -> Allocation {
+        Allocation {
+            table: (0..BUCKETS)
+                .map(|b| AtomicU16::new((b % usize::from(n.max(1))) as u16))
+                .collect(),
+        }
+    }
+
+    pub fn instance(&self, bucket: usize) -> u16 {
+        self.table[bucket % BUCKETS].load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, bucket: usize, instance: u16) {
+        self.table[bucket % BUCKETS].store(instance, Ordering::Relaxed);
+    }
+
+    pub fn buckets_of(&self, instance: u16) -> Vec<usize> {
+        (0..BUCKETS)
+            .filter(|&b| self.instance(b) == instance)
+            .collect()
+    }
+}
+
+fn mix(mut h: u64, v: u64) -> u64 {
+    h ^= v;
+    h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
+fn ip_word(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => u64::from(u32::from(a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            (v as u64) ^ ((v >> 64) as u64).rotate_left(17)
+        }
+    }
+}
+
+/// A fixed hash of the packet's partition key (both directions of a connection agree).
+pub fn key_hash(pkt: &Packet<'_>, key: PartitionKey) -> u64 {
+    match pkt.five_tuple() {
+        Some(t) => tuple_hash(&t, key),
+        None => {
+            // Fragments without ports: the address pair (ordered) stands in.
+            let (a, b) = (pkt.hdr.src.min(pkt.hdr.dst), pkt.hdr.src.max(pkt.hdr.dst));
+            match key {
+                PartitionKey::Flow => mix(mix(ip_word(a), ip_word(b)), u64::from(pkt.hdr.proto)),
+                PartitionKey::Client | PartitionKey::Server => mix(0, ip_word(a)),
+            }
+        }
+    }
+}
+
+pub fn tuple_hash(t: &FiveTuple, key: PartitionKey) -> u64 {
+    match key {
+        PartitionKey::Flow => {
+            let c = t.canonical();
+            let h = mix(mix(ip_word(c.src), ip_word(c.dst)), u64::from(c.proto));
+            mix(h, u64::from(c.sport) << 16 | u64::from(c.dport))
+        }
+        PartitionKey::Client => mix(0, ip_word(if client_is_src(t) { t.src } else { t.dst })),
+        PartitionKey::Server => mix(0, ip_word(if client_is_src(t) { t.dst } else { t.src })),
+    }
+}
+
+pub fn bucket(hash: u64) -> usize {
+    (hash % BUCKETS as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nfs::packet::PROTO_TCP;
+
+    fn t(s: &str, sp: u16, d: &str, dp: u16) -> FiveTuple {
+        FiveTuple {
+            proto: PROTO_TCP,
+            src: s.parse().unwrap(),
+            dst: d.parse().unwrap(),
+            sport: sp,
+            dport: dp,
+        }
+    }
+
+    #[test]
+    fn both_directions_and_all_flows_of_a_client_agree() {
+        let a = t("10.0.0.1", 40000, "1.1.1.1", 80);
+        for k in [
+            PartitionKey::Flow,
+            PartitionKey::Client,
+            PartitionKey::Server,
+        ] {
+            assert_eq!(tuple_hash(&a, k), tuple_hash(&a.reversed(), k), "{k:?}");
+        }
+        let b = t("10.0.0.1", 40001, "2.2.2.2", 443);
+        assert_eq!(
+            tuple_hash(&a, PartitionKey::Client),
+            tuple_hash(&b, PartitionKey::Client)
+        );
+        assert_ne!(
+            tuple_hash(&a, PartitionKey::Flow),
+            tuple_hash(&b, PartitionKey::Flow)
+        );
+    }
+
+    #[test]
+    fn allocation_spreads_and_moves() {
+        let al = Allocation::even(3);
+        let counts: Vec<usize> = (0..3).map(|i| al.buckets_of(i).len()).collect();
+        assert_eq!(counts.iter().sum::<usize>(), BUCKETS);
+        assert!(counts.iter().all(|&c| c >= BUCKETS / 3));
+        al.set(5, 2);
+        assert_eq!(al.instance(5), 2);
+    }
+}
