@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-target}"
 
 echo "-- chc-dpdk without DPDK (CHC_DPDK_DISABLE=1, own target dir)"
-CHC_DPDK_DISABLE=1 CARGO_TARGET_DIR="$target/dpdk-stub" \
+CHC_DPDK_DISABLE=1 CARGO_TARGET_DIR="$target/dpdk-stub" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test -q --locked -p chc-dpdk --test api 2>&1 | tail -3
 
 if pkg-config --exists libdpdk && command -v dpdk-testpmd >/dev/null; then
