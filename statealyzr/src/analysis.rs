@@ -419,7 +419,8 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
         .filter(|r| r.ethernet)
         .flat_map(|r| r.packet.iter().copied())
         .collect();
-    let mut chop_cache: HashMap<Vec<u32>, BTreeSet<String>> = HashMap::new();
+    let labels = field_labels(p, &pt, &sdg, &allowed, &fwd, &facts, &ethernet, &pkt_stmts);
+    let index = FlowIndex::build(p, &pt, &pkt_stmts, &loops, &cfgs, &allowed_inst);
     for (vi, v) in vars.iter_mut().enumerate() {
         if !v.top_level
             || !matches!(
@@ -437,55 +438,11 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
         if keyed.is_empty() {
             continue;
         }
-        let targets = flowspace_targets(p, &pt, &pkt_stmts, &loops, &cfgs, &allowed_inst, &keyed);
-        if targets.is_empty() {
-            continue;
+        let mut bits = 0u128;
+        for t in index.targets(&keyed) {
+            bits |= labels.at(sdg.val_node(p, t));
         }
-        if std::env::var_os("STATEALYZR_DEBUG").is_some() {
-            for &t in &targets {
-                let d = p
-                    .inst_of_val(t)
-                    .map(|i| (&p.insts[i as usize].name, p.insts[i as usize].loc));
-                eprintln!("flowspace target of {}: {:?}", v.name, d);
-            }
-        }
-        let mut crit: Vec<u32> = targets.iter().map(|&t| sdg.val_node(p, t)).collect();
-        crit.sort_unstable();
-        crit.dedup();
-        let fields = chop_cache
-            .entry(crit.clone())
-            .or_insert_with(|| {
-                let back = sdg.backward(&crit, &allowed, true);
-                if std::env::var_os("STATEALYZR_DEBUG").is_some() {
-                    for n in back.iter() {
-                        if (n as usize) < sdg.ninst {
-                            let ins = &p.insts[n as usize];
-                            eprintln!(
-                                "  chop {}: {:?} {:?} {:?}",
-                                v.name,
-                                ins.name,
-                                ins.loc.map(|l| l.line),
-                                ins.kind
-                            );
-                            for o in Program::operands(&ins.kind) {
-                                eprintln!(
-                                    "     op {:?} pts {:?}",
-                                    o,
-                                    pt.op(o)
-                                        .iter()
-                                        .map(|&x| &pt.objs[x as usize].kind)
-                                        .collect::<Vec<_>>()
-                                );
-                            }
-                        } else {
-                            eprintln!("  chop {}: node {n}", v.name);
-                        }
-                    }
-                }
-                extract_fields(p, &pt, &sdg, &back, &fwd, &facts, &ethernet)
-            })
-            .clone();
-        v.flowspace = fields;
+        v.flowspace = labels.names(bits);
     }
     lap("flowspace", &mut timing);
 
@@ -851,157 +808,68 @@ fn persistent_vars(p: &Program, pt: &PointsTo, loops: &[LoopProc], _cfgs: &[Func
     vars
 }
 
-/// The values a flowspace chop must end at for one keyed variable: indices of table accesses
-/// into its objects and the lookup conditions of loops that walk them.
-fn flowspace_targets(
-    p: &Program,
-    pt: &PointsTo,
-    stmts: &[InstId],
-    loops: &HashMap<FuncId, Vec<cfg::Loop>>,
-    cfgs: &[FuncCfg],
-    allowed: &dyn Fn(InstId) -> bool,
-    keyed: &HashSet<ObjId>,
-) -> Vec<ValId> {
-    let touches = |o: &Op| pt.op(o).iter().any(|x| keyed.contains(x));
-    let mut targets = Vec::new();
-    for &i in stmts {
-        if let Kind::Gep { base, idx, .. } = &p.insts[i as usize].kind {
-            if touches(base) {
-                targets.extend(idx.iter().filter_map(Op::val));
-            }
-        }
-    }
-    // Strips casts.
-    let root = |mut v: ValId| -> ValId {
-        for _ in 0..16 {
-            match p.inst_of_val(v).map(|i| &p.insts[i as usize].kind) {
-                Some(Kind::Compute { ops }) if ops.len() == 1 => match ops[0].val() {
-                    Some(w) => v = w,
-                    None => break,
-                },
-                _ => break,
-            }
-        }
-        v
-    };
-    // An operand on the entry side: the iterator itself, or a value read through it.
-    let entry_side = |v: ValId| -> bool {
-        let r = root(v);
-        if pt.val(r).iter().any(|x| keyed.contains(x)) {
-            return true;
-        }
-        match p.inst_of_val(r).map(|i| &p.insts[i as usize].kind) {
-            Some(Kind::Load { addr }) => touches(addr),
-            _ => false,
-        }
-    };
-    for (fid, ls) in loops {
-        let f = &p.funcs[*fid as usize];
-        let fc = &cfgs[*fid as usize];
-        // Blocks from which execution goes on (returns, or keeps looping), unlike the dead ends
-        // that lead to abort() or exit().
-        let mut live = vec![false; f.blocks.len()];
-        let mut stack: Vec<u32> = Vec::new();
-        for (bi, b) in f.blocks.iter().enumerate() {
-            let t = b.insts.last().map(|&t| &p.insts[t as usize].kind);
-            if matches!(t, Some(Kind::Ret { .. })) || fc.in_loop(bi as u32) {
-                live[bi] = true;
-                stack.push(bi as u32);
-            }
-        }
-        while let Some(b) = stack.pop() {
-            for &q in &f.blocks[b as usize].preds {
-                if !live[q as usize] {
-                    live[q as usize] = true;
-                    stack.push(q);
-                }
-            }
-        }
-        for l in ls {
-            let body: HashSet<u32> = l.blocks.iter().copied().collect();
-            let conds: Vec<(InstId, &Op)> = l
-                .blocks
-                .iter()
-                .filter_map(|&b| {
-                    let t = *f.blocks[b as usize].insts.last()?;
-                    match &p.insts[t as usize].kind {
-                        Kind::CondBr { cond } | Kind::Switch { cond } => Some((t, cond)),
-                        _ => None,
-                    }
-                })
-                .filter(|(t, _)| allowed(*t))
-                .collect();
-            let operands = |c: &Op| -> Vec<ValId> {
-                let Some(v) = c.val() else { return vec![] };
-                match p.inst_of_val(v).map(|i| &p.insts[i as usize].kind) {
-                    Some(Kind::Cmp { a, b }) => [a, b].into_iter().filter_map(Op::val).collect(),
-                    _ => vec![v],
-                }
-            };
-            // The loop walks the structure when a condition that leaves the loop (for code
-            // that goes on, not into abort()) tests a loop-carried pointer into it, or a value
-            // read from it (`i < tbl->n`, `e->next != NULL`).
-            let iterates = |v: ValId| -> bool {
-                let r = root(v);
-                match p.inst_of_val(r).map(|i| (i, &p.insts[i as usize])) {
-                    Some((_, ins)) => match &ins.kind {
-                        Kind::Phi { .. } => {
-                            body.contains(&ins.block) && pt.val(r).iter().any(|x| keyed.contains(x))
-                        }
-                        Kind::Load { addr } => touches(addr),
-                        _ => false,
-                    },
-                    None => false,
-                }
-            };
-            let walks = conds.iter().any(|(t, c)| {
-                let blk = p.insts[*t as usize].block;
-                let exits = f.blocks[blk as usize]
-                    .succs
-                    .iter()
-                    .any(|s| !body.contains(s) && live[*s as usize]);
-                exits && operands(c).into_iter().any(iterates)
-            });
-            if !walks {
-                continue;
-            }
-            for (_, c) in &conds {
-                for v in operands(c) {
-                    if !entry_side(v) {
-                        targets.push(v);
-                    }
-                }
-            }
-        }
-    }
-    targets.sort_unstable();
-    targets.dedup();
-    targets
+/// Which header fields flow into each SDG vertex: the value-only chops of Fig 4.10 for all
+/// targets at once. Labels start at reads of packet header fields and move forward along value
+/// dependences with the two-phase rule (out of callees, then into callees; memory resets),
+/// which marks exactly the vertices a backward value-only slice from them would reach.
+pub struct FieldLabels {
+    names: Vec<String>,
+    l1: Vec<u128>,
+    l2: Vec<u128>,
 }
 
-/// Header fields read in a chop: loads (and library reads such as `memcpy`) of packet memory.
-/// Reads of memory the packet was copied into (a queue slot, a local copy) count when they go
-/// through a well-known header member.
-fn extract_fields(
+impl FieldLabels {
+    fn at(&self, n: u32) -> u128 {
+        self.l1[n as usize] | self.l2[n as usize]
+    }
+
+    fn names(&self, bits: u128) -> BTreeSet<String> {
+        (0..self.names.len())
+            .filter(|i| bits & (1u128 << i) != 0)
+            .map(|i| self.names[i].clone())
+            .collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn field_labels(
     p: &Program,
     pt: &PointsTo,
     sdg: &Sdg,
-    back: &Bits,
+    allowed: &Bits,
     fwd: &Bits,
     facts: &Facts,
     ethernet: &HashSet<ObjId>,
-) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for n in back.iter() {
-        if n as usize >= sdg.ninst {
-            break;
-        }
-        let ins = &p.insts[n as usize];
+    stmts: &[InstId],
+) -> FieldLabels {
+    let mut names: Vec<String> = Vec::new();
+    let mut bit_of = |name: String| -> u128 {
+        let i = match names.iter().position(|n| *n == name) {
+            Some(i) => i,
+            None => {
+                // Past 127 distinct names the rest share the last bit.
+                if names.len() < 127 {
+                    names.push(name);
+                    names.len() - 1
+                } else {
+                    if names.len() == 127 {
+                        names.push("(other fields)".into());
+                    }
+                    127
+                }
+            }
+        };
+        1u128 << i
+    };
+    let mut origins: Vec<(u32, u128)> = Vec::new();
+    for &i in stmts {
+        let ins = &p.insts[i as usize];
         let (addrs, is_load): (Vec<&Op>, bool) = match &ins.kind {
             Kind::Load { addr } => (vec![addr], true),
             Kind::Call { args, .. } => (args.iter().collect(), false),
             _ => continue,
         };
+        let mut bits = 0u128;
         for a in addrs {
             let objs = pt.op(a);
             let raw = objs.iter().any(|o| facts.packet_objs.contains(o));
@@ -1011,9 +879,192 @@ fn extract_fields(
             }
             let eth = is_load && objs.iter().any(|o| ethernet.contains(o));
             if let Some(name) = fields::field_of_address(p, a, eth, copied || !is_load) {
-                out.insert(name);
+                bits |= bit_of(name);
+            }
+        }
+        if bits != 0 {
+            let n = match ins.result {
+                Some(r) => sdg.val_node(p, r),
+                None => i,
+            };
+            origins.push((n, bits));
+            if n != i {
+                origins.push((i, bits));
             }
         }
     }
-    out
+    let (l1, l2) = sdg.propagate_values(&origins, allowed);
+    FieldLabels { names, l1, l2 }
+}
+
+/// Where flowspace chops end, indexed by the objects they are about: indices of table
+/// accesses (`t[i]`, `base + off`) and the lookup conditions of loops that walk a structure
+/// (Fig 4.10).
+struct FlowIndex {
+    /// Object -> index values of accesses into it.
+    gep: HashMap<ObjId, Vec<ValId>>,
+    /// Object -> loops whose exit condition iterates over it.
+    walks: HashMap<ObjId, Vec<usize>>,
+    /// Per loop: condition operands, each with the objects that make it "entry side" (the
+    /// iterator, or a value read through it).
+    loops: Vec<Vec<(ValId, Vec<ObjId>)>>,
+}
+
+impl FlowIndex {
+    fn build(
+        p: &Program,
+        pt: &PointsTo,
+        stmts: &[InstId],
+        loops: &HashMap<FuncId, Vec<cfg::Loop>>,
+        cfgs: &[FuncCfg],
+        allowed: &dyn Fn(InstId) -> bool,
+    ) -> FlowIndex {
+        let mut gep: HashMap<ObjId, Vec<ValId>> = HashMap::new();
+        for &i in stmts {
+            if let Kind::Gep { base, idx, .. } = &p.insts[i as usize].kind {
+                let vars: Vec<ValId> = idx.iter().filter_map(Op::val).collect();
+                if vars.is_empty() {
+                    continue;
+                }
+                for o in pt.op(base) {
+                    gep.entry(o).or_default().extend(vars.iter().copied());
+                }
+            }
+        }
+        // Strips casts.
+        let root = |mut v: ValId| -> ValId {
+            for _ in 0..16 {
+                match p.inst_of_val(v).map(|i| &p.insts[i as usize].kind) {
+                    Some(Kind::Compute { ops }) if ops.len() == 1 => match ops[0].val() {
+                        Some(w) => v = w,
+                        None => break,
+                    },
+                    _ => break,
+                }
+            }
+            v
+        };
+        // The objects through which an operand is "entry side": what the value points to,
+        // or what it was loaded from.
+        let entry_objs = |v: ValId| -> Vec<ObjId> {
+            let r = root(v);
+            let mut o = pt.val(r).to_vec();
+            if let Some(Kind::Load { addr }) = p.inst_of_val(r).map(|i| &p.insts[i as usize].kind) {
+                o.extend(pt.op(addr));
+            }
+            o
+        };
+        let mut walks: HashMap<ObjId, Vec<usize>> = HashMap::new();
+        let mut all_loops: Vec<Vec<(ValId, Vec<ObjId>)>> = Vec::new();
+        for (fid, ls) in loops {
+            let f = &p.funcs[*fid as usize];
+            let fc = &cfgs[*fid as usize];
+            // Blocks from which execution goes on (returns, or keeps looping), unlike the dead
+            // ends that lead to abort() or exit().
+            let mut live = vec![false; f.blocks.len()];
+            let mut stack: Vec<u32> = Vec::new();
+            for (bi, b) in f.blocks.iter().enumerate() {
+                let t = b.insts.last().map(|&t| &p.insts[t as usize].kind);
+                if matches!(t, Some(Kind::Ret { .. })) || fc.in_loop(bi as u32) {
+                    live[bi] = true;
+                    stack.push(bi as u32);
+                }
+            }
+            while let Some(b) = stack.pop() {
+                for &q in &f.blocks[b as usize].preds {
+                    if !live[q as usize] {
+                        live[q as usize] = true;
+                        stack.push(q);
+                    }
+                }
+            }
+            for l in ls {
+                let body: HashSet<u32> = l.blocks.iter().copied().collect();
+                let conds: Vec<(InstId, &Op)> = l
+                    .blocks
+                    .iter()
+                    .filter_map(|&b| {
+                        let t = *f.blocks[b as usize].insts.last()?;
+                        match &p.insts[t as usize].kind {
+                            Kind::CondBr { cond } | Kind::Switch { cond } => Some((t, cond)),
+                            _ => None,
+                        }
+                    })
+                    .filter(|(t, _)| allowed(*t))
+                    .collect();
+                let operands = |c: &Op| -> Vec<ValId> {
+                    let Some(v) = c.val() else { return vec![] };
+                    match p.inst_of_val(v).map(|i| &p.insts[i as usize].kind) {
+                        Some(Kind::Cmp { a, b }) => {
+                            [a, b].into_iter().filter_map(Op::val).collect()
+                        }
+                        _ => vec![v],
+                    }
+                };
+                let id = all_loops.len();
+                let mut ops_here: Vec<(ValId, Vec<ObjId>)> = Vec::new();
+                for (t, c) in &conds {
+                    let blk = p.insts[*t as usize].block;
+                    let exits = f.blocks[blk as usize]
+                        .succs
+                        .iter()
+                        .any(|s| !body.contains(s) && live[*s as usize]);
+                    for v in operands(c) {
+                        if exits {
+                            // A loop-carried pointer, or a value read from the structure.
+                            let r = root(v);
+                            let iter_objs: Vec<ObjId> =
+                                match p.inst_of_val(r).map(|i| &p.insts[i as usize]) {
+                                    Some(ins) => match &ins.kind {
+                                        Kind::Phi { .. } if body.contains(&ins.block) => {
+                                            pt.val(r).to_vec()
+                                        }
+                                        Kind::Load { addr } => pt.op(addr),
+                                        _ => vec![],
+                                    },
+                                    None => vec![],
+                                };
+                            for o in iter_objs {
+                                let w = walks.entry(o).or_default();
+                                if w.last() != Some(&id) {
+                                    w.push(id);
+                                }
+                            }
+                        }
+                        ops_here.push((v, entry_objs(v)));
+                    }
+                }
+                all_loops.push(ops_here);
+            }
+        }
+        FlowIndex {
+            gep,
+            walks,
+            loops: all_loops,
+        }
+    }
+
+    /// The chop targets for a variable whose state lives in `keyed`.
+    fn targets(&self, keyed: &HashSet<ObjId>) -> Vec<ValId> {
+        let mut t: Vec<ValId> = Vec::new();
+        let mut loops: BTreeSet<usize> = BTreeSet::new();
+        for o in keyed {
+            if let Some(v) = self.gep.get(o) {
+                t.extend(v.iter().copied());
+            }
+            if let Some(ls) = self.walks.get(o) {
+                loops.extend(ls.iter().copied());
+            }
+        }
+        for l in loops {
+            for (v, objs) in &self.loops[l] {
+                if !objs.iter().any(|o| keyed.contains(o)) {
+                    t.push(*v);
+                }
+            }
+        }
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
 }

@@ -24,6 +24,7 @@ pub mod ir;
 pub mod pointsto;
 pub mod report;
 pub mod sdg;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
 

@@ -616,3 +616,66 @@ impl Sdg {
         v1
     }
 }
+
+impl Sdg {
+    /// Forward propagation of label bits along value dependences (data, summary, parameters,
+    /// memory), with the two-phase rule of `slice`. Returns the phase-1 and phase-2 labels of
+    /// every vertex.
+    pub fn propagate_values(
+        &self,
+        origins: &[(u32, u128)],
+        allowed: &Bits,
+    ) -> (Vec<u128>, Vec<u128>) {
+        let mut l1 = vec![0u128; self.n];
+        let mut l2 = vec![0u128; self.n];
+        let mut wl: Vec<(u32, bool)> = Vec::new();
+        for &(n, b) in origins {
+            if l1[n as usize] | b != l1[n as usize] {
+                l1[n as usize] |= b;
+                wl.push((n, true));
+            }
+        }
+        let value = |k: u8| {
+            k == Ek::Data as u8
+                || k == Ek::Summary as u8
+                || k == Ek::ParamIn as u8
+                || k == Ek::ParamOut as u8
+                || k == Ek::MemWrite as u8
+                || k == Ek::MemRead as u8
+        };
+        while let Some((v, phase1)) = wl.pop() {
+            let bits = if phase1 {
+                l1[v as usize]
+            } else {
+                l2[v as usize]
+            };
+            for (t, k) in self.fwd.adj(v) {
+                if !value(k) || !allowed.get(t) {
+                    continue;
+                }
+                let to_phase1 = if self.is_obj(t) {
+                    true
+                } else if k == Ek::ParamIn as u8 {
+                    false
+                } else if k == Ek::ParamOut as u8 {
+                    if !phase1 {
+                        continue;
+                    }
+                    true
+                } else {
+                    phase1
+                };
+                let slot = if to_phase1 {
+                    &mut l1[t as usize]
+                } else {
+                    &mut l2[t as usize]
+                };
+                if *slot | bits != *slot {
+                    *slot |= bits;
+                    wl.push((t, to_phase1));
+                }
+            }
+        }
+        (l1, l2)
+    }
+}
