@@ -372,15 +372,6 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
             pt.reach(&start)
         })
         .collect();
-    if std::env::var_os("STATEALYZR_DEBUG").is_some() {
-        for (vi, v) in vars.iter().enumerate() {
-            let kinds: Vec<String> = reach_of[vi]
-                .iter()
-                .map(|&o| format!("{:?}", pt.objs[o as usize].kind))
-                .collect();
-            eprintln!("reach of {}: {}", v.name, kinds.join(" "));
-        }
-    }
     for (vi, v) in vars.iter_mut().enumerate() {
         if !v.top_level {
             continue;
