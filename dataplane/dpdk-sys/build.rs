@@ -133,7 +133,10 @@ fn probe() -> Result<Dpdk, String> {
 }
 
 fn generate_bindings(dpdk: &Dpdk, out: &Path) -> Result<(), String> {
+    // Generate code for the workspace's minimum Rust version, not the newest one.
+    let target = bindgen::RustTarget::stable(80, 0).map_err(|e| e.to_string())?;
     let builder = bindgen::Builder::default()
+        .rust_target(target)
         .header("shim/shim.h")
         .clang_args(&dpdk.cflags)
         .allowlist_function("rte_.*")

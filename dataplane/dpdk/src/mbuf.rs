@@ -290,6 +290,41 @@ impl Mbuf {
         Ok(())
     }
 
+    /// The per-packet space of a pool made with [`Mempool::pktmbuf_with_private`] (empty
+    /// otherwise). It travels with the mbuf through rings; drivers never touch it, and it
+    /// keeps whatever the buffer's previous packet left there until written.
+    #[inline]
+    pub fn private_area(&self) -> &[u8] {
+        let len = usize::from(self.head().priv_size);
+        // SAFETY: DPDK lays the private area out right after struct rte_mbuf, `priv_size`
+        // bytes long, inside the pool's memory; we own the mbuf.
+        unsafe {
+            slice::from_raw_parts(
+                self.raw
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(std::mem::size_of::<sys::rte_mbuf>()),
+                len,
+            )
+        }
+    }
+
+    /// The per-packet space, writable.
+    #[inline]
+    pub fn private_area_mut(&mut self) -> &mut [u8] {
+        let len = usize::from(self.head().priv_size);
+        // SAFETY: as in private_area; &mut self makes this the only access.
+        unsafe {
+            slice::from_raw_parts_mut(
+                self.raw
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(std::mem::size_of::<sys::rte_mbuf>()),
+                len,
+            )
+        }
+    }
+
     /// The port the packet was received on.
     #[inline]
     pub fn port(&self) -> u16 {

@@ -29,7 +29,25 @@ impl Mempool {
     /// of `cache_size` buffers (at most 512). DPDK sizes its ring best when `size` is a power
     /// of two minus one. Errors if the name is taken or memory is short.
     pub fn pktmbuf(name: &str, size: u32, cache_size: u32, data_room: u16) -> Result<Mempool> {
+        Mempool::pktmbuf_with_private(name, size, cache_size, data_room, 0)
+    }
+
+    /// Like [`Mempool::pktmbuf`], with `private` bytes of per-packet space next to each
+    /// buffer ([`Mbuf::private_area`]): where the dataplane keeps a packet's CHC metadata
+    /// while the packet moves between lcores on one host. A multiple of 8.
+    pub fn pktmbuf_with_private(
+        name: &str,
+        size: u32,
+        cache_size: u32,
+        data_room: u16,
+        private: u16,
+    ) -> Result<Mempool> {
         ensure_up()?;
+        if private % 8 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "mempool {name:?}: private area of {private} bytes is not a multiple of 8"
+            )));
+        }
         if size == 0 || data_room <= crate::HEADROOM {
             return Err(Error::InvalidArgument(format!(
                 "mempool {name:?}: size {size} and data room {data_room} must exceed 0 and the \
@@ -45,7 +63,7 @@ impl Mempool {
                 cname.as_ptr(),
                 size as c_uint,
                 cache_size as c_uint,
-                0,
+                private,
                 data_room,
                 sys::rte_socket_id() as c_int,
             )

@@ -59,6 +59,15 @@ impl Mempool {
     pub fn pktmbuf(_name: &str, _size: u32, _cache_size: u32, _data_room: u16) -> Result<Mempool> {
         off()
     }
+    pub fn pktmbuf_with_private(
+        _name: &str,
+        _size: u32,
+        _cache_size: u32,
+        _data_room: u16,
+        _private: u16,
+    ) -> Result<Mempool> {
+        off()
+    }
     pub fn lookup(_name: &str) -> Result<Mempool> {
         off()
     }
@@ -148,6 +157,12 @@ impl Mbuf {
         match self.never {}
     }
     pub fn rx_timestamp(&self) -> Option<u64> {
+        match self.never {}
+    }
+    pub fn private_area(&self) -> &[u8] {
+        match self.never {}
+    }
+    pub fn private_area_mut(&mut self) -> &mut [u8] {
         match self.never {}
     }
     pub fn pool(&self) -> Mempool {

@@ -22,6 +22,7 @@ fn signatures() {
     let _: fn(&Eal) -> u32 = Eal::main_lcore;
 
     let _: fn(&str, u32, u32, u16) -> Result<Mempool> = Mempool::pktmbuf;
+    let _: fn(&str, u32, u32, u16, u16) -> Result<Mempool> = Mempool::pktmbuf_with_private;
     let _: fn(&str) -> Result<Mempool> = Mempool::lookup;
     let _: fn(&Mempool) -> Result<Mbuf> = Mempool::alloc;
     let _: fn(&Mempool, &[u8]) -> Result<Mbuf> = Mempool::alloc_from;
@@ -49,6 +50,8 @@ fn signatures() {
     let _: fn(&Mbuf) -> u16 = Mbuf::port;
     let _: fn(&Mbuf) -> Option<u32> = Mbuf::rss_hash;
     let _: fn(&Mbuf) -> Option<u64> = Mbuf::rx_timestamp;
+    let _: for<'a> fn(&'a Mbuf) -> &'a [u8] = Mbuf::private_area;
+    let _: for<'a> fn(&'a mut Mbuf) -> &'a mut [u8] = Mbuf::private_area_mut;
     let _: fn(&Mbuf) -> Mempool = Mbuf::pool;
     let _ = |m: &Mbuf| m.segment_data().map(<[u8]>::len).sum::<usize>();
 
