@@ -149,6 +149,8 @@ if [ "$initramfs" = 1 ]; then
   copy_with_libs "$(command -v ip)" bin/ip
   tc=$(command -v tc || echo /usr/sbin/tc)
   [ -x "$tc" ] && copy_with_libs "$tc" bin/tc
+  et=$(command -v ethtool || echo /usr/sbin/ethtool)
+  [ -x "$et" ] && copy_with_libs "$et" bin/ethtool
   tools=${IRON_TOOLS:-}
   if [ -z "$tools" ]; then
     for d in "${CARGO_TARGET_DIR:-}/release" "$repo/target/release"; do

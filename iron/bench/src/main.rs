@@ -53,8 +53,8 @@ enum Cmd {
         /// interleaved).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
         reps: u32,
-        /// Victim work units (see `spin`).
-        #[arg(long, default_value_t = 60)]
+        /// CPU time the victim's job needs, in ms (calibrated inside the VM).
+        #[arg(long, default_value_t = 300)]
         work: u64,
         /// Traffic kinds to run.
         #[arg(long, value_delimiter = ',', default_value = "udp,tcp")]

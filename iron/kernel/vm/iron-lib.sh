@@ -26,6 +26,10 @@ veth() {
 }
 # rps I MASK: process packets arriving on vbI on the CPUs in MASK (like a NIC queue's IRQ).
 rps() { ip netns exec ns$1 sh -c "echo $2 > /sys/class/net/vb$1/queues/rx-0/rps_cpus"; }
+# napi I: give vbI its own NAPI instance (veth does when GRO is on), polled on the sending CPU:
+# the VM's stand-in for a NIC receive queue with its own interrupt.
+# veth only queues to that NAPI what is eligible for GRO: with TSO off on the sending side.
+napi() { ip netns exec ns$1 /bin/ethtool -K vb$1 gro on; /bin/ethtool -K va$1 tso off; }
 # bind I GROUP: bind vbI (inside nsI) to GROUP with cpu.iron.queue.
 bind() { ip netns exec ns$1 sh -c "echo vb$1 > /cgroup/$2/cpu.iron.queue"; }
 # stat GROUP FIELD: a field of cpu.iron.stat (0 if absent).
