@@ -5,6 +5,7 @@
 //! listeners. The same `Store` serves in-process clients ([`Store::client`]) without sockets:
 //! that is the embedded default of `chc-dataplane`.
 
+pub mod fuzz;
 pub mod resp;
 mod worker;
 

@@ -825,7 +825,7 @@ fn emit(c: &mut Conn, bytes: Vec<u8>) {
 /// Runs a hot RESP command on a plain key of this shard without planning it; returns false
 /// (having done nothing) when the command needs the general path: another shard's key, a
 /// structured key, an unusual argument count or an entry with metadata.
-fn direct_resp(
+pub(crate) fn direct_resp(
     shard: &mut Shard,
     client: ClientId,
     req: &[u8],
