@@ -1,4 +1,7 @@
 //! `chc-bench`: CHC's experiments, each writing the shared results format.
 
+pub mod coe;
+pub mod nfbench;
 pub mod results;
 pub mod store;
+pub mod synth;

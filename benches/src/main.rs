@@ -1,10 +1,17 @@
 //! `chc-bench`: CHC's experiments.
 
 use anyhow::Result;
+use chc_bench::{coe, nfbench, synth};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chc-bench", version, about = "CHC experiments: traces, equivalence checks and benchmarks")]
+#[command(
+    name = "chc-bench",
+    version,
+    about = "CHC experiments: traces, equivalence checks and benchmarks",
+    long_about = "CHC experiments. Every experiment takes --json FILE and writes the shared results \
+format (ours vs a baseline measured in the same run, medians over repetitions)."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -12,12 +19,74 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Write a synthetic trace (defaults shaped like the paper's Trace2), or compose parts.
+    Synth(synth::SynthArgs),
+    /// Chain output equivalence: the ideal chain vs a scenario, on one trace.
+    Coe(coe::CoeArgs),
+    /// Per-packet processing time of each NF in each state mode (Fig 3.13).
+    Latency(nfbench::NfBenchArgs),
+    /// Packets per second of each NF in each state mode (Fig 3.15).
+    Throughput(nfbench::NfBenchArgs),
     /// Store throughput: in-process, native TCP, and RESP side by side with a real Redis.
     Store(chc_bench::store::StoreArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Synth(a) => match &a.cmd {
+            Some(synth::SynthCmd::Compose(c)) => {
+                let n = synth::compose(c)?;
+                eprintln!("chc-bench: wrote {n} packets to {}", c.out.display());
+                Ok(())
+            }
+            None => {
+                let (n, c) = synth::synth(&a)?;
+                eprintln!(
+                    "chc-bench: wrote {n} packets in {c} connections to {}",
+                    a.out.display()
+                );
+                Ok(())
+            }
+        },
+        Cmd::Coe(a) => {
+            let rep = coe::coe(&a)?;
+            println!(
+                "{}: {} of {} output packets match the ideal chain; {} missing, {} extra; alerts ideal {:?}, run {:?}",
+                if rep.equivalent { "EQUIVALENT" } else { "NOT EQUIVALENT" },
+                rep.matched,
+                rep.ideal_packets,
+                rep.missing_in_run,
+                rep.extra_in_run,
+                rep.ideal_alerts,
+                rep.run_alerts
+            );
+            for d in rep.differences.iter().take(20) {
+                println!("  {d}");
+            }
+            if rep.differences.len() > 20 {
+                println!("  ... {} more (see --json)", rep.differences.len() - 20);
+            }
+            if !rep.equivalent {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Latency(a) => {
+            let r = nfbench::latency(&a)?;
+            print!("{}", r.table());
+            if let Some(p) = &a.json {
+                r.write(p)?;
+            }
+            Ok(())
+        }
+        Cmd::Throughput(a) => {
+            let r = nfbench::throughput(&a)?;
+            print!("{}", r.table());
+            if let Some(p) = &a.json {
+                r.write(p)?;
+            }
+            Ok(())
+        }
         Cmd::Store(a) => chc_bench::store::run(&a),
     }
 }

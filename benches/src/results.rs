@@ -124,7 +124,11 @@ impl Results {
                 r.ours,
                 r.baseline,
                 r.ratio,
-                if r.better == Better::Higher { ">=" } else { "<=" },
+                if r.better == Better::Higher {
+                    ">="
+                } else {
+                    "<="
+                },
                 r.target_ratio
             ));
         }
@@ -153,7 +157,15 @@ mod tests {
 
     #[test]
     fn rows_use_medians_and_directions() {
-        let r = Row::from_samples("x", "ops/s", &[1.0, 9.0, 3.0], &[2.0, 2.0], "b", Better::Higher, 1.5);
+        let r = Row::from_samples(
+            "x",
+            "ops/s",
+            &[1.0, 9.0, 3.0],
+            &[2.0, 2.0],
+            "b",
+            Better::Higher,
+            1.5,
+        );
         assert_eq!(r.ours, 3.0);
         assert_eq!(r.ratio, 1.5);
         assert!(r.meets_target());

@@ -437,7 +437,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         for i in 0..v.parallelism {
             let nf = nfs::build(&v.nf, &v.config)
                 .map_err(|e| RunError::Nf(format!("{}: {e}", v.name)))?;
-            let objects = nf.objects();
+            let decls = nf.objects();
+            let objects = nfs::nf::specs(&decls);
             let mut state = match v.mode {
                 Mode::Traditional => StateClient::local(v.id, i, &objects, CustomOps::builtin()),
                 mode => StateClient::external(
@@ -450,6 +451,13 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 )
                 .map_err(|e| RunError::Store(e.to_string()))?,
             };
+            // Cross-flow objects are cached only where the split gives them to one instance.
+            for d in &decls {
+                let excl = nfs::nf::exclusive(d.keyed_by, v.partition, v.parallelism);
+                state
+                    .set_exclusive(d.spec.id, excl)
+                    .map_err(|e| RunError::Store(e.to_string()))?;
+            }
             let mut nf = nf;
             if v.mode == Mode::Traditional || i == 0 {
                 let mut evs = Vec::new();

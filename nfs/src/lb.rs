@@ -15,7 +15,7 @@ use crate::nf::{
     client_is_src, object, tuple_json, Cell, Counter, Ctx, Event, NetworkFunction, NfError,
     PartitionKey, Verdict,
 };
-use crate::nf::{Access, ObjectSpec, Scope, Value};
+use crate::nf::{Access, ObjectDecl, Scope, Value};
 use crate::packet::{tcp_flags, FiveTuple, Packet};
 use crate::util::{cfg_ips, check_keys};
 use bytes::Bytes;
@@ -57,6 +57,13 @@ impl Assignment {
             backend: u16::from_be_bytes([b[1], b[2]]),
             flags: b[3],
         })
+    }
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
@@ -122,7 +129,7 @@ impl NetworkFunction for Lb {
         "lb"
     }
 
-    fn objects(&self) -> Vec<ObjectSpec> {
+    fn objects(&self) -> Vec<ObjectDecl> {
         vec![
             object(
                 ACTIVE.id,
@@ -130,6 +137,7 @@ impl NetworkFunction for Lb {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::U64,
+                None,
             ),
             object(
                 BYTES.id,
@@ -137,6 +145,7 @@ impl NetworkFunction for Lb {
                 Scope::CrossFlow,
                 Access::WriteMostly,
                 KeyKind::Host,
+                None,
             ),
             object(
                 CONN.id,
@@ -144,6 +153,7 @@ impl NetworkFunction for Lb {
                 Scope::PerFlow,
                 Access::ReadHeavy,
                 KeyKind::FiveTuple,
+                Some(PartitionKey::Flow),
             ),
         ]
     }
@@ -200,7 +210,15 @@ impl NetworkFunction for Lb {
                 ctx.emit(
                     Event::new("backend_chosen")
                         .flow(t)
-                        .with("server", server.to_string())
+                        .with("server", endpoint(server, server_port))
+                        .with("client", {
+                            let (c, cp) = if sender_is_client {
+                                (t.src, t.sport)
+                            } else {
+                                (t.dst, t.dport)
+                            };
+                            endpoint(c, cp)
+                        })
                         .with("backend", backends[idx as usize].to_string())
                         .with("tuple", tuple_json(&t)),
                 );

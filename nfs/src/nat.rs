@@ -16,7 +16,7 @@ use crate::nf::{
     object, tuple_json, Cell, Counter, Ctx, Event, List, NetworkFunction, NfError, PartitionKey,
     Verdict,
 };
-use crate::nf::{Access, ObjectSpec, Scope};
+use crate::nf::{Access, ObjectDecl, Scope};
 use crate::packet::{tcp_flags, FiveTuple, Packet, PROTO_TCP, PROTO_UDP};
 use crate::util::{cfg_ip, cfg_prefixes, cfg_u64, check_keys, Prefix};
 use bytes::Bytes;
@@ -187,7 +187,7 @@ impl NetworkFunction for Nat {
         "nat"
     }
 
-    fn objects(&self) -> Vec<ObjectSpec> {
+    fn objects(&self) -> Vec<ObjectDecl> {
         vec![
             object(
                 POOL.id,
@@ -195,6 +195,7 @@ impl NetworkFunction for Nat {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::U64,
+                None,
             ),
             object(
                 CONN.id,
@@ -202,6 +203,7 @@ impl NetworkFunction for Nat {
                 Scope::PerFlow,
                 Access::ReadHeavy,
                 KeyKind::FiveTuple,
+                Some(PartitionKey::Flow),
             ),
             object(
                 PKTS.id,
@@ -209,6 +211,7 @@ impl NetworkFunction for Nat {
                 Scope::CrossFlow,
                 Access::WriteMostly,
                 KeyKind::Raw,
+                None,
             ),
             object(
                 TCP_PKTS.id,
@@ -216,6 +219,7 @@ impl NetworkFunction for Nat {
                 Scope::CrossFlow,
                 Access::WriteMostly,
                 KeyKind::Raw,
+                None,
             ),
         ]
     }

@@ -187,7 +187,7 @@ pub trait NetworkFunction: Send {
     fn kind(&self) -> &'static str;
 
     /// The NF's state objects.
-    fn objects(&self) -> Vec<ObjectSpec>;
+    fn objects(&self) -> Vec<ObjectDecl>;
 
     /// Keys this NF's state is partitioned by, finest first.
     fn scopes(&self) -> Vec<PartitionKey>;
@@ -298,14 +298,53 @@ impl StateValue for Bytes {
     }
 }
 
-/// Declares an object: the spec the framework needs.
-pub fn object(id: u16, name: &str, scope: Scope, access: Access, key_kind: KeyKind) -> ObjectSpec {
-    ObjectSpec {
-        id,
-        name: name.to_string(),
-        scope,
-        access,
-        key_kind,
+/// A state object as an NF declares it: what the store needs, plus the header field its key
+/// is derived from (`None`: one object for all traffic, such as a port pool or a total
+/// counter). With the key field the framework knows whether the upstream split gives an
+/// object to one instance alone, and so whether that instance may cache it (Table 3.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectDecl {
+    pub spec: ObjectSpec,
+    pub keyed_by: Option<PartitionKey>,
+}
+
+/// Declares an object.
+pub fn object(
+    id: u16,
+    name: &str,
+    scope: Scope,
+    access: Access,
+    key_kind: KeyKind,
+    keyed_by: Option<PartitionKey>,
+) -> ObjectDecl {
+    ObjectDecl {
+        spec: ObjectSpec {
+            id,
+            name: name.to_string(),
+            scope,
+            access,
+            key_kind,
+        },
+        keyed_by,
+    }
+}
+
+/// The specs of a list of declarations.
+pub fn specs(decls: &[ObjectDecl]) -> Vec<ObjectSpec> {
+    decls.iter().map(|d| d.spec.clone()).collect()
+}
+
+/// Whether an object keyed by `keyed_by` is touched by one instance only, when traffic to
+/// the vertex is split on `split` over `instances` instances.
+pub fn exclusive(keyed_by: Option<PartitionKey>, split: PartitionKey, instances: u16) -> bool {
+    if instances <= 1 {
+        return true;
+    }
+    match keyed_by {
+        None => false,
+        // A flow never spans instances under any split.
+        Some(PartitionKey::Flow) => true,
+        Some(k) => k == split,
     }
 }
 

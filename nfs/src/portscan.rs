@@ -17,7 +17,7 @@
 //! own traffic, so the outcome does not depend on how other hosts' packets interleave).
 
 use crate::nf::{object, Cell, Ctx, Event, NetworkFunction, NfError, PartitionKey, Verdict};
-use crate::nf::{Access, ObjectSpec, Scope};
+use crate::nf::{Access, ObjectDecl, Scope};
 use crate::packet::{tcp_flags, FiveTuple, Packet, PROTO_TCP};
 use crate::util::{cfg_f64, check_keys};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -190,7 +190,7 @@ impl NetworkFunction for Portscan {
         "portscan"
     }
 
-    fn objects(&self) -> Vec<ObjectSpec> {
+    fn objects(&self) -> Vec<ObjectDecl> {
         vec![
             object(
                 LIKELIHOOD.id,
@@ -198,6 +198,7 @@ impl NetworkFunction for Portscan {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::Host,
+                Some(PartitionKey::Client),
             ),
             object(
                 PENDING.id,
@@ -205,6 +206,7 @@ impl NetworkFunction for Portscan {
                 Scope::PerFlow,
                 Access::ReadWriteOften,
                 KeyKind::FiveTuple,
+                Some(PartitionKey::Flow),
             ),
             object(
                 CONTACTED.id,
@@ -212,6 +214,7 @@ impl NetworkFunction for Portscan {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::Raw,
+                Some(PartitionKey::Client),
             ),
             object(
                 HOST_PENDING.id,
@@ -219,6 +222,7 @@ impl NetworkFunction for Portscan {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::Host,
+                Some(PartitionKey::Client),
             ),
         ]
     }

@@ -1,11 +1,14 @@
 //! Per-host rate limiter: a token bucket per source host, refilled by packet time.
 //!
-//! The worked example of `nfs/README.md`: one cross-flow object keyed by host, read and
-//! written on every packet of that host, so the framework caches it while the upstream
-//! split gives the host to one instance and keeps it in the store otherwise.
+//! The worked example of `nfs/README.md`: one cross-flow object keyed by the client host of
+//! each connection (packets in both directions count against it), read and written on every
+//! packet, so the framework caches it while the upstream split gives the host to one
+//! instance and keeps it in the store otherwise.
 
-use crate::nf::{object, Cell, Ctx, Event, NetworkFunction, NfError, PartitionKey, Verdict};
-use crate::nf::{Access, ObjectSpec, Scope};
+use crate::nf::{
+    client_is_src, object, Cell, Ctx, Event, NetworkFunction, NfError, PartitionKey, Verdict,
+};
+use crate::nf::{Access, ObjectDecl, Scope};
 use crate::packet::Packet;
 use crate::util::{cfg_u64, check_keys};
 use bytes::Bytes;
@@ -49,13 +52,14 @@ impl NetworkFunction for RateLimit {
         "ratelimit"
     }
 
-    fn objects(&self) -> Vec<ObjectSpec> {
+    fn objects(&self) -> Vec<ObjectDecl> {
         vec![object(
             BUCKET.id,
             "ratelimit:bucket",
             Scope::CrossFlow,
             Access::ReadWriteOften,
             KeyKind::Host,
+            Some(PartitionKey::Client),
         )]
     }
 
@@ -64,7 +68,11 @@ impl NetworkFunction for RateLimit {
     }
 
     fn process(&mut self, pkt: &mut Packet<'_>, ctx: &mut Ctx<'_>) -> Result<Verdict, NfError> {
-        let host = pkt.hdr.src;
+        // The connection's client host: its packets in both directions count.
+        let host = match pkt.five_tuple() {
+            Some(t) if !client_is_src(&t) => t.dst,
+            _ => pkt.hdr.src,
+        };
         let now = pkt.ts_ns;
         let full = self.burst * MICRO;
         let (tokens, last, limited) = match BUCKET.get(ctx, &host)? {

@@ -17,7 +17,7 @@
 use crate::nf::{
     client_is_src, object, Cell, Ctx, Event, NetworkFunction, NfError, PartitionKey, Verdict,
 };
-use crate::nf::{Access, ObjectSpec, Scope};
+use crate::nf::{Access, ObjectDecl, Scope};
 use crate::packet::{tcp_flags, Packet, PROTO_TCP};
 use crate::util::{cfg_ports, cfg_strings, check_keys};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -167,7 +167,7 @@ impl NetworkFunction for Trojan {
         "trojan"
     }
 
-    fn objects(&self) -> Vec<ObjectSpec> {
+    fn objects(&self) -> Vec<ObjectDecl> {
         vec![
             object(
                 STAGES.id,
@@ -175,6 +175,7 @@ impl NetworkFunction for Trojan {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::Host,
+                Some(PartitionKey::Client),
             ),
             object(
                 ALERTED.id,
@@ -182,6 +183,7 @@ impl NetworkFunction for Trojan {
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::Host,
+                Some(PartitionKey::Client),
             ),
         ]
     }

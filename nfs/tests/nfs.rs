@@ -16,7 +16,8 @@ impl Harness {
     fn new(kind: &str, cfg: &str) -> Harness {
         let table: toml::Table = toml::from_str(cfg).unwrap();
         let mut nf = nfs::build(kind, &table).unwrap();
-        let mut state = StateClient::local(1, 0, &nf.objects(), CustomOps::builtin());
+        let mut state =
+            StateClient::local(1, 0, &nfs::nf::specs(&nf.objects()), CustomOps::builtin());
         let mut events = Vec::new();
         {
             let mut ctx = Ctx::new(0, 1, 0, false, &mut state, &mut events);

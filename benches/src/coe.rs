@@ -1,0 +1,453 @@
+//! `chc-bench coe`: chain output equivalence.
+//!
+//! Runs the ideal chain (one instance per vertex, nothing slowed, nothing failing) and the
+//! chain under a scenario on the same trace, then compares them by these rules:
+//!
+//! 1. **Output packets, as a multiset**, after canonicalising the choices that may
+//!    legitimately differ: the NAT's public port and the load balancer's backend. Each run's
+//!    own events say which connection got which public endpoint and backend; every output
+//!    packet is rewritten back to the connection's original endpoints and its checksums are
+//!    zeroed. What remains (every other byte, the wire length and the timestamp) must match
+//!    one for one, with the same multiplicity.
+//! 2. **Each connection mapped consistently**: in the run, a connection never has two NAT
+//!    mappings (or two backend choices) alive at once, and no two live connections share a
+//!    public endpoint.
+//! 3. **The same alerts and blocked hosts**: the sets of (event, detector, host) for `alert`
+//!    and `block` events are equal.
+//!
+//! Scenarios: `parallel` (2-4 instances per vertex, chosen by the seed) and `delay` (random
+//! per-packet delays of 50-100 us at vertices chosen by the seed, as in the paper's R4
+//! experiment). `--keep DIR` leaves ideal.pcap, ideal-events.jsonl, run.pcap and
+//! run-events.jsonl there.
+
+use crate::results::{Better, Results, Row};
+use crate::synth::Rng;
+use anyhow::{bail, Context, Result};
+use chc_dataplane::{pcapio, run, Chain, Delay, RunOptions, Summary};
+use nfs::packet::{FiveTuple, Packet};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CoeArgs {
+    /// Chain configuration; default: the paper's chain.
+    #[arg(long)]
+    pub chain: Option<PathBuf>,
+    /// Input trace (pcap).
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// parallel | delay
+    #[arg(long)]
+    pub scenario: String,
+    /// Seed for the scenario's random choices (replays a run exactly).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the results (shared format, with every difference listed) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep ideal.pcap, ideal-events.jsonl, run.pcap and run-events.jsonl in this directory.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}
+
+/// The outcome of a comparison.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub equivalent: bool,
+    pub ideal_packets: usize,
+    pub run_packets: usize,
+    pub matched: usize,
+    pub missing_in_run: usize,
+    pub extra_in_run: usize,
+    pub inconsistent_mappings: usize,
+    pub ideal_alerts: Vec<String>,
+    pub run_alerts: Vec<String>,
+    /// Every difference, described.
+    pub differences: Vec<String>,
+}
+
+/// (proto, address, port, address, port): a connection seen from one of its endpoints.
+type ConnKey = (u8, IpAddr, u16, IpAddr, u16);
+
+/// Maps rewritten endpoints back to the originals, from one run's events.
+#[derive(Default)]
+struct Canon {
+    /// (proto, public ip, public port, server ip, server port) -> client endpoint.
+    nat: HashMap<ConnKey, (IpAddr, u16)>,
+    /// (proto, client ip, client port, backend ip, server port) -> server ip.
+    lb: HashMap<ConnKey, IpAddr>,
+    alerts: BTreeSet<String>,
+    inconsistent: Vec<String>,
+}
+
+fn endpoint(s: &str) -> Option<(IpAddr, u16)> {
+    s.parse::<SocketAddr>().ok().map(|a| (a.ip(), a.port()))
+}
+
+fn tuple(v: &serde_json::Value) -> Option<FiveTuple> {
+    Some(FiveTuple {
+        proto: v["proto"].as_u64()? as u8,
+        src: v["src"].as_str()?.parse().ok()?,
+        dst: v["dst"].as_str()?.parse().ok()?,
+        sport: v["sport"].as_u64()? as u16,
+        dport: v["dport"].as_u64()? as u16,
+    })
+}
+
+fn load_events(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut v: Vec<serde_json::Value> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))
+        })
+        .collect::<Result<_>>()?;
+    v.sort_by_key(|e| e["clock"].as_u64().unwrap_or(0));
+    Ok(v)
+}
+
+impl Canon {
+    fn from_events(evs: &[serde_json::Value]) -> Canon {
+        let mut c = Canon::default();
+        // Live mappings per connection and per public endpoint, for the consistency rule.
+        let mut live_conn: HashMap<(String, FiveTuple), ()> = HashMap::new();
+        let mut live_public: HashMap<(String, String), FiveTuple> = HashMap::new();
+        for e in evs {
+            let vertex = e["vertex"].as_str().unwrap_or("").to_string();
+            match e["event"].as_str().unwrap_or("") {
+                "mapping_created" => {
+                    let (Some(t), Some(p)) =
+                        (tuple(&e["tuple"]), e["public"].as_str().and_then(endpoint))
+                    else {
+                        continue;
+                    };
+                    c.nat
+                        .insert((t.proto, p.0, p.1, t.dst, t.dport), (t.src, t.sport));
+                    let key = t.canonical();
+                    if live_conn.insert((vertex.clone(), key), ()).is_some() {
+                        c.inconsistent.push(format!(
+                            "{vertex}: a second mapping for live connection {t}"
+                        ));
+                    }
+                    let pk = (
+                        vertex.clone(),
+                        e["public"].as_str().unwrap_or("").to_string(),
+                    );
+                    if let Some(other) = live_public.insert(pk, t) {
+                        c.inconsistent.push(format!(
+                            "{vertex}: public endpoint {} given to {t} while {other} still holds it",
+                            e["public"]
+                        ));
+                    }
+                }
+                "mapping_removed" => {
+                    if let Some(t) = tuple(&e["flow"]) {
+                        live_conn.remove(&(vertex.clone(), t.canonical()));
+                    }
+                    live_public.remove(&(vertex, e["public"].as_str().unwrap_or("").to_string()));
+                }
+                "backend_chosen" => {
+                    let (Some(t), Some(server), Some(client), Some(backend)) = (
+                        tuple(&e["tuple"]),
+                        e["server"].as_str().and_then(endpoint),
+                        e["client"].as_str().and_then(endpoint),
+                        e["backend"].as_str().and_then(|s| s.parse::<IpAddr>().ok()),
+                    ) else {
+                        continue;
+                    };
+                    c.lb.insert((t.proto, client.0, client.1, backend, server.1), server.0);
+                }
+                "alert" | "block" => {
+                    c.alerts.insert(format!(
+                        "{} by {} on {}",
+                        e["event"].as_str().unwrap_or(""),
+                        e["detector"].as_str().unwrap_or("?"),
+                        e["host"].as_str().unwrap_or("?")
+                    ));
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// The packet with rewritten endpoints restored and checksums zeroed.
+    fn canonical(&self, rec: &pcapio::Record) -> Vec<u8> {
+        let mut d = rec.data.clone();
+        let n = d.len();
+        let mut p = Packet::parse(&mut d, n, 0);
+        if let Some(t) = p.five_tuple() {
+            // Undo the LB (it ran last), then the NAT.
+            if let Some(s) = self.lb.get(&(t.proto, t.src, t.sport, t.dst, t.dport)) {
+                p.set_dst(*s);
+            } else if let Some(s) = self.lb.get(&(t.proto, t.dst, t.dport, t.src, t.sport)) {
+                p.set_src(*s);
+            }
+            let t = p.five_tuple().expect("still parses");
+            if let Some((ip, port)) = self.nat.get(&(t.proto, t.src, t.sport, t.dst, t.dport)) {
+                p.set_src(*ip);
+                p.set_sport(*port);
+            } else if let Some((ip, port)) =
+                self.nat.get(&(t.proto, t.dst, t.dport, t.src, t.sport))
+            {
+                p.set_dst(*ip);
+                p.set_dport(*port);
+            }
+        }
+        let h = p.hdr;
+        zero_checksums(&mut d, &h);
+        d
+    }
+}
+
+fn zero_checksums(d: &mut [u8], h: &nfs::packet::Headers) {
+    use nfs::packet::{Shape, L4};
+    if !matches!(h.shape, Shape::Ip | Shape::Fragment) {
+        return;
+    }
+    if !h.ipv6 && d.len() >= h.l3 + 12 {
+        d[h.l3 + 10] = 0;
+        d[h.l3 + 11] = 0;
+    }
+    let off = match h.l4 {
+        Some(L4::Tcp { .. }) => Some(h.l4_off + 16),
+        Some(L4::Udp { .. }) => Some(h.l4_off + 6),
+        Some(L4::Icmp { .. }) => Some(h.l4_off + 2),
+        _ => None,
+    };
+    if let Some(o) = off {
+        if o + 2 <= d.len() {
+            d[o] = 0;
+            d[o + 1] = 0;
+        }
+    }
+}
+
+fn describe(rec: &pcapio::Record) -> String {
+    let mut d = rec.data.clone();
+    let n = d.len();
+    let p = Packet::parse(&mut d, n, 0);
+    let what = match p.five_tuple() {
+        Some(t) => t.to_string(),
+        None => format!("{:?} frame", p.hdr.shape),
+    };
+    format!(
+        "t={}.{:09} {} ({} bytes)",
+        rec.ts_ns / 1_000_000_000,
+        rec.ts_ns % 1_000_000_000,
+        what,
+        rec.wire_len
+    )
+}
+
+/// Compares a run against the ideal one (file paths as `--keep` leaves them).
+pub fn compare(
+    ideal_pcap: &Path,
+    ideal_ev: &Path,
+    run_pcap: &Path,
+    run_ev: &Path,
+) -> Result<Report> {
+    let ci = Canon::from_events(&load_events(ideal_ev)?);
+    let cr = Canon::from_events(&load_events(run_ev)?);
+    let ip = pcapio::read_all(ideal_pcap)?;
+    let rp = pcapio::read_all(run_pcap)?;
+    let mut counts: BTreeMap<(Vec<u8>, u32, u64), (i64, usize)> = BTreeMap::new();
+    for (i, r) in ip.iter().enumerate() {
+        counts
+            .entry((ci.canonical(r), r.wire_len, r.ts_ns))
+            .or_insert((0, i))
+            .0 += 1;
+    }
+    let mut extra = Vec::new();
+    for r in &rp {
+        match counts.get_mut(&(cr.canonical(r), r.wire_len, r.ts_ns)) {
+            Some(c) => c.0 -= 1,
+            None => extra.push(r),
+        }
+    }
+    let mut rep = Report {
+        ideal_packets: ip.len(),
+        run_packets: rp.len(),
+        ideal_alerts: ci.alerts.iter().cloned().collect(),
+        run_alerts: cr.alerts.iter().cloned().collect(),
+        inconsistent_mappings: cr.inconsistent.len(),
+        ..Default::default()
+    };
+    for (_, (c, i)) in counts {
+        if c > 0 {
+            rep.missing_in_run += c as usize;
+            rep.differences
+                .push(format!("missing in run ({c}x): {}", describe(&ip[i])));
+        } else if c < 0 {
+            rep.extra_in_run += (-c) as usize;
+            rep.differences.push(format!(
+                "duplicated in run ({}x extra): {}",
+                -c,
+                describe(&ip[i])
+            ));
+        }
+    }
+    for r in extra {
+        rep.extra_in_run += 1;
+        rep.differences
+            .push(format!("not in ideal: {}", describe(r)));
+    }
+    rep.matched = rp.len() - rep.extra_in_run.min(rp.len());
+    for a in ci.alerts.symmetric_difference(&cr.alerts) {
+        let side = if ci.alerts.contains(a) {
+            "ideal only"
+        } else {
+            "run only"
+        };
+        rep.differences.push(format!("{a}: {side}"));
+    }
+    rep.differences.extend(cr.inconsistent.iter().cloned());
+    rep.equivalent = rep.differences.is_empty();
+    Ok(rep)
+}
+
+/// The chain the scenario runs, and its per-vertex delays.
+pub fn scenario(chain: &Chain, name: &str, seed: u64) -> Result<(Chain, HashMap<String, Delay>)> {
+    let mut c = chain.clone();
+    let mut rng = Rng::new(seed);
+    let mut delays = HashMap::new();
+    match name {
+        "parallel" => {
+            for v in chain.vertices.iter() {
+                c.set_parallelism(&v.name, 2 + rng.below(3) as u16)?;
+            }
+        }
+        "delay" => {
+            let names: Vec<String> = chain.vertices.iter().map(|v| v.name.clone()).collect();
+            let mut picked = false;
+            for n in &names {
+                if rng.below(2) == 0 {
+                    delays.insert(
+                        n.clone(),
+                        Delay {
+                            min_us: 50,
+                            max_us: 100,
+                        },
+                    );
+                    picked = true;
+                }
+            }
+            if !picked {
+                let n = &names[rng.below(names.len() as u64) as usize];
+                delays.insert(
+                    n.clone(),
+                    Delay {
+                        min_us: 50,
+                        max_us: 100,
+                    },
+                );
+            }
+        }
+        other => bail!("unknown scenario {other:?} (available: parallel, delay)"),
+    }
+    Ok((c, delays))
+}
+
+/// One run; returns its summary.
+pub fn run_chain(
+    chain: Chain,
+    delays: HashMap<String, Delay>,
+    trace: &Path,
+    pcap: &Path,
+    ev: &Path,
+    seed: u64,
+) -> Result<Summary> {
+    run(&RunOptions {
+        chain,
+        input: trace.to_path_buf(),
+        output: pcap.to_path_buf(),
+        events: Some(ev.to_path_buf()),
+        delays,
+        seed,
+        progress: false,
+    })
+    .with_context(|| format!("running the chain over {}", trace.display()))
+}
+
+/// The whole experiment; returns the report (and writes what was asked).
+pub fn coe(a: &CoeArgs) -> Result<Report> {
+    let chain = match &a.chain {
+        Some(p) => Chain::load(p)?,
+        None => Chain::paper(),
+    };
+    let tmp;
+    let dir = match &a.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempdir()?;
+            tmp.clone()
+        }
+    };
+    let (scen, delays) = scenario(&chain, &a.scenario, a.seed)?;
+    let mut ideal = chain.clone();
+    for v in chain.vertices.iter() {
+        ideal.set_parallelism(&v.name, 1)?;
+    }
+    let (ip, ie, rp, re) = (
+        dir.join("ideal.pcap"),
+        dir.join("ideal-events.jsonl"),
+        dir.join("run.pcap"),
+        dir.join("run-events.jsonl"),
+    );
+    run_chain(ideal, HashMap::new(), &a.trace, &ip, &ie, a.seed)?;
+    run_chain(scen, delays, &a.trace, &rp, &re, a.seed)?;
+    let rep = compare(&ip, &ie, &rp, &re)?;
+    if a.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if let Some(j) = &a.json {
+        write_json(j, a, &rep)?;
+    }
+    Ok(rep)
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "chc-coe-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn write_json(path: &Path, a: &CoeArgs, rep: &Report) -> Result<()> {
+    let mut r = Results::new("coe", 1);
+    r.rows.push(Row::from_samples(
+        format!(
+            "output packets matching the ideal chain ({}, {})",
+            a.scenario,
+            a.trace.display()
+        ),
+        "packets",
+        &[rep.matched as f64],
+        &[rep.ideal_packets as f64],
+        "ideal chain (same run)",
+        Better::Higher,
+        1.0,
+    ));
+    let mut v = serde_json::to_value(&r)?;
+    v["equivalent"] = rep.equivalent.into();
+    v["scenario"] = a.scenario.clone().into();
+    v["trace"] = a.trace.display().to_string().into();
+    v["seed"] = a.seed.into();
+    v["report"] = serde_json::to_value(rep)?;
+    std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Chain output equivalence on every shared trace, and the Trojan detector on composed
+//! attack sequences (the paper's R4 experiment in miniature).
+
+use chc_bench::coe::{coe, CoeArgs};
+use chc_bench::synth::{compose, ComposeArgs};
+use std::path::{Path, PathBuf};
+
+fn traces_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces")
+}
+
+fn traces() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(traces_dir())
+        .expect("the shared traces are next to the repository")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 11);
+    v
+}
+
+fn check(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
+    let r = coe(&CoeArgs {
+        chain: None,
+        trace: trace.to_path_buf(),
+        scenario: scenario.into(),
+        seed,
+        json: None,
+        keep: None,
+    })
+    .unwrap_or_else(|e| panic!("{} {scenario}: {e:#}", trace.display()));
+    assert!(
+        r.equivalent,
+        "{} under {scenario} (seed {seed}) is not equivalent: {:#?}",
+        trace.display(),
+        r.differences.iter().take(10).collect::<Vec<_>>()
+    );
+    assert_eq!(r.matched, r.ideal_packets);
+    r
+}
+
+#[test]
+fn parallel_is_equivalent_on_every_trace() {
+    for (i, t) in traces().iter().enumerate() {
+        check(t, "parallel", i as u64 + 1);
+    }
+}
+
+#[test]
+fn delay_is_equivalent_on_every_trace() {
+    for (i, t) in traces().iter().enumerate() {
+        check(t, "delay", i as u64 + 11);
+    }
+}
+
+fn composed(parts: &[&str], dir: &Path, name: &str) -> PathBuf {
+    let s = traces_dir();
+    let out = dir.join(name);
+    compose(&ComposeArgs {
+        out: out.clone(),
+        host: "10.0.0.50".parse().unwrap(),
+        parts: parts
+            .iter()
+            .map(|p| match p.strip_prefix("ftp:") {
+                Some(_) => p.to_string(),
+                None => s.join(p).display().to_string(),
+            })
+            .collect(),
+        gap_s: 1.0,
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn trojan_alerts_on_the_full_sequence_under_delay_and_only_then() {
+    let d = tempfile::tempdir().unwrap();
+    let full = composed(
+        &["ssh-guess.pcap", "ftp:html,zip,exe", "irc-basic.pcap"],
+        d.path(),
+        "full.pcap",
+    );
+    for seed in [1, 2, 3] {
+        let r = check(&full, "delay", seed);
+        assert!(
+            r.run_alerts
+                .iter()
+                .any(|a| a.starts_with("alert by trojan")),
+            "the Trojan sequence is found with slowed NFs: {:?}",
+            r.run_alerts
+        );
+    }
+    for (name, parts) in [
+        ("no-ssh.pcap", vec!["ftp:html,zip,exe", "irc-basic.pcap"]),
+        (
+            "no-zip.pcap",
+            vec!["ssh-guess.pcap", "ftp:html,exe", "irc-basic.pcap"],
+        ),
+        (
+            "ssh-late.pcap",
+            vec!["ftp:html,zip,exe", "ssh-guess.pcap", "irc-basic.pcap"],
+        ),
+        (
+            "irc-first.pcap",
+            vec!["irc-basic.pcap", "ssh-guess.pcap", "ftp:html,zip,exe"],
+        ),
+    ] {
+        let t = composed(&parts, d.path(), name);
+        let r = check(&t, "delay", 7);
+        assert!(
+            !r.run_alerts.iter().any(|a| a.contains("trojan")),
+            "{name}: a partial or misordered sequence must not alert: {:?}",
+            r.run_alerts
+        );
+    }
+}
+
+/// The checker itself must notice loss, duplication, rewriting and missing alerts.
+#[test]
+fn the_checker_catches_differences() {
+    use chc_bench::coe::{compare, run_chain};
+    use chc_dataplane::{pcapio, Chain};
+    let d = tempfile::tempdir().unwrap();
+    let t = traces_dir().join("scan-nmap-vsn.pcap");
+    let (ip, ie) = (d.path().join("i.pcap"), d.path().join("i.jsonl"));
+    run_chain(Chain::paper(), Default::default(), &t, &ip, &ie, 1).unwrap();
+    assert!(compare(&ip, &ie, &ip, &ie).unwrap().equivalent);
+    let recs = pcapio::read_all(&ip).unwrap();
+    let write = |name: &str, recs: &[pcapio::Record]| {
+        let p = d.path().join(name);
+        let mut w = pcapio::Writer::create(&p, 65535).unwrap();
+        for r in recs {
+            w.write(r.ts_ns, r.wire_len, &r.data).unwrap();
+        }
+        w.finish().unwrap();
+        p
+    };
+    // One packet lost.
+    let lost = write("lost.pcap", &recs[1..]);
+    let r = compare(&ip, &ie, &lost, &ie).unwrap();
+    assert!(!r.equivalent && r.missing_in_run == 1);
+    // One packet duplicated.
+    let mut dup = recs.clone();
+    dup.push(recs[5].clone());
+    let r = compare(&ip, &ie, &write("dup.pcap", &dup), &ie).unwrap();
+    assert!(!r.equivalent && r.extra_in_run == 1);
+    // A TCP packet's payload byte changed (the last byte of an IP packet).
+    let mut changed = recs.clone();
+    let i = changed
+        .iter()
+        .position(|r| r.data.len() > 70 && r.data[12] == 8)
+        .unwrap();
+    let n = changed[i].data.len();
+    changed[i].data[n - 1] ^= 0xff;
+    let r = compare(&ip, &ie, &write("changed.pcap", &changed), &ie).unwrap();
+    assert!(!r.equivalent);
+    // The block event missing.
+    let ev = std::fs::read_to_string(&ie).unwrap();
+    let no_block: String = ev
+        .lines()
+        .filter(|l| !l.contains("\"block\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ne = d.path().join("noblock.jsonl");
+    std::fs::write(&ne, no_block).unwrap();
+    let r = compare(&ip, &ie, &ip, &ne).unwrap();
+    assert!(
+        !r.equivalent
+            && r.differences
+                .iter()
+                .any(|x| x.contains("block by portscan"))
+    );
+}
