@@ -4,6 +4,7 @@
 //! the same process; the `chc-dataplane` binary wraps it.
 
 pub mod config;
+pub mod instance;
 pub mod pcapio;
 pub mod runtime;
 pub mod split;

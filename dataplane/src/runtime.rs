@@ -12,19 +12,20 @@
 //! without an L4 header go through the chain and each NF decides (`NetworkFunction::fragment`).
 
 use crate::config::Chain;
+use crate::instance::{NfCounters, NfInstance};
 use crate::pcapio::{self, PcapError};
 use crate::split::{bucket, key_hash, Allocation};
 use crate::summary::{Summary, VertexSummary};
 use chc_proto::meta::ChcMeta;
 use chc_root::{Root, RootConfig, FULL};
-use chc_store::client::cache::{Mode, StateClient};
+use chc_store::client::cache::Mode;
 use chc_store::client::{ops, ObjKey};
 use chc_store::server::{Store, StoreConfig};
-use chc_store::{CustomOps, Value};
+use chc_store::Value;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
-use nfs::nf::{tuple_json, Ctx, Event, NetworkFunction, Verdict};
+use nfs::nf::{tuple_json, Event, Verdict};
 use nfs::packet::{Packet, Shape};
 use nfs::PartitionKey;
 use std::collections::HashMap;
@@ -165,23 +166,14 @@ impl Downstream {
 struct InstanceStats {
     vertex: usize,
     instance: u16,
-    pkts_in: u64,
-    pkts_out: u64,
-    dropped: u64,
-    fragments: u64,
-    errors: u64,
-    first_error: Option<String>,
+    counters: NfCounters,
     hist: Histogram<u64>,
     state_ops: u64,
     remote_calls: u64,
 }
 
 struct Instance {
-    vid: u16,
-    idx: u16,
-    name: String,
-    nf: Box<dyn NetworkFunction>,
-    state: StateClient,
+    inst: NfInstance,
     rx: Receiver<ToInstance>,
     next: Option<Downstream>,
     taps: Vec<Downstream>,
@@ -190,7 +182,6 @@ struct Instance {
     root_tx: Sender<Vec<(u64, u64, u32)>>,
     out_tx: Sender<ToOutput>,
     pool: Pool,
-    events: Vec<Event>,
     delay: Option<Delay>,
     rng: u64,
     senders: usize,
@@ -210,9 +201,7 @@ impl Instance {
                     for pkt in batch {
                         self.process(pkt, &mut deletes, &mut out, &mut lines);
                     }
-                    if let Err(e) = self.state.flush() {
-                        self.note_error(e.to_string());
-                    }
+                    self.inst.flush();
                     // Deletes go to the root before the outputs they cover leave.
                     if !deletes.is_empty() {
                         let _ = self.root_tx.send(std::mem::take(&mut deletes));
@@ -239,26 +228,17 @@ impl Instance {
                 }
             }
         }
-        if let Err(e) = self.state.sync() {
-            self.note_error(e.to_string());
-        }
+        self.inst.sync();
         for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
             d.flush(true);
             for tx in &d.txs {
                 let _ = tx.send(ToInstance::Eof);
             }
         }
-        self.stats.state_ops = self.state.stats.ops;
-        self.stats.remote_calls = self.state.stats.remote_calls;
+        self.stats.counters = self.inst.counters.clone();
+        self.stats.state_ops = self.inst.state.stats.ops;
+        self.stats.remote_calls = self.inst.state.stats.remote_calls;
         self.stats
-    }
-
-    fn note_error(&mut self, e: String) {
-        self.stats.errors += 1;
-        if self.stats.first_error.is_none() {
-            eprintln!("chc-dataplane: {} instance {}: {e}", self.name, self.idx);
-            self.stats.first_error = Some(e);
-        }
     }
 
     fn process(
@@ -268,50 +248,20 @@ impl Instance {
         out: &mut Vec<Pkt>,
         lines: &mut Vec<String>,
     ) {
-        self.stats.pkts_in += 1;
         if let Some(d) = self.delay {
             self.sleep_random(d);
         }
-        let clock = pkt.meta.clock;
-        let replay = pkt.meta.flags.has(chc_proto::meta::MetaFlags::REPLAY);
-        self.state.begin_packet(clock, replay);
-        let n = pkt.data.len();
-        let verdict = {
-            let mut p = Packet::parse(&mut pkt.data, (pkt.wire_len as usize).max(n), pkt.ts_ns);
-            let mut ctx = Ctx::new(
-                clock,
-                self.vid,
-                self.idx,
-                replay,
-                &mut self.state,
-                &mut self.events,
-            );
-            let r = match p.hdr.shape {
-                Shape::Fragment => {
-                    self.stats.fragments += 1;
-                    self.nf.fragment(&mut p, &mut ctx)
-                }
-                _ => self.nf.process(&mut p, &mut ctx),
-            };
-            match r {
-                Ok(v) => v,
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.note_error(msg);
-                    Verdict::Drop
-                }
-            }
-        };
-        pkt.meta.vector ^= self.state.end_packet();
-        for e in self.events.drain(..) {
-            lines.push(event_line(clock, &self.name, self.idx, &e));
-        }
+        let verdict = self.inst.process(
+            &mut pkt.data,
+            pkt.wire_len as usize,
+            pkt.ts_ns,
+            &mut pkt.meta,
+            lines,
+        );
         if verdict == Verdict::Drop {
-            self.stats.dropped += 1;
             self.retire(pkt, deletes);
             return;
         }
-        self.stats.pkts_out += 1;
         // Copies for off-path taps: each takes half of the remaining weight, no vector (the
         // main copy carries the vector so far, and the XOR of all terminals adds up).
         for i in 0..self.taps.len() {
@@ -435,43 +385,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut instances = Vec::new();
     for (vi, v) in chain.vertices.iter().enumerate() {
         for i in 0..v.parallelism {
-            let nf = nfs::build(&v.nf, &v.config)
-                .map_err(|e| RunError::Nf(format!("{}: {e}", v.name)))?;
-            let decls = nf.objects();
-            let objects = nfs::nf::specs(&decls);
-            let mut state = match v.mode {
-                Mode::Traditional => StateClient::local(v.id, i, &objects, CustomOps::builtin()),
-                mode => StateClient::external(
-                    v.id,
-                    i,
-                    mode,
-                    &objects,
-                    CustomOps::builtin(),
-                    store.client(store.next_client_id()),
-                )
-                .map_err(|e| RunError::Store(e.to_string()))?,
-            };
-            // Cross-flow objects are cached only where the split gives them to one instance.
-            for d in &decls {
-                let excl = nfs::nf::exclusive(d.keyed_by, v.partition, v.parallelism);
-                state
-                    .set_exclusive(d.spec.id, excl)
-                    .map_err(|e| RunError::Store(e.to_string()))?;
-            }
-            let mut nf = nf;
-            if v.mode == Mode::Traditional || i == 0 {
-                let mut evs = Vec::new();
-                let mut ctx = Ctx::new(0, v.id, i, false, &mut state, &mut evs);
-                nf.init(&mut ctx, v.parallelism)
-                    .map_err(|e| RunError::Nf(format!("{}: init: {e}", v.name)))?;
-                state.sync().map_err(|e| RunError::Store(e.to_string()))?;
-            }
+            let inst = NfInstance::new(v, i, &store).map_err(RunError::Nf)?;
             instances.push(Instance {
-                vid: v.id,
-                idx: i,
-                name: v.name.clone(),
-                nf,
-                state,
+                inst,
                 rx: rxs[vi][i as usize]
                     .take()
                     .expect("one receiver per instance"),
@@ -482,7 +398,6 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 root_tx: root_tx.clone(),
                 out_tx: out_tx.clone(),
                 pool: pool.clone(),
-                events: Vec::new(),
                 delay: opts.delays.get(&v.name).copied(),
                 rng: opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ (u64::from(v.id) << 20 | u64::from(i))
@@ -492,12 +407,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 stats: InstanceStats {
                     vertex: vi,
                     instance: i,
-                    pkts_in: 0,
-                    pkts_out: 0,
-                    dropped: 0,
-                    fragments: 0,
-                    errors: 0,
-                    first_error: None,
+                    counters: NfCounters::default(),
                     hist: histogram(),
                     state_ops: 0,
                     remote_calls: 0,
@@ -558,9 +468,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
 
     let mut handles = Vec::new();
     for inst in instances {
-        let name = format!("{}-{}", inst.name, inst.idx);
+        let name = format!("{}-{}", inst.inst.name, inst.inst.idx);
         handles.push((
-            inst.name.clone(),
+            inst.inst.name.clone(),
             std::thread::Builder::new()
                 .name(name)
                 .spawn(move || inst.run())
@@ -801,14 +711,15 @@ fn summarize(
         .collect();
     for s in inst {
         let v = &mut vertices[s.vertex];
-        v.packets_in += s.pkts_in;
-        v.packets_out += s.pkts_out;
-        v.dropped += s.dropped;
-        v.fragments += s.fragments;
-        v.errors += s.errors;
+        let c = &s.counters;
+        v.packets_in += c.pkts_in;
+        v.packets_out += c.pkts_out;
+        v.dropped += c.dropped;
+        v.fragments += c.fragments;
+        v.errors += c.errors;
         v.state_ops += s.state_ops;
         v.remote_calls += s.remote_calls;
-        v.per_instance_in[s.instance as usize] = s.pkts_in;
+        v.per_instance_in[s.instance as usize] = c.pkts_in;
         let _ = hist.add(&s.hist);
     }
     Summary {

@@ -1,0 +1,156 @@
+//! One NF instance as the runtimes drive it: the NF, its state client, and the per-packet
+//! step (clock in, verdict and update vector out, events logged). The threaded runtime and
+//! the DPDK run-to-completion lcores both use it.
+
+use crate::config::Vertex;
+use crate::runtime::event_line;
+use chc_proto::meta::{ChcMeta, MetaFlags};
+use chc_store::client::cache::{Mode, StateClient};
+use chc_store::server::Store;
+use chc_store::CustomOps;
+use nfs::nf::{Ctx, Event, NetworkFunction, Verdict};
+use nfs::packet::{Packet, Shape};
+
+/// Counters of one instance.
+#[derive(Debug, Default, Clone)]
+pub struct NfCounters {
+    pub pkts_in: u64,
+    pub pkts_out: u64,
+    pub dropped: u64,
+    pub fragments: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+pub struct NfInstance {
+    pub vid: u16,
+    pub idx: u16,
+    pub name: String,
+    nf: Box<dyn NetworkFunction>,
+    pub state: StateClient,
+    events: Vec<Event>,
+    pub counters: NfCounters,
+}
+
+impl NfInstance {
+    /// Builds instance `idx` of `v`: its NF, its state (in the store for external modes,
+    /// with cross-flow objects cached only where the split makes them exclusive), and runs
+    /// the NF's one-time state initialisation (instance 0 for shared state; every instance in
+    /// traditional mode).
+    pub fn new(v: &Vertex, idx: u16, store: &Store) -> Result<NfInstance, String> {
+        let mut nf = nfs::build(&v.nf, &v.config).map_err(|e| format!("{}: {e}", v.name))?;
+        let decls = nf.objects();
+        let objects = nfs::nf::specs(&decls);
+        let mut state = match v.mode {
+            Mode::Traditional => StateClient::local(v.id, idx, &objects, CustomOps::builtin()),
+            mode => StateClient::external(
+                v.id,
+                idx,
+                mode,
+                &objects,
+                CustomOps::builtin(),
+                store.client(store.next_client_id()),
+            )
+            .map_err(|e| format!("{}: store: {e}", v.name))?,
+        };
+        for d in &decls {
+            let excl = nfs::nf::exclusive(d.keyed_by, v.partition, v.parallelism);
+            state
+                .set_exclusive(d.spec.id, excl)
+                .map_err(|e| format!("{}: store: {e}", v.name))?;
+        }
+        if v.mode == Mode::Traditional || idx == 0 {
+            let mut evs = Vec::new();
+            let mut ctx = Ctx::new(0, v.id, idx, false, &mut state, &mut evs);
+            nf.init(&mut ctx, v.parallelism)
+                .map_err(|e| format!("{}: init: {e}", v.name))?;
+            state
+                .sync()
+                .map_err(|e| format!("{}: store: {e}", v.name))?;
+        }
+        Ok(NfInstance {
+            vid: v.id,
+            idx,
+            name: v.name.clone(),
+            nf,
+            state,
+            events: Vec::new(),
+            counters: NfCounters::default(),
+        })
+    }
+
+    fn note_error(&mut self, e: String) {
+        self.counters.errors += 1;
+        if self.counters.first_error.is_none() {
+            eprintln!("chc-dataplane: {} instance {}: {e}", self.name, self.idx);
+            self.counters.first_error = Some(e);
+        }
+    }
+
+    /// Processes one packet in place: XORs this instance's updates into `meta.vector`,
+    /// appends the events it produced to `lines` (one JSON object each), returns the verdict.
+    /// An NF error (such as an unreachable store) drops the packet and is counted.
+    pub fn process(
+        &mut self,
+        data: &mut [u8],
+        wire_len: usize,
+        ts_ns: u64,
+        meta: &mut ChcMeta,
+        lines: &mut Vec<String>,
+    ) -> Verdict {
+        self.counters.pkts_in += 1;
+        let clock = meta.clock;
+        let replay = meta.flags.has(MetaFlags::REPLAY);
+        self.state.begin_packet(clock, replay);
+        let n = data.len();
+        let verdict = {
+            let mut p = Packet::parse(data, wire_len.max(n), ts_ns);
+            let mut ctx = Ctx::new(
+                clock,
+                self.vid,
+                self.idx,
+                replay,
+                &mut self.state,
+                &mut self.events,
+            );
+            let r = match p.hdr.shape {
+                Shape::Fragment => {
+                    self.counters.fragments += 1;
+                    self.nf.fragment(&mut p, &mut ctx)
+                }
+                _ => self.nf.process(&mut p, &mut ctx),
+            };
+            match r {
+                Ok(v) => v,
+                Err(e) => {
+                    self.note_error(e.to_string());
+                    Verdict::Drop
+                }
+            }
+        };
+        meta.vector ^= self.state.end_packet();
+        for e in self.events.drain(..) {
+            lines.push(event_line(clock, &self.name, self.idx, &e));
+        }
+        if verdict == Verdict::Drop {
+            self.counters.dropped += 1;
+        } else {
+            self.counters.pkts_out += 1;
+        }
+        verdict
+    }
+
+    /// Sends queued state operations (once per burst).
+    pub fn flush(&mut self) {
+        if let Err(e) = self.state.flush() {
+            self.note_error(e.to_string());
+        }
+    }
+
+    /// Waits until the store has every operation (end of run, handovers).
+    pub fn sync(&mut self) {
+        if let Err(e) = self.state.sync() {
+            self.note_error(e.to_string());
+        }
+    }
+}
