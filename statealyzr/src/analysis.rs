@@ -863,8 +863,14 @@ fn field_labels(
         let mut bits = 0u128;
         for a in addrs {
             let objs = pt.op(a);
-            let raw = objs.iter().any(|o| facts.packet_objs.contains(o));
-            let copied = !raw && objs.iter().any(|&o| fwd.get(sdg.obj_node(o)));
+            // Reads that can only be of packet memory are named by any member or offset;
+            // reads that may also be of other memory (imprecise pointers, copies of packet
+            // data) only by well-known header members.
+            let raw = !objs.is_empty() && objs.iter().all(|o| facts.packet_objs.contains(o));
+            let copied = !raw
+                && objs
+                    .iter()
+                    .any(|&o| facts.packet_objs.contains(&o) || fwd.get(sdg.obj_node(o)));
             if !raw && !copied {
                 continue;
             }
@@ -884,7 +890,33 @@ fn field_labels(
             }
         }
     }
-    let (l1, l2) = sdg.propagate_values(&origins, allowed);
+    // The struct field each load and store accesses, when its address is one GEP with
+    // constant indices (`c->src`, `e->key.dst`).
+    let mut keys: HashMap<u32, (String, Vec<i64>)> = HashMap::new();
+    for (i, ins) in p.insts.iter().enumerate() {
+        let addr = match &ins.kind {
+            Kind::Load { addr } | Kind::Store { addr, .. } => addr,
+            _ => continue,
+        };
+        let Some(g) = addr.val().and_then(|v| p.inst_of_val(v)) else {
+            continue;
+        };
+        if let Kind::Gep { idx, src_type, .. } = &p.insts[g as usize].kind {
+            let consts: Option<Vec<i64>> = idx
+                .iter()
+                .map(|o| match o {
+                    Op::Int(k) => Some(*k),
+                    _ => None,
+                })
+                .collect();
+            if let Some(c) = consts {
+                if c.len() > 1 && c[0] == 0 {
+                    keys.insert(i as u32, (src_type.clone(), c[1..].to_vec()));
+                }
+            }
+        }
+    }
+    let (l1, l2) = sdg.propagate_values(&origins, allowed, &keys);
     FieldLabels { names, l1, l2 }
 }
 
@@ -983,15 +1015,7 @@ impl FlowIndex {
                     })
                     .filter(|(t, _)| allowed(*t))
                     .collect();
-                let operands = |c: &Op| -> Vec<ValId> {
-                    let Some(v) = c.val() else { return vec![] };
-                    match p.inst_of_val(v).map(|i| &p.insts[i as usize].kind) {
-                        Some(Kind::Cmp { a, b }) => {
-                            [a, b].into_iter().filter_map(Op::val).collect()
-                        }
-                        _ => vec![v],
-                    }
-                };
+                let operands = |c: &Op| -> Vec<ValId> { cond_operands(p, c, 4) };
                 let id = all_loops.len();
                 let mut ops_here: Vec<(ValId, Vec<ObjId>)> = Vec::new();
                 for (t, c) in &conds {
@@ -1057,5 +1081,26 @@ impl FlowIndex {
         t.sort_unstable();
         t.dedup();
         t
+    }
+}
+
+/// The compared values behind a branch condition, looking through the boolean phis and
+/// `and`/`or` that `&&`, `||` and `!` compile to.
+fn cond_operands(p: &Program, c: &Op, depth: u32) -> Vec<ValId> {
+    let Some(v) = c.val() else { return vec![] };
+    if depth == 0 {
+        return vec![v];
+    }
+    match p.inst_of_val(v).map(|i| &p.insts[i as usize].kind) {
+        Some(Kind::Cmp { a, b }) => [a, b].into_iter().filter_map(Op::val).collect(),
+        Some(Kind::Phi { incoming }) if p.narrow[v as usize] => incoming
+            .iter()
+            .flat_map(|(o, _)| cond_operands(p, o, depth - 1))
+            .collect(),
+        Some(Kind::Compute { ops }) if p.narrow[v as usize] && ops.len() <= 2 => ops
+            .iter()
+            .flat_map(|o| cond_operands(p, o, depth - 1))
+            .collect(),
+        _ => vec![v],
     }
 }

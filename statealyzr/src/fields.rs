@@ -68,6 +68,7 @@ pub fn field_of_address(
                 base,
                 idx,
                 elem_size,
+                ..
             } => {
                 if idx.len() >= 2 {
                     if let Some(m) = ins.name.as_deref().and_then(|n| member_of(p, n)) {

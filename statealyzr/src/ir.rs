@@ -70,6 +70,8 @@ pub enum Kind {
         base: Op,
         idx: Vec<Op>,
         elem_size: Option<u32>,
+        /// The source element type (see `type_key`).
+        src_type: String,
     },
     Phi {
         incoming: Vec<(Op, u32)>,
@@ -173,8 +175,91 @@ pub struct Global {
     pub name: String,
     pub defined: bool,
     pub init_refs: Vec<Ref>,
+    /// A `const` object: the program cannot legally write it, so a load of one of its fields
+    /// gives that field's initial value.
+    pub constant: bool,
+    /// Its value type, printed (`%struct.module`, `[2 x %struct.plugin]`), struct suffixes
+    /// added by the linker removed.
+    pub value_type: String,
+    /// The initialiser by aggregate element, for field-precise loads from constant objects.
+    pub init: Option<Init>,
     /// `DIGlobalVariable` ids describing it (several when common symbols were merged).
     pub di_vars: Vec<u32>,
+}
+
+/// A constant initialiser, element by element.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    Aggregate(Vec<Init>),
+    Leaf(Vec<Ref>),
+}
+
+impl Init {
+    /// The addresses the element at `path` may hold: constant indices select one element,
+    /// other indices any of them. `None` when the path does not fit the shape.
+    pub fn at(&self, path: &[Op]) -> Option<Vec<Ref>> {
+        match (self, path.split_first()) {
+            (Init::Leaf(r), None) => Some(r.clone()),
+            (Init::Leaf(r), Some(_)) => {
+                // Going into a scalar (or a zeroed aggregate kept as a leaf): nothing finer.
+                if r.is_empty() {
+                    Some(vec![])
+                } else {
+                    None
+                }
+            }
+            (Init::Aggregate(v), None) => {
+                let mut out = Vec::new();
+                for e in v {
+                    out.extend(e.at(&[])?);
+                }
+                Some(out)
+            }
+            (Init::Aggregate(v), Some((Op::Int(k), rest))) => {
+                v.get(usize::try_from(*k).ok()?)?.at(rest)
+            }
+            (Init::Aggregate(v), Some((_, rest))) => {
+                let mut out = Vec::new();
+                for e in v {
+                    out.extend(e.at(rest)?);
+                }
+                Some(out)
+            }
+        }
+    }
+}
+
+/// A type printed the way the module prints it, without the linker's `.N` suffixes on struct
+/// names (two units' `%struct.conn` and `%struct.conn.12` are the same C type).
+pub fn type_key(t: &llvm_ir::Type) -> String {
+    let s = format!("{t}");
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        out.push(b[i] as char);
+        // After a struct name, drop `.digits` when followed by a delimiter.
+        if b[i] == b'%' {
+            let mut j = i + 1;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.') {
+                j += 1;
+            }
+            let name = &s[i + 1..j];
+            let trimmed = match name.rfind('.') {
+                Some(d)
+                    if d + 1 < name.len() && name[d + 1..].bytes().all(|c| c.is_ascii_digit()) =>
+                {
+                    &name[..d]
+                }
+                _ => name,
+            };
+            out.push_str(trimmed);
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +274,9 @@ pub struct Program {
     pub globals: Vec<Global>,
     pub insts: Vec<Inst>,
     pub vals: Vec<ValDef>,
+    /// Per value: an integer narrower than a pointer (or a float): it cannot hold an address,
+    /// only a descriptor token.
+    pub narrow: Vec<bool>,
     pub files: Vec<PathBuf>,
     pub func_by_name: HashMap<String, FuncId>,
     pub global_by_name: HashMap<String, GlobalId>,
@@ -273,6 +361,7 @@ pub fn lower(m: &llvm_ir::Module, di: DebugInfo, diags: &mut Diags) -> Program {
         globals: Vec::new(),
         insts: Vec::new(),
         vals: Vec::new(),
+        narrow: Vec::new(),
         files: Vec::new(),
         func_by_name: HashMap::new(),
         global_by_name: HashMap::new(),
@@ -312,10 +401,17 @@ pub fn lower(m: &llvm_ir::Module, di: DebugInfo, diags: &mut Diags) -> Program {
         let id = p.globals.len() as GlobalId;
         p.global_by_name.insert(name.clone(), id);
         let di_vars = p.di.global_vars.get(&name).cloned().unwrap_or_default();
+        let value_type = match g.ty.as_ref() {
+            llvm_ir::Type::PointerType { pointee_type, .. } => type_key(pointee_type),
+            _ => String::new(),
+        };
         p.globals.push(Global {
             name,
             defined: g.initializer.is_some(),
             init_refs: Vec::new(),
+            constant: g.is_constant,
+            value_type,
+            init: None,
             di_vars,
         });
     }
@@ -353,10 +449,26 @@ pub fn lower(m: &llvm_ir::Module, di: DebugInfo, diags: &mut Diags) -> Program {
     for (g, r) in p.globals.iter_mut().zip(init_refs) {
         g.init_refs = r;
     }
+    let inits: Vec<Option<Init>> = {
+        let cx = Cx {
+            p: &p,
+            aliases: &aliases,
+        };
+        m.global_vars
+            .iter()
+            .map(|g| match &g.initializer {
+                Some(init) if g.is_constant => Some(cx.init_tree(init)),
+                _ => None,
+            })
+            .collect()
+    };
+    for (g, i) in p.globals.iter_mut().zip(inits) {
+        g.init = i;
+    }
 
     for f in &m.functions {
         let fid = p.func_by_name[&f.name];
-        lower_function(&mut p, &aliases, &mut file_ids, fid, f, diags);
+        lower_function(&mut p, &m.types, &aliases, &mut file_ids, fid, f, diags);
     }
     for (path, id) in file_ids {
         if p.files.len() <= id as usize {
@@ -442,6 +554,24 @@ impl Cx<'_> {
         }
     }
 
+    fn init_tree(&self, c: &Constant) -> Init {
+        match c {
+            Constant::Struct { values, .. } => {
+                Init::Aggregate(values.iter().map(|v| self.init_tree(v)).collect())
+            }
+            Constant::Array { elements, .. } => {
+                Init::Aggregate(elements.iter().map(|v| self.init_tree(v)).collect())
+            }
+            _ => {
+                let mut refs = Vec::new();
+                self.const_refs(c, &mut refs);
+                refs.sort();
+                refs.dedup();
+                Init::Leaf(refs)
+            }
+        }
+    }
+
     fn const_op(&self, c: &Constant) -> Op {
         match c {
             Constant::Int { bits, value } => {
@@ -471,8 +601,19 @@ impl Cx<'_> {
     }
 }
 
+/// Whether a value of this type cannot hold a pointer on a 64-bit target.
+fn is_narrow(t: &llvm_ir::Type) -> bool {
+    match t {
+        llvm_ir::Type::IntegerType { bits } => *bits < 64,
+        llvm_ir::Type::FPType(_) => true,
+        _ => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn lower_function(
     p: &mut Program,
+    types: &llvm_ir::types::Types,
     aliases: &HashMap<String, Vec<Ref>>,
     file_ids: &mut HashMap<PathBuf, u32>,
     fid: FuncId,
@@ -490,6 +631,7 @@ fn lower_function(
             func: fid,
             idx: i as u32,
         });
+        p.narrow.push(is_narrow(&prm.ty));
         names.insert(name_str(&prm.name), v);
         params.push(v);
     }
@@ -507,6 +649,7 @@ fn lower_function(
             if let Some(n) = ins.try_get_result() {
                 let v = p.vals.len() as ValId;
                 p.vals.push(ValDef::Inst(next));
+                p.narrow.push(is_narrow(&types.type_of(ins)));
                 names.insert(name_str(n), v);
             }
             next += 1;
@@ -514,6 +657,7 @@ fn lower_function(
         if let Some(n) = b.term.try_get_result() {
             let v = p.vals.len() as ValId;
             p.vals.push(ValDef::Inst(next));
+            p.narrow.push(false);
             names.insert(name_str(n), v);
         }
         next += 1;
@@ -657,6 +801,7 @@ fn lower_function(
                             llvm_ir::Type::IntegerType { bits } => Some(bits.div_ceil(8)),
                             _ => None,
                         },
+                        src_type: type_key(&x.source_element_type),
                     },
                     I::Trunc(x) => Kind::Compute {
                         ops: vec![op(&x.operand)],

@@ -58,6 +58,13 @@ pub struct Options {
     pub pure_fns: HashSet<String>,
 }
 
+/// A load of a constant field path from what `base` points to: precise for constant objects.
+struct FieldLoad {
+    path: Vec<Op>,
+    src_type: String,
+    dst: NodeId,
+}
+
 struct CallCons {
     site: InstId,
     args: Vec<Vec<NodeId>>,
@@ -92,7 +99,11 @@ struct Solver<'p> {
     loads: Vec<Vec<NodeId>>,
     stores: Vec<Vec<NodeId>>,
     calls: Vec<Vec<u32>>,
+    field_loads: Vec<Vec<u32>>,
+    fl: Vec<FieldLoad>,
     rep: Vec<NodeId>,
+    /// Nodes that only keep descriptor tokens (narrow integers and floats).
+    narrow: Vec<bool>,
     edges: HashSet<u64>,
     wl: VecDeque<NodeId>,
     in_wl: Vec<bool>,
@@ -199,6 +210,8 @@ impl<'p> Solver<'p> {
         self.loads.push(Vec::new());
         self.stores.push(Vec::new());
         self.calls.push(Vec::new());
+        self.field_loads.push(Vec::new());
+        self.narrow.push(false);
         self.rep.push(n);
         self.in_wl.push(false);
         n
@@ -276,6 +289,26 @@ impl<'p> Solver<'p> {
         }
     }
 
+    /// What a node may receive: everything, or only descriptor tokens for narrow values.
+    fn admit(&self, to: NodeId, set: &[u32]) -> Option<Vec<u32>> {
+        if !self.narrow[to as usize] {
+            return None;
+        }
+        Some(
+            set.iter()
+                .copied()
+                .filter(|&o| matches!(self.objs[o as usize].kind, ObjKind::Fd { .. }))
+                .collect(),
+        )
+    }
+
+    fn flow(&mut self, to: NodeId, set: &[u32]) -> bool {
+        match self.admit(to, set) {
+            Some(f) => union_into(&mut self.pts[to as usize], &f),
+            None => union_into(&mut self.pts[to as usize], set),
+        }
+    }
+
     fn add_edge(&mut self, a: NodeId, b: NodeId) {
         let a = self.find(a);
         let b = self.find(b);
@@ -289,7 +322,7 @@ impl<'p> Solver<'p> {
         self.edges_since_collapse += 1;
         if !self.pts[a as usize].is_empty() {
             let src = std::mem::take(&mut self.pts[a as usize]);
-            let grew = union_into(&mut self.pts[b as usize], &src);
+            let grew = self.flow(b, &src);
             self.pts[a as usize] = src;
             if grew {
                 self.push(b);
@@ -311,6 +344,37 @@ impl<'p> Solver<'p> {
             let c = self.objs[o as usize].content;
             self.add_edge(c, dst);
         }
+    }
+
+    /// `dst ⊇ ptr->path`, field-precise for constant objects.
+    fn add_field_load(&mut self, ptr: NodeId, fl: FieldLoad) {
+        let id = self.fl.len() as u32;
+        self.fl.push(fl);
+        let p = self.find(ptr);
+        self.field_loads[p as usize].push(id);
+        for o in self.pts[p as usize].clone() {
+            self.field_load_obj(id, o);
+        }
+    }
+
+    fn field_load_obj(&mut self, id: u32, o: ObjId) {
+        let dst = self.fl[id as usize].dst;
+        if let ObjKind::Global(g) = self.objs[o as usize].kind {
+            let gl = &self.p.globals[g as usize];
+            let f = &self.fl[id as usize];
+            if gl.constant && gl.value_type == f.src_type {
+                if let Some(refs) = gl.init.as_ref().and_then(|i| i.at(&f.path)) {
+                    for r in refs {
+                        let ro = self.ref_obj(r);
+                        let a = self.addr(ro);
+                        self.add_edge(a, dst);
+                    }
+                    return;
+                }
+            }
+        }
+        let c = self.objs[o as usize].content;
+        self.add_edge(c, dst);
     }
 
     /// `*ptr ⊇ src`
@@ -614,6 +678,25 @@ impl<'p> Solver<'p> {
         added
     }
 
+    /// A load address that is one GEP with a leading zero index (`&base->a.b[i]`): the base
+    /// and the path below it.
+    #[allow(clippy::type_complexity)]
+    fn field_path(&self, addr: &Op, _dst: NodeId) -> Option<(Op, (Vec<Op>, String))> {
+        let v = addr.val()?;
+        let i = self.p.inst_of_val(v)?;
+        match &self.p.insts[i as usize].kind {
+            Kind::Gep {
+                base,
+                idx,
+                src_type,
+                ..
+            } if matches!(idx.first(), Some(Op::Int(0))) && idx.len() > 1 => {
+                Some((base.clone(), (idx[1..].to_vec(), src_type.clone())))
+            }
+            _ => None,
+        }
+    }
+
     fn gen(&mut self) {
         let p = self.p;
         for (g, gl) in p.globals.iter().enumerate() {
@@ -642,7 +725,27 @@ impl<'p> Solver<'p> {
                                 self.add_edge(a, r);
                             }
                         }
-                        Kind::Load { addr } | Kind::VaArg { list: addr } => {
+                        Kind::Load { addr } => {
+                            if let Some(r) = res {
+                                if let Some((base, fl)) = self.field_path(addr, r) {
+                                    for n in self.nodes(&base) {
+                                        self.add_field_load(
+                                            n,
+                                            FieldLoad {
+                                                path: fl.0.clone(),
+                                                src_type: fl.1.clone(),
+                                                dst: r,
+                                            },
+                                        );
+                                    }
+                                } else {
+                                    for n in self.nodes(addr) {
+                                        self.add_load(n, r);
+                                    }
+                                }
+                            }
+                        }
+                        Kind::VaArg { list: addr } => {
                             if let Some(r) = res {
                                 for n in self.nodes(addr) {
                                     self.add_load(n, r);
@@ -772,6 +875,11 @@ impl<'p> Solver<'p> {
                     let ci = self.calls[n as usize][k];
                     self.resolve(ci, o);
                 }
+                let nf = self.field_loads[n as usize].len();
+                for k in 0..nf {
+                    let fi = self.field_loads[n as usize][k];
+                    self.field_load_obj(fi, o);
+                }
             }
             let nsucc = self.succ[n as usize].len();
             for k in 0..nsucc {
@@ -780,7 +888,7 @@ impl<'p> Solver<'p> {
                 if s == n {
                     continue;
                 }
-                if union_into(&mut self.pts[s as usize], &delta) {
+                if self.flow(s, &delta) {
                     self.push(s);
                 }
             }
@@ -813,6 +921,10 @@ impl<'p> Solver<'p> {
                     let w = self.succ[v as usize][*k];
                     *k += 1;
                     let w = self.find(w);
+                    if self.narrow[w as usize] || self.narrow[v as usize] {
+                        // A filtering node must keep its own set: never merged.
+                        continue;
+                    }
                     if index[w as usize] == u32::MAX {
                         index[w as usize] = next;
                         low[w as usize] = next;
@@ -881,6 +993,8 @@ impl<'p> Solver<'p> {
         }
         let cb = std::mem::take(&mut self.calls[b as usize]);
         self.calls[a as usize].extend(cb);
+        let fb = std::mem::take(&mut self.field_loads[b as usize]);
+        self.field_loads[a as usize].extend(fb);
         // Drop self-loops and duplicates the merge created.
         let mut succ = std::mem::take(&mut self.succ[a as usize]);
         succ.sort_unstable();
@@ -901,7 +1015,10 @@ impl PointsTo {
             loads: Vec::new(),
             stores: Vec::new(),
             calls: Vec::new(),
+            field_loads: Vec::new(),
+            fl: Vec::new(),
             rep: Vec::new(),
+            narrow: Vec::new(),
             edges: HashSet::new(),
             wl: VecDeque::new(),
             in_wl: Vec::new(),
@@ -920,8 +1037,9 @@ impl PointsTo {
             edges_since_collapse: 0,
             collapsed: 0,
         };
-        for _ in 0..p.vals.len() {
-            s.new_node();
+        for v in 0..p.vals.len() {
+            let n = s.new_node();
+            s.narrow[n as usize] = p.narrow.get(v).copied().unwrap_or(false);
         }
         for _ in 0..p.funcs.len() {
             let r = s.new_node();

@@ -621,11 +621,25 @@ impl Sdg {
     /// Forward propagation of label bits along value dependences (data, summary, parameters,
     /// memory), with the two-phase rule of `slice`. Returns the phase-1 and phase-2 labels of
     /// every vertex.
+    /// `keys` gives, for loads and stores, the struct field they access (absent: unknown or
+    /// not a single field): through memory, a label written to one field only reaches reads of
+    /// fields it may overlap (same struct type and one field path a prefix of the other, or
+    /// different types, or unknown).
     pub fn propagate_values(
         &self,
         origins: &[(u32, u128)],
         allowed: &Bits,
+        keys: &HashMap<u32, (String, Vec<i64>)>,
     ) -> (Vec<u128>, Vec<u128>) {
+        type Key<'k> = Option<&'k (String, Vec<i64>)>;
+        let compatible = |a: Key, b: Key| match (a, b) {
+            (Some((ta, pa)), Some((tb, pb))) => {
+                ta != tb || pa.iter().zip(pb.iter()).all(|(x, y)| x == y)
+            }
+            _ => true,
+        };
+        // Labels held by each object, per writer key.
+        let mut obj_labels: HashMap<u32, Vec<(Key, u128)>> = HashMap::new();
         let mut l1 = vec![0u128; self.n];
         let mut l2 = vec![0u128; self.n];
         let mut wl: Vec<(u32, bool)> = Vec::new();
@@ -649,8 +663,46 @@ impl Sdg {
             } else {
                 l2[v as usize]
             };
+            let from_obj = self.is_obj(v);
             for (t, k) in self.fwd.adj(v) {
                 if !value(k) || !allowed.get(t) {
+                    continue;
+                }
+                if k == Ek::MemWrite as u8 && self.is_obj(t) {
+                    // Remember under which field the labels were written.
+                    let key = keys.get(&v);
+                    let e = obj_labels.entry(t).or_default();
+                    let grew = match e.iter_mut().find(|(kk, _)| *kk == key) {
+                        Some((_, b)) => {
+                            let old = *b;
+                            *b |= bits;
+                            *b != old
+                        }
+                        None => {
+                            e.push((key, bits));
+                            true
+                        }
+                    };
+                    if grew {
+                        l1[t as usize] |= bits;
+                        wl.push((t, true));
+                    }
+                    continue;
+                }
+                let bits = if from_obj && k == Ek::MemRead as u8 {
+                    let key = keys.get(&t);
+                    obj_labels
+                        .get(&v)
+                        .map(|e| {
+                            e.iter()
+                                .filter(|(kk, _)| compatible(*kk, key))
+                                .fold(0u128, |acc, (_, b)| acc | b)
+                        })
+                        .unwrap_or(bits)
+                } else {
+                    bits
+                };
+                if bits == 0 {
                     continue;
                 }
                 let to_phase1 = if self.is_obj(t) {

@@ -610,6 +610,6 @@ pub fn generate(modules: usize, pad: usize, seed: u64) -> Synth {
 /// Module count and padding that give about `lines` lines.
 pub fn shape_for(lines: usize) -> (usize, usize) {
     let pad = 16;
-    let per_module = 130 + 12 * pad;
+    let per_module = 210 + 12 * pad;
     (((lines.saturating_sub(400)) / per_module).max(1), pad)
 }
