@@ -372,19 +372,21 @@ pub fn analyse(p: &Program, cfg: &Config, diags: &mut Diags) -> Result<Analysis,
             pt.reach(&start)
         })
         .collect();
+    // Object -> the instructions that may write it.
+    let mut writers: HashMap<ObjId, Vec<InstId>> = HashMap::new();
+    for (i, w) in &write_sites {
+        for o in w {
+            writers.entry(*o).or_default().push(*i);
+        }
+    }
     for (vi, v) in vars.iter_mut().enumerate() {
         if !v.top_level {
             continue;
         }
-        let reach: HashSet<ObjId> = reach_of[vi]
-            .iter()
-            .copied()
-            .filter(|&o| pt.is_data(o))
-            .collect();
         let mut sites: Vec<InstId> = assigned[vi].clone();
-        for (i, w) in &write_sites {
-            if w.iter().any(|o| reach.contains(o)) {
-                sites.push(*i);
+        for o in reach_of[vi].iter().filter(|&&o| pt.is_data(o)) {
+            if let Some(ws) = writers.get(o) {
+                sites.extend(ws.iter().copied());
             }
         }
         sites.sort_unstable();
