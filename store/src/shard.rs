@@ -447,6 +447,9 @@ impl Shard {
                 let wm = self.watermarks.entry(root).or_insert(0);
                 *wm = (*wm).max(op.num as u64);
                 self.sweep_logs();
+                // Logged so recovery forgets the same clock-log records: otherwise a replayed
+                // update could be suppressed as a duplicate that the live shard applied.
+                self.wal_record(client, op, &Value::Nil);
             }
             OpCode::OpSubscribeCommits => {
                 self.commit_subs.insert(op.instance as u16, client);

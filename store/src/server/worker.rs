@@ -32,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub(crate) const WAKER: Token = Token(0);
+/// WAL growth that makes a checkpoint due however much it costs (as Redis rewrites its AOF
+/// after 64 MB of growth).
+const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 /// Stop reading from a connection whose unsent replies exceed this.
 const WBUF_HIGH: usize = 64 << 20;
 
@@ -86,8 +89,12 @@ pub(crate) struct Worker {
     last_ckpt: Instant,
     /// Shard counters at the last checkpoint: an idle shard writes none.
     ckpt_mark: (u64, u64),
-    /// What taking the last checkpoint's delta cost this thread; the next waits 20 times that.
+    /// What taking the last checkpoint's delta cost this thread.
     ckpt_cost: Duration,
+    /// Time this thread spent working (not waiting) since the last checkpoint.
+    busy: Duration,
+    /// WAL bytes written at the last checkpoint.
+    ckpt_wal_mark: u64,
     wal_scratch: Vec<u8>,
     scratch: Vec<u8>,
     args: Vec<Range<usize>>,
@@ -124,6 +131,8 @@ impl Worker {
             last_ckpt: Instant::now(),
             ckpt_mark: (u64::MAX, u64::MAX),
             ckpt_cost: Duration::ZERO,
+            busy: Duration::ZERO,
+            ckpt_wal_mark: 0,
             wal_scratch: Vec::new(),
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
@@ -136,6 +145,7 @@ impl Worker {
     pub fn run(mut self) -> ShardStats {
         let mut events = Events::with_capacity(1024);
         loop {
+            let t0 = Instant::now();
             self.now_ns = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
@@ -143,6 +153,7 @@ impl Worker {
             if stop {
                 break;
             }
+            self.busy += t0.elapsed();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
@@ -159,6 +170,7 @@ impl Worker {
                 }
             }
             self.shared.sleeping.store(false, Ordering::SeqCst);
+            let t1 = Instant::now();
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
@@ -172,6 +184,7 @@ impl Worker {
                 }
             }
             self.finish_pass();
+            self.busy += t1.elapsed();
         }
         self.finish_pass();
         if let Some(w) = self.wal.as_mut() {
@@ -760,11 +773,18 @@ impl Worker {
                 self.on_readable(t);
             }
         }
-        // 4. Checkpoint when due, something changed and the writer is ready for it.
+        // 4. Checkpoint when due, something changed and the writer is ready for it. Taking a
+        //    delta costs this thread time per changed key; it may take at most a twentieth of
+        //    the time the thread worked since the last one, unless the log has grown by
+        //    CHECKPOINT_WAL_BYTES (with updates spread over many keys, every operation
+        //    changes another key, and only the log's size bounds the interval).
         if let Some(mut c) = self.ckpt.take() {
-            let since = self.last_ckpt.elapsed();
-            if since >= self.cfg.checkpoint_interval
-                && since >= self.ckpt_cost * 20
+            let grown = self
+                .wal
+                .as_ref()
+                .map_or(0, |w| w.bytes_written - self.ckpt_wal_mark);
+            if self.last_ckpt.elapsed() >= self.cfg.checkpoint_interval
+                && (self.busy >= self.ckpt_cost * 20 || grown >= CHECKPOINT_WAL_BYTES)
                 && (self.shard.lsn(), self.shard.stats.ops) != self.ckpt_mark
                 && c.ready()
             {
@@ -780,6 +800,8 @@ impl Worker {
         let delta = self.shard.take_delta();
         let lsn = self.shard.lsn();
         self.ckpt_mark = (lsn, self.shard.stats.ops);
+        self.busy = Duration::ZERO;
+        self.ckpt_wal_mark = self.wal.as_ref().map_or(0, |w| w.bytes_written);
         if let Some(w) = self
             .wal
             .as_mut()
