@@ -4,10 +4,12 @@
 # processing to CPU 0 as a NIC queue's interrupt would. Each receiver's veth has its own NAPI
 # instance (GRO on), polled on CPU 1 like a NIC queue: with Iron it is bound to the receiver's
 # cgroup, so a throttled receiver's queue is parked and the sender's ring overflows instead. Prints one IRON-RESULT per repetition.
-#   iron.kind=udp|tcp iron.n=N iron.mode=off|governor|iron iron.reps=R iron.work=MS
+#   iron.kind=udp|tcp iron.n=N iron.mode=off|governor|iron iron.reps=R iron.work=MS iron.drop_pct=T
 . /bin/iron-lib.sh
 kind=$(param kind udp); n=$(param n 4); mode=$(param mode iron); reps=$(param reps 3)
 target_ms=$(param work 300)
+drop_pct=$(param drop_pct 5)
+have_iron && sysctl -w kernel.sched_iron_drop_pct=$drop_pct >/dev/null
 quota=$((100000 / n))
 # Calibrate the victim job to about target_ms of CPU on this (emulated) machine.
 # The fastest of five runs: the emulated CPU slows down whenever the host is busy.
@@ -40,6 +42,11 @@ case "$mode" in
     sleep 0.5 ;;
 esac
 victim() { ingroup c0 taskset 1 iron-bench spin $units | sed 's/elapsed_ms=//'; }
+# Ends every workload of a phase (the VM runs nothing else called iron-bench) and waits for it.
+stop_all() { killall iron-bench 2>/dev/null; while pidof iron-bench >/dev/null; do sleep 0.1; done; }
+# CPU 0's user+system, irq+softirq and idle ticks, and ksoftirqd/0's runtime (ms), for the record.
+cpu0() { awk '$1=="cpu0"{print $2+$3+$4, $7+$8, $5}' /proc/stat; }
+ksoftirqd0() { awk '{printf "%d", $1/1000000}' /proc/$(for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = ksoftirqd/0 ] && basename $p; done)/schedstat; }
 r=1
 while [ $r -le $reps ]; do
   # Baseline: the interferers burn CPU.
@@ -47,7 +54,7 @@ while [ $r -le $reps ]; do
   i=1; while [ $i -lt $n ]; do ingroup c$i taskset 1 iron-bench burn 100000 & pids="$pids $!"; i=$((i + 1)); done
   sleep 0.3
   base=$(victim)
-  kill $pids 2>/dev/null; wait $pids 2>/dev/null
+  stop_all
   # Traffic: the interferers receive.
   c0=0; d0=0; k0=0; i=1; while [ $i -lt $n ]; do c0=$((c0 + $(stat c$i charged_usec))); d0=$((d0 + $(stat c$i dropped))); k0=$((k0 + $(stat c$i parked))); i=$((i + 1)); done
   pids=""
@@ -68,10 +75,12 @@ while [ $r -le $reps ]; do
   fi
   pids="$pids $!"
   sleep 1
+  set -- $(cpu0); u0=$1; s0=$2; i0=$3; ks0=$(ksoftirqd0)
   net=$(victim)
-  kill $pids 2>/dev/null; wait $pids 2>/dev/null
+  set -- $(cpu0); u1=$1; s1=$2; i1=$3; ks1=$(ksoftirqd0)
+  stop_all
   c1=0; d1=0; k1=0; i=1; while [ $i -lt $n ]; do c1=$((c1 + $(stat c$i charged_usec))); d1=$((d1 + $(stat c$i dropped))); k1=$((k1 + $(stat c$i parked))); i=$((i + 1)); done
-  result type=penalty kind=$kind n=$n mode=$mode rep=$r victim_ms=$net baseline_ms=$base charged_ms=$(((c1 - c0) / 1000)) dropped=$((d1 - d0)) parked=$((k1 - k0)) nic_drops=$(cat /sys/class/net/va1/statistics/tx_dropped) softirq="$(awk '/NET_RX/{print $2"/"$3}' /proc/softirqs)"
+  result type=penalty kind=$kind n=$n mode=$mode rep=$r victim_ms=$net baseline_ms=$base charged_ms=$(((c1 - c0) / 1000)) dropped=$((d1 - d0)) parked=$((k1 - k0)) cpu0_task=$((u1 - u0)) cpu0_irq=$((s1 - s0)) cpu0_idle=$((i1 - i0)) ksoftirqd_ms=$((ks1 - ks0)) softirq="$(awk '/NET_RX/{print $2"/"$3}' /proc/softirqs)"
   sleep 0.3
   r=$((r + 1))
 done
