@@ -53,6 +53,7 @@ const RECENT_REPLIES: usize = 1024;
 const F_NONBLOCKING: u32 = OpFlag::FlagNonblocking as u32;
 const F_COUNTED: u32 = OpFlag::FlagCounted as u32;
 const F_WANT_TS: u32 = OpFlag::FlagWantTs as u32;
+const F_AS_OF: u32 = OpFlag::FlagAsOf as u32;
 
 /// A logged update result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct LogRec {
     pub op_index: u32,
     pub status: i32,
     pub result: Value,
+    /// The object's value after the update (for reads "as of" a clock); not kept for lists,
+    /// whose copies would be large and which NFs change only through operations.
+    pub after: Option<Value>,
 }
 
 /// Rarely present parts of an entry, boxed so the common entry stays small.
@@ -72,6 +76,8 @@ pub struct Meta {
     pub subscribers: Vec<ClientId>,
     /// Results of updates whose clocks are still in flight, sorted by (clock, op_index).
     pub log: VecDeque<LogRec>,
+    /// The value before the oldest logged update (`None` for lists, or when nothing is logged).
+    pub base: Option<Value>,
 }
 
 impl Meta {
@@ -86,6 +92,16 @@ impl Meta {
         self.log
             .get(i)
             .filter(|r| r.clock == clock && r.op_index == op_index)
+    }
+
+    /// The value as it was just before clock `clock`, if the log can tell.
+    fn as_of(&self, clock: u64) -> Option<&Value> {
+        let i = self.log.partition_point(|r| r.clock < clock);
+        if i == 0 {
+            self.base.as_ref()
+        } else {
+            self.log[i - 1].after.as_ref()
+        }
     }
 
     fn insert(&mut self, rec: LogRec) {
@@ -387,10 +403,20 @@ impl Shard {
         };
         match code {
             OpCode::OpNoop => {}
-            OpCode::OpGet => match self.map.get(&k) {
-                Some(e) if !e.value.is_nil() => reply.value = e.value.to_wire(),
-                _ => reply.status = Status::NotFound as i32,
-            },
+            OpCode::OpGet => {
+                let as_of = op.flags & F_AS_OF != 0 && op.clock != 0;
+                let v = self.map.get(&k).map(|e| {
+                    let logged = e.meta.as_ref().filter(|m| !m.log.is_empty());
+                    match (as_of, logged) {
+                        (true, Some(m)) => m.as_of(op.clock).unwrap_or(&e.value),
+                        _ => &e.value,
+                    }
+                });
+                match v {
+                    Some(v) if !v.is_nil() => reply.value = v.to_wire(),
+                    _ => reply.status = Status::NotFound as i32,
+                }
+            }
             OpCode::OpSet
             | OpCode::OpDel
             | OpCode::OpIncr
@@ -561,15 +587,25 @@ impl Shard {
             e.owner = me;
             claimed = true;
         }
+        // The first logged update of an object remembers the value before it (reads "as of"
+        // a clock start there).
+        let base = (logged && e.meta.as_ref().is_none_or(|m| m.log.is_empty()))
+            .then(|| (!matches!(e.value, Value::List(_))).then(|| e.value.clone()));
         let (status, result, mutated) = apply_update(&self.customs, code, op, &mut e.value);
         reply.status = status as i32;
         reply.value = result.to_wire();
         if logged {
-            e.meta_mut().insert(LogRec {
+            let after = (!matches!(e.value, Value::List(_))).then(|| e.value.clone());
+            let m = e.meta_mut();
+            if let Some(b) = base {
+                m.base = b;
+            }
+            m.insert(LogRec {
                 clock: op.clock,
                 op_index: op.op_index,
                 status: status as i32,
                 result,
+                after,
             });
             self.stats.logged_records += 1;
             if e.meta.as_ref().is_some_and(|m| m.log.len() == 1) {
@@ -757,6 +793,7 @@ impl Shard {
             op_index: op.op_index,
             status: Status::Ok as i32,
             result: v.clone(),
+            after: None,
         });
         self.stats.logged_records += 1;
         if first {
@@ -823,7 +860,14 @@ impl Shard {
             };
             let Some(m) = e.meta.as_mut() else { continue };
             let before = m.log.len();
+            // The newest retired record's value becomes the base of what stays.
+            if let Some(last) = m.log.iter().rev().find(|r| retired(r.clock)) {
+                m.base = last.after.clone();
+            }
             m.log.retain(|r| !retired(r.clock));
+            if m.log.is_empty() {
+                m.base = None;
+            }
             let removed = before - m.log.len();
             let log_left = !m.log.is_empty();
             self.stats.logged_records = self.stats.logged_records.saturating_sub(removed as u64);
@@ -923,6 +967,7 @@ impl Shard {
                             op_index: r.op_index,
                             status: Status::Ok as i32,
                             result: Value::from_rec(&r.result),
+                            after: None,
                         });
                     }
                     self.logged.push(k.clone());

@@ -454,6 +454,15 @@ impl StateClient {
             per_flow: scope == Scope::PerFlow,
             sub,
         };
+        if self.replay && strat != Strategy::Local && self.clock != 0 {
+            // A replayed packet sees the state its first processing saw, not the cache.
+            let mut op = self.key(obj, scope, sub).get();
+            op.clock = self.clock;
+            op.flags |= OpFlag::FlagAsOf as u32;
+            self.stats.remote_calls += 1;
+            let r = self.store_mut().call(op)?;
+            return Ok(Value::from_wire_owned(r.value.as_ref()));
+        }
         match strat {
             Strategy::Local => {
                 self.stats.local_ops += 1;

@@ -369,3 +369,37 @@ fn wal_replay_reproduces_state() {
     assert!(again.duplicate);
     assert_eq!(again.value, nd_val);
 }
+
+/// A replayed packet reads the state as its first processing saw it.
+#[test]
+fn reads_as_of_a_clock() {
+    let mut s = shard();
+    // Before any logged update: the plain value.
+    one(&mut s, 1, incr("x", 5));
+    for (clock, by) in [(10u64, 1i64), (20, 10), (30, 100)] {
+        let mut o = incr("x", by);
+        o.clock = clock;
+        one(&mut s, 1, o);
+    }
+    let get_as_of = |s: &mut Shard, clock| {
+        let mut g = op(OpCode::OpGet, "x");
+        g.clock = clock;
+        g.flags = F_AS_OF;
+        one(s, 2, g).value
+    };
+    assert_eq!(get_as_of(&mut s, 10), Some(WV::int(5)), "before clock 10");
+    assert_eq!(get_as_of(&mut s, 15), Some(WV::int(6)));
+    assert_eq!(get_as_of(&mut s, 20), Some(WV::int(6)));
+    assert_eq!(get_as_of(&mut s, 31), Some(WV::int(116)));
+    // Retiring clocks below 20 moves the base forward; reads at 20 still see 6.
+    let mut r = op(OpCode::OpRetireClocks, "");
+    r.num = 20;
+    run(&mut s, 1, vec![r]);
+    assert_eq!(get_as_of(&mut s, 20), Some(WV::int(6)));
+    assert_eq!(get_as_of(&mut s, 25), Some(WV::int(16)));
+    // A plain read is the current value.
+    assert_eq!(
+        one(&mut s, 2, op(OpCode::OpGet, "x")).value,
+        Some(WV::int(116))
+    );
+}
