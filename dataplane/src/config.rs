@@ -54,6 +54,61 @@ pub struct ChainFile {
     pub edges: Vec<EdgeFile>,
     #[serde(default, rename = "tap")]
     pub taps: Vec<EdgeFile>,
+    /// DPDK ports where traffic enters and leaves the chain (`--backend dpdk`).
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortFile>,
+    /// DPDK links between the hosts a chain is split over (`--backend dpdk`).
+    #[serde(default, rename = "link")]
+    pub links: Vec<LinkFile>,
+}
+
+/// A DPDK port of the chain: a PCI address or a virtual device string.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortFile {
+    /// Unique name, used by `egress` and in telemetry.
+    pub name: String,
+    /// `0000:3b:00.0`, or a vdev such as `net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`
+    /// (added to the EAL arguments unless they already create it).
+    pub device: String,
+    /// The host whose dataplane owns the port (default: the root's host).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Traffic received here enters the chain (default true; false: output only).
+    #[serde(default = "yes")]
+    pub rx: bool,
+    /// Where packets that entered here leave the chain (default: this port).
+    #[serde(default)]
+    pub egress: Option<String>,
+    /// MTU to set, if not the device's default.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A DPDK link between two hosts; packets crossing it carry CHC metadata in NSH.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFile {
+    /// Both ends: which host, which device there.
+    pub ends: [LinkEnd; 2],
+    /// MTU to set on both ends (NSH adds about 100 bytes to each frame).
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+/// One end of a [`LinkFile`].
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkEnd {
+    pub host: String,
+    pub device: String,
+    /// The MAC address frames sent from this end go to (default: broadcast).
+    #[serde(default)]
+    pub peer_mac: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -91,6 +146,10 @@ pub struct RootSection {
     /// Persist the clock every this many packets.
     #[serde(default = "default_persist")]
     pub persist_every: u64,
+    /// Where the root's host listens for deletes and commits from the chain's other hosts
+    /// (`--backend dpdk` with vertices on several hosts), e.g. `10.0.0.1:7100`.
+    #[serde(default)]
+    pub control: Option<String>,
 }
 
 impl Default for RootSection {
@@ -99,6 +158,7 @@ impl Default for RootSection {
             id: default_root_id(),
             log_limit: default_log_limit(),
             persist_every: default_persist(),
+            control: None,
         }
     }
 }
@@ -127,6 +187,13 @@ pub struct VertexFile {
     pub partition: Option<String>,
     #[serde(default)]
     pub config: toml::Table,
+    /// The host whose dataplane runs this vertex's instances (`--backend dpdk`; default:
+    /// the root's host).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// DPDK lcores for the instances (instance i on `lcores[i % len]`; default: spread).
+    #[serde(default)]
+    pub lcores: Vec<u32>,
 }
 
 fn one() -> u16 {
@@ -160,6 +227,10 @@ pub struct Vertex {
     pub on_path: bool,
     /// Upstream instances that send to this vertex (the root counts as one).
     pub senders: usize,
+    /// Host running the instances under `--backend dpdk` (`None`: the root's host).
+    pub host: Option<String>,
+    /// DPDK lcores for the instances (empty: spread over the host's lcores).
+    pub lcores: Vec<u32>,
 }
 
 /// A validated chain.
@@ -169,6 +240,9 @@ pub struct Chain {
     pub entry: usize,
     pub store: StoreSection,
     pub root: RootSection,
+    /// Ports and links for `--backend dpdk` (empty for the pcap backend).
+    pub ports: Vec<PortFile>,
+    pub links: Vec<LinkFile>,
 }
 
 /// The built-in default chain (the paper's).
@@ -321,6 +395,8 @@ impl Chain {
                 taps: taps[i].clone(),
                 on_path: on_path[i],
                 senders: 0,
+                host: v.host.clone(),
+                lcores: v.lcores.clone(),
             });
         }
         // Senders per vertex: the instances of everything that feeds it (the root for the entry).
@@ -353,6 +429,8 @@ impl Chain {
             entry,
             store: f.store,
             root: f.root,
+            ports: f.ports,
+            links: f.links,
         })
     }
 

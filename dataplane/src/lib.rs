@@ -1,9 +1,12 @@
 //! The CHC dataplane: chain configuration, splitters, the chain runtime, packet I/O.
 //!
 //! The embedded default ([`runtime::run`]) runs a chain over a pcap file with the store in
-//! the same process; the `chc-dataplane` binary wraps it.
+//! the same process; the `chc-dataplane` binary wraps it. [`dpdk`] runs the same chain on
+//! DPDK ports (real NICs or virtual devices); it compiles everywhere and reports at start-up
+//! when this build has no DPDK.
 
 pub mod config;
+pub mod dpdk;
 pub mod instance;
 pub mod pcapio;
 pub mod runtime;

@@ -37,12 +37,13 @@ struct RunArgs {
     /// Chain configuration (TOML); default: the paper's chain (examples/chains/paper.toml).
     #[arg(long)]
     chain: Option<PathBuf>,
-    /// Input pcap (Ethernet, classic pcap).
+    /// Input pcap (Ethernet, classic pcap). Required with the pcap backend; with
+    /// `--backend dpdk` it is replayed through a net_pcap vdev (no hugepages, no NIC).
     #[arg(long)]
-    pcap_in: PathBuf,
+    pcap_in: Option<PathBuf>,
     /// Output pcap: every packet that leaves the chain.
     #[arg(long)]
-    pcap_out: PathBuf,
+    pcap_out: Option<PathBuf>,
     /// Events log (JSON lines): alerts, blocks, mappings, backend choices.
     #[arg(long)]
     events: Option<PathBuf>,
@@ -64,6 +65,20 @@ struct RunArgs {
     /// Print progress every second.
     #[arg(long)]
     progress: bool,
+    /// `--backend dpdk`: EAL arguments, passed to DPDK unchanged (one shell-quoted string),
+    /// e.g. "-l 1-3 --main-lcore 1 -a 0000:3b:00.0". With --pcap-in they add to the
+    /// built-in "--no-huge --no-pci" set.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    eal: Option<String>,
+    /// `--backend dpdk`: serve Prometheus metrics (ports, lcores, rings) on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    telemetry: Option<String>,
+    /// `--backend dpdk`: which host of a chain split over several hosts this process is.
+    #[arg(long)]
+    host: Option<String>,
+    /// `--backend dpdk`: mbufs in the packet pool.
+    #[arg(long, default_value_t = 16383)]
+    mbufs: u32,
 }
 
 fn load_chain(p: &Option<PathBuf>) -> Result<Chain> {
@@ -109,10 +124,16 @@ fn main() -> Result<()> {
         }
         Cmd::Run(a) => {
             anyhow::ensure!(
-                a.backend == "pcap",
-                "--backend {}: this build runs the pcap backend only",
+                a.backend == "pcap" || a.backend == "dpdk",
+                "--backend {}: the backends are pcap and dpdk",
                 a.backend
             );
+            if a.backend == "dpdk" {
+                return run_dpdk(&a);
+            }
+            let (Some(pcap_in), Some(pcap_out)) = (a.pcap_in.clone(), a.pcap_out.clone()) else {
+                anyhow::bail!("the pcap backend needs --pcap-in and --pcap-out");
+            };
             let mut chain = load_chain(&a.chain)?;
             if let Some(m) = &a.mode {
                 chain.set_mode(m.parse().map_err(anyhow::Error::msg)?);
@@ -125,15 +146,15 @@ fn main() -> Result<()> {
             }
             let opts = RunOptions {
                 chain,
-                input: a.pcap_in.clone(),
-                output: a.pcap_out.clone(),
+                input: pcap_in.clone(),
+                output: pcap_out,
                 events: a.events.clone(),
                 delays,
                 seed: a.seed,
                 progress: a.progress,
             };
             let s = run(&opts)
-                .with_context(|| format!("running the chain over {}", a.pcap_in.display()))?;
+                .with_context(|| format!("running the chain over {}", pcap_in.display()))?;
             eprintln!("{s}");
             if let Some(p) = &a.summary_json {
                 std::fs::write(p, serde_json::to_string_pretty(&s)? + "\n")
@@ -142,4 +163,41 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `run --backend dpdk`: the chain on DPDK ports (from the chain file, or a net_pcap vdev
+/// made from --pcap-in/--pcap-out).
+fn run_dpdk(a: &RunArgs) -> Result<()> {
+    use chc_dataplane::dpdk::{self, DpdkOptions, PcapReplay};
+    anyhow::ensure!(
+        a.delays.is_empty(),
+        "--delay is not supported with --backend dpdk"
+    );
+    let mut chain = load_chain(&a.chain)?;
+    if let Some(m) = &a.mode {
+        chain.set_mode(m.parse().map_err(anyhow::Error::msg)?);
+    }
+    let pcap = match (&a.pcap_in, &a.pcap_out) {
+        (Some(i), Some(o)) => Some(PcapReplay {
+            input: i.clone(),
+            output: o.clone(),
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--pcap-in and --pcap-out go together"),
+    };
+    let mut opts = DpdkOptions::new(chain);
+    opts.eal = a.eal.clone();
+    opts.pcap = pcap;
+    opts.events = a.events.clone();
+    opts.host = a.host.clone();
+    opts.telemetry = a.telemetry.clone();
+    opts.pool_size = a.mbufs;
+    opts.progress = a.progress;
+    let s = dpdk::run(&opts).context("running the chain on DPDK")?;
+    eprintln!("{s}");
+    if let Some(p) = &a.summary_json {
+        std::fs::write(p, serde_json::to_string_pretty(&s)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }

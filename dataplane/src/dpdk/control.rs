@@ -1,0 +1,561 @@
+//! The control channel between the root's host and the other hosts of a chain.
+//!
+//! Packets cross hosts on DPDK links with their metadata in NSH; what flows back to the
+//! root does not ride on packets: a terminal's delete request and the store's commit
+//! notifications for updates made on another host. Both go over one TCP connection per
+//! non-root host, opened to the address in `[root] control`:
+//!
+//! - other host -> root: `HELLO host`, `DELETES [(clock, weight, vector)]`,
+//!   `COMMITS [(clock, id)]`;
+//! - root -> other host: `WATERMARK clock` (clocks below it are settled: the host retires
+//!   them from its store's clock log), `FINISH` (every packet is settled: stop).
+//!
+//! Frames are a type byte, a little-endian u32 payload length and the payload. A host
+//! queues a terminal's delete before the packet leaves, as on one host; the channel keeps
+//! their order. Losing the connection stops the host (the root then reports the packets
+//! that never settled).
+
+use crossbeam::queue::SegQueue;
+use std::io::{BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A terminal's delete request: clock, weight of the copy, update vector.
+pub type Delete = (u64, u64, u32);
+
+const HELLO: u8 = 1;
+const DELETES: u8 = 2;
+const COMMITS: u8 = 3;
+const WATERMARK: u8 = 4;
+const FINISH: u8 = 5;
+
+/// Largest payload accepted (a batch of deletes is far smaller).
+const MAX_FRAME: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control channel {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("control channel: {0}")]
+    Protocol(String),
+    #[error("control channel {addr}: {what} within {waited:?}")]
+    Timeout {
+        addr: String,
+        what: String,
+        waited: Duration,
+    },
+}
+
+/// What arrives for a root from other lcores and other hosts.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    pub deletes: SegQueue<Delete>,
+    pub commits: SegQueue<(u64, u32)>,
+}
+
+fn frame(out: &mut Vec<u8>, ty: u8, payload: &[u8]) {
+    out.push(ty);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn read_frame(s: &mut impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut head = [0u8; 5];
+    match s.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    Ok(Some((head[0], payload)))
+}
+
+/// Decodes a DELETES payload.
+pub fn decode_deletes(p: &[u8]) -> Result<Vec<Delete>, ControlError> {
+    if p.len() % 20 != 0 {
+        return Err(ControlError::Protocol(format!(
+            "DELETES payload of {} bytes",
+            p.len()
+        )));
+    }
+    Ok(p.chunks_exact(20)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[0..8].try_into().expect("8")),
+                u64::from_le_bytes(c[8..16].try_into().expect("8")),
+                u32::from_le_bytes(c[16..20].try_into().expect("4")),
+            )
+        })
+        .collect())
+}
+
+/// Decodes a COMMITS payload.
+pub fn decode_commits(p: &[u8]) -> Result<Vec<(u64, u32)>, ControlError> {
+    if p.len() % 12 != 0 {
+        return Err(ControlError::Protocol(format!(
+            "COMMITS payload of {} bytes",
+            p.len()
+        )));
+    }
+    Ok(p.chunks_exact(12)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[0..8].try_into().expect("8")),
+                u32::from_le_bytes(c[8..12].try_into().expect("4")),
+            )
+        })
+        .collect())
+}
+
+fn encode_deletes(d: &[Delete], out: &mut Vec<u8>) {
+    let mut p = Vec::with_capacity(d.len() * 20);
+    for (c, w, v) in d {
+        p.extend_from_slice(&c.to_le_bytes());
+        p.extend_from_slice(&w.to_le_bytes());
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    frame(out, DELETES, &p);
+}
+
+fn encode_commits(c: &[(u64, u32)], out: &mut Vec<u8>) {
+    let mut p = Vec::with_capacity(c.len() * 12);
+    for (clock, id) in c {
+        p.extend_from_slice(&clock.to_le_bytes());
+        p.extend_from_slice(&id.to_le_bytes());
+    }
+    frame(out, COMMITS, &p);
+}
+
+/// The root's side: accepts the other hosts, feeds their deletes and commits to the root,
+/// sends them the watermark and, at the end, FINISH.
+pub struct RootControl {
+    addr: String,
+    peers: Arc<Mutex<Vec<(String, TcpStream)>>>,
+    connected: Arc<AtomicUsize>,
+    lost: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RootControl {
+    /// Listens on `addr`; `watermark` is what the root publishes.
+    pub fn listen(
+        addr: &str,
+        inbox: Arc<Inbox>,
+        watermark: Arc<AtomicU64>,
+    ) -> Result<RootControl, ControlError> {
+        let io = |source| ControlError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        let peers: Arc<Mutex<Vec<(String, TcpStream)>>> = Arc::default();
+        let connected = Arc::new(AtomicUsize::new(0));
+        let lost = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (peers, connected, lost, stop) =
+                (peers.clone(), connected.clone(), lost.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("control-accept".into())
+                    .spawn(move || accept_loop(listener, inbox, peers, connected, lost, stop))
+                    .map_err(io)?,
+            );
+        }
+        {
+            let (peers, stop) = (peers.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("control-watermark".into())
+                    .spawn(move || {
+                        let mut last = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            let wm = watermark.load(Ordering::Relaxed);
+                            if wm != last {
+                                last = wm;
+                                let mut out = Vec::new();
+                                frame(&mut out, WATERMARK, &wm.to_le_bytes());
+                                for (_, s) in
+                                    peers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut()
+                                {
+                                    let _ = s.write_all(&out);
+                                }
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    })
+                    .map_err(io)?,
+            );
+        }
+        Ok(RootControl {
+            addr: addr.to_string(),
+            peers,
+            connected,
+            lost,
+            stop,
+            threads,
+        })
+    }
+
+    /// Waits until `n` hosts have said hello.
+    pub fn wait_peers(&self, n: usize, timeout: Duration) -> Result<(), ControlError> {
+        let start = Instant::now();
+        while self.connected.load(Ordering::Acquire) < n {
+            if start.elapsed() > timeout {
+                return Err(ControlError::Timeout {
+                    addr: self.addr.clone(),
+                    what: format!(
+                        "{} of {n} other hosts connected",
+                        self.connected.load(Ordering::Acquire)
+                    ),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Whether a host's connection broke before FINISH.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Tells every host to stop.
+    pub fn finish(&self) {
+        let mut out = Vec::new();
+        frame(&mut out, FINISH, &[]);
+        for (_, s) in self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            let _ = s.write_all(&out);
+            let _ = s.flush();
+        }
+    }
+}
+
+impl Drop for RootControl {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (_, s) in self.peers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    inbox: Arc<Inbox>,
+    peers: Arc<Mutex<Vec<(String, TcpStream)>>>,
+    connected: Arc<AtomicUsize>,
+    lost: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut readers = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((s, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_nodelay(true);
+        let Ok(mut r) = s.try_clone() else { continue };
+        let (inbox, peers, connected, lost, stop) = (
+            inbox.clone(),
+            peers.clone(),
+            connected.clone(),
+            lost.clone(),
+            stop.clone(),
+        );
+        readers.push(std::thread::spawn(move || {
+            let mut hello = false;
+            loop {
+                match read_frame(&mut r) {
+                    Ok(Some((HELLO, name))) if !hello => {
+                        hello = true;
+                        peers.lock().unwrap_or_else(|e| e.into_inner()).push((
+                            String::from_utf8_lossy(&name).into_owned(),
+                            s.try_clone().expect("clone"),
+                        ));
+                        connected.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Ok(Some((DELETES, p))) if hello => match decode_deletes(&p) {
+                        Ok(v) => v.into_iter().for_each(|d| inbox.deletes.push(d)),
+                        Err(_) => break,
+                    },
+                    Ok(Some((COMMITS, p))) if hello => match decode_commits(&p) {
+                        Ok(v) => v.into_iter().for_each(|c| inbox.commits.push(c)),
+                        Err(_) => break,
+                    },
+                    _ => break,
+                }
+            }
+            if !stop.load(Ordering::Relaxed) {
+                lost.store(true, Ordering::Release);
+            }
+        }));
+    }
+    drop(readers);
+}
+
+/// A non-root host's side: sends its terminals' deletes and its store's commits to the
+/// root, retires clocks below the root's watermark, and stops at FINISH.
+pub struct PeerControl {
+    finish: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stream: TcpStream,
+}
+
+/// What a non-root host does with what the root sends.
+pub trait PeerStore: Send + 'static {
+    /// Commit notifications that arrived from this host's store.
+    fn commits(&mut self, out: &mut Vec<(u64, u32)>);
+    /// Clocks below `watermark` are settled.
+    fn retire(&mut self, watermark: u64);
+}
+
+impl PeerControl {
+    /// Connects to the root at `addr` (retrying for `timeout`: the root may start later).
+    pub fn connect(
+        addr: &str,
+        host: &str,
+        outbox: Arc<SegQueue<Delete>>,
+        mut store: Box<dyn PeerStore>,
+        timeout: Duration,
+    ) -> Result<PeerControl, ControlError> {
+        let io = |source| ControlError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        let start = Instant::now();
+        let stream = loop {
+            let target = addr
+                .to_socket_addrs()
+                .map_err(io)?
+                .next()
+                .ok_or_else(|| ControlError::Protocol(format!("{addr}: no address")))?;
+            match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > timeout => return Err(io(e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream.set_nodelay(true).map_err(io)?;
+        let mut hello = Vec::new();
+        frame(&mut hello, HELLO, host.as_bytes());
+        (&stream).write_all(&hello).map_err(io)?;
+        let finish = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watermark = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        {
+            let mut r = stream.try_clone().map_err(io)?;
+            let (finish, watermark) = (finish.clone(), watermark.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("control-read".into())
+                    .spawn(move || {
+                        loop {
+                            match read_frame(&mut r) {
+                                Ok(Some((WATERMARK, p))) if p.len() == 8 => {
+                                    let wm = u64::from_le_bytes(p[..8].try_into().expect("8"));
+                                    watermark.store(wm, Ordering::Relaxed);
+                                }
+                                Ok(Some((FINISH, _))) => break,
+                                _ => break,
+                            }
+                        }
+                        finish.store(true, Ordering::Release);
+                    })
+                    .map_err(io)?,
+            );
+        }
+        {
+            let w = stream.try_clone().map_err(io)?;
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("control-write".into())
+                    .spawn(move || {
+                        let mut w = BufWriter::new(w);
+                        let mut dels = Vec::new();
+                        let mut commits = Vec::new();
+                        let mut retired = 0;
+                        let mut out = Vec::new();
+                        loop {
+                            let stopping = stop.load(Ordering::Acquire);
+                            while let Some(d) = outbox.pop() {
+                                dels.push(d);
+                                if dels.len() >= 4096 {
+                                    break;
+                                }
+                            }
+                            store.commits(&mut commits);
+                            let idle = dels.is_empty() && commits.is_empty();
+                            if !dels.is_empty() {
+                                encode_deletes(&dels, &mut out);
+                                dels.clear();
+                            }
+                            if !commits.is_empty() {
+                                encode_commits(&commits, &mut out);
+                                commits.clear();
+                            }
+                            if !out.is_empty() {
+                                if w.write_all(&out).and_then(|_| w.flush()).is_err() {
+                                    break;
+                                }
+                                out.clear();
+                            }
+                            let wm = watermark.load(Ordering::Relaxed);
+                            if wm > retired {
+                                retired = wm;
+                                store.retire(wm);
+                            }
+                            if stopping && idle && outbox.is_empty() {
+                                break;
+                            }
+                            if idle {
+                                std::thread::sleep(Duration::from_micros(100));
+                            }
+                        }
+                    })
+                    .map_err(io)?,
+            );
+        }
+        Ok(PeerControl {
+            finish,
+            stop,
+            threads,
+            stream,
+        })
+    }
+
+    /// The flag FINISH (or a lost connection) sets.
+    pub fn finished(&self) -> Arc<AtomicBool> {
+        self.finish.clone()
+    }
+}
+
+impl Drop for PeerControl {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // The writer drains what is queued, then the reader sees the socket close.
+        if let Some(w) = self.threads.pop() {
+            let _ = w.join();
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FakeStore {
+        commits: Arc<SegQueue<(u64, u32)>>,
+        retired: Arc<AtomicU64>,
+    }
+    impl PeerStore for FakeStore {
+        fn commits(&mut self, out: &mut Vec<(u64, u32)>) {
+            while let Some(c) = self.commits.pop() {
+                out.push(c);
+            }
+        }
+        fn retire(&mut self, wm: u64) {
+            self.retired.store(wm, Ordering::Relaxed);
+        }
+    }
+
+    fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn deletes_and_commits_reach_the_root_and_finish_stops_the_peer() {
+        let inbox = Arc::new(Inbox::default());
+        let wm = Arc::new(AtomicU64::new(0));
+        // Port 0: let the system pick; read it back from a probe listener first.
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap().to_string();
+        drop(probe);
+        let root = RootControl::listen(&addr, inbox.clone(), wm.clone()).unwrap();
+        let outbox = Arc::new(SegQueue::new());
+        let commits = Arc::new(SegQueue::new());
+        let retired = Arc::new(AtomicU64::new(0));
+        let peer = PeerControl::connect(
+            &addr,
+            "b",
+            outbox.clone(),
+            Box::new(FakeStore {
+                commits: commits.clone(),
+                retired: retired.clone(),
+            }),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        root.wait_peers(1, Duration::from_secs(5)).unwrap();
+        for i in 0..10_000u64 {
+            outbox.push((i, 1 << 32, i as u32));
+        }
+        commits.push((77, 0x0001_0002));
+        wait("deletes", || inbox.deletes.len() == 10_000);
+        wait("commits", || inbox.commits.len() == 1);
+        let got: Vec<Delete> = std::iter::from_fn(|| inbox.deletes.pop()).collect();
+        assert_eq!(got[9_999], (9_999, 1 << 32, 9_999), "order kept");
+        assert_eq!(inbox.commits.pop(), Some((77, 0x0001_0002)));
+        wm.store(42, Ordering::Relaxed);
+        wait("watermark", || retired.load(Ordering::Relaxed) == 42);
+        let fin = peer.finished();
+        assert!(!fin.load(Ordering::Acquire));
+        root.finish();
+        wait("finish", || fin.load(Ordering::Acquire));
+        assert!(!root.lost());
+    }
+
+    #[test]
+    fn bad_payloads_are_refused() {
+        assert!(decode_deletes(&[0; 19]).is_err());
+        assert!(decode_commits(&[0; 13]).is_err());
+        let mut out = Vec::new();
+        encode_deletes(&[(1, 2, 3)], &mut out);
+        let (ty, p) = read_frame(&mut &out[..]).unwrap().unwrap();
+        assert_eq!(
+            (ty, decode_deletes(&p).unwrap()),
+            (DELETES, vec![(1, 2, 3)])
+        );
+        let mut huge = vec![DELETES];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_frame(&mut &huge[..]).is_err());
+        assert!(read_frame(&mut &[][..]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,1132 @@
+//! The DPDK dataplane (`chc-dataplane run --backend dpdk`): the chain of the embedded
+//! runtime on DPDK ports, run to completion on lcores.
+//!
+//! - Ports come from the chain file (`[[port]]`: PCI addresses or vdev strings) or, with
+//!   `--pcap-in/--pcap-out`, from one `net_pcap` vdev made here (no hugepages, no PCI).
+//! - Each chain lcore runs a [`worker::Worker`]: the root (stamp, log, split) on the first
+//!   lcore of the root's host, NF instances ([`crate::instance::NfInstance`], the same
+//!   per-packet step as the embedded runtime) on all of them, bursts handed between lcores
+//!   through `rte_ring`s and between hosts over links with NSH ([`meta`]).
+//! - Deletes and commits reach the root from other hosts over [`control`].
+//! - [`telemetry`] counts per port and per lcore, served in Prometheus format.
+//!
+//! The module builds without DPDK too: `chc-dpdk`'s stubs then make [`start`] fail with
+//! "the DPDK backend is off" and the reason.
+
+pub mod control;
+pub mod meta;
+pub mod plan;
+pub mod telemetry;
+mod worker;
+
+use crate::config::{Chain, PortFile};
+use crate::instance::NfInstance;
+use crate::pcapio::{self, PcapError};
+use crate::split::Allocation;
+use crate::summary::{Summary, VertexSummary};
+use chc_dpdk::{
+    lcore, mbuf_ring, Burst, Eal, EalArgs, Mempool, Multi, Port, PortConfig, RingConsumer,
+    RingProducer, RunningPort, RxQueue, Single, TxQueue,
+};
+use chc_root::{Root, RootConfig};
+use chc_store::client::cache::Mode;
+use chc_store::client::{ops, ObjKey, StoreClient};
+use chc_store::server::{Store, StoreConfig};
+use control::{ControlError, Inbox, PeerControl, PeerStore, RootControl};
+use crossbeam::queue::SegQueue;
+use hdrhistogram::Histogram;
+use meta::PRIVATE_LEN;
+use plan::{Placement, Plan, PlanError};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use telemetry::{Figures, LcoreCounters, LcoreFigures, PortFigures, RingFigures, Source};
+use worker::{DeleteSink, Dest, Io, LinkOut, Replay, RingOut, RootPart, Router, Shared, Task};
+use worker::{TxOut, TxPath, TxTarget, Worker};
+
+/// Packets per burst.
+pub const BURST: usize = 32;
+
+/// A pcap replay through a `net_pcap` vdev.
+#[derive(Clone, Debug)]
+pub struct PcapReplay {
+    pub input: PathBuf,
+    pub output: PathBuf,
+}
+
+/// How to run a chain under DPDK.
+#[derive(Clone)]
+pub struct DpdkOptions {
+    pub chain: Chain,
+    /// The operator's EAL arguments (shell-quoted, passed through).
+    pub eal: Option<String>,
+    /// Replay a pcap file (sets up `--no-huge --no-pci` and the `net_pcap` vdev).
+    pub pcap: Option<PcapReplay>,
+    pub events: Option<PathBuf>,
+    /// Which host of the chain this is.
+    pub host: Option<String>,
+    /// Serve telemetry on this address (`127.0.0.1:9100`).
+    pub telemetry: Option<String>,
+    /// Mbufs in the packet pool.
+    pub pool_size: u32,
+    pub progress: bool,
+}
+
+impl DpdkOptions {
+    pub fn new(chain: Chain) -> DpdkOptions {
+        DpdkOptions {
+            chain,
+            eal: None,
+            pcap: None,
+            events: None,
+            host: None,
+            telemetry: None,
+            pool_size: 16383,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DpdkError {
+    #[error(transparent)]
+    Dpdk(#[from] chc_dpdk::Error),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Pcap(#[from] PcapError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("starting the store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Nf(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0} packets never settled at the root (missing deletes or commits)")]
+    Unsettled(usize),
+    #[error("{0} input packets were lost by the input port (no mbuf)")]
+    LostInput(u64),
+    #[error("the connection to another host broke before the end")]
+    PeerLost,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Port and lcore figures of the end of a run, next to the chain's [`Summary`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DpdkSummary {
+    #[serde(flatten)]
+    pub chain: Summary,
+    pub host: String,
+    pub eal: String,
+    pub figures: Figures,
+    /// Frames on links that were not CHC's (neighbour discovery and the like).
+    pub link_foreign: u64,
+    /// What the lcores reported going wrong (also printed as it happened).
+    pub errors: Vec<String>,
+}
+
+impl std::fmt::Display for DpdkSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.chain)?;
+        if !self.host.is_empty() {
+            writeln!(f, "host {}", self.host)?;
+        }
+        writeln!(
+            f,
+            "{:<12} {:<40} {:>10} {:>10} {:>9}",
+            "port", "device", "rx", "tx", "rx drops"
+        )?;
+        for p in &self.figures.ports {
+            writeln!(
+                f,
+                "{:<12} {:<40} {:>10} {:>10} {:>9}",
+                p.name, p.device, p.rx_packets, p.tx_packets, p.rx_dropped
+            )?;
+        }
+        write!(
+            f,
+            "{:<6} {:>10} {:>8} {:>10} {:>14}",
+            "lcore", "packets", "drops", "tx", "cycles/packet"
+        )?;
+        for l in &self.figures.lcores {
+            write!(
+                f,
+                "\n{:<6} {:>10} {:>8} {:>10} {:>14.1}",
+                l.lcore, l.packets, l.drops, l.tx, l.cycles_per_packet
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Queues the chain does not use, for a traffic source in the same process (benchmarks).
+pub struct SpareQueue {
+    pub port: String,
+    pub rx: Option<RxQueue>,
+    pub tx: Option<TxQueue>,
+}
+
+/// Asks a running dataplane to stop taking input, drain and stop.
+#[derive(Clone)]
+pub struct StopHandle(Arc<Shared>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.stop_request.store(true, Ordering::Release);
+    }
+}
+
+/// Telemetry of a running dataplane.
+pub struct TelemetryView {
+    ports: Vec<(String, String, RunningPort)>,
+    lcores: Vec<(u32, Arc<LcoreCounters>)>,
+    rings: Vec<(String, RingProducer<Multi>)>,
+    shared: Arc<Shared>,
+}
+
+impl Source for TelemetryView {
+    fn figures(&self) -> Figures {
+        Figures {
+            ports: self
+                .ports
+                .iter()
+                .map(|(name, device, p)| {
+                    let s = p.stats().unwrap_or_default();
+                    PortFigures {
+                        name: name.clone(),
+                        device: device.clone(),
+                        rx_packets: s.rx_packets,
+                        tx_packets: s.tx_packets,
+                        rx_bytes: s.rx_bytes,
+                        tx_bytes: s.tx_bytes,
+                        rx_dropped: s.rx_missed + s.rx_no_mbuf + s.rx_errors,
+                        tx_errors: s.tx_errors,
+                    }
+                })
+                .collect(),
+            lcores: self
+                .lcores
+                .iter()
+                .map(|(l, c)| LcoreFigures::read(*l, c))
+                .collect(),
+            rings: self
+                .rings
+                .iter()
+                .map(|(name, r)| RingFigures {
+                    name: name.clone(),
+                    len: r.len() as u64,
+                    capacity: r.capacity() as u64,
+                })
+                .collect(),
+            root_in_flight: self.shared.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A started dataplane.
+pub struct Dataplane {
+    started: Instant,
+    eal: String,
+    plan: Plan,
+    chain: Chain,
+    shared: Arc<Shared>,
+    view: Arc<TelemetryView>,
+    joins: Vec<lcore::LcoreJoin<worker::Report>>,
+    on_main: Option<Worker>,
+    spare: Vec<SpareQueue>,
+    ports: Vec<(PortPlanName, RunningPort)>,
+    _server: Option<telemetry::Server>,
+    root_control: Option<RootControl>,
+    peer_control: Option<PeerControl>,
+    store: Option<Store>,
+    pcap_out: Option<(PathBuf, u32)>,
+    progress: bool,
+}
+
+type PortPlanName = String;
+
+/// EAL arguments that name no lcores get `-l 0`: one lcore runs everything.
+fn has_lcores(args: &EalArgs) -> bool {
+    args.as_slice()
+        .iter()
+        .any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || a.starts_with("-l"))
+}
+
+/// Whether a device string names a virtual device (created with `--vdev`).
+fn is_vdev(device: &str) -> bool {
+    let name = device.split(',').next().unwrap_or(device);
+    name.starts_with("net_") || name.starts_with("eth_") || name.starts_with("crypto_")
+}
+
+fn port_name(device: &str) -> &str {
+    device.split(',').next().unwrap_or(device)
+}
+
+pub(crate) fn nonblocking(mut op: chc_proto::wire::Op) -> chc_proto::wire::Op {
+    op.flags |= chc_proto::wire::OpFlag::FlagNonblocking as u32;
+    op
+}
+
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The chain of an empty pipeline: the root stamps, logs and deletes; no NF runs.
+pub fn empty_chain(base: &Chain) -> Chain {
+    let mut c = base.clone();
+    c.vertices.clear();
+    c.entry = 0;
+    c
+}
+
+/// Starts a dataplane: EAL, ports, store, instances, lcores.
+pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
+    let started = Instant::now();
+    let mut chain = opts.chain.clone();
+    let mut replay = None;
+    let mut args = match &opts.pcap {
+        Some(p) => {
+            if !chain.links.is_empty() {
+                return Err(DpdkError::Config(
+                    "--pcap-in runs the whole chain on this host; the chain file has [[link]]s"
+                        .into(),
+                ));
+            }
+            for v in &mut chain.vertices {
+                v.host = None;
+            }
+            let mut records = Vec::new();
+            let mut reader = pcapio::Reader::open(&p.input)?;
+            let mut buf = Vec::new();
+            while let Some((ts, wire_len)) = reader.next_into(&mut buf)? {
+                records.push((ts, wire_len, buf.len() as u32));
+            }
+            replay = Some((records, reader.header.snaplen));
+            chain.ports = vec![PortFile {
+                name: "pcap".into(),
+                device: "net_pcap0".into(),
+                host: None,
+                rx: true,
+                egress: None,
+                mtu: None,
+            }];
+            let mut a = EalArgs::virtual_devices();
+            if let Some(extra) = &opts.eal {
+                for x in EalArgs::parse(extra)? {
+                    a = a.arg(x);
+                }
+            }
+            if !has_lcores(&a) {
+                a = a.lcores("0");
+            }
+            a.pcap_vdev("net_pcap0", Some(&p.input), Some(&p.output))?
+        }
+        None => EalArgs::parse(opts.eal.as_deref().unwrap_or(""))?,
+    };
+    if chain.ports.is_empty() && chain.links.is_empty() {
+        return Err(DpdkError::Config(
+            "the chain has no [[port]]: give ports in the chain file, or --pcap-in/--pcap-out"
+                .into(),
+        ));
+    }
+    // Virtual devices of this host's ports and links that the EAL arguments do not create.
+    let all: Vec<u32> = (0..1024).collect();
+    let pre = plan::plan(&chain, opts.host.as_deref(), &all)?;
+    let known: Vec<String> = args.vdev_names().iter().map(|s| s.to_string()).collect();
+    for dev in pre
+        .ports
+        .iter()
+        .map(|p| &p.device)
+        .chain(pre.links.iter().map(|l| &l.device))
+    {
+        if is_vdev(dev) && !known.iter().any(|k| k == port_name(dev)) {
+            args = args.vdev(dev);
+        }
+    }
+    let eal_line = args.to_string();
+    let eal = Eal::init(&args)?;
+    let main = eal.main_lcore();
+    let workers = lcore::workers()?;
+    let chain_lcores = if workers.is_empty() {
+        vec![main]
+    } else {
+        workers.clone()
+    };
+    let plan = plan::plan(&chain, opts.host.as_deref(), &chain_lcores)?;
+    let hz = lcore::tsc_hz()?;
+
+    // Buffers: the packet pool and a few large buffers for frames above one mbuf.
+    let pool = Mempool::pktmbuf_with_private(
+        "chc-pkts",
+        opts.pool_size,
+        256,
+        chc_dpdk::DEFAULT_DATA_ROOM,
+        PRIVATE_LEN,
+    )?;
+    let jumbo = Mempool::pktmbuf_with_private(
+        "chc-jumbo",
+        255,
+        0,
+        16384 + chc_dpdk::HEADROOM,
+        PRIVATE_LEN,
+    )?;
+
+    // Ports and links: all queues belong to the first chain lcore.
+    let egress_targets: Vec<u16> = plan
+        .ports
+        .iter()
+        .map(|p| p.index)
+        .filter(|i| {
+            chain.ports.iter().enumerate().any(|(j, q)| {
+                q.rx && match &q.egress {
+                    Some(e) => {
+                        chain.ports.iter().position(|x| &x.name == e) == Some(usize::from(*i))
+                    }
+                    None => j == usize::from(*i),
+                }
+            })
+        })
+        .collect();
+    let mut rx_ports = Vec::new();
+    let mut tx_ports: Vec<(u16, TxQueue)> = Vec::new();
+    let mut spare = Vec::new();
+    let mut running = Vec::new();
+    let mut record_port = None;
+    for p in &plan.ports {
+        let config = PortConfig {
+            mtu: p.mtu,
+            ..PortConfig::default()
+        };
+        let mut s = Port::open(port_name(&p.device))?.start(&config, &pool)?;
+        let info = s.port.info()?;
+        running.push((p.name.clone(), s.port.clone()));
+        let (rx, tx) = (s.rx.remove(0), s.tx.remove(0));
+        let mut sp = SpareQueue {
+            port: p.name.clone(),
+            rx: None,
+            tx: None,
+        };
+        if p.rx {
+            rx_ports.push((rx, p.index, p.egress, s.port.clone()));
+        } else {
+            sp.rx = Some(rx);
+        }
+        if egress_targets.contains(&p.index) || !plan.root_here {
+            if info.driver == "net_pcap" {
+                record_port = Some(p.index);
+            }
+            tx_ports.push((p.index, tx));
+        } else {
+            sp.tx = Some(tx);
+        }
+        if sp.rx.is_some() || sp.tx.is_some() {
+            spare.push(sp);
+        }
+    }
+    let mut link_queues = Vec::new();
+    for l in &plan.links {
+        let config = PortConfig {
+            mtu: l.mtu,
+            ..PortConfig::default()
+        };
+        let mut s = Port::open(port_name(&l.device))?.start(&config, &pool)?;
+        let mac = s.port.info()?.mac;
+        running.push((format!("link-{}", l.peer), s.port.clone()));
+        link_queues.push((s.rx.remove(0), s.tx.remove(0), mac, l.peer_mac));
+    }
+
+    // The store: in this process; other hosts have their own for their vertices.
+    let local_instances = plan.runs_instances();
+    let store = Store::start(StoreConfig::in_memory(chain.store.shards))
+        .map_err(|e| DpdkError::Store(e.to_string()))?;
+
+    let shared_watermark = Arc::new(AtomicU64::new(0));
+    let inbox = Arc::new(Inbox::default());
+    let outbox = Arc::new(SegQueue::new());
+    let mut root_control = None;
+    let mut peer_control = None;
+    let mut finished = None;
+    if plan.multi_host {
+        let addr = plan.control.clone().expect("checked by the plan");
+        if plan.root_here {
+            root_control = Some(RootControl::listen(
+                &addr,
+                inbox.clone(),
+                shared_watermark.clone(),
+            )?);
+        } else {
+            let pc = PeerControl::connect(
+                &addr,
+                &plan.host,
+                outbox.clone(),
+                Box::new(CommitForwarder::new(&store, chain.root.id)?),
+                Duration::from_secs(60),
+            )?;
+            finished = Some(pc.finished());
+            peer_control = Some(pc);
+        }
+    }
+    let n_lcores = plan.lcores.len();
+    let shared = Arc::new(Shared {
+        lcores: n_lcores,
+        watermark: shared_watermark,
+        finished,
+        ..Shared::default()
+    });
+
+    // Instance rings (one per local instance) and tx rings (other lcores to the owner).
+    let mut rings: Vec<Vec<Option<(RingProducer<Multi>, Option<RingConsumer<Single>>)>>> =
+        Vec::new();
+    let capacity = (ring_capacity(&chain, opts.pool_size)) as u32;
+    let mut view_rings = Vec::new();
+    for (vi, v) in chain.vertices.iter().enumerate() {
+        let mut per = Vec::new();
+        for i in 0..v.parallelism {
+            match plan.placement[vi][usize::from(i)] {
+                Placement::Local { .. } => {
+                    let name = format!("chc-v{vi}-{i}");
+                    let (p, c) = mbuf_ring::<Multi, Single>(&name, capacity)?;
+                    view_rings.push((format!("{}-{i}", v.name), p.clone()));
+                    per.push(Some((p, Some(c))));
+                }
+                Placement::Remote { .. } => per.push(None),
+            }
+        }
+        rings.push(per);
+    }
+    let mut port_tx_rings = Vec::new();
+    let mut link_tx_rings = Vec::new();
+    if n_lcores > 1 {
+        for (idx, _) in &tx_ports {
+            let (p, c) = mbuf_ring::<Multi, Single>(&format!("chc-txp{idx}"), capacity)?;
+            view_rings.push((format!("tx-port-{idx}"), p.clone()));
+            port_tx_rings.push((usize::from(*idx), p, Some(c)));
+        }
+        for (k, _) in link_queues.iter().enumerate() {
+            let (p, c) = mbuf_ring::<Multi, Single>(&format!("chc-txl{k}"), capacity)?;
+            view_rings.push((format!("tx-link-{k}"), p.clone()));
+            link_tx_rings.push((k, p, Some(c)));
+        }
+    }
+
+    // Instances, per lcore, in chain order.
+    let allocs: Vec<Arc<Allocation>> = chain
+        .vertices
+        .iter()
+        .map(|v| Arc::new(Allocation::even(v.parallelism)))
+        .collect();
+    let mut per_lcore_tasks: Vec<Vec<(usize, u16)>> = vec![Vec::new(); n_lcores];
+    for &vi in &plan.topo {
+        for (i, p) in plan.placement[vi].iter().enumerate() {
+            if let Placement::Local { slot } = p {
+                per_lcore_tasks[*slot].push((vi, i as u16));
+            }
+        }
+    }
+    let events = match &opts.events {
+        Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|source| DpdkError::Io {
+                what: format!("creating {}", p.display()),
+                source,
+            })?,
+        )))),
+        None => None,
+    };
+    let clock = worker::WallClock::new(hz);
+    let taps: usize = chain.vertices.iter().map(|v| v.taps.len()).sum();
+    let window = chain
+        .root
+        .log_limit
+        .min((opts.pool_size as usize).saturating_sub(2048) / (1 + taps))
+        .max(BURST);
+    let n_ports = chain.ports.len();
+    let mut tx_ports: Vec<Option<(u16, TxQueue)>> = tx_ports.into_iter().map(Some).collect();
+    let mut link_queues: Vec<Option<_>> = link_queues.into_iter().map(Some).collect();
+    let mut rx_ports = Some(rx_ports);
+    let mut counters = Vec::new();
+    let mut workers_built = Vec::new();
+    for slot in 0..n_lcores {
+        let owner = slot == 0;
+        // Tasks and where each vertex's instances are, seen from this lcore.
+        let mut tasks = Vec::new();
+        let mut task_of = std::collections::HashMap::new();
+        for &(vi, i) in &per_lcore_tasks[slot] {
+            let v = &chain.vertices[vi];
+            let inst = NfInstance::new(v, i, &store).map_err(DpdkError::Nf)?;
+            let consumer = rings[vi][usize::from(i)]
+                .as_mut()
+                .and_then(|r| r.1.take())
+                .expect("one ring per local instance");
+            task_of.insert((vi, i), tasks.len());
+            tasks.push(Task {
+                vertex: vi,
+                inst,
+                ring: consumer,
+                next: v.next,
+                taps: v.taps.clone(),
+                exit: v.next.is_none(),
+                on_path: v.on_path,
+                dirty: false,
+            });
+        }
+        let mut ring_outs = Vec::new();
+        let mut routers = Vec::new();
+        for (vi, v) in chain.vertices.iter().enumerate() {
+            let mut dests = Vec::new();
+            for i in 0..v.parallelism {
+                let d = match plan.placement[vi][usize::from(i)] {
+                    Placement::Local { slot: s } if s == slot => Dest::Local(task_of[&(vi, i)]),
+                    Placement::Local { .. } => {
+                        let p = rings[vi][usize::from(i)].as_ref().expect("local").0.clone();
+                        ring_outs.push(RingOut {
+                            ring: p,
+                            burst: Burst::with_capacity(BURST * 4),
+                        });
+                        Dest::Ring(ring_outs.len() - 1)
+                    }
+                    Placement::Remote { link } => Dest::Link(link),
+                };
+                dests.push(d);
+            }
+            routers.push(Router {
+                vertex: vi as u16,
+                key: v.partition,
+                alloc: allocs[vi].clone(),
+                dests,
+            });
+        }
+        // Transmission: the owner holds the queues; others go through its rings.
+        let mut ports: Vec<Option<TxOut>> = (0..n_ports).map(|_| None).collect();
+        let mut links = Vec::new();
+        let mut tx_rings = Vec::new();
+        let mut links_rx = Vec::new();
+        if owner {
+            for e in tx_ports.iter_mut() {
+                let (idx, q) = e.take().expect("taken once");
+                ports[usize::from(idx)] = Some(TxOut {
+                    path: TxPath::Queue(q),
+                    burst: Burst::with_capacity(BURST * 4),
+                    record: (record_port == Some(idx) && replay.is_some()).then(Vec::new),
+                });
+            }
+            for l in link_queues.iter_mut() {
+                let (rxq, txq, mac, peer) = l.take().expect("taken once");
+                links.push(LinkOut {
+                    tx: TxOut {
+                        path: TxPath::Queue(txq),
+                        burst: Burst::with_capacity(BURST * 4),
+                        record: None,
+                    },
+                    dst_mac: peer,
+                    src_mac: mac,
+                });
+                links_rx.push(rxq);
+            }
+            for (idx, _, c) in port_tx_rings.iter_mut() {
+                tx_rings.push((c.take().expect("taken once"), TxTarget::Port(*idx)));
+            }
+            for (k, _, c) in link_tx_rings.iter_mut() {
+                tx_rings.push((c.take().expect("taken once"), TxTarget::Link(*k)));
+            }
+        } else {
+            for (idx, p, _) in &port_tx_rings {
+                ports[*idx] = Some(TxOut {
+                    path: TxPath::Ring(p.clone()),
+                    burst: Burst::with_capacity(BURST * 4),
+                    record: None,
+                });
+            }
+            for (k, p, _) in &link_tx_rings {
+                links.push(LinkOut {
+                    tx: TxOut {
+                        path: TxPath::Ring(p.clone()),
+                        burst: Burst::with_capacity(BURST * 4),
+                        record: None,
+                    },
+                    dst_mac: plan.links[*k].peer_mac,
+                    src_mac: [0; 6],
+                });
+            }
+            // The source MAC is the link port's own.
+            for (k, l) in links.iter_mut().enumerate() {
+                l.src_mac = link_macs_for(&running, &plan, k);
+            }
+        }
+        let root = if owner && plan.root_here {
+            let rcfg = RootConfig {
+                root_id: chain.root.id,
+                log_limit: chain.root.log_limit,
+                persist_every: chain.root.persist_every,
+            };
+            let mut client = store.client(store.next_client_id());
+            for s in 0..client.shards() {
+                client.submit_to(s, ops::subscribe_commits(rcfg.root_id));
+            }
+            client.sync().map_err(|e| DpdkError::Store(e.to_string()))?;
+            Some(RootPart {
+                root: Root::new(rcfg, 1),
+                client,
+                traditional: chain.vertices.iter().all(|v| v.mode == Mode::Traditional),
+                clock_key: ObjKey::raw(format!("chc:root:{}:clock", rcfg.root_id)),
+                inbox: inbox.clone(),
+                rx: rx_ports.take().unwrap_or_default(),
+                entry: (!chain.vertices.is_empty()).then_some(chain.entry),
+                window,
+                replay: replay.take().map(|(records, snaplen)| {
+                    record_snaplen(snaplen);
+                    Replay { records, next: 0 }
+                }),
+                input_done: false,
+                run: worker::RootRun::default(),
+                last_retire: 0,
+                last_progress: lcore::tsc(),
+                last_check: 0,
+                unsettled: 0,
+                lost_input: 0,
+            })
+        } else {
+            None
+        };
+        let deletes = if plan.root_here {
+            if owner {
+                DeleteSink::Local
+            } else {
+                DeleteSink::Queue(inbox.clone())
+            }
+        } else {
+            DeleteSink::Remote(outbox.clone())
+        };
+        let c = Arc::new(LcoreCounters::default());
+        counters.push((plan.lcores[slot], c.clone()));
+        let pending = (0..tasks.len()).map(|_| Vec::new()).collect();
+        workers_built.push(Worker {
+            lcore: plan.lcores[slot],
+            shared: shared.clone(),
+            counters: c,
+            root,
+            links_rx,
+            tasks,
+            routers,
+            io: Io {
+                pending,
+                rings: ring_outs,
+                ports,
+                links,
+                deletes,
+                local_deletes: Vec::new(),
+                events: events.clone(),
+                lines: Vec::new(),
+                events_written: 0,
+                hist: histogram(),
+                clock,
+                pool,
+                jumbo,
+                spi: u32::from(chain.root.id),
+                drops: 0,
+                written: 0,
+                link_foreign: 0,
+                errors: Vec::new(),
+            },
+            tx_rings,
+            owner,
+            scratch: Burst::with_capacity(BURST),
+        });
+    }
+    let _ = local_instances;
+    let view = Arc::new(TelemetryView {
+        ports: plan
+            .ports
+            .iter()
+            .map(|p| p.device.clone())
+            .chain(plan.links.iter().map(|l| l.device.clone()))
+            .zip(running.iter())
+            .map(|(dev, (name, port))| (name.clone(), dev, port.clone()))
+            .collect(),
+        lcores: counters,
+        rings: view_rings,
+        shared: shared.clone(),
+    });
+    let server = match &opts.telemetry {
+        Some(addr) => Some(
+            telemetry::Server::start(addr, view.clone()).map_err(|source| DpdkError::Io {
+                what: format!("telemetry on {addr}"),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    if let Some(rc) = &root_control {
+        let others = plan_other_hosts(&chain, &plan);
+        rc.wait_peers(others, Duration::from_secs(60))?;
+    }
+    // Launch: worker lcores run their loops; the main lcore runs one itself only when it
+    // is the sole lcore.
+    let mut joins = Vec::new();
+    let mut on_main = None;
+    for w in workers_built {
+        if w.lcore == main {
+            on_main = Some(w);
+        } else {
+            let l = w.lcore;
+            joins.push(lcore::launch(l, move || w.run())?);
+        }
+    }
+    let pcap_out = opts
+        .pcap
+        .as_ref()
+        .map(|p| (p.output.clone(), snaplen_recorded()));
+    Ok(Dataplane {
+        started,
+        eal: eal_line,
+        plan,
+        chain,
+        shared,
+        view,
+        joins,
+        on_main,
+        spare,
+        ports: running,
+        _server: server,
+        root_control,
+        peer_control,
+        store: Some(store),
+        pcap_out,
+        progress: opts.progress,
+    })
+}
+
+// The replay's snap length, for writing the fixed-up output file like the embedded path.
+static SNAPLEN: AtomicU64 = AtomicU64::new(65535);
+fn record_snaplen(s: u32) {
+    SNAPLEN.store(u64::from(s), Ordering::Relaxed);
+}
+fn snaplen_recorded() -> u32 {
+    SNAPLEN.load(Ordering::Relaxed) as u32
+}
+
+/// Hosts other than the root's that take part in the chain.
+fn plan_other_hosts(chain: &Chain, plan: &Plan) -> usize {
+    let mut hosts = std::collections::BTreeSet::new();
+    for l in &chain.links {
+        for e in &l.ends {
+            if e.host != plan.host {
+                hosts.insert(e.host.clone());
+            }
+        }
+    }
+    for v in &chain.vertices {
+        if let Some(h) = &v.host {
+            if *h != plan.host {
+                hosts.insert(h.clone());
+            }
+        }
+    }
+    hosts.len()
+}
+
+/// Ring capacity: every packet the root may have in flight, with its tap copies, fits in
+/// any one ring, so a ring never fills.
+fn ring_capacity(chain: &Chain, pool: u32) -> usize {
+    let taps: usize = chain.vertices.iter().map(|v| v.taps.len()).sum();
+    (pool as usize + 1024).max(chain.root.log_limit.min(pool as usize) * (1 + taps))
+}
+
+fn link_macs_for(running: &[(String, RunningPort)], plan: &Plan, k: usize) -> [u8; 6] {
+    let name = format!("link-{}", plan.links[k].peer);
+    running
+        .iter()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, p)| p.info().ok())
+        .map_or([0; 6], |i| i.mac)
+}
+
+/// Forwards this host's store's commit notifications to the root; retires clocks.
+struct CommitForwarder {
+    client: StoreClient,
+    root_id: u16,
+}
+
+impl CommitForwarder {
+    fn new(store: &Store, root_id: u16) -> Result<CommitForwarder, DpdkError> {
+        let mut client = store.client(store.next_client_id());
+        for s in 0..client.shards() {
+            client.submit_to(s, ops::subscribe_commits(root_id));
+        }
+        client.sync().map_err(|e| DpdkError::Store(e.to_string()))?;
+        Ok(CommitForwarder { client, root_id })
+    }
+}
+
+impl PeerStore for CommitForwarder {
+    fn commits(&mut self, out: &mut Vec<(u64, u32)>) {
+        let _ = self.client.poll();
+        while let Some(p) = self.client.take_push() {
+            out.extend(p.push.commits.iter().map(|c| (c.clock, c.id)));
+        }
+    }
+    fn retire(&mut self, watermark: u64) {
+        for s in 0..self.client.shards() {
+            self.client
+                .submit_to(s, nonblocking(ops::retire_clocks(self.root_id, watermark)));
+        }
+        let _ = self.client.flush();
+    }
+}
+
+impl Dataplane {
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.shared.clone())
+    }
+
+    /// The running figures (ports, lcores, rings).
+    pub fn figures(&self) -> Figures {
+        self.view.figures()
+    }
+
+    /// The queues no part of the chain polls (a traffic source in this process may use them).
+    pub fn take_spare_queues(&mut self) -> Vec<SpareQueue> {
+        std::mem::take(&mut self.spare)
+    }
+
+    /// Lcores that run the chain.
+    pub fn lcores(&self) -> &[u32] {
+        &self.plan.lcores
+    }
+
+    /// Runs the main lcore's share (if it is a chain lcore), waits for every lcore, and
+    /// returns the summary.
+    pub fn wait(mut self) -> Result<DpdkSummary, DpdkError> {
+        let progress = self.progress.then(|| {
+            let view = self.view.clone();
+            let shared = self.shared.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while shared.phase.load(Ordering::Acquire) == worker::RUNNING {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let f = view.figures();
+                    let n: u64 = f.lcores.iter().map(|l| l.packets).sum();
+                    eprintln!(
+                        "chc-dataplane: {} packets handled ({} in the last second), {} in the root's log",
+                        n,
+                        n - last,
+                        f.root_in_flight
+                    );
+                    last = n;
+                }
+            })
+        });
+        let mut reports = Vec::new();
+        let mut panicked = None;
+        if let Some(w) = self.on_main.take() {
+            reports.push(w.run());
+        }
+        for j in self.joins.drain(..) {
+            let l = j.lcore();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j.join())) {
+                Ok(Ok(r)) => reports.push(r),
+                Ok(Err(e)) => panicked = Some(format!("lcore {l}: {e}")),
+                Err(_) => panicked = Some(format!("lcore {l} panicked")),
+            }
+        }
+        self.shared.phase.store(worker::STOPPING, Ordering::Release);
+        if let Some(p) = progress {
+            let _ = p.join();
+        }
+        let figures = self.view.figures();
+        if let Some(rc) = &self.root_control {
+            rc.finish();
+        }
+        let peer_lost = self.root_control.as_ref().is_some_and(RootControl::lost);
+        drop(self.peer_control.take());
+        // Stopping the ports closes net_pcap's output file.
+        drop(self._server.take());
+        let names: Vec<String> = self.ports.iter().map(|(n, _)| n.clone()).collect();
+        self.ports.clear();
+        self.spare.clear();
+        drop(self.view);
+        let _ = names;
+        let mut errors: Vec<String> = Vec::new();
+        let summary = summarize(&self.chain, &reports, self.started.elapsed());
+        if let Some((path, snaplen)) = &self.pcap_out {
+            let recs: Vec<(u64, u32)> = reports
+                .iter()
+                .flat_map(|r| r.records.iter().flat_map(|(_, v)| v.iter().copied()))
+                .collect();
+            if let Err(e) = fix_pcap_times(path, *snaplen, &recs) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(s) = self.store.take() {
+            s.shutdown();
+        }
+        let link_foreign = reports.iter().map(|r| r.link_foreign).sum();
+        let unsettled: usize = reports.iter().filter_map(|r| r.root.map(|x| x.2)).sum();
+        let lost: u64 = reports.iter().filter_map(|r| r.root.map(|x| x.3)).sum();
+        let out = DpdkSummary {
+            chain: summary,
+            host: self.plan.host.clone(),
+            eal: self.eal.clone(),
+            figures,
+            link_foreign,
+            errors: reports
+                .iter()
+                .flat_map(|r| r.errors.iter().cloned())
+                .collect(),
+        };
+        if let Some(p) = panicked {
+            return Err(DpdkError::Failed(p));
+        }
+        if unsettled > 0 {
+            return Err(DpdkError::Unsettled(unsettled));
+        }
+        if lost > 0 {
+            return Err(DpdkError::LostInput(lost));
+        }
+        if peer_lost {
+            return Err(DpdkError::PeerLost);
+        }
+        if let Some(e) = errors.into_iter().next() {
+            return Err(DpdkError::Failed(e));
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a chain under DPDK to the end of its input (or until stopped).
+pub fn run(opts: &DpdkOptions) -> Result<DpdkSummary, DpdkError> {
+    start(opts)?.wait()
+}
+
+/// `net_pcap` stamps what it writes with the time of writing and the captured length as
+/// the wire length; the embedded path writes each packet's capture time and wire length.
+/// Rewrites the file's record headers with those, in transmission order.
+fn fix_pcap_times(
+    path: &std::path::Path,
+    snaplen: u32,
+    recs: &[(u64, u32)],
+) -> Result<(), DpdkError> {
+    let written = pcapio::read_all(path)?;
+    if written.len() != recs.len() {
+        return Err(DpdkError::Failed(format!(
+            "{}: {} packets written, {} transmitted",
+            path.display(),
+            written.len(),
+            recs.len()
+        )));
+    }
+    let tmp = path.with_extension("pcap.tmp");
+    let mut w = pcapio::Writer::create(&tmp, snaplen)?;
+    for (r, (ts, wire_len)) in written.iter().zip(recs) {
+        w.write(*ts, *wire_len, &r.data)?;
+    }
+    w.finish()?;
+    std::fs::rename(&tmp, path).map_err(|source| DpdkError::Io {
+        what: format!("replacing {}", path.display()),
+        source,
+    })
+}
+
+fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Summary {
+    let mut hist = histogram();
+    let mut vertices: Vec<VertexSummary> = chain
+        .vertices
+        .iter()
+        .map(|v| VertexSummary {
+            name: v.name.clone(),
+            nf: v.nf.clone(),
+            mode: v.mode.to_string(),
+            parallelism: v.parallelism,
+            partition: format!("{:?}", v.partition).to_lowercase(),
+            packets_in: 0,
+            packets_out: 0,
+            dropped: 0,
+            fragments: 0,
+            errors: 0,
+            state_ops: 0,
+            remote_calls: 0,
+            per_instance_in: vec![0; v.parallelism as usize],
+        })
+        .collect();
+    let mut s = Summary {
+        packets_read: 0,
+        malformed_dropped: 0,
+        non_ip_passed: 0,
+        root_stamped: 0,
+        root_dropped_log_full: 0,
+        root_log_high_water: 0,
+        packets_written: 0,
+        events: 0,
+        latency_p50_us: 0.0,
+        latency_p99_us: 0.0,
+        elapsed_s: elapsed.as_secs_f64(),
+        vertices: Vec::new(),
+    };
+    for r in reports {
+        let _ = hist.add(&r.hist);
+        s.packets_written += r.written;
+        s.events += r.events;
+        if let Some((stats, run, _, _)) = &r.root {
+            s.packets_read += run.read;
+            s.malformed_dropped += run.malformed;
+            s.non_ip_passed += run.non_ip;
+            s.root_stamped += stats.stamped;
+            s.root_dropped_log_full += stats.dropped_log_full;
+            s.root_log_high_water = s.root_log_high_water.max(stats.high_water as u64);
+        }
+        for (vi, idx, c, ops, remote) in &r.instances {
+            let v = &mut vertices[*vi];
+            v.packets_in += c.pkts_in;
+            v.packets_out += c.pkts_out;
+            v.dropped += c.dropped;
+            v.fragments += c.fragments;
+            v.errors += c.errors;
+            v.state_ops += ops;
+            v.remote_calls += remote;
+            v.per_instance_in[usize::from(*idx)] = c.pkts_in;
+        }
+    }
+    s.latency_p50_us = hist.value_at_quantile(0.5) as f64 / 1e3;
+    s.latency_p99_us = hist.value_at_quantile(0.99) as f64 / 1e3;
+    s.vertices = vertices;
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vdevs_and_lcore_arguments_are_recognised() {
+        assert!(is_vdev("net_pcap0,rx_pcap=a.pcap"));
+        assert!(is_vdev("net_af_packet0,iface=veth0"));
+        assert!(!is_vdev("0000:3b:00.0"));
+        assert_eq!(port_name("net_ring0,x=y"), "net_ring0");
+        assert!(has_lcores(&EalArgs::parse("--no-huge -l 0-1").unwrap()));
+        assert!(has_lcores(&EalArgs::parse("--lcores=0@0").unwrap()));
+        assert!(!has_lcores(&EalArgs::parse("--no-huge -m 256").unwrap()));
+    }
+
+    #[test]
+    fn without_ports_the_error_says_what_to_do() {
+        let opts = DpdkOptions::new(Chain::paper());
+        let e = start(&opts).err().expect("no ports").to_string();
+        assert!(e.contains("[[port]]") && e.contains("--pcap-in"), "{e}");
+    }
+
+    #[test]
+    fn rings_hold_every_packet_in_flight() {
+        let c = Chain::paper();
+        assert!(ring_capacity(&c, 16383) >= 16383);
+        let e = empty_chain(&c);
+        assert!(e.vertices.is_empty());
+    }
+}

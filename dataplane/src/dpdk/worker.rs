@@ -1,0 +1,992 @@
+//! One lcore's run-to-completion loop.
+//!
+//! Every iteration: the root (on the first lcore of the root's host) polls the input ports
+//! and stamps, logs and splits what came in; the first lcore of another host polls its links
+//! and strips NSH; then each NF instance of this lcore, in chain order, processes what its
+//! upstream instances on this lcore handed it in this very iteration (a plain vector, no
+//! ring) and what instances on other lcores left in its `rte_ring`. Outputs go to the next
+//! instance the splitter picks: a local vector, another lcore's ring, or a link (NSH pushed
+//! into the headroom). A packet leaving the chain first hands its delete to the root (a
+//! direct call on the root's lcore, a lock-free queue from other lcores, the control
+//! channel from other hosts) and only then is staged for transmission. Staged bursts are
+//! sent at the end of the iteration. Packets are rewritten in place in their mbufs.
+
+use super::control::{Delete, Inbox};
+use super::meta::{PktMeta, ENCAP_LEN};
+use super::telemetry::LcoreCounters;
+use crate::instance::{NfCounters, NfInstance};
+use crate::split::{bucket, key_hash, Allocation};
+use chc_dpdk::{
+    lcore, Burst, Mbuf, Mempool, Multi, RingConsumer, RingProducer, RunningPort, RxQueue, Single,
+    TxQueue,
+};
+use chc_root::{Root, RootStats, FULL};
+use chc_store::client::{ops, ObjKey, StoreClient};
+use chc_store::Value;
+use crossbeam::queue::SegQueue;
+use hdrhistogram::Histogram;
+use nfs::nf::Verdict;
+use nfs::packet::{Packet, Shape};
+use nfs::PartitionKey;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Target vertex of a frame that crosses a link only to leave the chain (non-IP frames
+/// whose egress port is on another host).
+pub const PASS_THROUGH: u16 = u16::MAX;
+
+pub const RUNNING: u8 = 0;
+pub const STOPPING: u8 = 1;
+
+/// State every lcore of the process sees.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub phase: AtomicU8,
+    /// Lcores that saw STOPPING and finished their last iteration.
+    pub quiesced: AtomicUsize,
+    pub lcores: usize,
+    /// Stop taking input, drain, stop (live ports; a benchmark's end).
+    pub stop_request: AtomicBool,
+    /// Packets in the root's log, for telemetry.
+    pub in_flight: AtomicU64,
+    /// The root's watermark, for the control channel.
+    pub watermark: Arc<AtomicU64>,
+    /// Set on other hosts when the root says FINISH (or the channel broke).
+    pub finished: Option<Arc<AtomicBool>>,
+}
+
+/// Where a packet goes next.
+#[derive(Clone, Copy, Debug)]
+pub enum Dest {
+    /// An instance on this lcore (task index).
+    Local(usize),
+    /// Another lcore's instance ring (index into the lcore's ring outputs).
+    Ring(usize),
+    /// Another host (index into the lcore's link outputs).
+    Link(usize),
+}
+
+/// The splitter in front of one vertex.
+pub struct Router {
+    pub vertex: u16,
+    pub key: PartitionKey,
+    pub alloc: Arc<Allocation>,
+    /// One per instance.
+    pub dests: Vec<Dest>,
+}
+
+/// How a lcore transmits on a port or a link.
+pub enum TxPath {
+    /// It owns the queue.
+    Queue(TxQueue),
+    /// Through a ring to the lcore that owns it.
+    Ring(RingProducer<Multi>),
+}
+
+/// Packets staged for one port or link.
+pub struct TxOut {
+    pub path: TxPath,
+    pub burst: Burst,
+    /// Capture time and wire length of every packet sent, in order (pcap output fix-up).
+    pub record: Option<Vec<(u64, u32)>>,
+}
+
+/// A link's sending side on this lcore.
+pub struct LinkOut {
+    pub tx: TxOut,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+/// A ring into another lcore's instance, with its staged burst.
+pub struct RingOut {
+    pub ring: RingProducer<Multi>,
+    pub burst: Burst,
+}
+
+/// An NF instance on this lcore.
+pub struct Task {
+    pub vertex: usize,
+    pub inst: NfInstance,
+    pub ring: RingConsumer<Single>,
+    pub next: Option<usize>,
+    pub taps: Vec<usize>,
+    pub exit: bool,
+    pub on_path: bool,
+    pub dirty: bool,
+}
+
+/// Where deletes go from this lcore.
+pub enum DeleteSink {
+    /// The root is on this lcore.
+    Local,
+    /// The root is on another lcore of this host.
+    Queue(Arc<Inbox>),
+    /// The root is on another host (the control channel's outbox).
+    Remote(Arc<SegQueue<Delete>>),
+}
+
+/// Input side information of a pcap replay: per record, capture time, wire length and
+/// captured length (`net_pcap` delivers neither the wire length nor nanoseconds).
+pub struct Replay {
+    pub records: Vec<(u64, u32, u32)>,
+    pub next: usize,
+}
+
+/// Counters of the root's lcore.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RootRun {
+    pub read: u64,
+    pub malformed: u64,
+    pub non_ip: u64,
+    pub oversize: u64,
+}
+
+/// The root and its input.
+pub struct RootPart {
+    pub root: Root,
+    pub client: StoreClient,
+    pub traditional: bool,
+    pub clock_key: ObjKey,
+    pub inbox: Arc<Inbox>,
+    /// Input ports: queue, chain port index, egress port index, control handle.
+    pub rx: Vec<(RxQueue, u16, u16, RunningPort)>,
+    pub entry: Option<usize>,
+    pub window: usize,
+    pub replay: Option<Replay>,
+    pub input_done: bool,
+    pub run: RootRun,
+    pub last_retire: u64,
+    pub last_progress: u64,
+    pub last_check: u64,
+    pub unsettled: usize,
+    pub lost_input: u64,
+}
+
+/// Everything a lcore returns at the end.
+pub struct Report {
+    pub instances: Vec<(usize, u16, NfCounters, u64, u64)>,
+    pub hist: Histogram<u64>,
+    pub root: Option<(RootStats, RootRun, usize, u64)>,
+    pub records: Vec<(u16, Vec<(u64, u32)>)>,
+    pub written: u64,
+    pub events: u64,
+    pub link_foreign: u64,
+    pub errors: Vec<String>,
+}
+
+/// Time in ns since the epoch from the TSC.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    pub base_ns: u64,
+    pub tsc0: u64,
+    /// ns per TSC tick, as a 32.32 fixed-point number.
+    pub ns_per_tick_q32: u64,
+}
+
+impl WallClock {
+    pub fn new(hz: u64) -> WallClock {
+        let base_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        WallClock {
+            base_ns,
+            tsc0: lcore::tsc(),
+            ns_per_tick_q32: ((1_000_000_000u128 << 32) / u128::from(hz.max(1))) as u64,
+        }
+    }
+    #[inline]
+    pub fn ns(&self, ticks: u64) -> u64 {
+        ((u128::from(ticks) * u128::from(self.ns_per_tick_q32)) >> 32) as u64
+    }
+    #[inline]
+    pub fn now_ns(&self, tsc: u64) -> u64 {
+        self.base_ns + self.ns(tsc.wrapping_sub(self.tsc0))
+    }
+}
+
+pub struct Worker {
+    pub lcore: u32,
+    pub shared: Arc<Shared>,
+    pub counters: Arc<LcoreCounters>,
+    pub root: Option<RootPart>,
+    pub links_rx: Vec<RxQueue>,
+    pub tasks: Vec<Task>,
+    pub routers: Vec<Router>,
+    pub io: Io,
+    /// Rings other lcores feed this lcore's ports and links through (owner only).
+    pub tx_rings: Vec<(RingConsumer<Single>, TxTarget)>,
+    /// Whether this lcore waits for the others before leaving (the owner of the queues).
+    pub owner: bool,
+    /// A burst reused by every poll (taken out while packets are handled).
+    pub scratch: Burst,
+}
+
+/// Which output a tx ring drains into.
+#[derive(Clone, Copy, Debug)]
+pub enum TxTarget {
+    Port(usize),
+    Link(usize),
+}
+
+/// What the packet-handling code writes to, apart from the tasks.
+pub struct Io {
+    pub pending: Vec<Vec<(Mbuf, PktMeta)>>,
+    pub rings: Vec<RingOut>,
+    /// By chain port index.
+    pub ports: Vec<Option<TxOut>>,
+    pub links: Vec<LinkOut>,
+    pub deletes: DeleteSink,
+    pub local_deletes: Vec<Delete>,
+    pub events: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+    pub lines: Vec<String>,
+    pub events_written: u64,
+    pub hist: Histogram<u64>,
+    pub clock: WallClock,
+    pub pool: Mempool,
+    pub jumbo: Mempool,
+    pub spi: u32,
+    pub drops: u64,
+    pub written: u64,
+    pub link_foreign: u64,
+    pub errors: Vec<String>,
+}
+
+/// Largest frame kept in a normal mbuf; larger ones are copied into the jumbo pool.
+pub const NORMAL_ROOM: usize = (chc_dpdk::DEFAULT_DATA_ROOM - chc_dpdk::HEADROOM) as usize;
+
+impl Io {
+    fn error(&mut self, e: String) {
+        if self.errors.len() < 8 {
+            eprintln!("chc-dataplane: {e}");
+            self.errors.push(e);
+        }
+    }
+
+    /// Hands a delete to the root.
+    #[inline]
+    fn delete(&mut self, d: Delete) {
+        match &self.deletes {
+            DeleteSink::Local => self.local_deletes.push(d),
+            DeleteSink::Queue(q) => q.deletes.push(d),
+            DeleteSink::Remote(q) => q.push(d),
+        }
+    }
+
+    /// A copy of the packet (for a tap) in a fresh mbuf.
+    fn copy(&mut self, m: &Mbuf) -> Option<Mbuf> {
+        let pool = if m.len() <= NORMAL_ROOM {
+            self.pool
+        } else {
+            self.jumbo
+        };
+        pool.alloc_from(m.data()).ok()
+    }
+
+    /// Sends `m` (with `meta`) to the instance `r` picks for it.
+    fn route(&mut self, r: &Router, mut m: Mbuf, mut meta: PktMeta) {
+        let i = if r.dests.len() == 1 {
+            0
+        } else {
+            let n = m.data_len();
+            let p = Packet::parse(m.data_mut(), n, 0);
+            usize::from(r.alloc.instance(bucket(key_hash(&p, r.key)))) % r.dests.len()
+        };
+        meta.vertex = r.vertex;
+        meta.instance = i as u16;
+        match r.dests[i] {
+            Dest::Local(t) => self.pending[t].push((m, meta)),
+            Dest::Ring(k) => {
+                meta.store(m.private_area_mut());
+                let out = &mut self.rings[k];
+                if let Err(m) = out.burst.push(m) {
+                    flush_ring(out);
+                    if let Err(m) = out.burst.push(m) {
+                        self.lost(m, meta, "ring staging full");
+                    }
+                }
+                if self.rings[k].burst.is_full() {
+                    flush_ring(&mut self.rings[k]);
+                }
+            }
+            Dest::Link(k) => self.to_link(k, m, meta),
+        }
+    }
+
+    /// Pushes NSH and stages the frame on link `k`.
+    fn to_link(&mut self, k: usize, mut m: Mbuf, meta: PktMeta) {
+        let (dst, src, spi) = (self.links[k].dst_mac, self.links[k].src_mac, self.spi);
+        match m.prepend(ENCAP_LEN) {
+            Ok(h) => meta.write_encap(dst, src, spi, h),
+            Err(e) => {
+                self.error(format!("no headroom for NSH: {e}"));
+                return self.lost(m, meta, "no headroom");
+            }
+        }
+        meta.store(m.private_area_mut());
+        self.stage(TxSel::Link(k), m);
+    }
+
+    /// A packet the runtime could not move on: dropped, and its copy reported as gone so
+    /// the root does not wait for it.
+    fn lost(&mut self, m: Mbuf, meta: PktMeta, why: &str) {
+        drop(m);
+        self.drops += 1;
+        if self.errors.is_empty() {
+            self.error(format!("packet dropped: {why}"));
+        }
+        if meta.chc.clock != 0 {
+            self.delete((meta.chc.clock, meta.weight, meta.chc.vector));
+        }
+    }
+
+    /// The packet leaves the chain by its egress port: delete first, then transmit.
+    fn exit(&mut self, m: Mbuf, meta: PktMeta) {
+        self.latency(&meta);
+        if meta.chc.clock != 0 {
+            self.delete((meta.chc.clock, meta.weight, meta.chc.vector));
+        }
+        self.out(m, meta);
+    }
+
+    /// Transmits by the egress port (or to the host that has it).
+    fn out(&mut self, mut m: Mbuf, meta: PktMeta) {
+        let port = usize::from(meta.egress);
+        if self.ports.get(port).is_some_and(Option::is_some) {
+            meta.store(m.private_area_mut());
+            self.stage(TxSel::Port(port), m);
+        } else if self.links.len() == 1 {
+            // Not here: the host across the (only) link has it.
+            let meta = PktMeta {
+                vertex: PASS_THROUGH,
+                ..meta
+            };
+            self.to_link(0, m, meta);
+        } else {
+            self.drops += 1;
+            self.error(format!("egress port {port} is not on this host"));
+        }
+    }
+
+    fn latency(&mut self, meta: &PktMeta) {
+        let ns = self.clock.ns(lcore::tsc().wrapping_sub(meta.t0));
+        let _ = self.hist.record(ns.max(1));
+    }
+
+    /// The end of a copy that does not leave the chain (a drop, an off-path branch).
+    fn retire(&mut self, m: Mbuf, meta: PktMeta) {
+        self.latency(&meta);
+        drop(m);
+        self.delete((meta.chc.clock, meta.weight, meta.chc.vector));
+    }
+
+    fn stage(&mut self, sel: TxSel, m: Mbuf) {
+        let out = match sel {
+            TxSel::Port(p) => match self.ports.get_mut(p).and_then(Option::as_mut) {
+                Some(o) => o,
+                None => return,
+            },
+            TxSel::Link(k) => &mut self.links[k].tx,
+        };
+        if let Err(m) = out.burst.push(m) {
+            let (sent, dropped) = flush_tx(out);
+            self.account(sel, sent, dropped);
+            let out = match sel {
+                TxSel::Port(p) => self.ports[p].as_mut().expect("checked above"),
+                TxSel::Link(k) => &mut self.links[k].tx,
+            };
+            if out.burst.push(m).is_err() {
+                self.drops += 1;
+            }
+        }
+    }
+
+    fn account(&mut self, sel: TxSel, sent: usize, dropped: usize) {
+        if matches!(sel, TxSel::Port(_)) {
+            self.written += sent as u64;
+        }
+        if dropped > 0 {
+            self.drops += dropped as u64;
+            self.error(format!(
+                "{dropped} packets dropped: the device would not take them"
+            ));
+        }
+    }
+
+    /// Sends everything staged. Returns packets transmitted.
+    fn flush(&mut self) -> u64 {
+        for r in &mut self.rings {
+            flush_ring(r);
+        }
+        let mut tx = 0;
+        for p in 0..self.ports.len() {
+            let Some(out) = self.ports[p].as_mut() else {
+                continue;
+            };
+            if out.burst.is_empty() {
+                continue;
+            }
+            let (sent, dropped) = flush_tx(out);
+            tx += sent as u64;
+            self.account(TxSel::Port(p), sent, dropped);
+        }
+        for k in 0..self.links.len() {
+            if self.links[k].tx.burst.is_empty() {
+                continue;
+            }
+            let (sent, dropped) = flush_tx(&mut self.links[k].tx);
+            tx += sent as u64;
+            self.account(TxSel::Link(k), sent, dropped);
+        }
+        tx
+    }
+
+    fn write_events(&mut self) {
+        if self.lines.is_empty() {
+            return;
+        }
+        self.events_written += self.lines.len() as u64;
+        if let Some(w) = &self.events {
+            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+            for l in self.lines.drain(..) {
+                if writeln!(w, "{l}").is_err() {
+                    break;
+                }
+            }
+        }
+        self.lines.clear();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum TxSel {
+    Port(usize),
+    Link(usize),
+}
+
+fn flush_ring(out: &mut RingOut) {
+    if out.burst.is_empty() {
+        return;
+    }
+    // Rings hold the whole window of the root, so they do not fill; if one does, wait.
+    let mut spins = 0u32;
+    while !out.burst.is_empty() {
+        if out.ring.enqueue_burst(&mut out.burst) == 0 {
+            spins += 1;
+            if spins > 1_000_000 {
+                out.burst.clear();
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Transmits a staged burst, retrying while the device makes progress. Returns (sent,
+/// dropped).
+fn flush_tx(out: &mut TxOut) -> (usize, usize) {
+    let mut sent = 0;
+    let mut stalls = 0u32;
+    while !out.burst.is_empty() {
+        let n = match &mut out.path {
+            TxPath::Queue(q) => {
+                if let Some(rec) = out.record.as_mut() {
+                    let metas: Vec<PktMeta> = out
+                        .burst
+                        .iter()
+                        .map(|m| PktMeta::load(m.private_area()))
+                        .collect();
+                    let n = q.tx_burst(&mut out.burst);
+                    rec.extend(metas[..n].iter().map(|m| (m.ts_ns, m.wire_len)));
+                    n
+                } else {
+                    q.tx_burst(&mut out.burst)
+                }
+            }
+            TxPath::Ring(r) => r.enqueue_burst(&mut out.burst),
+        };
+        sent += n;
+        if n == 0 {
+            stalls += 1;
+            if stalls > 100_000 {
+                let dropped = out.burst.len();
+                out.burst.clear();
+                return (sent, dropped);
+            }
+            std::hint::spin_loop();
+        } else {
+            stalls = 0;
+        }
+    }
+    (sent, 0)
+}
+
+impl Worker {
+    /// Runs until the chain is drained and stopped; returns what the lcore counted.
+    pub fn run(mut self) -> Report {
+        let mut idle = 0u32;
+        let n_lcores = self.shared.lcores;
+        loop {
+            let start = lcore::tsc();
+            let stopping = self.shared.phase.load(Ordering::Acquire) == STOPPING;
+            if stopping && !self.owner {
+                break;
+            }
+            if stopping
+                && self.owner
+                && self.shared.quiesced.load(Ordering::Acquire) + 1 >= n_lcores
+            {
+                // Everyone else is out: a last pass over what they left in the rings.
+                self.drain_tx_rings();
+                self.io.flush();
+                break;
+            }
+            let mut n = 0;
+            if self.root.is_some() {
+                n += self.poll_root(start);
+            }
+            n += self.poll_links();
+            for t in 0..self.tasks.len() {
+                n += self.run_task(t);
+            }
+            n += self.drain_tx_rings();
+            let tx = self.io.flush();
+            self.io.write_events();
+            let end = lcore::tsc();
+            LcoreCounters::add(&self.counters.total_cycles, end.wrapping_sub(start));
+            LcoreCounters::add(&self.counters.tx, tx);
+            if n > 0 {
+                LcoreCounters::add(&self.counters.packets, n as u64);
+                LcoreCounters::add(&self.counters.busy_cycles, end.wrapping_sub(start));
+                idle = 0;
+            } else {
+                idle = idle.saturating_add(1);
+                if idle == 64 {
+                    self.idle_sync();
+                }
+                if idle > 1024 {
+                    std::thread::yield_now();
+                }
+            }
+            if self.io.drops > 0 {
+                LcoreCounters::add(&self.counters.drops, self.io.drops);
+                self.io.drops = 0;
+            }
+            self.check_end(end);
+        }
+        if !self.owner {
+            self.shared.quiesced.fetch_add(1, Ordering::AcqRel);
+        }
+        self.finish()
+    }
+
+    /// Sends what instances queued for the store and waits for it (when idle).
+    fn idle_sync(&mut self) {
+        for t in &mut self.tasks {
+            if t.dirty {
+                t.inst.sync();
+                t.dirty = false;
+            }
+        }
+    }
+
+    /// Decides, on the root's lcore, that the run is over.
+    fn check_end(&mut self, now: u64) {
+        if self.shared.phase.load(Ordering::Acquire) == STOPPING {
+            return;
+        }
+        if let Some(f) = &self.shared.finished {
+            if f.load(Ordering::Acquire) {
+                self.shared.phase.store(STOPPING, Ordering::Release);
+            }
+            return;
+        }
+        let hz_10s = 10_000_000_000u64;
+        let Some(r) = self.root.as_mut() else {
+            return;
+        };
+        if self.shared.stop_request.load(Ordering::Acquire) {
+            r.input_done = true;
+        }
+        let inflight = r.root.in_flight();
+        self.shared
+            .in_flight
+            .store(inflight as u64, Ordering::Relaxed);
+        if !r.input_done {
+            return;
+        }
+        if inflight == 0 {
+            self.shared.phase.store(STOPPING, Ordering::Release);
+        } else if self.io.clock.ns(now.wrapping_sub(r.last_progress)) > hz_10s {
+            r.unsettled = inflight;
+            self.io.error(format!(
+                "{inflight} packets never settled at the root (missing deletes or commits)"
+            ));
+            self.shared.phase.store(STOPPING, Ordering::Release);
+        }
+    }
+
+    /// Input: stamp, log, split (the root's lcore).
+    fn poll_root(&mut self, now: u64) -> usize {
+        let Some(r) = self.root.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        // Deletes from other lcores and hosts; commits from other hosts' stores.
+        while let Some((c, w, x)) = r.inbox.deletes.pop() {
+            r.root.on_delete(c, w, x);
+            n += 1;
+        }
+        while let Some((c, id)) = r.inbox.commits.pop() {
+            r.root.on_commit(c, id);
+        }
+        if !r.traditional {
+            if let Err(e) = r.client.poll() {
+                self.io.error(format!("root: store: {e}"));
+            }
+            while let Some(p) = r.client.take_push() {
+                for c in p.push.commits {
+                    r.root.on_commit(c.clock, c.id);
+                }
+            }
+        }
+        let before = r.root.in_flight();
+        let mut burst = std::mem::replace(&mut self.scratch, Burst::with_capacity(0));
+        let mut src = None;
+        if !r.input_done && r.window.saturating_sub(r.root.in_flight()) >= burst.capacity() {
+            for k in 0..r.rx.len() {
+                r.rx[k].0.rx_burst(&mut burst);
+                if !burst.is_empty() {
+                    src = Some(k);
+                    break;
+                }
+            }
+        }
+        let got = burst.len();
+        if got > 0 {
+            r.last_progress = now;
+        }
+        let ts_now = self.io.clock.now_ns(now);
+        let egress = src.map_or(0, |k| r.rx[k].2);
+        if let Some(k) = src {
+            // The next poll starts with the next port.
+            r.rx.rotate_left(k + 1);
+        }
+        for mut m in burst.drain(..) {
+            n += 1;
+            r.run.read += 1;
+            let (ts_ns, wire_len) = match r.replay.as_mut() {
+                Some(rp) => {
+                    let rec = rp.records.get(rp.next).copied();
+                    rp.next += 1;
+                    match rec {
+                        Some((ts, wl, cap)) if cap as usize == m.len() => (ts, wl),
+                        _ => {
+                            self.io.error(format!(
+                                "input packet {} does not match the pcap file ({} bytes)",
+                                rp.next - 1,
+                                m.len()
+                            ));
+                            (ts_now, m.len() as u32)
+                        }
+                    }
+                }
+                None => (ts_now, m.len() as u32),
+            };
+            if !m.is_contiguous() {
+                match (m.len() <= 16384).then(|| self.io.jumbo.alloc_from(&m.to_vec())) {
+                    Some(Ok(j)) => m = j,
+                    _ => {
+                        r.run.oversize += 1;
+                        self.io.drops += 1;
+                        continue;
+                    }
+                }
+            }
+            let len = m.data_len();
+            let shape = Packet::parse(m.data_mut(), len, ts_ns).hdr.shape;
+            let mut meta = PktMeta {
+                ts_ns,
+                wire_len: wire_len.max(len as u32),
+                t0: now,
+                egress,
+                ..PktMeta::default()
+            };
+            match shape {
+                Shape::Malformed(_) => {
+                    r.run.malformed += 1;
+                    self.io.drops += 1;
+                    continue;
+                }
+                Shape::NonIp => {
+                    r.run.non_ip += 1;
+                    self.io.out(m, meta);
+                    continue;
+                }
+                Shape::Ip | Shape::Fragment => {}
+            }
+            let Some(clock) = r.root.admit(m.data(), meta.wire_len, ts_ns) else {
+                self.io.drops += 1;
+                continue;
+            };
+            meta.chc.clock = clock;
+            meta.weight = FULL;
+            match r.entry {
+                Some(v) => self.io.route(&self.routers[v], m, meta),
+                None => self.io.exit(m, meta),
+            }
+        }
+        self.scratch = burst;
+        // Deletes of packets that left from this lcore.
+        for (c, w, x) in self.io.local_deletes.drain(..) {
+            r.root.on_delete(c, w, x);
+        }
+        if let Some(rp) = &r.replay {
+            if rp.next >= rp.records.len() {
+                r.input_done = true;
+            } else if got == 0 && self.io.clock.ns(now.wrapping_sub(r.last_check)) > 1_000_000 {
+                // net_pcap drops a packet it has no mbuf for: count those as read.
+                r.last_check = now;
+                if let Some((_, _, _, port)) = r.rx.first() {
+                    if let Ok(s) = port.stats() {
+                        let lost = s.rx_no_mbuf + s.rx_errors;
+                        if lost > 0 && rp.next as u64 + lost >= rp.records.len() as u64 {
+                            r.lost_input = lost;
+                            r.input_done = true;
+                        }
+                    }
+                }
+            }
+        }
+        if r.root.in_flight() < before {
+            r.last_progress = now;
+        }
+        // Persist the clock every n packets; retire settled clocks every 2 ms.
+        if let Some(counter) = r.root.persist_due() {
+            r.client
+                .submit_nonblocking(r.clock_key.set(&Value::Int(counter as i64)));
+        }
+        if self.io.clock.ns(now.wrapping_sub(r.last_retire)) > 2_000_000 {
+            r.last_retire = now;
+            let wm = r.root.watermark();
+            self.shared.watermark.store(wm, Ordering::Relaxed);
+            for s in 0..r.client.shards() {
+                r.client
+                    .submit_to(s, super::nonblocking(ops::retire_clocks(r.root.id(), wm)));
+            }
+            let _ = r.client.flush();
+        }
+        n
+    }
+
+    /// Frames from other hosts: strip NSH, hand to the target instance.
+    fn poll_links(&mut self) -> usize {
+        let mut n = 0;
+        let now = lcore::tsc();
+        let mut burst = std::mem::replace(&mut self.scratch, Burst::with_capacity(0));
+        for k in 0..self.links_rx.len() {
+            self.links_rx[k].rx_burst(&mut burst);
+            for mut m in burst.drain(..) {
+                n += 1;
+                let (mut meta, strip) = match PktMeta::read_encap(m.data()) {
+                    Ok(x) => x,
+                    Err(_) => {
+                        // Whatever else the link carries (the kernel's neighbour discovery
+                        // on a veth): not ours.
+                        self.io.link_foreign += 1;
+                        continue;
+                    }
+                };
+                if m.adj(strip).is_err() {
+                    self.io.link_foreign += 1;
+                    continue;
+                }
+                meta.t0 = now;
+                if meta.vertex == PASS_THROUGH {
+                    self.io.out(m, meta);
+                    continue;
+                }
+                let v = usize::from(meta.vertex);
+                let i = usize::from(meta.instance);
+                match self.routers.get(v).and_then(|r| r.dests.get(i)).copied() {
+                    Some(Dest::Local(t)) => self.io.pending[t].push((m, meta)),
+                    Some(Dest::Ring(k)) => {
+                        meta.store(m.private_area_mut());
+                        let out = &mut self.io.rings[k];
+                        if let Err(m) = out.burst.push(m) {
+                            flush_ring(out);
+                            let _ = out.burst.push(m);
+                        }
+                    }
+                    _ => {
+                        self.io.error(format!(
+                            "a packet for vertex {v} instance {i}, which is not here"
+                        ));
+                        self.io.lost(m, meta, "misrouted");
+                    }
+                }
+            }
+        }
+        self.scratch = burst;
+        n
+    }
+
+    /// Processes what instance `t` was handed.
+    fn run_task(&mut self, t: usize) -> usize {
+        let mut input = std::mem::take(&mut self.io.pending[t]);
+        let mut n = input.len();
+        for (m, meta) in input.drain(..) {
+            self.process(t, m, meta);
+        }
+        // Keep the vector's capacity.
+        if self.io.pending[t].is_empty() {
+            self.io.pending[t] = input;
+        }
+        let mut burst = std::mem::replace(&mut self.scratch, Burst::with_capacity(0));
+        self.tasks[t].ring.dequeue_burst(&mut burst);
+        n += burst.len();
+        for m in burst.drain(..) {
+            let meta = PktMeta::load(m.private_area());
+            self.process(t, m, meta);
+        }
+        self.scratch = burst;
+        if n > 0 {
+            self.tasks[t].inst.flush();
+            self.tasks[t].dirty = true;
+            if let Some(r) = self.root.as_mut() {
+                for (c, w, x) in self.io.local_deletes.drain(..) {
+                    r.root.on_delete(c, w, x);
+                }
+            }
+        }
+        n
+    }
+
+    fn process(&mut self, t: usize, mut m: Mbuf, mut meta: PktMeta) {
+        let task = &mut self.tasks[t];
+        let mut chc = meta.chc;
+        let len = m.data_len();
+        let verdict = task.inst.process(
+            m.data_mut(),
+            (meta.wire_len as usize).max(len),
+            meta.ts_ns,
+            &mut chc,
+            &mut self.io.lines,
+        );
+        meta.chc = chc;
+        if verdict == Verdict::Drop {
+            self.io.drops += 1;
+            self.io.retire(m, meta);
+            return;
+        }
+        if let Verdict::Port(p) = verdict {
+            if self.io.ports.get(usize::from(p)).is_some() {
+                meta.egress = p;
+            }
+        }
+        // Copies for off-path taps: each takes half of the remaining weight and no vector.
+        for k in 0..self.tasks[t].taps.len() {
+            let w = meta.weight / 2;
+            meta.weight -= w;
+            let copy_meta = PktMeta {
+                chc: chc_proto::meta::ChcMeta {
+                    vector: 0,
+                    ..meta.chc
+                },
+                weight: w,
+                ..meta
+            };
+            match self.io.copy(&m) {
+                Some(c) => {
+                    let r = self.tasks[t].taps[k];
+                    self.io.route(&self.routers[r], c, copy_meta);
+                }
+                None => {
+                    self.io
+                        .error("mbuf pool exhausted: a tap copy was dropped".into());
+                    self.io.drops += 1;
+                    self.io.delete((copy_meta.chc.clock, w, 0));
+                }
+            }
+        }
+        let task = &self.tasks[t];
+        match task.next {
+            Some(r) => self.io.route(&self.routers[r], m, meta),
+            None if task.exit && task.on_path => self.io.exit(m, meta),
+            None => self.io.retire(m, meta),
+        }
+    }
+
+    /// Moves what other lcores queued for this lcore's ports and links to their queues.
+    fn drain_tx_rings(&mut self) -> usize {
+        let mut n = 0;
+        for k in 0..self.tx_rings.len() {
+            let target = self.tx_rings[k].1;
+            let out = match target {
+                TxTarget::Port(p) => match self.io.ports[p].as_mut() {
+                    Some(o) => o,
+                    None => continue,
+                },
+                TxTarget::Link(l) => &mut self.io.links[l].tx,
+            };
+            if !out.burst.is_empty() {
+                let (sent, dropped) = flush_tx(out);
+                let sel = match target {
+                    TxTarget::Port(p) => TxSel::Port(p),
+                    TxTarget::Link(l) => TxSel::Link(l),
+                };
+                self.io.account(sel, sent, dropped);
+            }
+            let out = match target {
+                TxTarget::Port(p) => self.io.ports[p].as_mut().expect("present"),
+                TxTarget::Link(l) => &mut self.io.links[l].tx,
+            };
+            n += self.tx_rings[k].0.dequeue_burst(&mut out.burst);
+        }
+        n
+    }
+
+    fn finish(mut self) -> Report {
+        for t in &mut self.tasks {
+            t.inst.sync();
+        }
+        self.io.write_events();
+        if let Some(w) = &self.io.events {
+            let _ = w.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
+        let instances = self
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.vertex,
+                    t.inst.idx,
+                    t.inst.counters.clone(),
+                    t.inst.state.stats.ops,
+                    t.inst.state.stats.remote_calls,
+                )
+            })
+            .collect();
+        let root = self.root.as_mut().map(|r| {
+            let _ = r.client.sync();
+            (r.root.stats, r.run, r.unsettled, r.lost_input)
+        });
+        let mut records = Vec::new();
+        for (p, out) in self.io.ports.iter_mut().enumerate() {
+            if let Some(rec) = out.as_mut().and_then(|o| o.record.take()) {
+                records.push((p as u16, rec));
+            }
+        }
+        Report {
+            instances,
+            hist: std::mem::replace(&mut self.io.hist, super::histogram()),
+            root,
+            records,
+            written: self.io.written,
+            events: self.io.events_written,
+            link_foreign: self.io.link_foreign,
+            errors: std::mem::take(&mut self.io.errors),
+        }
+    }
+}
