@@ -70,9 +70,23 @@ impl Vm {
         })
     }
 
-    /// Boots with `args` appended to the kernel command line; returns the console output.
+    /// Boots with `args` appended to the kernel command line; returns the console output. A VM
+    /// that dies before the test starts (a boot-time flake of the emulated machine) is booted
+    /// once more.
     pub fn run(&self, args: &str, log: Option<&Path>) -> Result<String> {
-        let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 {args}");
+        match self.run_once(args, log) {
+            Err(e) if e.to_string().starts_with("VM did not boot") => {
+                eprintln!("iron-bench: VM failed to boot, retrying once");
+                self.run_once(args, log)
+            }
+            r => r,
+        }
+    }
+
+    fn run_once(&self, args: &str, log: Option<&Path>) -> Result<String> {
+        // no_timer_check: under a busy host the emulated CPU can be too slow for the IO-APIC
+        // timer check, which then panics the boot.
+        let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check {args}");
         let mut child = Command::new("qemu-system-x86_64")
             .args([
                 "-accel",
@@ -128,6 +142,9 @@ impl Vm {
                 self.timeout,
                 tail(&text, 20)
             ),
+            Some(st) if !text.contains("IRON-START") => {
+                bail!("VM did not boot ({st}); last output:\n{}", tail(&text, 10))
+            }
             Some(st) if !text.contains("IRON-DONE") => {
                 bail!(
                     "VM exited ({st}) before the test finished; last output:\n{}",

@@ -24,6 +24,8 @@ while [ $i -lt $n ]; do
   veth $i
   napi $i
   rps $i 1
+  # The sender's side (ACKs for TCP) is processed on CPU 1, as on a remote sender.
+  echo 2 > /sys/class/net/va$i/queues/rx-0/rps_cpus
   [ "$mode" = iron ] && bind $i c$i
   targets="$targets${targets:+,}10.99.$i.2:9000"
   i=$((i + 1))
