@@ -304,13 +304,7 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             for v in &mut chain.vertices {
                 v.host = None;
             }
-            let mut records = Vec::new();
-            let mut reader = pcapio::Reader::open(&p.input)?;
-            let mut buf = Vec::new();
-            while let Some((ts, wire_len)) = reader.next_into(&mut buf)? {
-                records.push((ts, wire_len, buf.len() as u32));
-            }
-            replay = Some((records, reader.header.snaplen));
+            replay = Some(read_replay(&p.input)?);
             chain.ports = vec![PortFile {
                 name: "pcap".into(),
                 device: "net_pcap0".into(),
@@ -362,6 +356,21 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         workers.clone()
     };
     let plan = plan::plan(&chain, opts.host.as_deref(), &chain_lcores)?;
+    // A net_pcap input named in the chain file is replayed like --pcap-in: to its end.
+    let rx_pcaps: Vec<&str> = plan
+        .ports
+        .iter()
+        .filter(|p| p.rx)
+        .filter_map(|p| devarg(&p.device, "rx_pcap"))
+        .collect();
+    if replay.is_none()
+        && plan.root_here
+        && rx_pcaps.len() == 1
+        && plan.ports.iter().filter(|p| p.rx).count() == 1
+    {
+        replay = Some(read_replay(std::path::Path::new(rx_pcaps[0]))?);
+    }
+    let snaplen = replay.as_ref().map_or(65535, |r| r.1);
     let hz = lcore::tsc_hz()?;
 
     // Buffers: the packet pool and a few large buffers for frames above one mbuf.
@@ -406,7 +415,7 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             mtu: p.mtu,
             ..PortConfig::default()
         };
-        let mut s = Port::open(port_name(&p.device))?.start(&config, &pool)?;
+        let mut s = open_port(&p.device, &config, &pool)?;
         let info = s.port.info()?;
         running.push((p.name.clone(), s.port.clone()));
         let (rx, tx) = (s.rx.remove(0), s.tx.remove(0));
@@ -422,7 +431,13 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         }
         if egress_targets.contains(&p.index) || !plan.root_here {
             if info.driver == "net_pcap" {
-                record_port = Some(p.index);
+                let out = match &opts.pcap {
+                    Some(r) => Some(r.output.clone()),
+                    None => devarg(&p.device, "tx_pcap").map(PathBuf::from),
+                };
+                if let Some(out) = out {
+                    record_port = Some((p.index, out));
+                }
             }
             tx_ports.push((p.index, tx));
         } else {
@@ -438,7 +453,7 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             mtu: l.mtu,
             ..PortConfig::default()
         };
-        let mut s = Port::open(port_name(&l.device))?.start(&config, &pool)?;
+        let mut s = open_port(&l.device, &config, &pool)?;
         let mac = s.port.info()?.mac;
         running.push((format!("link-{}", l.peer), s.port.clone()));
         link_queues.push((s.rx.remove(0), s.tx.remove(0), mac, l.peer_mac));
@@ -615,7 +630,10 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 ports[usize::from(idx)] = Some(TxOut {
                     path: TxPath::Queue(q),
                     burst: Burst::with_capacity(BURST * 4),
-                    record: (record_port == Some(idx) && replay.is_some()).then(Vec::new),
+                    record: record_port
+                        .as_ref()
+                        .is_some_and(|(i, _)| *i == idx)
+                        .then(Vec::new),
                 });
             }
             for l in link_queues.iter_mut() {
@@ -681,10 +699,9 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 rx: rx_ports.take().unwrap_or_default(),
                 entry: (!chain.vertices.is_empty()).then_some(chain.entry),
                 window,
-                replay: replay.take().map(|(records, snaplen)| {
-                    record_snaplen(snaplen);
-                    Replay { records, next: 0 }
-                }),
+                replay: replay
+                    .take()
+                    .map(|(records, _)| Replay { records, next: 0 }),
                 input_done: false,
                 run: worker::RootRun::default(),
                 last_retire: 0,
@@ -780,10 +797,7 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             joins.push(lcore::launch(l, move || w.run())?);
         }
     }
-    let pcap_out = opts
-        .pcap
-        .as_ref()
-        .map(|p| (p.output.clone(), snaplen_recorded()));
+    let pcap_out = record_port.map(|(_, path)| (path, snaplen));
     Ok(Dataplane {
         started,
         eal: eal_line,
@@ -804,13 +818,33 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     })
 }
 
-// The replay's snap length, for writing the fixed-up output file like the embedded path.
-static SNAPLEN: AtomicU64 = AtomicU64::new(65535);
-fn record_snaplen(s: u32) {
-    SNAPLEN.store(u64::from(s), Ordering::Relaxed);
+fn open_port(
+    device: &str,
+    config: &PortConfig,
+    pool: &Mempool,
+) -> Result<chc_dpdk::StartedPort, DpdkError> {
+    Port::open(port_name(device))
+        .and_then(|p| p.start(config, pool))
+        .map_err(|e| DpdkError::Config(format!("port {device}: {e}")))
 }
-fn snaplen_recorded() -> u32 {
-    SNAPLEN.load(Ordering::Relaxed) as u32
+
+/// Capture time, wire length and captured length of every record, and the snap length.
+fn read_replay(path: &std::path::Path) -> Result<(Vec<(u64, u32, u32)>, u32), DpdkError> {
+    let mut records = Vec::new();
+    let mut reader = pcapio::Reader::open(path)?;
+    let mut buf = Vec::new();
+    while let Some((ts, wire_len)) = reader.next_into(&mut buf)? {
+        records.push((ts, wire_len, buf.len() as u32));
+    }
+    Ok((records, reader.header.snaplen))
+}
+
+/// The value of `key=` in a device string (`net_pcap0,rx_pcap=in.pcap`).
+fn devarg<'a>(device: &'a str, key: &str) -> Option<&'a str> {
+    device
+        .split(',')
+        .skip(1)
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Hosts other than the root's that take part in the chain.

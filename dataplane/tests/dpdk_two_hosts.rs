@@ -1,0 +1,303 @@
+//! A chain split over two hosts: two `chc-dataplane --backend dpdk` processes in two
+//! network namespaces joined by a veth pair (`net_af_packet` on both ends). Host `a` has
+//! the root and the NAT and reads the trace; host `b` runs the portscan detector, the load
+//! balancer and the off-path Trojan detector and writes the output. Packets cross the veth
+//! with their CHC metadata in NSH; deletes and commits go back over the control channel.
+//!
+//! Checked: the COE checker finds the run equivalent to the ideal chain; beyond that the
+//! events of both hosts together equal the embedded run's line for line, clocks included
+//! (so the clocks, weights and update vectors survived the NSH hop), and the output on `b`
+//! has the embedded path's bytes, capture times and wire lengths.
+//!
+//! Needs root (namespaces, veth); without it the test says so and passes.
+
+use chc_dataplane::{pcapio, run, Chain, RunOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Two namespaces and a veth pair between them; removed on drop.
+struct Hosts {
+    a: String,
+    b: String,
+}
+
+impl Hosts {
+    fn make() -> Option<Hosts> {
+        let id = std::process::id() % 100_000;
+        let h = Hosts {
+            a: format!("chca{id}"),
+            b: format!("chcb{id}"),
+        };
+        if !sh(&["ip", "netns", "add", &h.a]) {
+            return None;
+        }
+        let ok = sh(&["ip", "netns", "add", &h.b])
+            && sh(&[
+                "ip", "link", "add", "va", "netns", &h.a, "mtu", "1700", "type", "veth", "peer",
+                "name", "vb", "netns", &h.b, "mtu", "1700",
+            ])
+            && sh(&[
+                "ip",
+                "-n",
+                &h.a,
+                "addr",
+                "add",
+                "10.199.7.1/30",
+                "dev",
+                "va",
+            ])
+            && sh(&[
+                "ip",
+                "-n",
+                &h.b,
+                "addr",
+                "add",
+                "10.199.7.2/30",
+                "dev",
+                "vb",
+            ])
+            && sh(&["ip", "-n", &h.a, "link", "set", "va", "up"])
+            && sh(&["ip", "-n", &h.b, "link", "set", "vb", "up"])
+            && sh(&["ip", "-n", &h.a, "link", "set", "lo", "up"])
+            && sh(&["ip", "-n", &h.b, "link", "set", "lo", "up"]);
+        ok.then_some(h)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        sh(&["ip", "netns", "del", &self.a]);
+        sh(&["ip", "netns", "del", &self.b]);
+    }
+}
+
+fn chain_text(input: &Path, output: &Path) -> String {
+    format!(
+        r#"
+[root]
+control = "10.199.7.1:7131"
+log_limit = 256
+
+[[vertex]]
+name = "nat"
+nf = "nat"
+host = "a"
+[[vertex]]
+name = "portscan"
+nf = "portscan"
+host = "b"
+[[vertex]]
+name = "lb"
+nf = "lb"
+host = "b"
+[[vertex]]
+name = "trojan"
+nf = "trojan"
+host = "b"
+
+[[edge]]
+from = "nat"
+to = "portscan"
+[[edge]]
+from = "portscan"
+to = "lb"
+[[tap]]
+from = "nat"
+to = "trojan"
+
+[[port]]
+name = "in"
+device = "net_pcap0,rx_pcap={}"
+host = "a"
+egress = "out"
+[[port]]
+name = "out"
+device = "net_pcap1,tx_pcap={}"
+host = "b"
+rx = false
+
+[[link]]
+ends = [{{ host = "a", device = "net_af_packet0,iface=va" }}, {{ host = "b", device = "net_af_packet1,iface=vb" }}]
+"#,
+        input.display(),
+        output.display()
+    )
+}
+
+fn sorted_lines(paths: &[&Path]) -> Vec<String> {
+    let mut v: Vec<String> = paths
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted_records(p: &Path) -> Vec<(u64, u32, Vec<u8>)> {
+    let mut v: Vec<_> = pcapio::read_all(p)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.ts_ns, r.wire_len, r.data))
+        .collect();
+    v.sort();
+    v
+}
+
+fn host_cmd(ns: &str, host: &str, lcore: u32, chain: &Path, dir: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_chc-dataplane")])
+        .args(["run", "--backend", "dpdk", "--host", host, "--chain"])
+        .arg(chain)
+        .arg("--eal")
+        .arg(format!(
+            "--no-huge --no-pci -m 256 --no-shconf --no-telemetry -l {lcore} --file-prefix chc-{host}-{}",
+            std::process::id()
+        ))
+        .arg("--events")
+        .arg(dir.join(format!("{host}.jsonl")))
+        .arg("--summary-json")
+        .arg(dir.join(format!("{host}.summary.json")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipped: needs root to make network namespaces");
+        return;
+    }
+    let Some(hosts) = Hosts::make() else {
+        eprintln!("skipped: cannot make network namespaces and a veth pair here");
+        return;
+    };
+    let traces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
+    for trace in ["ftp-ipv4.pcap", "scan-nmap-vsn.pcap", "http-wikipedia.pcap"] {
+        let trace: PathBuf = traces.join(trace);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("b-out.pcap");
+        let chain_file = dir.path().join("two-hosts.toml");
+        let text = chain_text(&trace, &out);
+        std::fs::write(&chain_file, &text).unwrap();
+        let chain = Chain::parse(&text, "two-hosts.toml").unwrap();
+
+        // The ideal chain: one process, the embedded path.
+        let (ideal, ideal_ev) = (
+            dir.path().join("ideal.pcap"),
+            dir.path().join("ideal.jsonl"),
+        );
+        run(&RunOptions {
+            chain,
+            input: trace.clone(),
+            output: ideal.clone(),
+            events: Some(ideal_ev.clone()),
+            delays: HashMap::new(),
+            seed: 1,
+            progress: false,
+        })
+        .unwrap();
+
+        let mut b = host_cmd(&hosts.b, "b", 1, &chain_file, dir.path())
+            .spawn()
+            .unwrap();
+        let a = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path())
+            .output()
+            .unwrap();
+        let b_status = b.wait().unwrap();
+        let mut b_err = String::new();
+        std::io::Read::read_to_string(b.stderr.as_mut().unwrap(), &mut b_err).unwrap();
+        assert!(
+            a.status.success() && b_status.success(),
+            "{}: host a:\n{}\nhost b:\n{b_err}",
+            trace.display(),
+            String::from_utf8_lossy(&a.stderr)
+        );
+
+        // The COE checker: outputs and alerts equivalent to the ideal chain.
+        let run_ev = dir.path().join("run.jsonl");
+        let evs = sorted_lines(&[&dir.path().join("a.jsonl"), &dir.path().join("b.jsonl")]);
+        std::fs::write(&run_ev, evs.join("\n") + "\n").unwrap();
+        let rep = chc_bench::coe::compare(&ideal, &ideal_ev, &out, &run_ev).unwrap();
+        assert!(
+            rep.equivalent,
+            "{}: not equivalent: {:?}",
+            trace.display(),
+            rep.differences
+        );
+        assert!(rep.ideal_packets > 0);
+
+        // Stronger, since every vertex has one instance: the same events, clocks included,
+        // and the same output records.
+        assert!(
+            sorted_lines(&[&ideal_ev]) == evs,
+            "{}: events (with their clocks) differ from the embedded run",
+            trace.display()
+        );
+        assert!(
+            sorted_records(&ideal) == sorted_records(&out),
+            "{}: output records differ",
+            trace.display()
+        );
+        let b_events = std::fs::read_to_string(dir.path().join("b.jsonl")).unwrap();
+        let sa: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("a.summary.json")).unwrap(),
+        )
+        .unwrap();
+        let sb: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("b.summary.json")).unwrap(),
+        )
+        .unwrap();
+        // b's vertices did the work, with packets that came over the link.
+        let input = pcapio::read_all(&trace).unwrap().len() as u64;
+        assert_eq!(sa["packets_read"].as_u64(), Some(input));
+        assert!(
+            sb["vertices"][1]["packets_in"].as_u64().unwrap() > 0,
+            "{sb}"
+        );
+        let link_b = sb["figures"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "link-a")
+            .unwrap();
+        assert!(link_b["rx_packets"].as_u64().unwrap() > 0, "{link_b}");
+        assert_eq!(
+            sb["packets_written"].as_u64(),
+            Some(sorted_records(&out).len() as u64)
+        );
+        if trace.ends_with("scan-nmap-vsn.pcap") {
+            assert!(b_events.contains("\"block\""), "the scan is caught on b");
+        }
+    }
+    drop(hosts);
+}
