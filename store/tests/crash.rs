@@ -112,7 +112,10 @@ fn resp_writer(
     mut track: Vec<Track>,
     stop: Arc<AtomicBool>,
 ) -> Vec<Track> {
-    let mut r = Resp::connect(addr);
+    // The kill may come before this thread gets to connect.
+    let Ok(mut r) = Resp::try_connect(addr) else {
+        return track;
+    };
     let _ = r.s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut pending: std::collections::VecDeque<usize> = Default::default();
     let mut i = 0usize;

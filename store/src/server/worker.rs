@@ -99,6 +99,9 @@ pub(crate) struct Worker {
     scratch: Vec<u8>,
     args: Vec<Range<usize>>,
     dirty_conns: Vec<Token>,
+    /// Results of calls other shards' RESP connections made here, held until this pass's
+    /// WAL append: the other shard acknowledges to its client as soon as it has them.
+    call_results: Vec<(u32, Inbound)>,
     now_ns: u64,
 }
 
@@ -137,6 +140,7 @@ impl Worker {
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
             dirty_conns: Vec::new(),
+            call_results: Vec::new(),
             now_ns: 0,
         }
     }
@@ -252,12 +256,16 @@ impl Worker {
                     idx,
                 } => {
                     let result = self.exec_call(call, 0);
-                    self.peers[from as usize].send(Inbound::CallResult {
-                        conn,
-                        slot,
-                        idx,
-                        result,
-                    });
+                    // Answered after this pass's WAL append, like every other reply.
+                    self.call_results.push((
+                        from,
+                        Inbound::CallResult {
+                            conn,
+                            slot,
+                            idx,
+                            result,
+                        },
+                    ));
                 }
                 Inbound::CallResult {
                     conn,
@@ -721,7 +729,10 @@ impl Worker {
                 std::process::exit(70);
             }
         }
-        // 2. Deliver replies, acks and pushes.
+        // 2. Deliver replies, acks and pushes; answer other shards' calls.
+        for (from, r) in self.call_results.drain(..) {
+            self.peers[from as usize].send(r);
+        }
         for (client, frame) in self.pending.drain() {
             match self.sinks.get(&client) {
                 Some(Sink::Mailbox(m)) => m.deliver(self.shard.id, frame),

@@ -49,7 +49,7 @@ impl Proc {
             }
         });
         let (native, resp) = rx
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(120))
             .unwrap_or_else(|_| panic!("chc-store did not start: {:?}", log.lock().unwrap()));
         Proc {
             child,
@@ -232,11 +232,16 @@ pub struct Resp {
 
 impl Resp {
     pub fn connect(addr: SocketAddr) -> Resp {
-        let s = TcpStream::connect(addr).expect("connect RESP");
-        s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let r = BufReader::new(s.try_clone().unwrap());
-        Resp { s, r }
+        Self::try_connect(addr).expect("connect RESP")
+    }
+
+    /// Connects, or says why not (the server may have just been killed).
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Resp> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let r = BufReader::new(s.try_clone()?);
+        Ok(Resp { s, r })
     }
 
     pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
