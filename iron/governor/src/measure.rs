@@ -46,10 +46,10 @@ impl Reading {
             + later.ksoftirqd_ns.saturating_sub(self.ksoftirqd_ns);
         let ev_all = later.all_events.saturating_sub(self.all_events);
         let ev_net = later.net_events.saturating_sub(self.net_events);
-        let net_ns = if ev_all == 0 {
-            0
-        } else {
-            (soft as u128 * ev_net as u128 / ev_all as u128) as u64
+        let net_ns = match (self.bpf_net_ns, later.bpf_net_ns) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ if ev_all == 0 => 0,
+            _ => (soft as u128 * ev_net as u128 / ev_all as u128) as u64,
         };
         let dev_packets = later
             .dev_packets
