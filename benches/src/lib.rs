@@ -1,6 +1,7 @@
 //! `chc-bench`: CHC's experiments, each writing the shared results format.
 
 pub mod coe;
+pub mod dpdkbench;
 pub mod nfbench;
 pub mod results;
 pub mod store;

@@ -29,6 +29,8 @@ enum Cmd {
     Throughput(nfbench::NfBenchArgs),
     /// Store throughput: in-process, native TCP, and RESP side by side with a real Redis.
     Store(chc_bench::store::StoreArgs),
+    /// The DPDK dataplane on one lcore vs dpdk-testpmd, and its chains against each other.
+    Dpdk(chc_bench::dpdkbench::DpdkArgs),
 }
 
 fn main() -> Result<()> {
@@ -88,5 +90,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Store(a) => chc_bench::store::run(&a),
+        Cmd::Dpdk(a) => chc_bench::dpdkbench::run(&a),
     }
 }

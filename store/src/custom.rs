@@ -251,7 +251,9 @@ mod tests {
         let pick = c.get(c.id("argmin_incr").unwrap()).unwrap();
         let add = c.get(c.id("vec_add_floor0").unwrap()).unwrap();
         let mut v = Value::Nil;
-        let picks: Vec<_> = (0..5).map(|_| pick(&mut v, &Value::Int(3)).unwrap()).collect();
+        let picks: Vec<_> = (0..5)
+            .map(|_| pick(&mut v, &Value::Int(3)).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1].map(Value::Int));
         assert_eq!(add(&mut v, &vec_add_arg(0, -5)).unwrap(), Value::Int(0));
         assert_eq!(pick(&mut v, &Value::Int(3)).unwrap(), Value::Int(0));

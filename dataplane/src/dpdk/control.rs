@@ -85,13 +85,14 @@ fn read_frame(s: &mut impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
 
 /// Decodes a DELETES payload.
 pub fn decode_deletes(p: &[u8]) -> Result<Vec<Delete>, ControlError> {
-    if p.len() % 20 != 0 {
+    let chunks = p.chunks_exact(20);
+    if !chunks.remainder().is_empty() {
         return Err(ControlError::Protocol(format!(
             "DELETES payload of {} bytes",
             p.len()
         )));
     }
-    Ok(p.chunks_exact(20)
+    Ok(chunks
         .map(|c| {
             (
                 u64::from_le_bytes(c[0..8].try_into().expect("8")),
@@ -104,13 +105,14 @@ pub fn decode_deletes(p: &[u8]) -> Result<Vec<Delete>, ControlError> {
 
 /// Decodes a COMMITS payload.
 pub fn decode_commits(p: &[u8]) -> Result<Vec<(u64, u32)>, ControlError> {
-    if p.len() % 12 != 0 {
+    let chunks = p.chunks_exact(12);
+    if !chunks.remainder().is_empty() {
         return Err(ControlError::Protocol(format!(
             "COMMITS payload of {} bytes",
             p.len()
         )));
     }
-    Ok(p.chunks_exact(12)
+    Ok(chunks
         .map(|c| {
             (
                 u64::from_le_bytes(c[0..8].try_into().expect("8")),

@@ -13,6 +13,9 @@
 //! The module builds without DPDK too: `chc-dpdk`'s stubs then make [`start`] fail with
 //! "the DPDK backend is off" and the reason.
 
+/// The DPDK wrapper, for programs that feed a running dataplane from the same process.
+pub use chc_dpdk;
+
 pub mod control;
 pub mod meta;
 pub mod plan;
@@ -242,6 +245,8 @@ pub struct Dataplane {
     view: Arc<TelemetryView>,
     joins: Vec<lcore::LcoreJoin<worker::Report>>,
     on_main: Option<Worker>,
+    unlaunched: Vec<Worker>,
+    main: u32,
     spare: Vec<SpareQueue>,
     ports: Vec<(PortPlanName, RunningPort)>,
     _server: Option<telemetry::Server>,
@@ -290,6 +295,13 @@ pub fn empty_chain(base: &Chain) -> Chain {
 
 /// Starts a dataplane: EAL, ports, store, instances, lcores.
 pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
+    let mut dp = prepare(opts)?;
+    dp.launch()?;
+    Ok(dp)
+}
+
+/// Sets a dataplane up without starting its lcores (see [`Dataplane::launch`]).
+pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     let started = Instant::now();
     let mut chain = opts.chain.clone();
     let mut replay = None;
@@ -499,8 +511,7 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     });
 
     // Instance rings (one per local instance) and tx rings (other lcores to the owner).
-    let mut rings: Vec<Vec<Option<(RingProducer<Multi>, Option<RingConsumer<Single>>)>>> =
-        Vec::new();
+    let mut rings: Vec<Vec<Option<InstanceRing>>> = Vec::new();
     let capacity = (ring_capacity(&chain, opts.pool_size)) as u32;
     let mut view_rings = Vec::new();
     for (vi, v) in chain.vertices.iter().enumerate() {
@@ -569,12 +580,12 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     let mut rx_ports = Some(rx_ports);
     let mut counters = Vec::new();
     let mut workers_built = Vec::new();
-    for slot in 0..n_lcores {
+    for (slot, on_lcore) in per_lcore_tasks.iter().enumerate() {
         let owner = slot == 0;
         // Tasks and where each vertex's instances are, seen from this lcore.
         let mut tasks = Vec::new();
         let mut task_of = std::collections::HashMap::new();
-        for &(vi, i) in &per_lcore_tasks[slot] {
+        for &(vi, i) in on_lcore {
             let v = &chain.vertices[vi];
             let inst = NfInstance::new(v, i, &store).map_err(DpdkError::Nf)?;
             let consumer = rings[vi][usize::from(i)]
@@ -755,6 +766,7 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             },
             tx_rings,
             owner,
+            hook: None,
             scratch: Burst::with_capacity(BURST),
         });
     }
@@ -787,16 +799,6 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     }
     // Launch: worker lcores run their loops; the main lcore runs one itself only when it
     // is the sole lcore.
-    let mut joins = Vec::new();
-    let mut on_main = None;
-    for w in workers_built {
-        if w.lcore == main {
-            on_main = Some(w);
-        } else {
-            let l = w.lcore;
-            joins.push(lcore::launch(l, move || w.run())?);
-        }
-    }
     let pcap_out = record_port.map(|(_, path)| (path, snaplen));
     Ok(Dataplane {
         started,
@@ -805,8 +807,10 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         chain,
         shared,
         view,
-        joins,
-        on_main,
+        joins: Vec::new(),
+        on_main: None,
+        unlaunched: workers_built,
+        main,
         spare,
         ports: running,
         _server: server,
@@ -828,8 +832,15 @@ fn open_port(
         .map_err(|e| DpdkError::Config(format!("port {device}: {e}")))
 }
 
+/// An instance's input ring: the producer end (cloned to senders), the consumer end
+/// (taken by the instance's lcore).
+type InstanceRing = (RingProducer<Multi>, Option<RingConsumer<Single>>);
+
+/// Per input record: capture time, wire length, captured length.
+type Records = Vec<(u64, u32, u32)>;
+
 /// Capture time, wire length and captured length of every record, and the snap length.
-fn read_replay(path: &std::path::Path) -> Result<(Vec<(u64, u32, u32)>, u32), DpdkError> {
+fn read_replay(path: &std::path::Path) -> Result<(Records, u32), DpdkError> {
     let mut records = Vec::new();
     let mut reader = pcapio::Reader::open(path)?;
     let mut buf = Vec::new();
@@ -917,6 +928,33 @@ impl PeerStore for CommitForwarder {
 }
 
 impl Dataplane {
+    /// Has `hook` called once per iteration of the first chain lcore, before it polls
+    /// its ports: a traffic source in the same process runs there, like `testpmd
+    /// --tx-first` keeps its packets looping on its own lcore. Call before launching.
+    pub fn attach_hook(&mut self, hook: Box<dyn FnMut() + Send>) {
+        if let Some(w) = self.unlaunched.first_mut() {
+            w.hook = Some(hook);
+        }
+    }
+
+    /// Starts the worker lcores (the main lcore's share runs in [`Dataplane::wait`]).
+    pub fn launch(&mut self) -> Result<(), DpdkError> {
+        for w in std::mem::take(&mut self.unlaunched) {
+            if w.lcore == self.main {
+                self.on_main = Some(w);
+            } else {
+                let l = w.lcore;
+                self.joins.push(lcore::launch(l, move || w.run())?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The live figures, for a thread that watches the run.
+    pub fn telemetry(&self) -> Arc<dyn Source> {
+        self.view.clone()
+    }
+
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.shared.clone())
     }
@@ -939,6 +977,7 @@ impl Dataplane {
     /// Runs the main lcore's share (if it is a chain lcore), waits for every lcore, and
     /// returns the summary.
     pub fn wait(mut self) -> Result<DpdkSummary, DpdkError> {
+        self.launch()?;
         let progress = self.progress.then(|| {
             let view = self.view.clone();
             let shared = self.shared.clone();

@@ -275,7 +275,11 @@ pub fn plan(chain: &Chain, host: Option<&str>, lcores: &[u32]) -> Result<Plan, P
                 };
                 Placement::Local { slot }
             } else {
-                Placement::Remote { link: usize::MAX }
+                // Reached through the link to its host (where one exists; an edge that
+                // crosses without one is refused below).
+                Placement::Remote {
+                    link: link_to.get(&h).copied().unwrap_or(usize::MAX),
+                }
             };
             placement[vi].push(p);
         }

@@ -221,6 +221,8 @@ pub struct Worker {
     pub owner: bool,
     /// A burst reused by every poll (taken out while packets are handled).
     pub scratch: Burst,
+    /// Called once per iteration (a traffic source in the same process).
+    pub hook: Option<Box<dyn FnMut() + Send>>,
 }
 
 /// Which output a tx ring drains into.
@@ -310,12 +312,12 @@ impl Io {
                     flush_ring(&mut self.rings[k]);
                 }
             }
-            Dest::Link(k) => self.to_link(k, m, meta),
+            Dest::Link(k) => self.send_link(k, m, meta),
         }
     }
 
     /// Pushes NSH and stages the frame on link `k`.
-    fn to_link(&mut self, k: usize, mut m: Mbuf, meta: PktMeta) {
+    fn send_link(&mut self, k: usize, mut m: Mbuf, meta: PktMeta) {
         let (dst, src, spi) = (self.links[k].dst_mac, self.links[k].src_mac, self.spi);
         match m.prepend(ENCAP_LEN) {
             Ok(h) => meta.write_encap(dst, src, spi, h),
@@ -362,7 +364,7 @@ impl Io {
                 vertex: PASS_THROUGH,
                 ..meta
             };
-            self.to_link(0, m, meta);
+            self.send_link(0, m, meta);
         } else {
             self.drops += 1;
             self.error(format!("egress port {port} is not on this host"));
@@ -543,6 +545,9 @@ impl Worker {
                 break;
             }
             let mut n = 0;
+            if let Some(h) = self.hook.as_mut() {
+                h();
+            }
             if self.root.is_some() {
                 n += self.poll_root(start);
             }
