@@ -23,6 +23,9 @@
 use crate::results::{Better, Results, Row};
 use crate::synth::Rng;
 use anyhow::{bail, Context, Result};
+use chc_dataplane::cluster::manager::{
+    default_bin_dir, run_cluster, ClusterOptions, Fault, Victim,
+};
 use chc_dataplane::{pcapio, run, Chain, Delay, RunOptions, Summary};
 use nfs::packet::{FiveTuple, Packet};
 use serde::Serialize;
@@ -38,7 +41,7 @@ pub struct CoeArgs {
     /// Input trace (pcap).
     #[arg(long)]
     pub trace: PathBuf,
-    /// parallel | delay
+    /// parallel | delay | processes | nf-crash | root-crash | store-crash | correlated
     #[arg(long)]
     pub scenario: String,
     /// Seed for the scenario's random choices (replays a run exactly).
@@ -66,6 +69,38 @@ pub struct Report {
     pub run_alerts: Vec<String>,
     /// Every difference, described.
     pub differences: Vec<String>,
+    pub scenario: String,
+    /// Failures injected and how long recovering took.
+    pub recoveries: Vec<chc_dataplane::cluster::manager::Recovery>,
+    /// Second copies of a clock dropped at the egress.
+    pub duplicates_suppressed: u64,
+}
+
+/// Raw comparison: the same packets, byte for byte, as a multiset.
+pub fn strict_differences(ideal: &Path, run: &Path) -> Result<Vec<String>> {
+    let mut counts: BTreeMap<(Vec<u8>, u32, u64), i64> = BTreeMap::new();
+    for r in pcapio::read_all(ideal)? {
+        *counts.entry((r.data, r.wire_len, r.ts_ns)).or_insert(0) += 1;
+    }
+    for r in pcapio::read_all(run)? {
+        *counts.entry((r.data, r.wire_len, r.ts_ns)).or_insert(0) -= 1;
+    }
+    Ok(counts
+        .into_iter()
+        .filter(|(_, c)| *c != 0)
+        .map(|((d, w, t), c)| {
+            let r = pcapio::Record {
+                data: d,
+                wire_len: w,
+                ts_ns: t,
+            };
+            if c > 0 {
+                format!("bytes differ: {c}x only in ideal: {}", describe(&r))
+            } else {
+                format!("bytes differ: {}x only in run: {}", -c, describe(&r))
+            }
+        })
+        .collect())
 }
 
 /// (proto, address, port, address, port): a connection seen from one of its endpoints.
@@ -348,9 +383,63 @@ pub fn scenario(chain: &Chain, name: &str, seed: u64) -> Result<(Chain, HashMap<
                 );
             }
         }
-        other => bail!("unknown scenario {other:?} (available: parallel, delay)"),
+        other => bail!(
+            "unknown scenario {other:?} (available: {})",
+            SCENARIOS.join(", ")
+        ),
     }
     Ok((c, delays))
+}
+
+/// Every scenario `chc-bench coe` knows.
+pub const SCENARIOS: &[&str] = &[
+    "parallel",
+    "delay",
+    "processes",
+    "nf-crash",
+    "root-crash",
+    "store-crash",
+    "correlated",
+];
+
+/// Scenarios that run the chain as separate processes and kill some of them.
+pub fn is_cluster(s: &str) -> bool {
+    matches!(
+        s,
+        "processes" | "nf-crash" | "root-crash" | "store-crash" | "correlated"
+    )
+}
+
+/// The faults of a process scenario, placed by the seed among the `packets` the chain outputs.
+pub fn faults(chain: &Chain, name: &str, seed: u64, packets: u64) -> Vec<Fault> {
+    let mut rng = Rng::new(seed);
+    let at = packets / 10 + rng.below((packets * 6 / 10).max(1));
+    let n = chain.vertices.len();
+    let pick = |rng: &mut Rng| {
+        let vi = rng.below(n as u64) as usize;
+        Victim::Instance(
+            vi,
+            rng.below(u64::from(chain.vertices[vi].parallelism)) as u16,
+        )
+    };
+    let victims = match name {
+        "nf-crash" => vec![pick(&mut rng)],
+        "root-crash" => vec![Victim::Root],
+        "store-crash" => vec![Victim::Store],
+        "correlated" => {
+            let a = pick(&mut rng);
+            let mut b = pick(&mut rng);
+            while b == a {
+                b = pick(&mut rng);
+            }
+            vec![a, b]
+        }
+        _ => return Vec::new(),
+    };
+    vec![Fault {
+        after_output: at.max(1),
+        victims,
+    }]
 }
 
 /// One run; returns its summary.
@@ -391,7 +480,12 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             tmp.clone()
         }
     };
-    let (scen, delays) = scenario(&chain, &a.scenario, a.seed)?;
+    let cluster = is_cluster(&a.scenario);
+    let (scen, delays) = if cluster {
+        (chain.clone(), HashMap::new())
+    } else {
+        scenario(&chain, &a.scenario, a.seed)?
+    };
     let mut ideal = chain.clone();
     for v in chain.vertices.iter() {
         ideal.set_parallelism(&v.name, 1)?;
@@ -403,8 +497,46 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         dir.join("run-events.jsonl"),
     );
     run_chain(ideal, HashMap::new(), &a.trace, &ip, &ie, a.seed)?;
-    run_chain(scen, delays, &a.trace, &rp, &re, a.seed)?;
-    let rep = compare(&ip, &ie, &rp, &re)?;
+    let mut rep = if cluster {
+        let text = match &a.chain {
+            Some(p) => std::fs::read_to_string(p)?,
+            None => chc_dataplane::config::PAPER_CHAIN.to_string(),
+        };
+        let packets = pcapio::read_all(&ip)?.len() as u64;
+        let run = run_cluster(&ClusterOptions {
+            chain: scen,
+            chain_toml: text,
+            input: a.trace.clone(),
+            output: rp.clone(),
+            events: Some(re.clone()),
+            run_dir: dir.join("cluster"),
+            bin_dir: default_bin_dir(),
+            store_shards: 2,
+            fsync: if a.scenario == "store-crash" {
+                "always".into()
+            } else {
+                "everysec".into()
+            },
+            faults: faults(&chain, &a.scenario, a.seed, packets),
+            window: 256,
+        })
+        .with_context(|| format!("scenario {}", a.scenario))?;
+        let mut rep = compare(&ip, &ie, &rp, &re)?;
+        rep.recoveries = run.recoveries;
+        rep.duplicates_suppressed = run.duplicates_at_egress;
+        // With one instance per vertex nothing may differ, not even a NAT port.
+        if chain.vertices.iter().all(|v| v.parallelism == 1) {
+            for d in strict_differences(&ip, &rp)? {
+                rep.differences.push(d);
+            }
+            rep.equivalent = rep.differences.is_empty();
+        }
+        rep
+    } else {
+        run_chain(scen, delays, &a.trace, &rp, &re, a.seed)?;
+        compare(&ip, &ie, &rp, &re)?
+    };
+    rep.scenario = a.scenario.clone();
     if a.keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

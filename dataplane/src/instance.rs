@@ -6,6 +6,7 @@ use crate::config::Vertex;
 use crate::runtime::event_line;
 use chc_proto::meta::{ChcMeta, MetaFlags};
 use chc_store::client::cache::{Mode, StateClient};
+use chc_store::client::StoreClient;
 use chc_store::server::Store;
 use chc_store::CustomOps;
 use nfs::nf::{Ctx, Event, NetworkFunction, Verdict};
@@ -38,20 +39,29 @@ impl NfInstance {
     /// the NF's one-time state initialisation (instance 0 for shared state; every instance in
     /// traditional mode).
     pub fn new(v: &Vertex, idx: u16, store: &Store) -> Result<NfInstance, String> {
+        let client = (v.mode != Mode::Traditional).then(|| store.client(store.next_client_id()));
+        Self::with_client(v, idx, client, v.mode == Mode::Traditional || idx == 0)
+    }
+
+    /// Like [`NfInstance::new`] with a given store client (`None` in traditional mode); `init`
+    /// says whether to run the NF's one-time state initialisation (never for a replacement).
+    pub fn with_client(
+        v: &Vertex,
+        idx: u16,
+        client: Option<StoreClient>,
+        init: bool,
+    ) -> Result<NfInstance, String> {
         let mut nf = nfs::build(&v.nf, &v.config).map_err(|e| format!("{}: {e}", v.name))?;
         let decls = nf.objects();
         let objects = nfs::nf::specs(&decls);
-        let mut state = match v.mode {
-            Mode::Traditional => StateClient::local(v.id, idx, &objects, CustomOps::builtin()),
-            mode => StateClient::external(
-                v.id,
-                idx,
-                mode,
-                &objects,
-                CustomOps::builtin(),
-                store.client(store.next_client_id()),
-            )
-            .map_err(|e| format!("{}: store: {e}", v.name))?,
+        let mut state = match (v.mode, client) {
+            (Mode::Traditional, _) | (_, None) => {
+                StateClient::local(v.id, idx, &objects, CustomOps::builtin())
+            }
+            (mode, Some(client)) => {
+                StateClient::external(v.id, idx, mode, &objects, CustomOps::builtin(), client)
+                    .map_err(|e| format!("{}: store: {e}", v.name))?
+            }
         };
         for d in &decls {
             let excl = nfs::nf::exclusive(d.keyed_by, v.partition, v.parallelism);
@@ -59,7 +69,7 @@ impl NfInstance {
                 .set_exclusive(d.spec.id, excl)
                 .map_err(|e| format!("{}: store: {e}", v.name))?;
         }
-        if v.mode == Mode::Traditional || idx == 0 {
+        if init {
             let mut evs = Vec::new();
             let mut ctx = Ctx::new(0, v.id, idx, false, &mut state, &mut evs);
             nf.init(&mut ctx, v.parallelism)

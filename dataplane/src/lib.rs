@@ -5,6 +5,7 @@
 //! DPDK ports (real NICs or virtual devices); it compiles everywhere and reports at start-up
 //! when this build has no DPDK.
 
+pub mod cluster;
 pub mod config;
 pub mod dpdk;
 pub mod instance;

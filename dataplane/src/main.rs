@@ -23,7 +23,29 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a chain over a pcap file (store in-process).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Run one NF instance of a multi-process chain (started by the manager).
+    Instance {
+        /// The cluster plan the manager wrote.
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long)]
+        vertex: String,
+        #[arg(long)]
+        index: u16,
+        /// Take over from a failed instance: load per-flow state from the store and process
+        /// the root's replay before new traffic.
+        #[arg(long)]
+        replacement: bool,
+    },
+    /// Run the root of a multi-process chain (started by the manager).
+    Root {
+        #[arg(long)]
+        plan: PathBuf,
+        /// Take over from a failed root: resume the persisted clock.
+        #[arg(long)]
+        recover: bool,
+    },
     /// Check a chain file and print the compiled chain (vertices, modes, partitioning).
     Check {
         /// Chain configuration (TOML); default: the paper's chain.
@@ -105,6 +127,20 @@ fn parse_delay(s: &str) -> Result<(String, Delay)> {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Instance {
+            plan,
+            vertex,
+            index,
+            replacement,
+        } => {
+            let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
+            chc_dataplane::cluster::node::run_instance(&p, &vertex, index, replacement)
+                .map_err(anyhow::Error::msg)
+        }
+        Cmd::Root { plan, recover } => {
+            let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
+            chc_dataplane::cluster::rootproc::run_root(&p, recover).map_err(anyhow::Error::msg)
+        }
         Cmd::Check { chain } => {
             let c = load_chain(&chain)?;
             for v in &c.vertices {

@@ -54,6 +54,7 @@ struct Entry {
     slot: usize,
     weight: u64,
     xor: u32,
+    waived: bool,
 }
 
 /// Counters a root keeps.
@@ -159,6 +160,7 @@ impl Root {
                 slot,
                 weight: 0,
                 xor: 0,
+                waived: false,
             },
         );
         self.stats.stamped += 1;
@@ -183,7 +185,9 @@ impl Root {
             return Settled::Unknown;
         };
         e.weight += weight;
-        e.xor ^= vector;
+        if !e.waived {
+            e.xor ^= vector;
+        }
         self.settle(clock)
     }
 
@@ -193,7 +197,9 @@ impl Root {
             self.stats.orphan_commits += 1;
             return Settled::Unknown;
         };
-        e.xor ^= id;
+        if !e.waived {
+            e.xor ^= id;
+        }
         self.settle(clock)
     }
 
@@ -218,21 +224,31 @@ impl Root {
             .unwrap_or_else(|| self.clock_of(self.counter))
     }
 
-    /// The logged packets in clock order, for replay. Their accumulated deletes and commits
-    /// are reset: the replay's terminals report again, and the store reports only updates it
-    /// had not applied before.
+    /// The logged packets in clock order, for replay.
+    ///
+    /// Accounting carries over: copies that completed before the replay have reported; a
+    /// replayed copy that reaches an instance which already saw its clock is absorbed there
+    /// without reporting, and the copies that were lost report when the replay brings them
+    /// to a terminal. Weights and vectors therefore add up once per copy.
     pub fn replay(&mut self) -> Vec<(u64, Logged)> {
         let mut clocks: Vec<u64> = self.log.keys().copied().collect();
         clocks.sort_unstable();
         self.stats.replayed += clocks.len() as u64;
         clocks
             .into_iter()
-            .map(|c| {
-                let e = self.log.get_mut(&c).expect("present");
-                e.weight = 0;
-                (c, self.slots[e.slot].clone())
-            })
+            .map(|c| (c, self.slots[self.log[&c].slot].clone()))
             .collect()
+    }
+
+    /// After the store came back from a failure, commit notifications it had not delivered
+    /// are gone; the client library retransmitted every unacknowledged update, so the logged
+    /// packets' updates are applied. Their commit check is waived: they settle on their
+    /// deletes' weights alone.
+    pub fn waive_commits(&mut self) {
+        for e in self.log.values_mut() {
+            e.xor = 0;
+            e.waived = true;
+        }
     }
 
     /// A logged packet.
@@ -319,20 +335,32 @@ mod tests {
     }
 
     #[test]
-    fn replay_is_in_clock_order_and_resets_copies() {
+    fn replay_is_in_clock_order_and_keeps_what_was_reported() {
         let mut r = root(100);
         let cs: Vec<u64> = (0..5).map(|i| r.admit(&[i], 1, 0).unwrap()).collect();
         r.on_delete(cs[2], FULL, 0);
-        r.on_delete(cs[4], FULL / 2, 0);
+        r.on_delete(cs[4], FULL / 2, 0x5);
         let rp = r.replay();
         assert_eq!(
             rp.iter().map(|x| x.0).collect::<Vec<_>>(),
             vec![cs[0], cs[1], cs[3], cs[4]]
         );
-        // The half delete of cs[4] was reset: a full delete is needed again.
-        assert_eq!(r.on_delete(cs[4], FULL / 2, 0), Settled::Pending);
+        assert_eq!(rp[0].1.data, vec![0]);
+        // The copy of cs[4] that completed before the replay still counts; the lost one
+        // completes now.
+        assert_eq!(r.on_commit(cs[4], 0x5), Settled::Pending);
         assert_eq!(r.on_delete(cs[4], FULL / 2, 0), Settled::Deleted);
         assert_eq!(r.watermark(), cs[0]);
+    }
+
+    #[test]
+    fn waived_commits_settle_on_weight() {
+        let mut r = root(100);
+        let c = r.admit(b"p", 1, 0).unwrap();
+        r.on_delete(c, FULL / 2, 0x77);
+        r.waive_commits();
+        assert_eq!(r.on_commit(c, 0x1234), Settled::Pending);
+        assert_eq!(r.on_delete(c, FULL / 2, 0x99), Settled::Deleted);
     }
 
     proptest! {

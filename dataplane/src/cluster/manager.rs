@@ -1,0 +1,526 @@
+//! The manager of a multi-process chain: starts the processes, is the chain's ingress (it
+//! feeds the input to the root and keeps each packet until the root forwarded it) and its
+//! egress (it writes the output, drops a second copy of a clock, and reports deletes), and
+//! recovers from failures: a dead instance gets a replacement and the root replays its log;
+//! a dead root gets a successor that resumes the clock; a dead store is restarted on its
+//! data directory.
+
+use super::link::{Frame, LinkPkt, Peer};
+use super::net::{In, Inbox, Outlet};
+use super::Plan;
+use crate::config::Chain;
+use crate::pcapio;
+use chc_proto::meta::ChcMeta;
+use nfs::packet::{Packet, Shape};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What to kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Victim {
+    /// Vertex index (chain order) and instance.
+    Instance(usize, u16),
+    Root,
+    Store,
+}
+
+/// A failure to inject: kill the victims (together) once `after_output` packets have left
+/// the chain (so the chain is busy and has packets in flight), or at the end of the input
+/// when fewer leave.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fault {
+    pub after_output: u64,
+    pub victims: Vec<Victim>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub chain: Chain,
+    /// The chain's TOML text (every process compiles it).
+    pub chain_toml: String,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub events: Option<PathBuf>,
+    /// Where plans, logs and the store's data go.
+    pub run_dir: PathBuf,
+    /// Directory holding the `chc-dataplane` and `chc-store` binaries.
+    pub bin_dir: PathBuf,
+    pub store_shards: u32,
+    pub fsync: String,
+    pub faults: Vec<Fault>,
+    /// Packets the ingress may have sent and not yet seen forwarded.
+    pub window: usize,
+}
+
+/// What happened during a cluster run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterReport {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub malformed: u64,
+    pub non_ip: u64,
+    pub duplicates_at_egress: u64,
+    pub events: u64,
+    pub recoveries: Vec<Recovery>,
+    pub elapsed_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Recovery {
+    pub what: String,
+    /// From the kill to the replacement serving (ms).
+    pub ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Pcap(#[from] pcapio::PcapError),
+    /// A combination of failures Table 3.11 cannot recover; says which and why.
+    #[error("cannot recover: {0}")]
+    Unrecoverable(String),
+    #[error("{0} exited unexpectedly; see {1}")]
+    Crashed(String, PathBuf),
+    #[error("the run did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The directory of the binaries next to the running one (tests run from `deps/`).
+pub fn default_bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CHC_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut d = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if d.ends_with("deps") {
+        d.pop();
+    }
+    d
+}
+
+/// Distinct free loopback addresses (the probes stay bound until all are chosen, so the OS
+/// cannot hand the same port out twice).
+struct Ports(Vec<TcpListener>);
+
+impl Ports {
+    fn take(&mut self) -> Result<SocketAddr, ClusterError> {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| ClusterError::Setup(format!("no free port: {e}")))?;
+        let a = l
+            .local_addr()
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        self.0.push(l);
+        Ok(a)
+    }
+}
+
+fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+struct Proc {
+    what: Victim,
+    name: String,
+    child: Child,
+}
+
+struct Cluster<'a> {
+    o: &'a ClusterOptions,
+    plan: Plan,
+    plan_path: PathBuf,
+    procs: Vec<Proc>,
+    /// Processes started so far per name (numbers the logs: a replacement's log is new).
+    spawned: HashMap<String, usize>,
+    report: ClusterReport,
+}
+
+impl<'a> Cluster<'a> {
+    fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
+        let (name, mut cmd) = match what {
+            Victim::Store => {
+                let mut c = Command::new(self.o.bin_dir.join("chc-store"));
+                c.args([
+                    "serve",
+                    "--listen",
+                    &self.plan.store[0].to_string(),
+                    "--resp",
+                    "off",
+                    "--data-dir",
+                    &self.o.run_dir.join("store").display().to_string(),
+                    "--shards",
+                    &self.o.store_shards.to_string(),
+                    "--fsync",
+                    &self.o.fsync,
+                ]);
+                ("store".to_string(), c)
+            }
+            Victim::Root => {
+                let mut c = Command::new(self.o.bin_dir.join("chc-dataplane"));
+                c.args(["root", "--plan", &self.plan_path.display().to_string()]);
+                ("root".to_string(), c)
+            }
+            Victim::Instance(vi, i) => {
+                let v = &self.o.chain.vertices[vi];
+                let mut c = Command::new(self.o.bin_dir.join("chc-dataplane"));
+                c.args([
+                    "instance",
+                    "--plan",
+                    &self.plan_path.display().to_string(),
+                    "--vertex",
+                    &v.name,
+                    "--index",
+                    &i.to_string(),
+                ]);
+                (format!("{}-{i}", v.name), c)
+            }
+        };
+        cmd.args(extra);
+        let n = self.spawned.entry(name.clone()).or_insert(0);
+        *n += 1;
+        let n = *n - 1;
+        let log = self.o.run_dir.join(format!("{name}.{n}.log"));
+        let f = std::fs::File::create(&log)
+            .map_err(|e| ClusterError::Setup(format!("{}: {e}", log.display())))?;
+        let child = cmd.stdout(Stdio::null()).stderr(f).spawn().map_err(|e| {
+            ClusterError::Setup(format!("starting {name} ({:?}): {e}", cmd.get_program()))
+        })?;
+        let addr = match what {
+            Victim::Store => self.plan.store[0],
+            Victim::Root => self.plan.root,
+            Victim::Instance(vi, i) => self.plan.instances[vi][i as usize],
+        };
+        self.procs.push(Proc {
+            what,
+            name: name.clone(),
+            child,
+        });
+        if !wait_listening(addr, Duration::from_secs(60)) {
+            return Err(ClusterError::Crashed(name, log));
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, what: Victim) {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.what == what) {
+            // Child::kill sends SIGKILL.
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.procs.retain(|p| p.what != what);
+    }
+}
+
+/// Runs a chain as processes over a pcap, injecting the given faults.
+pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&o.run_dir)
+        .map_err(|e| ClusterError::Setup(format!("{}: {e}", o.run_dir.display())))?;
+    // A new cluster starts from an empty store (a kept directory may hold an earlier run's).
+    let store_dir = o.run_dir.join("store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir)
+            .map_err(|e| ClusterError::Setup(format!("{}: {e}", store_dir.display())))?;
+    }
+    let mut ports = Ports(Vec::new());
+    let plan = Plan {
+        chain_toml: o.chain_toml.clone(),
+        store: vec![ports.take()?],
+        root: ports.take()?,
+        sink: ports.take()?,
+        instances: o
+            .chain
+            .vertices
+            .iter()
+            .map(|v| {
+                (0..v.parallelism)
+                    .map(|_| ports.take())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    drop(ports);
+    let plan_path = o.run_dir.join("plan.json");
+    plan.save(&plan_path).map_err(ClusterError::Setup)?;
+    for f in &o.faults {
+        let store = f.victims.contains(&Victim::Store);
+        if store && f.victims.len() > 1 {
+            let other = f
+                .victims
+                .iter()
+                .find(|v| **v != Victim::Store)
+                .expect("another victim");
+            let who = match other {
+                Victim::Root => "the root".to_string(),
+                Victim::Instance(vi, i) => {
+                    format!("instance {i} of {}", o.chain.vertices[*vi].name)
+                }
+                Victim::Store => unreachable!(),
+            };
+            return Err(ClusterError::Unrecoverable(format!(
+                "{who} failed together with the store holding its state (Table 3.11: the \
+                 store rolls forward from the NF-side logs and caches of live components)"
+            )));
+        }
+        if f.victims.contains(&Victim::Root)
+            && f.victims.iter().any(|v| matches!(v, Victim::Instance(..)))
+        {
+            return Err(ClusterError::Unrecoverable(
+                "the root failed together with an NF instance (the root's packet log is local: \
+                 the packets only it could replay to the replacement are lost)"
+                    .into(),
+            ));
+        }
+    }
+    let sink = Inbox::bind(plan.sink)
+        .map_err(|e| ClusterError::Setup(format!("sink {}: {e}", plan.sink)))?;
+    let mut c = Cluster {
+        o,
+        plan: plan.clone(),
+        plan_path,
+        procs: Vec::new(),
+        spawned: HashMap::new(),
+        report: ClusterReport::default(),
+    };
+    c.spawn(Victim::Store, &[])?;
+    for (vi, v) in o.chain.vertices.iter().enumerate() {
+        for i in 0..v.parallelism {
+            c.spawn(Victim::Instance(vi, i), &[])?;
+        }
+    }
+    c.spawn(Victim::Root, &[])?;
+    // Every instance says when its input is done (after sending its last events).
+    let exits: usize = o
+        .chain
+        .vertices
+        .iter()
+        .map(|v| v.parallelism as usize)
+        .sum();
+
+    let mut reader = pcapio::Reader::open(&o.input)?;
+    let mut writer = pcapio::Writer::create(&o.output, reader.header.snaplen)?;
+    let mut events = match &o.events {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| ClusterError::Setup(format!("{}: {e}", p.display())))?,
+        )),
+        None => None,
+    };
+    let (rtx, rrx) = crossbeam::channel::unbounded();
+    let mut source = Outlet::new(plan.root, Peer::Source)
+        .with_replies(rtx)
+        .caller_resends();
+    let mut egress_root = Outlet::new(plan.root, Peer::Sink);
+    let mut unacked: VecDeque<LinkPkt> = VecDeque::new();
+    let mut seq = 0u64;
+    let mut input_done = false;
+    let mut eof_sent = false;
+    let mut drained = false;
+    let mut exits_done: HashSet<Peer> = HashSet::new();
+    let mut written: HashSet<u64> = HashSet::new();
+    let mut lines_seen: HashSet<String> = HashSet::new();
+    let mut source_conns = 0;
+    let mut faults: Vec<Fault> = o.faults.clone();
+    faults.sort_by_key(|f| f.after_output);
+    let mut faults: VecDeque<Fault> = faults.into();
+    // Pending recoveries: (what, killed at).
+    let mut pending_recovery: Vec<(Victim, Instant)> = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = Duration::from_secs(1800);
+    loop {
+        let mut busy = false;
+        // Ingress: keep the window full.
+        let mut batch = Vec::new();
+        while !input_done && unacked.len() + batch.len() < o.window && batch.len() < 64 {
+            let Some((ts_ns, wire_len)) = reader.next_into(&mut buf)? else {
+                input_done = true;
+                break;
+            };
+            busy = true;
+            c.report.packets_in += 1;
+            let mut data = buf.clone();
+            let n = data.len();
+            let shape = Packet::parse(&mut data, n, 0).hdr.shape;
+            match shape {
+                Shape::Malformed(_) => {
+                    c.report.malformed += 1;
+                    continue;
+                }
+                Shape::NonIp => {
+                    c.report.non_ip += 1;
+                    writer.write(ts_ns, wire_len, &data)?;
+                    continue;
+                }
+                _ => {}
+            }
+            seq += 1;
+            batch.push(LinkPkt {
+                meta: ChcMeta::default(),
+                weight: 0,
+                seq,
+                ts_ns,
+                wire_len,
+                data,
+            });
+        }
+        if !batch.is_empty() {
+            unacked.extend(batch.iter().cloned());
+            source.send(&Frame::Packets(batch));
+        }
+        // A new root: send it everything not acknowledged, in order.
+        if source.connections != source_conns {
+            if source_conns > 0 && !unacked.is_empty() {
+                let all: Vec<LinkPkt> = unacked.iter().cloned().collect();
+                source.send(&Frame::Packets(all));
+            }
+            if source_conns > 0 && input_done {
+                source.send(&Frame::Eof(Peer::Source));
+            }
+            source_conns = source.connections;
+        }
+        source.flush();
+        if input_done && !eof_sent {
+            eof_sent = true;
+            source.send(&Frame::Eof(Peer::Source));
+        }
+        while let Ok(m) = rrx.try_recv() {
+            busy = true;
+            if let In::Frame { frame, .. } = m {
+                match frame {
+                    Frame::Ack(s) => {
+                        while unacked.front().is_some_and(|p| p.seq <= s) {
+                            unacked.pop_front();
+                        }
+                    }
+                    Frame::Drained => drained = true,
+                    _ => {}
+                }
+            }
+        }
+        // Egress.
+        let mut deletes = Vec::new();
+        while let Ok(m) = sink.rx.try_recv() {
+            busy = true;
+            let In::Frame { from, frame, .. } = m else {
+                continue;
+            };
+            match frame {
+                Frame::Packets(ps) => {
+                    for p in ps {
+                        if written.insert(p.meta.clock) {
+                            writer.write(p.ts_ns, p.wire_len, &p.data)?;
+                            c.report.packets_out += 1;
+                            deletes.push((p.meta.clock, p.weight, p.meta.vector));
+                        } else {
+                            c.report.duplicates_at_egress += 1;
+                        }
+                    }
+                }
+                Frame::Events(ls) => {
+                    for l in ls {
+                        if lines_seen.insert(l.clone()) {
+                            c.report.events += 1;
+                            if let Some(f) = events.as_mut() {
+                                let _ = writeln!(f, "{l}");
+                            }
+                        }
+                    }
+                }
+                Frame::Eof(p) => {
+                    exits_done.insert(p);
+                }
+                other => eprintln!("chc-dataplane: egress: unexpected {other:?} from {from:?}"),
+            }
+        }
+        if !deletes.is_empty() {
+            egress_root.send(&Frame::Deletes(deletes));
+        } else {
+            egress_root.flush();
+        }
+        // Failures: injected ones, and processes that died.
+        if faults.front().is_some_and(|f| {
+            c.report.packets_out >= f.after_output || (input_done && unacked.is_empty())
+        }) {
+            let f = faults.pop_front().expect("front");
+            let t = Instant::now();
+            for v in &f.victims {
+                c.kill(*v);
+                pending_recovery.push((*v, t));
+            }
+        }
+        for p in std::mem::take(&mut c.procs) {
+            let mut p = p;
+            match p.child.try_wait() {
+                Ok(Some(status))
+                    if !(matches!(p.what, Victim::Instance(..)) && status.success()) =>
+                {
+                    pending_recovery.push((p.what, Instant::now()));
+                    eprintln!("chc-dataplane: {} exited ({status}); recovering", p.name);
+                }
+                Ok(Some(_)) => {}
+                _ => c.procs.push(p),
+            }
+        }
+        for (v, t) in std::mem::take(&mut pending_recovery) {
+            busy = true;
+            match v {
+                Victim::Store => c.spawn(Victim::Store, &[])?,
+                Victim::Root => {
+                    c.spawn(Victim::Root, &["--recover"])?;
+                    // Even with nothing new to send, the new root must get what is not
+                    // acknowledged and the end of input.
+                    source.reconnect(Duration::from_secs(30));
+                }
+                Victim::Instance(vi, i) => {
+                    c.spawn(Victim::Instance(vi, i), &["--replacement"])?;
+                    source.send(&Frame::Replay(o.chain.vertices[vi].id));
+                }
+            }
+            c.report.recoveries.push(Recovery {
+                what: format!("{v:?}"),
+                ms: t.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        if input_done && unacked.is_empty() && drained && exits_done.len() >= exits {
+            break;
+        }
+        if started.elapsed() > deadline {
+            return Err(ClusterError::Timeout(deadline));
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    writer.finish()?;
+    if let Some(mut f) = events {
+        let _ = f.flush();
+    }
+    // Everything is out: stop the processes (the store cleanly).
+    for p in c.procs.iter_mut() {
+        if p.what == Victim::Store {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.child.id().to_string()])
+                .status();
+        } else {
+            let _ = p.child.kill();
+        }
+    }
+    for p in c.procs.iter_mut() {
+        let _ = p.child.wait();
+    }
+    c.report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(c.report)
+}

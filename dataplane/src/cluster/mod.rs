@@ -1,0 +1,105 @@
+//! A chain as separate processes: every NF instance, the root and the store run as their
+//! own processes, so a failure is a real `kill -9` and recovery is real.
+//!
+//! - `chc-store serve` holds the state (with its WAL and checkpoints);
+//! - `chc-dataplane root` stamps clocks, logs packets, settles deletes against commits, and
+//!   replays its log when told an instance was replaced;
+//! - `chc-dataplane instance` runs one NF instance;
+//! - the manager ([`manager::run_cluster`]) starts them, feeds the input to the root (keeping
+//!   every packet until the root says it forwarded it), writes the output (dropping copies of
+//!   a clock it already wrote, and reporting deletes to the root), watches the processes,
+//!   kills them when a scenario says so, and starts replacements.
+//!
+//! Duplicates are handled by clock. Every instance remembers the clocks it processed until
+//! the root retires them. A replayed packet is processed again by the vertices upstream of
+//! the replaced one (reading the state as of its clock, while the store suppresses its
+//! updates as duplicates) and by the replaced one; anywhere else a clock seen before is
+//! absorbed, and so is a second output of a clock at the egress. A replacement instance
+//! holds back new traffic until the replay has gone by, so it processes in clock order.
+
+pub mod link;
+pub mod manager;
+pub mod net;
+pub mod node;
+pub mod rootproc;
+
+use crate::config::Chain;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Where everything of one cluster run is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// The chain file's text: every process compiles the same chain.
+    pub chain_toml: String,
+    pub store: Vec<SocketAddr>,
+    pub root: SocketAddr,
+    pub sink: SocketAddr,
+    /// Per vertex (chain order), per instance: where it listens.
+    pub instances: Vec<Vec<SocketAddr>>,
+}
+
+impl Plan {
+    pub fn load(path: &Path) -> Result<Plan, String> {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading plan {}: {e}", path.display()))?;
+        serde_json::from_str(&t).map_err(|e| format!("plan {}: {e}", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(self).expect("plan serialises"),
+        )
+        .map_err(|e| format!("writing plan {}: {e}", path.display()))
+    }
+
+    /// The chain with the parallelism this plan gives each vertex.
+    pub fn chain(&self) -> Result<Chain, String> {
+        let mut c = Chain::parse(&self.chain_toml, "plan").map_err(|e| e.to_string())?;
+        let names: Vec<String> = c.vertices.iter().map(|v| v.name.clone()).collect();
+        if names.len() != self.instances.len() {
+            return Err("plan and chain disagree on the vertices".into());
+        }
+        for (n, addrs) in names.iter().zip(&self.instances) {
+            c.set_parallelism(n, addrs.len() as u16)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(c)
+    }
+}
+
+/// `ancestors(chain)[d][a]`: packets from vertex `a` reach vertex `d` (`a` is upstream of `d`).
+pub fn ancestors(chain: &Chain) -> Vec<Vec<bool>> {
+    let n = chain.vertices.len();
+    let mut out = vec![vec![false; n]; n];
+    for (a, v) in chain.vertices.iter().enumerate() {
+        let mut stack: Vec<usize> = v.next.into_iter().chain(v.taps.iter().copied()).collect();
+        let mut seen = vec![false; n];
+        while let Some(d) = stack.pop() {
+            if std::mem::replace(&mut seen[d], true) {
+                continue;
+            }
+            out[d][a] = true;
+            stack.extend(chain.vertices[d].next);
+            stack.extend(chain.vertices[d].taps.iter().copied());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_of_the_paper_chain() {
+        let c = Chain::paper();
+        let a = ancestors(&c);
+        let idx = |n: &str| c.vertices.iter().position(|v| v.name == n).unwrap();
+        let (nat, scan, lb, trojan) = (idx("nat"), idx("portscan"), idx("lb"), idx("trojan"));
+        assert!(a[lb][nat] && a[lb][scan] && a[scan][nat] && a[trojan][nat]);
+        assert!(!a[trojan][scan] && !a[nat][lb] && !a[nat][nat] && !a[scan][trojan]);
+    }
+}

@@ -1,0 +1,323 @@
+//! The two ends of a link: an [`Outlet`] sends frames and reconnects when its peer comes back
+//! (a replacement process listens on the same address); an [`Inbox`] accepts connections
+//! and merges their frames, in per-connection order, into one channel.
+
+use super::link::{self, Frame, Peer};
+use crossbeam::channel::{self, Receiver, Sender};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What an inbox delivers.
+#[derive(Debug)]
+pub enum In {
+    Frame {
+        conn: u64,
+        from: Peer,
+        frame: Frame,
+    },
+    /// The connection ended (the peer closed it or died).
+    Closed {
+        conn: u64,
+        from: Peer,
+    },
+}
+
+/// Sends frames to one peer, buffering while it is unreachable.
+pub struct Outlet {
+    pub addr: SocketAddr,
+    me: Peer,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    last_try: Option<Instant>,
+    replies: Option<Sender<In>>,
+    conn_seq: Arc<AtomicU64>,
+    /// Frames every connection must carry, sent again after reconnecting (end of input).
+    sticky: Vec<u8>,
+    /// Bumped on every (re)connection.
+    pub connections: u64,
+    /// The caller sends everything again after a reconnection (see [`Outlet::caller_resends`]).
+    caller_resends: bool,
+    /// Set by the reply reader when the current connection ends.
+    closed: Arc<AtomicBool>,
+}
+
+impl Outlet {
+    pub fn new(addr: SocketAddr, me: Peer) -> Outlet {
+        Outlet {
+            addr,
+            me,
+            stream: None,
+            buf: Vec::new(),
+            last_try: None,
+            replies: None,
+            conn_seq: Arc::new(AtomicU64::new(1 << 40)),
+            sticky: Vec::new(),
+            connections: 0,
+            caller_resends: false,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Frames queued while the peer was away are dropped when it comes back: the caller
+    /// watches [`Outlet::connections`] and sends all the peer lacks itself (otherwise the
+    /// queued part would arrive twice).
+    pub fn caller_resends(mut self) -> Outlet {
+        self.caller_resends = true;
+        self
+    }
+
+    /// Sends a frame that a replacement of the peer must get too (it is repeated at the start
+    /// of every later connection).
+    pub fn send_sticky(&mut self, f: &Frame) {
+        link::encode(f, &mut self.sticky);
+        self.send(f);
+    }
+
+    /// Frames the peer sends back on this connection go to `tx`.
+    pub fn with_replies(mut self, tx: Sender<In>) -> Outlet {
+        self.replies = Some(tx);
+        self
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Queues a frame and tries to send everything queued.
+    pub fn send(&mut self, f: &Frame) {
+        link::encode(f, &mut self.buf);
+        self.flush();
+    }
+
+    /// Sends what is queued; returns true when nothing is left.
+    pub fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        if self.stream.is_none() && !self.connect() {
+            return false;
+        }
+        if !self.peer_alive() {
+            // A write to a dead peer's socket can still succeed (into the kernel's buffer)
+            // and be lost: go to its replacement instead.
+            self.stream = None;
+            self.last_try = None;
+            if !self.connect() {
+                return false;
+            }
+            if self.buf.is_empty() {
+                return true;
+            }
+        }
+        let s = self.stream.as_mut().expect("connected");
+        match s.write_all(&self.buf) {
+            Ok(()) => {
+                self.buf.clear();
+                true
+            }
+            Err(_) => {
+                // The peer is gone; what it did not get is replayed from the root's log.
+                self.stream = None;
+                self.buf.clear();
+                false
+            }
+        }
+    }
+
+    /// Whether the connected peer is still there: the reply reader saw no end of stream, or
+    /// (without one) a non-blocking peek finds neither an end of stream nor an error.
+    fn peer_alive(&mut self) -> bool {
+        let Some(s) = self.stream.as_ref() else {
+            return false;
+        };
+        if self.replies.is_some() {
+            return !self.closed.load(Ordering::Relaxed);
+        }
+        if s.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let alive = match s.peek(&mut [0u8; 1]) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        };
+        alive && s.set_nonblocking(false).is_ok()
+    }
+
+    fn connect(&mut self) -> bool {
+        if self
+            .last_try
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(10))
+        {
+            return false;
+        }
+        self.last_try = Some(Instant::now());
+        let Ok(s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_nodelay(true);
+        if self.connections > 0 && self.caller_resends {
+            self.buf.clear();
+        }
+        let mut hello = Vec::new();
+        link::encode(&Frame::Hello(self.me), &mut hello);
+        if self.connections > 0 {
+            hello.extend_from_slice(&self.sticky);
+        }
+        let mut s2 = match s.try_clone() {
+            Ok(x) => x,
+            Err(_) => return false,
+        };
+        if s2.write_all(&hello).is_err() {
+            return false;
+        }
+        if let Some(tx) = &self.replies {
+            let tx = tx.clone();
+            let closed = Arc::new(AtomicBool::new(false));
+            self.closed = closed.clone();
+            let conn = self.conn_seq.fetch_add(1, Ordering::Relaxed);
+            let mut r = s.try_clone().expect("clone");
+            let _ = std::thread::Builder::new()
+                .name("link-replies".into())
+                .spawn(move || {
+                    while let Ok(Some(f)) = link::read_frame(&mut r) {
+                        if tx
+                            .send(In::Frame {
+                                conn,
+                                from: Peer::Manager,
+                                frame: f,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    closed.store(true, Ordering::Relaxed);
+                    let _ = tx.send(In::Closed {
+                        conn,
+                        from: Peer::Manager,
+                    });
+                });
+        }
+        self.stream = Some(s);
+        self.connections += 1;
+        true
+    }
+
+    /// Drops the connection (its peer was replaced) and connects to the new peer.
+    pub fn reconnect(&mut self, timeout: Duration) -> bool {
+        self.stream = None;
+        self.last_try = None;
+        self.wait_connected(timeout)
+    }
+
+    /// Keeps trying until connected or `timeout` passes.
+    pub fn wait_connected(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.stream.is_some() || self.connect() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+/// Accepts connections on one address and merges what arrives.
+pub struct Inbox {
+    pub addr: SocketAddr,
+    pub rx: Receiver<In>,
+    writers: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Inbox {
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Inbox> {
+        let l = TcpListener::bind(addr)?;
+        let addr = l.local_addr()?;
+        let (tx, rx) = channel::unbounded();
+        let writers: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w2, s2) = (writers.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("inbox-accept".into())
+            .spawn(move || {
+                let mut next = 1u64;
+                for s in l.incoming() {
+                    if s2.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(mut s) = s else { continue };
+                    let _ = s.set_nodelay(true);
+                    let conn = next;
+                    next += 1;
+                    if let Ok(w) = s.try_clone() {
+                        w2.lock().insert(conn, w);
+                    }
+                    let tx = tx.clone();
+                    let w3 = w2.clone();
+                    let _ =
+                        std::thread::Builder::new()
+                            .name("inbox-read".into())
+                            .spawn(move || {
+                                let from = match link::read_frame(&mut s) {
+                                    Ok(Some(Frame::Hello(p))) => p,
+                                    _ => {
+                                        w3.lock().remove(&conn);
+                                        return;
+                                    }
+                                };
+                                loop {
+                                    match link::read_frame(&mut s) {
+                                        Ok(Some(frame)) => {
+                                            if tx.send(In::Frame { conn, from, frame }).is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Ok(None) => break,
+                                        Err(e) => {
+                                            eprintln!(
+                                            "chc-dataplane: link from {from:?}: {e}; closing it"
+                                        );
+                                            break;
+                                        }
+                                    }
+                                }
+                                w3.lock().remove(&conn);
+                                let _ = tx.send(In::Closed { conn, from });
+                            });
+                }
+            })?;
+        Ok(Inbox {
+            addr,
+            rx,
+            writers,
+            stop,
+        })
+    }
+
+    /// Sends a frame back on connection `conn` (best effort).
+    pub fn reply(&self, conn: u64, f: &Frame) {
+        if let Some(s) = self.writers.lock().get_mut(&conn) {
+            let _ = link::write_frame(s, f);
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,314 @@
+//! `chc-dataplane instance`: one NF instance as its own process.
+
+use super::link::{Frame, LinkPkt, Peer};
+use super::net::{In, Inbox, Outlet};
+use super::{ancestors, Plan};
+use crate::instance::NfInstance;
+use crate::split::{bucket, key_hash, Allocation};
+use chc_proto::meta::{ChcMeta, MetaFlags};
+use chc_store::client::{StoreClient, TcpOptions};
+use nfs::nf::{PartitionKey, Verdict};
+use nfs::packet::Packet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Outlets to the instances of one downstream vertex.
+struct Down {
+    outs: Vec<Outlet>,
+    alloc: Allocation,
+    key: PartitionKey,
+    pending: Vec<Vec<LinkPkt>>,
+}
+
+impl Down {
+    fn route(&mut self, mut p: LinkPkt) {
+        let i = {
+            let n = p.data.len();
+            let pk = Packet::parse(&mut p.data, n, 0);
+            usize::from(self.alloc.instance(bucket(key_hash(&pk, self.key)))) % self.outs.len()
+        };
+        self.pending[i].push(p);
+    }
+
+    fn flush(&mut self) {
+        for (i, q) in self.pending.iter_mut().enumerate() {
+            if !q.is_empty() {
+                self.outs[i].send(&Frame::Packets(std::mem::take(q)));
+            } else {
+                self.outs[i].flush();
+            }
+        }
+    }
+
+    fn broadcast(&mut self, f: &Frame) {
+        self.flush();
+        for o in &mut self.outs {
+            o.send(f);
+        }
+    }
+}
+
+/// Runs instance `index` of vertex `vertex` until its senders are done.
+pub fn run_instance(
+    plan: &Plan,
+    vertex: &str,
+    index: u16,
+    replacement: bool,
+) -> Result<(), String> {
+    let chain = plan.chain()?;
+    let vi = chain
+        .vertices
+        .iter()
+        .position(|v| v.name == vertex)
+        .ok_or_else(|| format!("no vertex {vertex:?} in the chain"))?;
+    let v = chain.vertices[vi].clone();
+    let addr = *plan
+        .instances
+        .get(vi)
+        .and_then(|a| a.get(index as usize))
+        .ok_or_else(|| format!("vertex {vertex} has no instance {index}"))?;
+    let me = Peer::Instance(v.id, index);
+    let client = if v.mode == chc_store::client::cache::Mode::Traditional {
+        None
+    } else {
+        let id = (u64::from(v.id) << 32) | u64::from(index) << 16 | if replacement { 1 } else { 0 };
+        let opts = TcpOptions {
+            token: None,
+            connect_timeout: Duration::from_secs(30),
+        };
+        let mut c =
+            StoreClient::connect(&plan.store, id, opts).map_err(|e| format!("store: {e}"))?;
+        c.call_timeout = Duration::from_secs(60);
+        Some(c)
+    };
+    let mut inst = NfInstance::with_client(&v, index, client, !replacement && index == 0)?;
+    // Listening tells the manager the instance is ready: its state is initialised.
+    let inbox = Inbox::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    if replacement {
+        inst.state.set_fresh(false);
+    }
+    let anc = ancestors(&chain);
+    let down = |to: usize| Down {
+        outs: plan.instances[to]
+            .iter()
+            .map(|a| Outlet::new(*a, me))
+            .collect(),
+        alloc: Allocation::even(plan.instances[to].len() as u16),
+        key: chain.vertices[to].partition,
+        pending: vec![Vec::new(); plan.instances[to].len()],
+    };
+    let mut next = v.next.map(down);
+    let mut taps: Vec<Down> = v.taps.iter().map(|&t| down(t)).collect();
+    let mut root = Outlet::new(plan.root, me);
+    let mut sink = Outlet::new(plan.sink, me);
+    eprintln!(
+        "chc-dataplane: {vertex}/{index} listening on {}{}",
+        inbox.addr,
+        if replacement { " (replacement)" } else { "" }
+    );
+
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut watermarks: HashMap<u16, u64> = HashMap::new();
+    let mut eofs: HashSet<Peer> = HashSet::new();
+    // A replacement processes replayed packets first and holds the rest back.
+    let mut holding = replacement;
+    let mut held: Vec<LinkPkt> = Vec::new();
+    let mut replay_done_from: HashSet<Peer> = HashSet::new();
+    let mut max_root_seq = 0u64;
+    // Connections from a root still open, and a new root's question held until the old
+    // root's connection has closed (so none of its packets is still on the way).
+    let mut root_conns: HashSet<u64> = HashSet::new();
+    let mut query: Option<u64> = None;
+    let mut finished = false;
+    let mut deletes: Vec<(u64, u64, u32)> = Vec::new();
+    let mut outputs: Vec<LinkPkt> = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut absorbed = 0u64;
+    let senders = v.senders;
+    let started = Instant::now();
+
+    // Processes one packet; returns nothing, queues what it produced.
+    let handle = |p: LinkPkt,
+                  inst: &mut NfInstance,
+                  seen: &mut HashSet<u64>,
+                  next: &mut Option<Down>,
+                  taps: &mut Vec<Down>,
+                  deletes: &mut Vec<(u64, u64, u32)>,
+                  outputs: &mut Vec<LinkPkt>,
+                  lines: &mut Vec<String>,
+                  absorbed: &mut u64| {
+        let mut p = p;
+        let clock = p.meta.clock;
+        let replay = p.meta.flags.has(MetaFlags::REPLAY);
+        let target = chain.vertices.iter().position(|x| x.id == p.meta.clone_id);
+        let upstream_of_target = replay && target.is_some_and(|t| anc[t][vi]);
+        if !upstream_of_target && seen.contains(&clock) {
+            *absorbed += 1;
+            return;
+        }
+        seen.insert(clock);
+        let verdict = inst.process(
+            &mut p.data,
+            p.wire_len as usize,
+            p.ts_ns,
+            &mut p.meta,
+            lines,
+        );
+        if verdict == Verdict::Drop {
+            deletes.push((clock, p.weight, p.meta.vector));
+            return;
+        }
+        for t in taps.iter_mut() {
+            let w = p.weight / 2;
+            p.weight -= w;
+            t.route(LinkPkt {
+                meta: ChcMeta {
+                    vector: 0,
+                    ..p.meta
+                },
+                weight: w,
+                seq: p.seq,
+                ts_ns: p.ts_ns,
+                wire_len: p.wire_len,
+                data: p.data.clone(),
+            });
+        }
+        match next.as_mut() {
+            Some(d) => d.route(p),
+            None if v.on_path => outputs.push(p),
+            None => deletes.push((clock, p.weight, p.meta.vector)),
+        }
+    };
+
+    loop {
+        let msg = match inbox.rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(m) => Some(m),
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => None,
+            Err(_) => break,
+        };
+        let mut finish = false;
+        // Packets to process now, in arrival order (held ones join at the end of a replay).
+        let mut ready: Vec<LinkPkt> = Vec::new();
+        if let Some(m) = msg {
+            match m {
+                In::Frame { conn, from, frame } => {
+                    if from == Peer::Root {
+                        root_conns.insert(conn);
+                    }
+                    match frame {
+                        Frame::Packets(ps) => {
+                            for p in ps {
+                                if from == Peer::Root {
+                                    max_root_seq = max_root_seq.max(p.seq);
+                                }
+                                let replay = p.meta.flags.has(MetaFlags::REPLAY);
+                                if holding && !replay {
+                                    held.push(p);
+                                } else {
+                                    ready.push(p);
+                                }
+                            }
+                        }
+                        Frame::Watermark(r, wm) => {
+                            let w = watermarks.entry(r).or_insert(0);
+                            if wm > *w {
+                                *w = wm;
+                                let shift = chc_root::ROOT_SHIFT;
+                                seen.retain(|c| (c >> shift) as u16 != r || *c >= wm);
+                            }
+                            for d in next.iter_mut().chain(taps.iter_mut()) {
+                                d.broadcast(&Frame::Watermark(r, wm));
+                            }
+                        }
+                        Frame::Replay(target) => {
+                            // The end of a replay, passed along behind the replayed packets.
+                            for d in next.iter_mut().chain(taps.iter_mut()) {
+                                d.broadcast(&Frame::Replay(target));
+                            }
+                            if holding && target == v.id {
+                                replay_done_from.insert(from);
+                                if replay_done_from.len() >= senders {
+                                    holding = false;
+                                    root.send(&Frame::ReplayDone(v.id));
+                                    ready.append(&mut held);
+                                    finish = eofs.len() >= senders;
+                                }
+                            }
+                        }
+                        Frame::QuerySeq => query = Some(conn),
+                        Frame::Eof(p) => {
+                            eofs.insert(p);
+                            finish = eofs.len() >= senders && !holding;
+                        }
+                        other => eprintln!(
+                            "chc-dataplane: {vertex}/{index}: unexpected {other:?} from {from:?}"
+                        ),
+                    }
+                }
+                In::Closed { conn, .. } => {
+                    root_conns.remove(&conn);
+                }
+            }
+        }
+        for p in ready {
+            handle(
+                p,
+                &mut inst,
+                &mut seen,
+                &mut next,
+                &mut taps,
+                &mut deletes,
+                &mut outputs,
+                &mut lines,
+                &mut absorbed,
+            );
+        }
+        if let Some(q) = query {
+            if root_conns.iter().all(|&c| c == q) {
+                inbox.reply(q, &Frame::SeqReport(max_root_seq));
+                query = None;
+            }
+        }
+        // End of a batch: state to the store, then deletes, outputs, events, packets.
+        inst.flush();
+        if !deletes.is_empty() {
+            root.send(&Frame::Deletes(std::mem::take(&mut deletes)));
+        } else {
+            root.flush();
+        }
+        if !outputs.is_empty() {
+            sink.send(&Frame::Packets(std::mem::take(&mut outputs)));
+        }
+        if !lines.is_empty() {
+            sink.send(&Frame::Events(std::mem::take(&mut lines)));
+        }
+        for d in next.iter_mut().chain(taps.iter_mut()) {
+            d.flush();
+        }
+        // All senders are done: tell the downstream instances and the manager (who waits
+        // for every instance, so no event is still on the way when it stops). The instance
+        // keeps serving: a replacement downstream may need a replay through it, and a root
+        // that takes over asks what it already got.
+        if finish && !finished {
+            finished = true;
+            inst.sync();
+            for d in next.iter_mut().chain(taps.iter_mut()) {
+                for o in &mut d.outs {
+                    o.send_sticky(&Frame::Eof(me));
+                }
+            }
+            sink.send_sticky(&Frame::Eof(me));
+            let c = &inst.counters;
+            eprintln!(
+                "chc-dataplane: {vertex}/{index}: input done: in {} out {} dropped {} absorbed {} errors {} in {:.2} s",
+                c.pkts_in,
+                c.pkts_out,
+                c.dropped,
+                absorbed,
+                c.errors,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
