@@ -519,6 +519,8 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             },
             faults: faults(&chain, &a.scenario, a.seed, packets),
             window: 256,
+            // Generous for the machine (a run takes seconds), short enough to fail a hang.
+            deadline: std::time::Duration::from_secs(120 + packets / 500),
         })
         .with_context(|| format!("scenario {}", a.scenario))?;
         let mut rep = compare(&ip, &ie, &rp, &re)?;

@@ -275,6 +275,7 @@ fn unrecoverable_combinations_are_refused() {
                 victims: victims.clone(),
             }],
             window: 16,
+            deadline: std::time::Duration::from_secs(10),
         };
         match run_cluster(&o) {
             Err(ClusterError::Unrecoverable(what)) => assert!(!what.is_empty()),

@@ -55,6 +55,8 @@ pub struct ClusterOptions {
     pub faults: Vec<Fault>,
     /// Packets the ingress may have sent and not yet seen forwarded.
     pub window: usize,
+    /// A run that has not finished by then fails with [`ClusterError::Timeout`].
+    pub deadline: Duration,
 }
 
 /// What happened during a cluster run.
@@ -339,7 +341,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     // Pending recoveries: (what, killed at).
     let mut pending_recovery: Vec<(Victim, Instant)> = Vec::new();
     let mut buf = Vec::new();
-    let deadline = Duration::from_secs(1800);
+    let deadline = o.deadline;
     loop {
         let mut busy = false;
         // Ingress: keep the window full.
