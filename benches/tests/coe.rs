@@ -210,31 +210,28 @@ fn crash_on_every_trace(scenario: &str, seed_base: u64, known: &[&str]) {
     );
 }
 
-/// Known gap: after a portscan detector instance is replaced, the scan in
-/// `scan-nmap-vsn.pcap` is no longer detected (its threshold-random-walk state is not fully
-/// rebuilt by the replay); `known_gaps_under_crashes` runs it.
-const NF_CRASH_GAPS: &[&str] = &["scan-nmap-vsn.pcap"];
-
 #[test]
 fn nf_crash_is_equivalent_on_every_trace() {
-    crash_on_every_trace("nf-crash", 100, NF_CRASH_GAPS);
+    crash_on_every_trace("nf-crash", 100, &[]);
 }
 
-/// Known gap: a root that takes over can forward one ingress batch again (64 duplicates on
-/// `echo-connections.pcap`) or lose one, depending on when the old root died; not run by
-/// default until fixed (`cargo test -- --ignored`).
+/// Known gap: on `echo-connections.pcap` (82 k packets) a root that takes over can forward
+/// one ingress batch of 64 packets again; `root_crash_on_the_largest_trace` reproduces it.
+const ROOT_CRASH_GAPS: &[&str] = &["echo-connections.pcap"];
+
 #[test]
-#[ignore = "known gap: root takeover can duplicate or lose one ingress batch"]
 fn root_crash_is_equivalent_on_every_trace() {
-    crash_on_every_trace("root-crash", 200, &[]);
+    crash_on_every_trace("root-crash", 200, ROOT_CRASH_GAPS);
 }
 
-/// The combinations above that are not yet equivalent, to reproduce them.
 #[test]
-#[ignore = "known gaps, see NF_CRASH_GAPS"]
-fn known_gaps_under_crashes() {
-    let t = traces_dir().join("scan-nmap-vsn.pcap");
-    check(&t, "nf-crash", 109);
+#[ignore = "known gap: root takeover can forward one ingress batch again on the largest trace"]
+fn root_crash_on_the_largest_trace() {
+    check(
+        &traces_dir().join("echo-connections.pcap"),
+        "root-crash",
+        202,
+    );
 }
 
 #[test]
@@ -244,7 +241,7 @@ fn store_crash_is_equivalent_on_every_trace() {
 
 #[test]
 fn correlated_instance_crashes_are_equivalent_on_every_trace() {
-    crash_on_every_trace("correlated", 400, NF_CRASH_GAPS);
+    crash_on_every_trace("correlated", 400, &[]);
 }
 
 /// Table 3.11: the combinations that cannot be recovered are refused before anything runs.

@@ -94,9 +94,12 @@ impl Meta {
             .filter(|r| r.clock == clock && r.op_index == op_index)
     }
 
-    /// The value as it was just before clock `clock`, if the log can tell.
-    fn as_of(&self, clock: u64) -> Option<&Value> {
-        let i = self.log.partition_point(|r| r.clock < clock);
+    /// The value as it was just before update `op_index` of clock `clock` (after the same
+    /// packet's earlier updates), if the log can tell.
+    fn as_of(&self, clock: u64, op_index: u32) -> Option<&Value> {
+        let i = self
+            .log
+            .partition_point(|r| (r.clock, r.op_index) < (clock, op_index));
         if i == 0 {
             self.base.as_ref()
         } else {
@@ -408,7 +411,7 @@ impl Shard {
                 let v = self.map.get(&k).map(|e| {
                     let logged = e.meta.as_ref().filter(|m| !m.log.is_empty());
                     match (as_of, logged) {
-                        (true, Some(m)) => m.as_of(op.clock).unwrap_or(&e.value),
+                        (true, Some(m)) => m.as_of(op.clock, op.op_index).unwrap_or(&e.value),
                         _ => &e.value,
                     }
                 });

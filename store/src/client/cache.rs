@@ -458,6 +458,8 @@ impl StateClient {
             // A replayed packet sees the state its first processing saw, not the cache.
             let mut op = self.key(obj, scope, sub).get();
             op.clock = self.clock;
+            // After this packet's own earlier updates, before its later ones.
+            op.op_index = self.op_index;
             op.flags |= OpFlag::FlagAsOf as u32;
             self.stats.remote_calls += 1;
             let r = self.store_mut().call(op)?;

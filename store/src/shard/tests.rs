@@ -397,9 +397,21 @@ fn reads_as_of_a_clock() {
     run(&mut s, 1, vec![r]);
     assert_eq!(get_as_of(&mut s, 20), Some(WV::int(6)));
     assert_eq!(get_as_of(&mut s, 25), Some(WV::int(16)));
+    // Within one packet, a read sees the packet's earlier updates and not its later ones.
+    for (idx, by) in [(0u32, 1000i64), (1, 10_000)] {
+        let mut o = incr("x", by);
+        o.clock = 40;
+        o.op_index = idx;
+        one(&mut s, 1, o);
+    }
+    let mut g = op(OpCode::OpGet, "x");
+    g.clock = 40;
+    g.op_index = 1;
+    g.flags = F_AS_OF;
+    assert_eq!(one(&mut s, 2, g).value, Some(WV::int(1116)));
     // A plain read is the current value.
     assert_eq!(
         one(&mut s, 2, op(OpCode::OpGet, "x")).value,
-        Some(WV::int(116))
+        Some(WV::int(11116))
     );
 }
