@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs each failure scenario of `chc-bench coe` with many seeds on one trace and reports how
+# many runs were equivalent to the ideal chain (the goal is all of them).
+#   benches/scripts/coe-seeds.sh [TRACE] [RUNS] [SCENARIO...]
+# Defaults: ../shared/traces/mixed.pcap, 100 runs, nf-crash root-crash store-crash correlated.
+# A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
+# replays it with every process's log.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+trace=${1:-../shared/traces/mixed.pcap}
+runs=${2:-100}
+shift 2 2>/dev/null || shift $#
+scenarios=${*:-nf-crash root-crash store-crash correlated}
+bin=${CARGO_TARGET_DIR:-target}/release/chc-bench
+[ -x "$bin" ] || cargo build -q --release -p chc-bench -p chc-dataplane -p chc-store
+for s in $scenarios; do
+  ok=0
+  failed=""
+  for seed in $(seq 1 "$runs"); do
+    if "$bin" coe --trace "$trace" --scenario "$s" --seed "$seed" 2>/dev/null | head -1 | grep -q '^EQUIVALENT'; then
+      ok=$((ok + 1))
+    else
+      failed="$failed $seed"
+    fi
+    printf '\r%s: %d/%d' "$s" "$seed" "$runs" >&2
+  done
+  printf '\r' >&2
+  echo "$s on $(basename "$trace"): $ok of $runs equivalent${failed:+ (failed seeds:$failed)}"
+done
