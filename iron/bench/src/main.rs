@@ -79,6 +79,11 @@ enum Cmd {
     Check {
         #[command(flatten)]
         vm: VmArgs,
+        /// Checks known to fail, by name (comma-separated): reported as KNOWN-FAIL and not
+        /// counted, so a known regression does not hide new ones. A listed check that passes
+        /// is reported so the list can shrink.
+        #[arg(long, value_delimiter = ',')]
+        known_failing: Vec<String>,
     },
     /// (in VM) Run `units` of CPU work and print the elapsed milliseconds.
     Spin { units: u64 },
@@ -286,7 +291,7 @@ fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
     write_json(json, "iron-accuracy", 1, rows)
 }
 
-fn check(vm_args: &VmArgs) -> Result<()> {
+fn check(vm_args: &VmArgs, known_failing: &[String]) -> Result<()> {
     let patched = vm_of(vm_args, false)?;
     let out = patched.run("iron.test=check", log_path(vm_args, "check")?.as_deref())?;
     let recs: Vec<_> = records(&out)
@@ -304,15 +309,25 @@ fn check(vm_args: &VmArgs) -> Result<()> {
             .filter(|(k, _)| !["type", "name", "ok"].contains(&k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!(
-            "{} {} {}",
-            if ok { "PASS" } else { "FAIL" },
-            r.get("name").map(String::as_str).unwrap_or("?"),
-            detail.join(" ")
-        );
-        failed += usize::from(!ok);
+        let name = r.get("name").map(String::as_str).unwrap_or("?");
+        let known = known_failing.iter().any(|k| k == name);
+        let verdict = match (ok, known) {
+            (true, false) => "PASS",
+            (true, true) => "PASS (listed as known failing: take it off the list)",
+            (false, true) => "KNOWN-FAIL",
+            (false, false) => "FAIL",
+        };
+        println!("{verdict} {name} {}", detail.join(" "));
+        failed += usize::from(!ok && !known);
     }
-    println!("{} passed, {} failed", recs.len() - failed, failed);
+    let passed = recs
+        .iter()
+        .filter(|r| r.get("ok").map(String::as_str) == Some("1"))
+        .count();
+    println!(
+        "{passed} passed, {failed} failed, {} known failing",
+        recs.len() - passed - failed
+    );
     if failed > 0 {
         bail!("{failed} in-VM checks failed");
     }
@@ -332,7 +347,7 @@ fn main() -> Result<()> {
             modes,
         } => penalty(&vm, &json, n, reps, work, &kinds, &modes),
         Cmd::Accuracy { vm, json, secs } => accuracy(&vm, &json, secs),
-        Cmd::Check { vm } => check(&vm),
+        Cmd::Check { vm, known_failing } => check(&vm, &known_failing),
         Cmd::Spin { units } => {
             println!(
                 "elapsed_ms={:.3}",
