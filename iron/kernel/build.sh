@@ -55,11 +55,26 @@ if ! git -C "$tree" rev-parse -q --verify base >/dev/null 2>&1; then
 fi
 G() { git -C "$tree" -c user.name=iron -c user.email=iron@localhost "$@"; }
 
-# 2. apply the series unless the tree already carries exactly this series.
+# 2. apply the series unless the tree already carries exactly this series. The record in
+# $cache/applied is not enough on its own: a run stopped inside --each leaves the tree checked
+# out at an earlier patch, and building from there would give a kernel without the later
+# patches. So the checkout itself is checked too: on master, one commit per patch above base,
+# no local changes; a tree that is only checked out elsewhere goes back to master first.
 mapfile -t series < <(grep -v '^#' "$here/patches/series" | sed '/^$/d')
 want=$(cd "$here/patches" && cat series "${series[@]}" | sha256sum | cut -c1-16)
 have=$(cat "$cache/applied" 2>/dev/null || true)
 if [ "$stock" = 1 ]; then want=stock; fi
+npatches=${#series[@]}
+[ "$stock" = 1 ] && npatches=0
+if [ "$want" = "$have" ] && [ "$(G symbolic-ref -q HEAD || true)" != refs/heads/master ]; then
+  log "tree left at $(G log -1 --format='%h %s' HEAD); back to master"
+  G checkout -q -f master || have=
+fi
+if [ "$want" = "$have" ] && { [ "$(G rev-list --count base..HEAD 2>/dev/null || true)" != "$npatches" ] ||
+                             ! G diff --quiet HEAD --; }; then
+  log "tree does not hold exactly the recorded series; re-applying"
+  have=
+fi
 if [ "$want" != "$have" ]; then
   log "resetting tree to base and applying ${#series[@]} patches"
   G am --abort >/dev/null 2>&1 || true
@@ -92,24 +107,36 @@ if [ "$stock" = 0 ] && ! grep -q '^CONFIG_CGROUP_IRON=y' "$out/.config"; then
   grep -q '^CONFIG_CGROUP_IRON=y' "$out/.config" || { log "CONFIG_CGROUP_IRON cannot be enabled (missing dependency?)"; exit 1; }
 fi
 
-# Objects the series touches (every .c file it modifies or adds).
+# Objects the series touches: every .c file it modifies or adds, or, for a file that is
+# #included into a bigger unit (kernel/sched/cputime.c is built inside build_policy.c), that
+# unit; such a file does not compile on its own.
 touched_objects() {
-  G diff --name-only "$1" "$2" -- '*.c' | sed 's/\.c$/.o/'
+  G diff --name-only "$1" "$2" -- '*.c' | while read -r f; do
+    unit=$(grep -lF "#include \"$(basename "$f")\"" "$tree/$(dirname "$f")"/*.c 2>/dev/null | head -1 || true)
+    [ -n "$unit" ] && f=$(dirname "$f")/$(basename "$unit")
+    echo "${f%.c}.o"
+  done | sort -u
 }
 
 # 4a. fast check: touched objects compile (optionally for every prefix of the series).
 if [ "$objects" = 1 ]; then
   make -s -C "$tree" O="$out" -j"$jobs" prepare >/dev/null
   if [ "$each" = 1 ] && [ "$stock" = 0 ]; then
-    n=$(G rev-list --count base..HEAD)
+    # The commits are listed once, from master: HEAD moves as the loop checks them out.
+    mapfile -t commits < <(G rev-list --reverse base..master)
+    n=${#commits[@]}
+    # Back to the full series however this loop ends (the next run checks it too).
+    trap 'G checkout -q -f master' EXIT
+    trap 'exit 130' INT TERM
     for i in $(seq 1 "$n"); do
-      c=$(G rev-list --reverse base..HEAD | sed -n "${i}p")
+      c=${commits[$((i - 1))]}
       G checkout -q "$c"
       objs=$(touched_objects base "$c")
       log "patch $i/$n $(G log -1 --format=%s "$c"): $(echo $objs)"
       make -s -C "$tree" O="$out" -j"$jobs" $objs
     done
     G checkout -q master
+    trap - EXIT INT TERM
   fi
   objs=$(touched_objects base HEAD)
   [ -n "$objs" ] || objs="kernel/sched/fair.o kernel/softirq.o net/core/dev.o"
