@@ -863,11 +863,26 @@ impl Shard {
             };
             let Some(m) = e.meta.as_mut() else { continue };
             let before = m.log.len();
-            // The newest retired record's value becomes the base of what stays.
-            if let Some(last) = m.log.iter().rev().find(|r| retired(r.clock)) {
-                m.base = last.after.clone();
+            let one_root = match (m.log.front(), m.log.back()) {
+                (Some(a), Some(b)) => root_of(a.clock) == root_of(b.clock),
+                _ => true,
+            };
+            if one_root {
+                // The log is in clock order, so the retired records are a prefix: found by
+                // bisection, removed without touching the rest (a log may hold a record per
+                // packet in flight, and this runs every few milliseconds).
+                let n = m.log.partition_point(|r| retired(r.clock));
+                if n > 0 {
+                    m.base = m.log[n - 1].after.clone();
+                    m.log.drain(..n);
+                }
+            } else {
+                // The newest retired record's value becomes the base of what stays.
+                if let Some(last) = m.log.iter().rev().find(|r| retired(r.clock)) {
+                    m.base = last.after.clone();
+                }
+                m.log.retain(|r| !retired(r.clock));
             }
-            m.log.retain(|r| !retired(r.clock));
             if m.log.is_empty() {
                 m.base = None;
             }
