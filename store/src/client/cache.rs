@@ -408,6 +408,49 @@ impl StateClient {
         Ok(())
     }
 
+    /// Hands over the objects of flows that move to another instance (handover step 5):
+    /// waits until the store has every update, drops the cached objects `moved` selects
+    /// (given the key and its declared key kind), and gives up ownership of the per-flow
+    /// ones so the new instance can take them. Returns how many objects were handed over.
+    pub fn evict(
+        &mut self,
+        mut moved: impl FnMut(&Key, KeyKind) -> bool,
+    ) -> Result<usize, StateError> {
+        if self.store.is_none() {
+            // Traditional state lives only here: it cannot move.
+            return Ok(0);
+        }
+        self.sync()?;
+        let v = self.vertex;
+        let mut gone = Vec::new();
+        for k in self.local.keys() {
+            if k.vertex != v {
+                continue;
+            }
+            let Some(Some(o)) = self.objs.get(k.object as usize) else {
+                continue;
+            };
+            if o.strategy != Strategy::Local && moved(k, o.spec.key_kind) {
+                gone.push(k.clone());
+            }
+        }
+        for k in &gone {
+            self.local.remove(k);
+            if k.per_flow {
+                let key = ObjKey {
+                    vertex: k.vertex,
+                    object: k.object,
+                    per_flow: true,
+                    sub: Bytes::copy_from_slice(k.sub.as_slice()),
+                };
+                let op = key.release(self.instance);
+                self.store_mut().submit(op);
+            }
+        }
+        self.sync()?;
+        Ok(gone.len())
+    }
+
     fn obj(&self, obj: u16) -> Result<(Strategy, Scope, bool), StateError> {
         match self.objs.get(obj as usize).and_then(|o| o.as_ref()) {
             Some(o) => Ok((o.strategy, o.spec.scope, o.exclusive)),

@@ -26,6 +26,19 @@ fn specs() -> Vec<ObjectSpec> {
     ]
 }
 
+/// Instance `i` of vertex `vertex` in eo-c-na mode.
+fn external(store: &Store, vertex: u16, i: u16) -> StateClient {
+    StateClient::external(
+        vertex,
+        i,
+        Mode::EoCNa,
+        &specs(),
+        CustomOps::builtin(),
+        store.client(store.next_client_id()),
+    )
+    .unwrap()
+}
+
 #[test]
 fn table_3_5() {
     use Access::*;
@@ -181,17 +194,7 @@ fn update_vector_matches_commit_notifications() {
 #[test]
 fn read_heavy_caches_follow_other_instances() {
     let store = Store::start(StoreConfig::in_memory(1)).unwrap();
-    let mk = |i| {
-        StateClient::external(
-            5,
-            i,
-            Mode::EoCNa,
-            &specs(),
-            CustomOps::builtin(),
-            store.client(store.next_client_id()),
-        )
-        .unwrap()
-    };
+    let mk = |i| external(&store, 5, i);
     let (mut a, mut b) = (mk(1), mk(2));
     assert_eq!(a.get(CFG, b"k").unwrap(), Value::Nil);
     assert_eq!(b.get(CFG, b"k").unwrap(), Value::Nil);
@@ -252,4 +255,49 @@ fn a_clone_replaying_a_packet_does_not_double_count() {
     clone.begin_packet(ops::clock(1, 5), false);
     assert_eq!(clone.get(PF, b"f").unwrap(), Value::Int(40));
     assert_eq!(clone.get(CNT, b"c").unwrap(), Value::Int(4));
+}
+
+/// Handover (Fig 3.7 steps 5-7): the old instance's cached per-flow state reaches the new
+/// one whole; before the handover the new instance's updates of that flow are refused.
+#[test]
+fn evicted_flows_move_to_the_new_instance() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mk = |i| external(&store, 8, i);
+    let (mut old, mut new) = (mk(0), mk(1));
+    new.set_fresh(false);
+    for (i, f) in [b"f1", b"f2", b"f3"].iter().enumerate() {
+        old.begin_packet(ops::clock(1, i as u64 + 1), false);
+        old.incr(PF, *f, 5).unwrap();
+        old.incr(PF, *f, 1).unwrap();
+    }
+    old.sync().unwrap();
+    // Still the old instance's: the store refuses another instance's update.
+    new.begin_packet(ops::clock(1, 10), false);
+    assert_eq!(new.get(PF, b"f1").unwrap(), Value::Int(6));
+    let mut op = ObjKey::per_flow(8, PF, Bytes::from_static(b"f1")).incr(1);
+    op.instance = 1;
+    let r = new.store().unwrap().call(op).unwrap();
+    assert_eq!(r.status, Status::NotOwner as i32);
+    // f1 and f2 move; f3 stays.
+    let n = old.evict(|k, _| k.sub.as_slice() != b"f3").unwrap();
+    assert_eq!(n, 2);
+    let mut fresh_new = mk(1);
+    fresh_new.set_fresh(false);
+    fresh_new.begin_packet(ops::clock(1, 11), false);
+    fresh_new.incr(PF, b"f1", 1).unwrap();
+    fresh_new.incr(PF, b"f2", 1).unwrap();
+    fresh_new.sync().unwrap();
+    old.begin_packet(ops::clock(1, 12), false);
+    old.incr(PF, b"f3", 1).unwrap();
+    old.sync().unwrap();
+    let mut reader = mk(2);
+    reader.set_fresh(false);
+    for (f, want) in [(b"f1", 7), (b"f2", 7), (b"f3", 7)] {
+        let v = reader
+            .store()
+            .unwrap()
+            .call(ObjKey::per_flow(8, PF, Bytes::from_static(f)).get())
+            .unwrap();
+        assert_eq!(Value::from_wire_owned(v.value.as_ref()), Value::Int(want));
+    }
 }
