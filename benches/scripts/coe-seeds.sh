@@ -3,6 +3,7 @@
 # many runs were equivalent to the ideal chain (the goal is all of them).
 #   benches/scripts/coe-seeds.sh [TRACE] [RUNS] [SCENARIO...]
 # Defaults: ../shared/traces/mixed.pcap, 100 runs, nf-crash root-crash store-crash correlated.
+# The in-process scenarios (scale-out, scale-in, naive-move, parallel, delay) work the same.
 # A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
 # replays it with every process's log.
 set -uo pipefail

@@ -15,10 +15,15 @@
 //! 3. **The same alerts and blocked hosts**: the sets of (event, detector, host) for `alert`
 //!    and `block` events are equal.
 //!
-//! Scenarios: `parallel` (2-4 instances per vertex, chosen by the seed) and `delay` (random
+//! Scenarios: `parallel` (2-4 instances per vertex, chosen by the seed), `delay` (random
 //! per-packet delays of 50-100 us at vertices chosen by the seed, as in the paper's R4
-//! experiment). `--keep DIR` leaves ideal.pcap, ideal-events.jsonl, run.pcap and
-//! run-events.jsonl there.
+//! experiment), `scale-out` / `scale-in` (vertices scaled at seeded points while packets are
+//! queued, flows moved with the handover of Fig 3.7), `straggler` (a slowed instance cloned
+//! at a seeded point, §3.4.3), and the process scenarios (`processes`, `nf-crash`,
+//! `root-crash`, `store-crash`, `correlated`). Two baselines run without a mechanism and are
+//! expected to differ: `naive-move` (splitters switch at once) and `straggler-nodedup` (the
+//! pair's duplicate outputs are not suppressed). `--keep DIR` leaves ideal.pcap,
+//! ideal-events.jsonl, run.pcap and run-events.jsonl there.
 
 use crate::results::{Better, Results, Row};
 use crate::synth::Rng;
@@ -26,7 +31,8 @@ use anyhow::{bail, Context, Result};
 use chc_dataplane::cluster::manager::{
     default_bin_dir, run_cluster, ClusterOptions, Fault, Victim,
 };
-use chc_dataplane::{pcapio, run, Chain, Delay, RunOptions, Summary};
+use chc_dataplane::runtime::RunError;
+use chc_dataplane::{pcapio, run, Chain, Delay, RunOptions, ScaleAction, ScaleStep, Summary};
 use nfs::packet::{FiveTuple, Packet};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,7 +47,8 @@ pub struct CoeArgs {
     /// Input trace (pcap).
     #[arg(long)]
     pub trace: PathBuf,
-    /// parallel | delay | processes | nf-crash | root-crash | store-crash | correlated
+    /// parallel | delay | scale-out | scale-in | straggler | processes | nf-crash | root-crash |
+    /// store-crash | correlated; baselines without a mechanism: naive-move | straggler-nodedup
     #[arg(long)]
     pub scenario: String,
     /// Seed for the scenario's random choices (replays a run exactly).
@@ -74,6 +81,12 @@ pub struct Report {
     pub recoveries: Vec<chc_dataplane::cluster::manager::Recovery>,
     /// Second copies of a clock dropped at the egress.
     pub duplicates_suppressed: u64,
+    /// Flow moves of the scaling scenarios.
+    pub moves: Vec<chc_dataplane::summary::MoveSummary>,
+    /// Packets whose state updates never all committed (the run ended with them logged).
+    pub unsettled: usize,
+    /// The straggler scenarios' clone.
+    pub clone: Option<chc_dataplane::summary::CloneSummary>,
 }
 
 /// Raw comparison: the same packets, byte for byte, as a multiset.
@@ -346,12 +359,76 @@ pub fn compare(
     Ok(rep)
 }
 
-/// The chain the scenario runs, and its per-vertex delays.
-pub fn scenario(chain: &Chain, name: &str, seed: u64) -> Result<(Chain, HashMap<String, Delay>)> {
+/// How a scenario changes the chain: its parallelism, delays and scaling steps.
+pub struct Setup {
+    pub chain: Chain,
+    pub delays: HashMap<String, Delay>,
+    pub scaling: Vec<ScaleStep>,
+}
+
+/// The setup of an in-process scenario over a trace of `packets` packets.
+pub fn scenario(chain: &Chain, name: &str, seed: u64, packets: u64) -> Result<Setup> {
     let mut c = chain.clone();
     let mut rng = Rng::new(seed);
     let mut delays = HashMap::new();
+    let mut scaling = Vec::new();
     match name {
+        "scale-out" | "scale-in" | "naive-move" => {
+            let out = name != "scale-in";
+            let names: Vec<String> = chain.vertices.iter().map(|v| v.name.clone()).collect();
+            let mut picked: Vec<&String> = names.iter().filter(|_| rng.below(2) == 0).collect();
+            if picked.is_empty() {
+                picked.push(&names[rng.below(names.len() as u64) as usize]);
+            }
+            for n in picked {
+                let steps = 1 + rng.below(2);
+                let start = if out {
+                    1 + rng.below(2)
+                } else {
+                    steps + 1 + rng.below(2)
+                };
+                c.set_parallelism(n, start as u16)?;
+                // A little work per packet, so moves happen with packets queued at the old
+                // instance (the case the handover exists for).
+                delays.insert(
+                    n.clone(),
+                    Delay {
+                        min_us: 0,
+                        max_us: 10,
+                    },
+                );
+                for _ in 0..steps {
+                    scaling.push(ScaleStep {
+                        after_packets: packets / 20 + rng.below((packets * 7 / 10).max(1)),
+                        vertex: n.clone(),
+                        action: if out {
+                            ScaleAction::Out
+                        } else {
+                            ScaleAction::In
+                        },
+                        handover: name != "naive-move",
+                    });
+                }
+            }
+            scaling.sort_by_key(|s| s.after_packets);
+        }
+        "straggler" | "straggler-nodedup" => {
+            // One instance is slowed and cloned at a seeded point (the paper's R5 experiment).
+            let names: Vec<String> = chain.vertices.iter().map(|v| v.name.clone()).collect();
+            let n = &names[rng.below(names.len() as u64) as usize];
+            let p = 1 + rng.below(2) as u16;
+            c.set_parallelism(n, p)?;
+            // Odd seeds: the paper's mild straggler (the clone, replaying a long log, may
+            // not overtake it); even seeds: a badly slowed one.
+            let (min_us, max_us) = if seed % 2 == 1 { (3, 10) } else { (150, 300) };
+            delays.insert(n.clone(), Delay { min_us, max_us });
+            scaling.push(ScaleStep {
+                after_packets: packets / 20 + rng.below((packets * 7 / 10).max(1)),
+                vertex: n.clone(),
+                action: ScaleAction::Clone(rng.below(u64::from(p)) as u16),
+                handover: name == "straggler",
+            });
+        }
         "parallel" => {
             for v in chain.vertices.iter() {
                 c.set_parallelism(&v.name, 2 + rng.below(3) as u16)?;
@@ -388,13 +465,22 @@ pub fn scenario(chain: &Chain, name: &str, seed: u64) -> Result<(Chain, HashMap<
             SCENARIOS.join(", ")
         ),
     }
-    Ok((c, delays))
+    Ok(Setup {
+        chain: c,
+        delays,
+        scaling,
+    })
 }
 
 /// Every scenario `chc-bench coe` knows.
 pub const SCENARIOS: &[&str] = &[
     "parallel",
     "delay",
+    "scale-out",
+    "scale-in",
+    "naive-move",
+    "straggler",
+    "straggler-nodedup",
     "processes",
     "nf-crash",
     "root-crash",
@@ -443,22 +529,13 @@ pub fn faults(chain: &Chain, name: &str, seed: u64, packets: u64) -> Vec<Fault> 
 }
 
 /// One run; returns its summary.
-pub fn run_chain(
-    chain: Chain,
-    delays: HashMap<String, Delay>,
-    trace: &Path,
-    pcap: &Path,
-    ev: &Path,
-    seed: u64,
-) -> Result<Summary> {
+pub fn run_chain(setup: Setup, trace: &Path, pcap: &Path, ev: &Path, seed: u64) -> Result<Summary> {
     run(&RunOptions {
-        chain,
-        input: trace.to_path_buf(),
-        output: pcap.to_path_buf(),
         events: Some(ev.to_path_buf()),
-        delays,
+        delays: setup.delays,
         seed,
-        progress: false,
+        scaling: setup.scaling,
+        ..RunOptions::new(setup.chain, trace, pcap)
     })
     .with_context(|| format!("running the chain over {}", trace.display()))
 }
@@ -481,11 +558,13 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         }
     };
     let cluster = is_cluster(&a.scenario);
-    let (scen, delays) = if cluster {
-        (chain.clone(), HashMap::new())
-    } else {
-        scenario(&chain, &a.scenario, a.seed)?
-    };
+    if !cluster && !SCENARIOS.contains(&a.scenario.as_str()) {
+        bail!(
+            "unknown scenario {:?} (available: {})",
+            a.scenario,
+            SCENARIOS.join(", ")
+        );
+    }
     let mut ideal = chain.clone();
     for v in chain.vertices.iter() {
         ideal.set_parallelism(&v.name, 1)?;
@@ -496,7 +575,17 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         dir.join("run.pcap"),
         dir.join("run-events.jsonl"),
     );
-    run_chain(ideal, HashMap::new(), &a.trace, &ip, &ie, a.seed)?;
+    let ideal_run = run_chain(
+        Setup {
+            chain: ideal,
+            delays: HashMap::new(),
+            scaling: Vec::new(),
+        },
+        &a.trace,
+        &ip,
+        &ie,
+        a.seed,
+    )?;
     let mut rep = if cluster {
         let text = match &a.chain {
             Some(p) => std::fs::read_to_string(p)?,
@@ -504,7 +593,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         };
         let packets = pcapio::read_all(&ip)?.len() as u64;
         let run = run_cluster(&ClusterOptions {
-            chain: scen,
+            chain: chain.clone(),
             chain_toml: text,
             input: a.trace.clone(),
             output: rp.clone(),
@@ -535,8 +624,29 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         }
         rep
     } else {
-        run_chain(scen, delays, &a.trace, &rp, &re, a.seed)?;
-        compare(&ip, &ie, &rp, &re)?
+        let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
+        match run_chain(setup, &a.trace, &rp, &re, a.seed) {
+            Ok(s) => {
+                let mut rep = compare(&ip, &ie, &rp, &re)?;
+                rep.moves = s.moves;
+                rep.clone = s.clone;
+                rep
+            }
+            // A baseline without the mechanism may lose state updates: the run still wrote
+            // its output, and the loss is one of its differences.
+            Err(e) => match e.downcast_ref::<RunError>() {
+                Some(RunError::Unsettled(n)) => {
+                    let mut rep = compare(&ip, &ie, &rp, &re)?;
+                    rep.unsettled = *n;
+                    rep.differences.push(format!(
+                        "{n} packets never settled at the root: state updates the store refused or never committed"
+                    ));
+                    rep.equivalent = false;
+                    rep
+                }
+                _ => return Err(e),
+            },
+        }
     };
     rep.scenario = a.scenario.clone();
     if a.keep.is_none() {

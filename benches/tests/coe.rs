@@ -54,6 +54,129 @@ fn delay_is_equivalent_on_every_trace() {
     }
 }
 
+/// A synthetic trace with enough concurrent flows that moves catch packets in flight.
+fn synthetic(dir: &Path, packets: u64, connections: u64) -> PathBuf {
+    let out = dir.join("synth.pcap");
+    chc_bench::synth::synth(&chc_bench::synth::SynthArgs {
+        cmd: None,
+        out: out.clone(),
+        packets,
+        connections,
+        median_size: 200,
+        clients: 300,
+        servers: 20,
+        ipv6: 0.05,
+        duration_s: 3.0,
+        seed: 5,
+    })
+    .unwrap();
+    out
+}
+
+/// Flows moved with the handover of Fig 3.7 (scale-out and scale-in at seeded points, with
+/// packets queued at the old instance) leave the output equivalent, on every shared trace
+/// and on a synthetic one with thousands of flows.
+fn scaling_is_equivalent(scenario: &str, seed_base: u64) {
+    let d = tempfile::tempdir().unwrap();
+    let mut all = traces();
+    all.push(synthetic(d.path(), 30_000, 2_000));
+    let mut moved = 0;
+    for (i, t) in all.iter().enumerate() {
+        let r = check(t, scenario, seed_base + i as u64);
+        assert!(!r.moves.is_empty(), "{}: nothing moved", t.display());
+        moved += r.moves.iter().map(|m| m.objects).sum::<usize>();
+    }
+    assert!(moved > 0, "no state was handed over on any trace");
+}
+
+#[test]
+fn scale_out_is_equivalent_on_every_trace() {
+    scaling_is_equivalent("scale-out", 31);
+}
+
+#[test]
+fn scale_in_is_equivalent_on_every_trace() {
+    scaling_is_equivalent("scale-in", 51);
+}
+
+/// A straggler's clone (§3.4.3) replays the root's log, races the straggler on a copy of its
+/// traffic and the slower one goes; duplicate outputs, state updates and upstream processing
+/// are suppressed, so the output is the ideal chain's. On every shared trace and a synthetic
+/// one, with mild (odd seeds) and severe (even seeds) stragglers.
+#[test]
+fn straggler_is_equivalent_on_every_trace() {
+    let d = tempfile::tempdir().unwrap();
+    let mut all = traces();
+    all.push(synthetic(d.path(), 30_000, 2_000));
+    let mut raced = 0;
+    for (i, t) in all.iter().enumerate() {
+        let r = check(t, "straggler", 71 + i as u64);
+        let c = r.clone.as_ref().expect("a clone was started");
+        assert_ne!(
+            c.kept,
+            "not cloned",
+            "{}: the race was never decided",
+            t.display()
+        );
+        if c.duplicates_suppressed > 0 {
+            raced += 1;
+        }
+    }
+    assert!(
+        raced > 0,
+        "the clone never produced a duplicate to suppress"
+    );
+}
+
+/// The baseline without duplicate suppression: the pair's second copies leave the chain.
+#[test]
+fn a_clone_without_duplicate_suppression_duplicates_output() {
+    let d = tempfile::tempdir().unwrap();
+    let t = synthetic(d.path(), 30_000, 2_000);
+    // Seeds 1 and 2 clone an on-path vertex (the choice is seeded).
+    for seed in 1..=2 {
+        let r = coe(&CoeArgs {
+            chain: None,
+            trace: t.clone(),
+            scenario: "straggler-nodedup".into(),
+            seed,
+            json: None,
+            keep: None,
+        })
+        .unwrap();
+        assert!(
+            !r.equivalent && r.extra_in_run > 0,
+            "seed {seed}: duplicates went unnoticed ({} extra)",
+            r.extra_in_run
+        );
+    }
+}
+
+/// The baseline without the handover: splitters switch at once, the new instance starts
+/// without the old one's state, and the old instance's in-flight updates are refused. The
+/// checker must see it go wrong.
+#[test]
+fn a_naive_move_loses_state() {
+    let d = tempfile::tempdir().unwrap();
+    let t = synthetic(d.path(), 30_000, 2_000);
+    let mut bad = 0;
+    for seed in 1..=2 {
+        let r = coe(&CoeArgs {
+            chain: None,
+            trace: t.clone(),
+            scenario: "naive-move".into(),
+            seed,
+            json: None,
+            keep: None,
+        })
+        .unwrap();
+        if !r.equivalent {
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 2, "a move without the handover went unnoticed");
+}
+
 fn composed(parts: &[&str], dir: &Path, name: &str) -> PathBuf {
     let s = traces_dir();
     let out = dir.join(name);
@@ -124,7 +247,12 @@ fn the_checker_catches_differences() {
     let d = tempfile::tempdir().unwrap();
     let t = traces_dir().join("scan-nmap-vsn.pcap");
     let (ip, ie) = (d.path().join("i.pcap"), d.path().join("i.jsonl"));
-    run_chain(Chain::paper(), Default::default(), &t, &ip, &ie, 1).unwrap();
+    let setup = chc_bench::coe::Setup {
+        chain: Chain::paper(),
+        delays: Default::default(),
+        scaling: Vec::new(),
+    };
+    run_chain(setup, &t, &ip, &ie, 1).unwrap();
     assert!(compare(&ip, &ie, &ip, &ie).unwrap().equivalent);
     let recs = pcapio::read_all(&ip).unwrap();
     let write = |name: &str, recs: &[pcapio::Record]| {

@@ -11,6 +11,7 @@ use chc_store::server::Store;
 use chc_store::CustomOps;
 use nfs::nf::{Ctx, Event, NetworkFunction, Verdict};
 use nfs::packet::{Packet, Shape};
+use nfs::PartitionKey;
 
 /// Counters of one instance.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +32,9 @@ pub struct NfInstance {
     pub state: StateClient,
     events: Vec<Event>,
     pub counters: NfCounters,
+    /// Objects and the partition key they are kept by (for exclusivity on scaling).
+    keyed: Vec<(u16, Option<PartitionKey>)>,
+    partition: PartitionKey,
 }
 
 impl NfInstance {
@@ -63,6 +67,7 @@ impl NfInstance {
                     .map_err(|e| format!("{}: store: {e}", v.name))?
             }
         };
+        let keyed: Vec<_> = decls.iter().map(|d| (d.spec.id, d.keyed_by)).collect();
         for d in &decls {
             let excl = nfs::nf::exclusive(d.keyed_by, v.partition, v.parallelism);
             state
@@ -86,6 +91,8 @@ impl NfInstance {
             state,
             events: Vec::new(),
             counters: NfCounters::default(),
+            keyed,
+            partition: v.partition,
         })
     }
 
@@ -154,6 +161,33 @@ impl NfInstance {
     pub fn flush(&mut self) {
         if let Err(e) = self.state.flush() {
             self.note_error(e.to_string());
+        }
+    }
+
+    /// The vertex now runs `n` instances: objects cached because only this instance used
+    /// them are flushed and shared (or cached again when it is alone).
+    pub fn set_parallelism(&mut self, n: u16) {
+        for i in 0..self.keyed.len() {
+            let (id, keyed_by) = self.keyed[i];
+            let excl = nfs::nf::exclusive(keyed_by, self.partition, n);
+            if let Err(e) = self.state.set_exclusive(id, excl) {
+                self.note_error(e.to_string());
+            }
+        }
+    }
+
+    /// Hands over the state of the buckets `moved` selects to whichever instance takes
+    /// them next; returns how many objects moved.
+    pub fn hand_over(&mut self, moved: &dyn Fn(usize) -> bool) -> usize {
+        let key = self.partition;
+        match self.state.evict(|k, kind| {
+            crate::split::key_bucket(kind, k.sub.as_slice(), key).is_none_or(moved)
+        }) {
+            Ok(n) => n,
+            Err(e) => {
+                self.note_error(e.to_string());
+                0
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! `chc-dataplane`: run a chain of network functions.
 
 use anyhow::{Context, Result};
-use chc_dataplane::{config::Chain, run, Delay, RunOptions};
+use chc_dataplane::{config::Chain, run, Delay, RunOptions, ScaleAction, ScaleStep};
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,6 +81,20 @@ struct RunArgs {
     /// Seed for delays and other randomised choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Scale a vertex while the trace runs, NAME:out@N or NAME:in@N (after the root has read
+    /// N packets; repeatable). Flows move with the state handover of the dissertation's
+    /// Fig 3.7; the summary reports each move. NAME:clone=I@N starts a clone of straggling
+    /// instance I (§3.4.3): it replays the root's log, races the straggler on a copy of its
+    /// traffic, and the slower one goes (alone, not with other steps).
+    #[arg(long = "scale", value_name = "NAME:out|in@N")]
+    scale: Vec<String>,
+    /// Admit at most this many packets per second (default: as fast as the chain takes them).
+    #[arg(long, value_name = "PPS")]
+    rate: Option<u64>,
+    /// Move flows without the handover (splitters switch at once), or race a clone without
+    /// suppressing duplicate outputs: baselines that show what goes wrong without them.
+    #[arg(long)]
+    naive_move: bool,
     /// Write the end-of-run summary as JSON here.
     #[arg(long)]
     summary_json: Option<PathBuf>,
@@ -123,6 +137,27 @@ fn parse_delay(s: &str) -> Result<(String, Delay)> {
         .with_context(|| format!("--delay {s:?}: bad maximum"))?;
     anyhow::ensure!(min_us <= max_us, "--delay {s:?}: minimum above maximum");
     Ok((name.to_string(), Delay { min_us, max_us }))
+}
+
+fn parse_scale(s: &str, handover: bool) -> Result<ScaleStep> {
+    let bad = || format!("--scale {s:?}: expected NAME:out@N, NAME:in@N or NAME:clone=I@N");
+    let (name, rest) = s.split_once(':').with_context(bad)?;
+    let (act, n) = rest.split_once('@').with_context(bad)?;
+    let action = match act {
+        "out" => ScaleAction::Out,
+        "in" => ScaleAction::In,
+        "clone" => ScaleAction::Clone(0),
+        _ => match act.strip_prefix("clone=") {
+            Some(i) => ScaleAction::Clone(i.parse().with_context(bad)?),
+            None => anyhow::bail!(bad()),
+        },
+    };
+    Ok(ScaleStep {
+        after_packets: n.parse().with_context(bad)?,
+        vertex: name.to_string(),
+        action,
+        handover,
+    })
 }
 
 fn main() -> Result<()> {
@@ -180,6 +215,17 @@ fn main() -> Result<()> {
                 anyhow::ensure!(chain.vertex(&n).is_some(), "--delay: no vertex named {n:?}");
                 delays.insert(n, d);
             }
+            let mut scaling = Vec::new();
+            for st in &a.scale {
+                let st = parse_scale(st, !a.naive_move)?;
+                anyhow::ensure!(
+                    chain.vertex(&st.vertex).is_some(),
+                    "--scale: no vertex named {:?}",
+                    st.vertex
+                );
+                scaling.push(st);
+            }
+            scaling.sort_by_key(|s| s.after_packets);
             let opts = RunOptions {
                 chain,
                 input: pcap_in.clone(),
@@ -188,6 +234,9 @@ fn main() -> Result<()> {
                 delays,
                 seed: a.seed,
                 progress: a.progress,
+                scaling,
+                rate_pps: a.rate,
+                pause: None,
             };
             let s = run(&opts)
                 .with_context(|| format!("running the chain over {}", pcap_in.display()))?;
@@ -208,6 +257,10 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     anyhow::ensure!(
         a.delays.is_empty(),
         "--delay is not supported with --backend dpdk"
+    );
+    anyhow::ensure!(
+        a.scale.is_empty() && !a.naive_move && a.rate.is_none(),
+        "--scale and --rate run on the embedded backend only"
     );
     let mut chain = load_chain(&a.chain)?;
     if let Some(m) = &a.mode {

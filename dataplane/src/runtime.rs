@@ -14,9 +14,9 @@
 use crate::config::Chain;
 use crate::instance::{NfCounters, NfInstance};
 use crate::pcapio::{self, PcapError};
-use crate::split::{bucket, key_hash, Allocation};
-use crate::summary::{Summary, VertexSummary};
-use chc_proto::meta::ChcMeta;
+use crate::split::{bucket, key_hash, Allocation, BUCKETS};
+use crate::summary::{CloneSummary, MoveSummary, Summary, VertexSummary};
+use chc_proto::meta::{ChcMeta, MetaFlags};
 use chc_root::{Root, RootConfig, FULL};
 use chc_store::client::cache::Mode;
 use chc_store::client::{ops, ObjKey};
@@ -28,11 +28,16 @@ use hdrhistogram::Histogram;
 use nfs::nf::{tuple_json, Event, Verdict};
 use nfs::packet::{Packet, Shape};
 use nfs::PartitionKey;
-use std::collections::HashMap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a clone that has replayed the log may take to overtake its straggler.
+const RACE: Duration = Duration::from_millis(500);
 
 /// Packets per batch between threads.
 pub const BATCH: usize = 32;
@@ -77,6 +82,160 @@ pub struct RunOptions {
     pub seed: u64,
     /// Print progress lines on stderr.
     pub progress: bool,
+    /// Scaling steps the in-process manager takes, in order.
+    pub scaling: Vec<ScaleStep>,
+    /// Admit at most this many packets per second (a load level below capacity, so that
+    /// latency is processing and not queueing); `None` reads as fast as the chain takes.
+    pub rate_pps: Option<u64>,
+    /// Stop every instance periodically, as a checkpointing framework (FTMB) does: the
+    /// baseline CHC's externalised state makes unnecessary.
+    pub pause: Option<Pause>,
+}
+
+impl RunOptions {
+    /// A plain run: no events log, no delays, no scaling, input as fast as the chain takes.
+    pub fn new(chain: Chain, input: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            chain,
+            input: input.into(),
+            output: output.into(),
+            events: None,
+            delays: HashMap::new(),
+            seed: 1,
+            progress: false,
+            scaling: Vec::new(),
+            rate_pps: None,
+            pause: None,
+        }
+    }
+}
+
+/// A periodic stop of every instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Pause {
+    pub every: Duration,
+    pub length: Duration,
+}
+
+/// One scaling step of the in-process manager.
+#[derive(Clone, Debug)]
+pub struct ScaleStep {
+    /// Taken once the root has read this many packets.
+    pub after_packets: u64,
+    pub vertex: String,
+    pub action: ScaleAction,
+    /// Move flows with the handover of Fig 3.7; `false` switches the splitters at once
+    /// (the naive move, kept as a baseline that shows what goes wrong without it).
+    pub handover: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleAction {
+    /// A new instance takes an even share of every instance's buckets.
+    Out,
+    /// The highest-numbered live instance gives its buckets to the others and retires.
+    In,
+    /// Instance N is a straggler: a clone replays the root's log, races it on a copy of its
+    /// traffic, and the slower of the two goes (§3.4.3). With `handover: false` the
+    /// duplicate outputs are not suppressed (the baseline of Table 3.18).
+    Clone(u16),
+}
+
+/// A straggler and its clone: the clone has the straggler's identity (its state updates
+/// carry the same instance id, so the store's clock log absorbs the second of each) and
+/// its own slot.
+pub struct Cloning {
+    vertex: usize,
+    /// The straggler's slot and instance id.
+    of: u16,
+    /// The clone's slot.
+    slot: u16,
+    /// Suppress duplicate outputs (off only in the baseline).
+    dedup: bool,
+    /// Clocks one of the two has emitted and the other not yet.
+    twins: Mutex<HashSet<u64>>,
+    /// The root's (held) watermark: older clocks are never replayed again.
+    wm: AtomicU64,
+    /// The last clock each of the two processed (straggler, clone).
+    progress: [AtomicU64; 2],
+    suppressed: AtomicU64,
+}
+
+impl Cloning {
+    /// Whether this copy of `clock` is the first out of the pair.
+    fn first(&self, clock: u64, who: usize) -> bool {
+        self.progress[who].fetch_max(clock, Ordering::Relaxed);
+        if !self.dedup {
+            return true;
+        }
+        let mut g = self.twins.lock();
+        if g.remove(&clock) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if g.len() > 1 << 16 {
+            let wm = self.wm.load(Ordering::Relaxed);
+            g.retain(|&c| c >= wm);
+        }
+        g.insert(clock);
+        true
+    }
+}
+
+/// From instances to the root (the in-process manager).
+enum Ctl {
+    /// The clone has replayed the log and processed the traffic it held.
+    CaughtUp,
+    /// The kept instance has processed every copy sent before the retirement.
+    TwinsDone,
+    /// The retired instance's state operations have all reached the store. With both,
+    /// clocks may be retired again.
+    DroppedDone,
+}
+
+/// Buckets moving from one instance of a vertex to another.
+pub struct Move {
+    id: u64,
+    from: u16,
+    to: u16,
+    buckets: Vec<bool>,
+    /// Instances the vertex runs once the move is done.
+    parallelism: u16,
+    handover: bool,
+}
+
+impl Move {
+    fn has(&self, b: usize) -> bool {
+        self.buckets[b % BUCKETS]
+    }
+}
+
+/// What the splitters in front of a vertex are told.
+#[derive(Clone)]
+enum Order {
+    Move(Arc<Move>),
+    /// Copy the straggler's traffic to its clone.
+    Twin,
+    /// Stop copying; the straggler's buckets go to `keep`, `drop` discards what it has.
+    Retire {
+        keep: u16,
+        drop: u16,
+    },
+}
+
+/// The orders published for one vertex; every splitter in front of it applies them in order.
+#[derive(Default)]
+struct Board {
+    epoch: AtomicUsize,
+    orders: Mutex<Vec<Order>>,
+}
+
+impl Board {
+    fn publish(&self, os: impl IntoIterator<Item = Order>) {
+        let mut g = self.orders.lock();
+        g.extend(os);
+        self.epoch.store(g.len(), Ordering::Release);
+    }
 }
 
 /// One packet in flight.
@@ -89,11 +248,27 @@ pub struct Pkt {
     pub weight: u64,
     /// Admission time, ns since the run started.
     pub t0: u64,
+    /// A straggler's packet copied to its clone.
+    pub twin: bool,
 }
 
 enum ToInstance {
     Batch(Vec<Pkt>),
     Eof,
+    /// From each splitter to the old instance: nothing of the move's buckets follows
+    /// (handover step 1).
+    Last(Arc<Move>),
+    /// From each splitter to the new instance: the move's buckets follow (step 2).
+    First(Arc<Move>),
+    /// From the old instance to the new one: the state is handed over and every output of
+    /// the moved flows is queued downstream (steps 6 and 8).
+    Released(u64),
+    /// The end of the root's replay for a clone, behind the replayed packets.
+    ReplayEnd,
+    /// To the slower of a straggler and its clone: discard what follows.
+    Retired,
+    /// To the faster: no copies follow.
+    TwinEnd,
 }
 
 enum ToOutput {
@@ -112,19 +287,133 @@ fn recycle(pool: &Pool, mut b: Vec<u8>) {
 /// Routes packets to a vertex's instances.
 struct Downstream {
     txs: Vec<Sender<ToInstance>>,
-    alloc: Arc<Allocation>,
+    /// This splitter's bucket -> instance table (each splitter switches when it marks).
+    table: Vec<u16>,
+    board: Arc<Board>,
+    applied: usize,
     key: PartitionKey,
     pending: Vec<Vec<Pkt>>,
+    /// The vertex this splitter feeds.
+    to: usize,
+    /// A clone in the chain (where replayed packets go), and whether `to` leads to it.
+    cloning: Option<Arc<Cloning>>,
+    toward_clone: bool,
+    /// Copying the straggler's packets to the clone: (straggler slot, clone slot).
+    twin: Option<(u16, u16)>,
+}
+
+fn bucket_of(pkt: &mut Pkt, key: PartitionKey) -> usize {
+    let n = pkt.data.len();
+    let p = Packet::parse(&mut pkt.data, n, 0);
+    bucket(key_hash(&p, key))
 }
 
 impl Downstream {
     fn route(&mut self, mut pkt: Pkt) {
-        let i = {
-            let n = pkt.data.len();
-            let p = Packet::parse(&mut pkt.data, n, 0);
-            usize::from(self.alloc.instance(bucket(key_hash(&p, self.key))))
+        if self.board.epoch.load(Ordering::Acquire) != self.applied {
+            self.apply_moves();
+        }
+        let slot = self.table[bucket_of(&mut pkt, self.key)];
+        if pkt.meta.flags.has(MetaFlags::REPLAY) {
+            // A replayed packet goes only where it leads to the clone.
+            match &self.cloning {
+                Some(c) if c.vertex == self.to && slot == c.of => {
+                    self.pending[usize::from(c.slot)].push(pkt);
+                }
+                Some(c) if c.vertex == self.to => {}
+                Some(_) if self.toward_clone => self.pending[usize::from(slot)].push(pkt),
+                _ => {}
+            }
+            return;
+        }
+        if let Some((of, clone)) = self.twin {
+            if slot == of {
+                let copy = Pkt {
+                    data: pkt.data.clone(),
+                    wire_len: pkt.wire_len,
+                    ts_ns: pkt.ts_ns,
+                    meta: pkt.meta,
+                    weight: pkt.weight,
+                    t0: pkt.t0,
+                    twin: true,
+                };
+                self.pending[usize::from(clone)].push(copy);
+            }
+        }
+        self.pending[usize::from(slot) % self.txs.len()].push(pkt);
+    }
+
+    /// Switches this splitter's table for moves published since the last look: what was
+    /// routed to the old instance goes first, then the "last" mark; the "first" mark leads
+    /// the moved buckets at the new instance.
+    fn apply_moves(&mut self) {
+        let orders: Vec<Order> = {
+            let g = self.board.orders.lock();
+            g[self.applied..].to_vec()
         };
-        self.pending[i % self.txs.len()].push(pkt);
+        self.applied += orders.len();
+        for o in orders {
+            let m = match o {
+                Order::Move(m) => m,
+                Order::Twin => {
+                    if let Some(c) = &self.cloning {
+                        self.twin = Some((c.of, c.slot));
+                    }
+                    continue;
+                }
+                Order::Retire { keep, drop } => {
+                    self.twin = None;
+                    for (slot, mark) in [(drop, ToInstance::Retired), (keep, ToInstance::TwinEnd)] {
+                        let q = std::mem::take(&mut self.pending[usize::from(slot)]);
+                        if !q.is_empty() {
+                            let _ = self.txs[usize::from(slot)].send(ToInstance::Batch(q));
+                        }
+                        let _ = self.txs[usize::from(slot)].send(mark);
+                    }
+                    for e in self.table.iter_mut() {
+                        if *e == drop {
+                            *e = keep;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (from, to) = (usize::from(m.from), usize::from(m.to));
+            if m.handover {
+                let q = std::mem::take(&mut self.pending[from]);
+                if !q.is_empty() {
+                    let _ = self.txs[from].send(ToInstance::Batch(q));
+                }
+                let _ = self.txs[from].send(ToInstance::Last(m.clone()));
+            }
+            for (b, slot) in self.table.iter_mut().enumerate() {
+                if m.has(b) {
+                    *slot = m.to;
+                }
+            }
+            if m.handover {
+                let _ = self.txs[to].send(ToInstance::First(m.clone()));
+            }
+        }
+    }
+
+    /// Sends everything and the end of input (after any move not yet marked).
+    fn finish(&mut self) {
+        if self.board.epoch.load(Ordering::Acquire) != self.applied {
+            self.apply_moves();
+        }
+        self.flush(true);
+        for tx in &self.txs {
+            let _ = tx.send(ToInstance::Eof);
+        }
+    }
+
+    /// Passes the end of a replay on, behind everything routed so far.
+    fn replay_end(&mut self) {
+        self.flush(true);
+        for tx in &self.txs {
+            let _ = tx.send(ToInstance::ReplayEnd);
+        }
     }
 
     /// Sends full (or, with `all`, every) pending batch; blocks when a channel is full.
@@ -170,6 +459,14 @@ struct InstanceStats {
     hist: Histogram<u64>,
     state_ops: u64,
     remote_calls: u64,
+    moves: Vec<MoveSummary>,
+}
+
+/// A move this instance takes: packets of its buckets wait until the old instance is done.
+struct Incoming {
+    m: Arc<Move>,
+    released: bool,
+    held: Vec<Pkt>,
 }
 
 struct Instance {
@@ -187,53 +484,146 @@ struct Instance {
     senders: usize,
     start: Instant,
     stats: InstanceStats,
+    pause: Option<Pause>,
+    next_pause: Instant,
+    /// The inputs of this vertex's instances (handovers go straight to the new one).
+    siblings: Vec<Sender<ToInstance>>,
+    key: PartitionKey,
+    /// "Last" marks seen per move, and when the first came.
+    lasts: HashMap<u64, (usize, Instant)>,
+    incoming: Vec<Incoming>,
+    /// Handovers that came before any "first" mark of their move.
+    released_early: Vec<u64>,
+    /// Moves away from here waiting for moves to here to finish.
+    deferred: Vec<Arc<Move>>,
+    /// This instance's part in a straggler/clone pair, while outputs are raced.
+    race: Option<(Arc<Cloning>, usize)>,
+    /// The clone: replaying the root's log (copies of the straggler's traffic wait).
+    replaying: bool,
+    replay_ends: usize,
+    twins_held: Vec<Pkt>,
+    /// The clone: clocks it processed (a packet may come both replayed and copied).
+    seen: HashSet<u64>,
+    /// This vertex leads to the clone's (it passes the end of a replay on).
+    toward_clone: bool,
+    /// The slower of the pair, retired: it discards what it still gets.
+    discarding: bool,
+    twin_ends: usize,
+    ctl: Sender<Ctl>,
+}
+
+/// What one burst produced, sent on at its end.
+#[derive(Default)]
+struct Burst {
+    deletes: Vec<(u64, u64, u32)>,
+    out: Vec<Pkt>,
+    lines: Vec<String>,
 }
 
 impl Instance {
     fn run(mut self) -> InstanceStats {
         let mut eofs = 0;
-        let mut deletes = Vec::with_capacity(BATCH);
-        let mut out = Vec::with_capacity(BATCH);
-        let mut lines = Vec::new();
+        let mut b = Burst::default();
         while let Ok(msg) = self.rx.recv() {
             match msg {
+                ToInstance::Batch(batch) if self.discarding => {
+                    for p in batch {
+                        recycle(&self.pool, p.data);
+                    }
+                }
+                ToInstance::Batch(batch) if self.replaying => {
+                    for p in batch {
+                        if p.twin {
+                            self.twins_held.push(p);
+                        } else {
+                            self.process(p, &mut b);
+                        }
+                    }
+                    self.end_burst(&mut b);
+                }
                 ToInstance::Batch(batch) => {
+                    if let Some(p) = self.pause {
+                        if Instant::now() >= self.next_pause {
+                            std::thread::sleep(p.length);
+                            self.next_pause = Instant::now() + p.every;
+                        }
+                    }
                     for pkt in batch {
-                        self.process(pkt, &mut deletes, &mut out, &mut lines);
+                        if let Some(pkt) = self.hold(pkt) {
+                            self.process(pkt, &mut b);
+                        }
                     }
-                    self.inst.flush();
-                    // Deletes go to the root before the outputs they cover leave.
-                    if !deletes.is_empty() {
-                        let _ = self.root_tx.send(std::mem::take(&mut deletes));
-                    }
-                    if !out.is_empty() {
-                        let _ = self
-                            .out_tx
-                            .send(ToOutput::Packets(std::mem::take(&mut out)));
-                    }
-                    if !lines.is_empty() {
-                        let _ = self
-                            .out_tx
-                            .send(ToOutput::Events(std::mem::take(&mut lines)));
-                    }
-                    for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
-                        d.flush(true);
+                    self.end_burst(&mut b);
+                }
+                ToInstance::Eof => eofs += 1,
+                ToInstance::Last(m) => {
+                    let e = self.lasts.entry(m.id).or_insert((0, Instant::now()));
+                    e.0 += 1;
+                    if e.0 == self.senders {
+                        if self.incoming.iter().all(|i| i.released) {
+                            self.hand_over(&m);
+                        } else {
+                            // Packets held for an earlier move may be of these buckets:
+                            // they are processed here first.
+                            self.deferred.push(m);
+                        }
                     }
                 }
-                ToInstance::Eof => {
-                    eofs += 1;
-                    if eofs >= self.senders {
-                        break;
+                ToInstance::First(m) => {
+                    let known = self.incoming.iter().any(|i| i.m.id == m.id);
+                    if !known && !self.released_early.contains(&m.id) {
+                        // Flows new here may have state in the store: misses must ask it.
+                        self.inst.state.set_fresh(false);
+                        self.incoming.push(Incoming {
+                            m,
+                            released: false,
+                            held: Vec::new(),
+                        });
                     }
                 }
+                ToInstance::Released(id) => self.released(id, &mut b),
+                ToInstance::ReplayEnd => {
+                    self.replay_ends += 1;
+                    if self.replay_ends == self.senders {
+                        self.replay_ends = 0;
+                        if self.replaying {
+                            self.replaying = false;
+                            for p in std::mem::take(&mut self.twins_held) {
+                                self.process(p, &mut b);
+                            }
+                            self.end_burst(&mut b);
+                            let _ = self.ctl.send(Ctl::CaughtUp);
+                        }
+                        if self.toward_clone {
+                            for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
+                                d.replay_end();
+                            }
+                        }
+                    }
+                }
+                ToInstance::Retired => {
+                    self.discarding = true;
+                    self.race = None;
+                    // Its updates still on the way must meet the clock logs they repeat.
+                    self.inst.sync();
+                    let _ = self.ctl.send(Ctl::DroppedDone);
+                }
+                ToInstance::TwinEnd => {
+                    self.twin_ends += 1;
+                    if self.twin_ends == self.senders {
+                        self.race = None;
+                        self.seen = HashSet::new();
+                        let _ = self.ctl.send(Ctl::TwinsDone);
+                    }
+                }
+            }
+            if eofs >= self.senders && self.incoming.iter().all(|i| i.released) {
+                break;
             }
         }
         self.inst.sync();
         for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
-            d.flush(true);
-            for tx in &d.txs {
-                let _ = tx.send(ToInstance::Eof);
-            }
+            d.finish();
         }
         self.stats.counters = self.inst.counters.clone();
         self.stats.state_ops = self.inst.state.stats.ops;
@@ -241,16 +631,125 @@ impl Instance {
         self.stats
     }
 
-    fn process(
-        &mut self,
-        mut pkt: Pkt,
-        deletes: &mut Vec<(u64, u64, u32)>,
-        out: &mut Vec<Pkt>,
-        lines: &mut Vec<String>,
-    ) {
+    /// Sends what a burst produced: deletes to the root before the outputs they cover.
+    fn end_burst(&mut self, b: &mut Burst) {
+        self.inst.flush();
+        if !b.deletes.is_empty() {
+            let _ = self.root_tx.send(std::mem::take(&mut b.deletes));
+        }
+        if !b.out.is_empty() {
+            let _ = self
+                .out_tx
+                .send(ToOutput::Packets(std::mem::take(&mut b.out)));
+        }
+        if !b.lines.is_empty() {
+            let _ = self
+                .out_tx
+                .send(ToOutput::Events(std::mem::take(&mut b.lines)));
+        }
+        for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
+            d.flush(true);
+        }
+    }
+
+    /// Keeps a packet of a bucket still moving here (handover step 4); returns the others.
+    fn hold(&mut self, mut pkt: Pkt) -> Option<Pkt> {
+        if self.incoming.iter().all(|i| i.released) {
+            return Some(pkt);
+        }
+        let b = bucket_of(&mut pkt, self.key);
+        match self.incoming.iter_mut().find(|i| !i.released && i.m.has(b)) {
+            Some(i) => {
+                i.held.push(pkt);
+                None
+            }
+            None => Some(pkt),
+        }
+    }
+
+    /// The old instance, after the last packet of the moved buckets: flush and release
+    /// their state (step 5; every output is already queued downstream), then tell the new
+    /// instance (step 6).
+    fn hand_over(&mut self, m: &Move) {
+        let since = self.lasts.get(&m.id).map_or_else(Instant::now, |e| e.1);
+        let objects = if m.handover {
+            self.inst.set_parallelism(m.parallelism);
+            self.inst.hand_over(&|b| m.has(b))
+        } else {
+            0
+        };
+        let _ = self.siblings[usize::from(m.to)].send(ToInstance::Released(m.id));
+        self.stats.moves.push(MoveSummary {
+            id: m.id,
+            vertex: self.inst.name.clone(),
+            from: m.from,
+            to: m.to,
+            buckets: m.buckets.iter().filter(|&&b| b).count(),
+            objects,
+            handover_us: since.elapsed().as_secs_f64() * 1e6,
+            held: 0,
+        });
+    }
+
+    /// The new instance takes over (step 7): the held packets go first, in their order.
+    fn released(&mut self, id: u64, b: &mut Burst) {
+        let Some(i) = self.incoming.iter().position(|i| i.m.id == id) else {
+            self.released_early.push(id);
+            return;
+        };
+        self.incoming[i].released = true;
+        let held = std::mem::take(&mut self.incoming[i].held);
+        let n = held.len() as u64;
+        for pkt in held {
+            self.process(pkt, b);
+        }
+        self.end_burst(b);
+        self.stats.moves.push(MoveSummary {
+            id,
+            vertex: self.inst.name.clone(),
+            from: self.incoming[i].m.from,
+            to: self.incoming[i].m.to,
+            buckets: 0,
+            objects: 0,
+            handover_us: 0.0,
+            held: n,
+        });
+        if self.incoming.iter().all(|i| i.released) {
+            let p = self.incoming[i].m.parallelism;
+            self.inst.set_parallelism(p);
+            for m in std::mem::take(&mut self.deferred) {
+                self.hand_over(&m);
+            }
+        }
+    }
+
+    fn process(&mut self, mut pkt: Pkt, b: &mut Burst) {
+        let Burst {
+            deletes,
+            out,
+            lines,
+        } = b;
+        let clock = pkt.meta.clock;
+        let clone = matches!(&self.race, Some((_, 1)));
+        if clone && !self.seen.insert(clock) {
+            // The clone sees each clock once (a packet may come replayed and copied).
+            recycle(&self.pool, pkt.data);
+            return;
+        }
+        // Upstream of the clone, a replayed packet is re-done for it alone: its updates are
+        // absorbed by the store's clock log and its events were logged the first time.
+        let replayed = !clone && pkt.meta.flags.has(MetaFlags::REPLAY);
+        // While the pair races, each may be ahead of the other: both read state as of the
+        // packet's clock and let the store decide their updates (a cached value, refreshed
+        // by the other's callbacks, could be from a later packet).
+        let raced = self.race.is_some();
+        if raced {
+            pkt.meta.flags.0 |= MetaFlags::REPLAY;
+        }
         if let Some(d) = self.delay {
             self.sleep_random(d);
         }
+        let mark = lines.len();
         let verdict = self.inst.process(
             &mut pkt.data,
             pkt.wire_len as usize,
@@ -258,6 +757,25 @@ impl Instance {
             &mut pkt.meta,
             lines,
         );
+        if let Some((c, who)) = &self.race {
+            if !c.first(clock, *who) {
+                // The other of the pair got here first: this copy and its events go.
+                lines.truncate(mark);
+                recycle(&self.pool, pkt.data);
+                return;
+            }
+        }
+        if raced {
+            pkt.meta.flags.0 &= !MetaFlags::REPLAY;
+            pkt.twin = false;
+        }
+        if replayed {
+            lines.truncate(mark);
+            if verdict == Verdict::Drop || (self.next.is_none()) {
+                recycle(&self.pool, pkt.data);
+                return;
+            }
+        }
         if verdict == Verdict::Drop {
             self.retire(pkt, deletes);
             return;
@@ -267,6 +785,9 @@ impl Instance {
         for i in 0..self.taps.len() {
             let w = pkt.weight / 2;
             pkt.weight -= w;
+            if replayed {
+                continue;
+            }
             let mut data = self.pool.pop().unwrap_or_default();
             data.extend_from_slice(&pkt.data);
             let copy = Pkt {
@@ -279,6 +800,7 @@ impl Instance {
                 },
                 weight: w,
                 t0: pkt.t0,
+                twin: pkt.twin,
             };
             self.taps[i].route(copy);
         }
@@ -357,12 +879,69 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let (root_tx, root_rx) = channel::unbounded::<Vec<(u64, u64, u32)>>();
     let (out_tx, out_rx) = channel::unbounded::<ToOutput>();
 
-    // Channels and allocation tables per vertex.
+    // Instances per vertex: live at the start, and at most (with every scale-out).
+    let live0: Vec<u16> = chain.vertices.iter().map(|v| v.parallelism).collect();
+    let mut most = live0.clone();
+    for st in &opts.scaling {
+        let vi = chain
+            .vertices
+            .iter()
+            .position(|v| v.name == st.vertex)
+            .ok_or_else(|| RunError::Nf(format!("scaling: no vertex {:?}", st.vertex)))?;
+        match st.action {
+            ScaleAction::Out => most[vi] += 1,
+            ScaleAction::In => {}
+            ScaleAction::Clone(of) => {
+                if opts.scaling.len() != 1 || of >= live0[vi] {
+                    return Err(RunError::Nf(format!(
+                        "scaling: a clone of {} instance {of} must be the only step, of a live instance",
+                        st.vertex
+                    )));
+                }
+                most[vi] += 1;
+            }
+        }
+    }
+    // A straggler's clone takes the first spare slot of its vertex.
+    let cloning: Option<Arc<Cloning>> = opts.scaling.iter().find_map(|st| match st.action {
+        ScaleAction::Clone(of) => {
+            let vi = chain.vertices.iter().position(|v| v.name == st.vertex)?;
+            Some(Arc::new(Cloning {
+                vertex: vi,
+                of,
+                slot: live0[vi],
+                dedup: st.handover,
+                twins: Mutex::new(HashSet::new()),
+                wm: AtomicU64::new(0),
+                progress: [AtomicU64::new(0), AtomicU64::new(0)],
+                suppressed: AtomicU64::new(0),
+            }))
+        }
+        _ => None,
+    });
+    // Which vertices lead to the clone's (they pass replayed packets on).
+    let toward: Vec<bool> = (0..chain.vertices.len())
+        .map(|u| {
+            cloning
+                .as_ref()
+                .is_some_and(|c| u != c.vertex && reaches(chain, u, c.vertex))
+        })
+        .collect();
+    // Spare instances also end their input with an end-of-input mark downstream.
+    let mut senders: Vec<usize> = chain.vertices.iter().map(|v| v.senders).collect();
+    for (vi, v) in chain.vertices.iter().enumerate() {
+        let extra = usize::from(most[vi] - live0[vi]);
+        for o in v.next.iter().chain(v.taps.iter()) {
+            senders[*o] += extra;
+        }
+    }
+
+    // Channels and move boards per vertex.
     let mut txs: Vec<Vec<Sender<ToInstance>>> = Vec::new();
     let mut rxs: Vec<Vec<Option<Receiver<ToInstance>>>> = Vec::new();
-    let mut allocs = Vec::new();
-    for v in &chain.vertices {
-        let (t, r): (Vec<_>, Vec<_>) = (0..v.parallelism)
+    let mut boards = Vec::new();
+    for &n in &most {
+        let (t, r): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| {
                 let (t, r) = channel::bounded(CHANNEL_BATCHES);
                 (t, Some(r))
@@ -370,22 +949,50 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             .unzip();
         txs.push(t);
         rxs.push(r);
-        allocs.push(Arc::new(Allocation::even(v.parallelism)));
+        boards.push(Arc::new(Board::default()));
     }
-    let downstream = |to: usize| Downstream {
-        txs: txs[to].clone(),
-        alloc: allocs[to].clone(),
-        key: chain.vertices[to].partition,
-        pending: (0..chain.vertices[to].parallelism)
-            .map(|_| Vec::new())
-            .collect(),
+    let downstream = |to: usize| {
+        let even = Allocation::even(live0[to]);
+        Downstream {
+            txs: txs[to].clone(),
+            table: (0..BUCKETS).map(|b| even.instance(b)).collect(),
+            board: boards[to].clone(),
+            applied: 0,
+            key: chain.vertices[to].partition,
+            pending: (0..most[to]).map(|_| Vec::new()).collect(),
+            to,
+            cloning: cloning.clone(),
+            toward_clone: toward[to],
+            twin: None,
+        }
     };
+    let (ctl_tx, ctl_rx) = channel::unbounded::<Ctl>();
 
-    // Instances: NF, state, init.
+    // Instances: NF, state, init. Spares are built like instances of the scaled-out vertex.
     let mut instances = Vec::new();
     for (vi, v) in chain.vertices.iter().enumerate() {
-        for i in 0..v.parallelism {
-            let inst = NfInstance::new(v, i, &store).map_err(RunError::Nf)?;
+        for i in 0..most[vi] {
+            let race = cloning
+                .as_ref()
+                .filter(|c| c.vertex == vi && (i == c.of || i == c.slot))
+                .map(|c| (c.clone(), usize::from(i == c.slot)));
+            let is_clone = race.as_ref().is_some_and(|r| r.1 == 1);
+            let inst = if i < live0[vi] {
+                NfInstance::new(v, i, &store)
+            } else if let Some((c, _)) = race.as_ref().filter(|_| is_clone) {
+                // The straggler's identity, its state from the store, no initialisation.
+                let client =
+                    (v.mode != Mode::Traditional).then(|| store.client(store.next_client_id()));
+                NfInstance::with_client(v, c.of, client, false).map(|mut n| {
+                    n.state.set_fresh(false);
+                    n
+                })
+            } else {
+                let mut wide = v.clone();
+                wide.parallelism = most[vi];
+                NfInstance::new(&wide, i, &store)
+            }
+            .map_err(RunError::Nf)?;
             instances.push(Instance {
                 inst,
                 rx: rxs[vi][i as usize]
@@ -398,11 +1005,12 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 root_tx: root_tx.clone(),
                 out_tx: out_tx.clone(),
                 pool: pool.clone(),
-                delay: opts.delays.get(&v.name).copied(),
+                // The clone runs elsewhere: it is not slowed like the straggler.
+                delay: opts.delays.get(&v.name).copied().filter(|_| i < live0[vi]),
                 rng: opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ (u64::from(v.id) << 20 | u64::from(i))
                     | 1,
-                senders: v.senders,
+                senders: senders[vi],
                 start: started,
                 stats: InstanceStats {
                     vertex: vi,
@@ -411,11 +1019,30 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                     hist: histogram(),
                     state_ops: 0,
                     remote_calls: 0,
+                    moves: Vec::new(),
                 },
+                pause: opts.pause,
+                next_pause: Instant::now() + opts.pause.map_or(Duration::ZERO, |p| p.every),
+                siblings: txs[vi].clone(),
+                key: v.partition,
+                lasts: HashMap::new(),
+                incoming: Vec::new(),
+                released_early: Vec::new(),
+                deferred: Vec::new(),
+                race,
+                replaying: is_clone,
+                replay_ends: 0,
+                twins_held: Vec::new(),
+                seen: HashSet::new(),
+                toward_clone: toward[vi],
+                discarding: false,
+                twin_ends: 0,
+                ctl: ctl_tx.clone(),
             });
         }
     }
     drop(root_tx);
+    drop(ctl_tx);
 
     // Output thread: pcap + events.
     let output = opts.output.clone();
@@ -499,16 +1126,87 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut last_progress = Instant::now();
     let mut finished_at: Option<Instant> = None;
     let mut buf = Vec::new();
+    // The manager's view of every vertex: its live instances and bucket table.
+    let mut live = live0.clone();
+    let mut tables: Vec<Vec<u16>> = live0
+        .iter()
+        .map(|&n| {
+            let even = Allocation::even(n);
+            (0..BUCKETS).map(|b| even.instance(b)).collect()
+        })
+        .collect();
+    let mut steps = opts.scaling.iter().peekable();
+    let mut move_id = 0u64;
+    // Clocks below this stay in the store's clock logs (a clone may re-do them).
+    let mut hold: Option<u64> = None;
+    let mut replayed = 0usize;
+    let mut kept_clone: Option<bool> = None;
+    let mut race_since: Option<Instant> = None;
+    let mut race_ends = 0;
     loop {
         let mut busy = false;
         // 1. Input, while the log has room (a pcap is replayed losslessly: wait, not drop).
         if !input_done && entry.pending_len() < BATCH * entry.txs.len() * 4 {
-            let room = chain
+            let mut room = chain
                 .root
                 .log_limit
                 .saturating_sub(root.in_flight())
                 .min(BATCH * 4);
+            if let Some(r) = opts.rate_pps {
+                let due = (started.elapsed().as_secs_f64() * r as f64) as u64;
+                room = room.min(due.saturating_sub(stats.read) as usize);
+            }
             for _ in 0..room {
+                // The manager's scaling steps, at their exact place in the input.
+                while let Some(st) = steps.next_if(|st| stats.read >= st.after_packets) {
+                    let vi = chain
+                        .vertices
+                        .iter()
+                        .position(|v| v.name == st.vertex)
+                        .expect("checked above");
+                    if let (ScaleAction::Clone(_), Some(c)) = (st.action, cloning.as_ref()) {
+                        // Copies of the straggler's traffic first, then the log: whatever is
+                        // in flight reaches the clone one way or the other.
+                        boards[vi].publish([Order::Twin]);
+                        hold = Some(root.watermark());
+                        let log = root.replay();
+                        if opts.progress {
+                            eprintln!(
+                                "chc-dataplane: cloning {} instance {} after {} packets: replaying {} packets",
+                                st.vertex, c.of, stats.read, log.len()
+                            );
+                        }
+                        replayed = log.len();
+                        for (clock, l) in log {
+                            entry.route(Pkt {
+                                data: l.data,
+                                wire_len: l.wire_len,
+                                ts_ns: l.ts_ns,
+                                meta: ChcMeta {
+                                    clock,
+                                    flags: MetaFlags(MetaFlags::REPLAY),
+                                    ..Default::default()
+                                },
+                                weight: FULL,
+                                t0: started.elapsed().as_nanos() as u64,
+                                twin: false,
+                            });
+                        }
+                        entry.replay_end();
+                        continue;
+                    }
+                    let ms = plan_moves(st, &mut live[vi], &mut tables[vi], &mut move_id);
+                    if opts.progress {
+                        eprintln!(
+                            "chc-dataplane: scaling {} {:?} after {} packets: {} moves",
+                            st.vertex,
+                            st.action,
+                            stats.read,
+                            ms.len()
+                        );
+                    }
+                    boards[vi].publish(ms.into_iter().map(|m| Order::Move(Arc::new(m))));
+                }
                 let mut data = pool.pop().unwrap_or_else(|| Vec::with_capacity(2048));
                 let Some((ts_ns, wire_len)) = reader.next_into(&mut buf)? else {
                     input_done = true;
@@ -537,6 +1235,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                             meta: ChcMeta::default(),
                             weight: 0,
                             t0: 0,
+                            twin: false,
                         }]));
                         continue;
                     }
@@ -555,6 +1254,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                             },
                             weight: FULL,
                             t0,
+                            twin: false,
                         });
                     }
                     None => recycle(&pool, data),
@@ -587,9 +1287,47 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         if let Some(counter) = root.persist_due() {
             rclient.submit_nonblocking(clock_key.set(&Value::Int(counter as i64)));
         }
+        while let Ok(c) = ctl_rx.try_recv() {
+            busy = true;
+            match (c, cloning.as_ref()) {
+                (Ctl::CaughtUp, Some(_)) => race_since = Some(Instant::now()),
+                (Ctl::TwinsDone | Ctl::DroppedDone, _) => {
+                    race_ends += 1;
+                    if race_ends == 2 {
+                        hold = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The race: the clone, done with the replay, is kept if it overtakes the straggler
+        // within RACE; otherwise the straggler stays.
+        if let (Some(since), Some(cl), None) = (race_since, cloning.as_ref(), kept_clone) {
+            let straggler = cl.progress[0].load(Ordering::Relaxed);
+            let clone = cl.progress[1].load(Ordering::Relaxed);
+            if clone >= straggler || since.elapsed() >= RACE || eof_sent {
+                let keep_clone = clone >= straggler;
+                kept_clone = Some(keep_clone);
+                if opts.progress {
+                    eprintln!(
+                        "chc-dataplane: clone at clock {clone:#x}, straggler at {straggler:#x}: keeping the {}",
+                        if keep_clone { "clone" } else { "straggler" }
+                    );
+                }
+                let (keep, drop) = if keep_clone {
+                    (cl.slot, cl.of)
+                } else {
+                    (cl.of, cl.slot)
+                };
+                boards[cl.vertex].publish([Order::Retire { keep, drop }]);
+            }
+        }
         if last_retire.elapsed() >= Duration::from_millis(2) {
             last_retire = Instant::now();
-            let wm = root.watermark();
+            let wm = hold.map_or(root.watermark(), |h| h.min(root.watermark()));
+            if let Some(c) = &cloning {
+                c.wm.store(wm, Ordering::Relaxed);
+            }
             for s in 0..rclient.shards() {
                 rclient.submit_to(s, wire_nonblocking(ops::retire_clocks(rcfg.root_id, wm)));
             }
@@ -606,10 +1344,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         }
         // 5. End of input: tell the entry instances once everything is handed over.
         if input_done && !eof_sent && entry.pending_len() == 0 {
-            entry.flush(true);
-            for tx in &entry.txs {
-                let _ = tx.send(ToInstance::Eof);
-            }
+            entry.finish();
             eof_sent = true;
         }
         if eof_sent {
@@ -647,7 +1382,16 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         .join()
         .map_err(|_| RunError::Panicked("output".into()))??;
     let unsettled = root.in_flight();
-    let summary = summarize(
+    if unsettled > 0 {
+        let left: Vec<String> = root
+            .replay()
+            .iter()
+            .take(5)
+            .map(|(c, _)| format!("{c:#x}"))
+            .collect();
+        eprintln!("chc-dataplane: never settled: {}", left.join(", "));
+    }
+    let mut summary = summarize(
         chain,
         &root,
         &stats,
@@ -656,12 +1400,94 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         nevents,
         started.elapsed(),
     );
+    summary.clone = cloning.as_ref().map(|c| CloneSummary {
+        vertex: chain.vertices[c.vertex].name.clone(),
+        of: c.of,
+        replayed: replayed as u64,
+        kept: match kept_clone {
+            Some(true) => "clone",
+            Some(false) => "straggler",
+            None => "not cloned",
+        }
+        .into(),
+        duplicates_suppressed: c.suppressed.load(Ordering::Relaxed),
+    });
     drop(rclient);
     store.shutdown();
     if unsettled > 0 {
         return Err(RunError::Unsettled(unsettled));
     }
     Ok(summary)
+}
+
+/// The moves of one scaling step, applied to the manager's table of the vertex.
+fn plan_moves(st: &ScaleStep, live: &mut u16, table: &mut [u16], next_id: &mut u64) -> Vec<Move> {
+    let mut moves = Vec::new();
+    let mut add = |from: u16, to: u16, buckets: Vec<bool>, parallelism: u16| {
+        if buckets.iter().any(|&b| b) {
+            *next_id += 1;
+            moves.push(Move {
+                id: *next_id,
+                from,
+                to,
+                buckets,
+                parallelism,
+                handover: st.handover,
+            });
+        }
+    };
+    match st.action {
+        ScaleAction::Out => {
+            let new = *live;
+            let n = usize::from(new) + 1;
+            for from in 0..new {
+                // Every n-th bucket of each instance: the new one gets about 1/n of all.
+                let mut buckets = vec![false; BUCKETS];
+                let mine: Vec<usize> = (0..BUCKETS).filter(|&b| table[b] == from).collect();
+                for (k, b) in mine.into_iter().enumerate() {
+                    if k % n == n - 1 {
+                        buckets[b] = true;
+                        table[b] = new;
+                    }
+                }
+                add(from, new, buckets, new + 1);
+            }
+            *live += 1;
+        }
+        ScaleAction::In if *live > 1 => {
+            let old = *live - 1;
+            let mut per: Vec<Vec<bool>> = vec![vec![false; BUCKETS]; usize::from(old)];
+            let theirs: Vec<usize> = (0..BUCKETS).filter(|&b| table[b] == old).collect();
+            for (k, b) in theirs.into_iter().enumerate() {
+                let to = (k % usize::from(old)) as u16;
+                per[usize::from(to)][b] = true;
+                table[b] = to;
+            }
+            for (to, buckets) in per.into_iter().enumerate() {
+                add(old, to as u16, buckets, old);
+            }
+            *live -= 1;
+        }
+        ScaleAction::In | ScaleAction::Clone(_) => {}
+    }
+    moves
+}
+
+/// Whether vertex `to` is reachable from `from` (next hops and taps).
+fn reaches(chain: &Chain, from: usize, to: usize) -> bool {
+    let mut stack = vec![from];
+    let mut seen = vec![false; chain.vertices.len()];
+    while let Some(u) = stack.pop() {
+        if u == to {
+            return true;
+        }
+        if std::mem::replace(&mut seen[u], true) {
+            continue;
+        }
+        let v = &chain.vertices[u];
+        stack.extend(v.next.iter().chain(v.taps.iter()).copied());
+    }
+    false
 }
 
 fn wire_nonblocking(mut op: chc_proto::wire::Op) -> chc_proto::wire::Op {
@@ -709,7 +1535,19 @@ fn summarize(
             per_instance_in: vec![0; v.parallelism as usize],
         })
         .collect();
+    let mut moves: Vec<MoveSummary> = Vec::new();
     for s in inst {
+        for m in &s.moves {
+            match moves.iter_mut().find(|x| x.id == m.id) {
+                Some(x) => {
+                    x.buckets = x.buckets.max(m.buckets);
+                    x.objects += m.objects;
+                    x.handover_us = x.handover_us.max(m.handover_us);
+                    x.held += m.held;
+                }
+                None => moves.push(m.clone()),
+            }
+        }
         let v = &mut vertices[s.vertex];
         let c = &s.counters;
         v.packets_in += c.pkts_in;
@@ -719,7 +1557,11 @@ fn summarize(
         v.errors += c.errors;
         v.state_ops += s.state_ops;
         v.remote_calls += s.remote_calls;
-        v.per_instance_in[s.instance as usize] = c.pkts_in;
+        let i = usize::from(s.instance);
+        if v.per_instance_in.len() <= i {
+            v.per_instance_in.resize(i + 1, 0);
+        }
+        v.per_instance_in[i] = c.pkts_in;
         let _ = hist.add(&s.hist);
     }
     Summary {
@@ -732,8 +1574,14 @@ fn summarize(
         packets_written: written,
         events,
         latency_p50_us: hist.value_at_quantile(0.5) as f64 / 1e3,
+        latency_p75_us: hist.value_at_quantile(0.75) as f64 / 1e3,
         latency_p99_us: hist.value_at_quantile(0.99) as f64 / 1e3,
         elapsed_s: elapsed.as_secs_f64(),
         vertices,
+        moves: {
+            moves.sort_by_key(|m| m.id);
+            moves
+        },
+        clone: None,
     }
 }

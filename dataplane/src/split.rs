@@ -5,6 +5,7 @@
 //! indirection table). All splitters in front of a vertex share its table, so they agree on
 //! where each flow group goes; moving a group to another instance rewrites bucket entries.
 
+use chc_store::names::KeyKind;
 use nfs::nf::{client_is_src, PartitionKey};
 use nfs::packet::{FiveTuple, Packet};
 use std::net::IpAddr;
@@ -90,6 +91,24 @@ pub fn bucket(hash: u64) -> usize {
     (hash % BUCKETS as u64) as usize
 }
 
+/// The bucket a stored object's key belongs to under `key`, when its key says (a flow's
+/// five-tuple always does; a host address does under a client or server split). `None`
+/// means the object is not tied to one bucket.
+pub fn key_bucket(kind: KeyKind, sub: &[u8], key: PartitionKey) -> Option<usize> {
+    match kind {
+        KeyKind::FiveTuple => FiveTuple::from_key_bytes(sub).map(|t| bucket(tuple_hash(&t, key))),
+        KeyKind::Host if key != PartitionKey::Flow => {
+            let ip = match sub.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(sub).ok()?),
+                16 => IpAddr::from(<[u8; 16]>::try_from(sub).ok()?),
+                _ => return None,
+            };
+            Some(bucket(mix(0, ip_word(ip))))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +153,35 @@ mod tests {
         assert!(counts.iter().all(|&c| c >= BUCKETS / 3));
         al.set(5, 2);
         assert_eq!(al.instance(5), 2);
+    }
+
+    #[test]
+    fn stored_keys_fall_in_their_flows_bucket() {
+        let a = t("10.0.0.1", 40000, "1.1.1.1", 80);
+        for k in [
+            PartitionKey::Flow,
+            PartitionKey::Client,
+            PartitionKey::Server,
+        ] {
+            let want = bucket(tuple_hash(&a, k));
+            for sub in [
+                a.key_bytes(),
+                a.reversed().key_bytes(),
+                a.canonical().key_bytes(),
+            ] {
+                assert_eq!(key_bucket(KeyKind::FiveTuple, &sub, k), Some(want), "{k:?}");
+            }
+        }
+        let client = [10, 0, 0, 1];
+        assert_eq!(
+            key_bucket(KeyKind::Host, &client, PartitionKey::Client),
+            Some(bucket(tuple_hash(&a, PartitionKey::Client)))
+        );
+        assert_eq!(key_bucket(KeyKind::Host, &client, PartitionKey::Flow), None);
+        assert_eq!(key_bucket(KeyKind::Raw, b"x", PartitionKey::Flow), None);
+        assert_eq!(
+            key_bucket(KeyKind::FiveTuple, b"short", PartitionKey::Flow),
+            None
+        );
     }
 }

@@ -31,9 +31,46 @@ pub struct Summary {
     pub packets_written: u64,
     pub events: u64,
     pub latency_p50_us: f64,
+    pub latency_p75_us: f64,
     pub latency_p99_us: f64,
     pub elapsed_s: f64,
     pub vertices: Vec<VertexSummary>,
+    /// Flow moves between instances (scaling), in the order they completed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<MoveSummary>,
+    /// A straggler's clone, when one was started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clone: Option<CloneSummary>,
+}
+
+/// A straggler's clone (§3.4.3).
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneSummary {
+    pub vertex: String,
+    /// The straggler's instance id (the clone has it too).
+    pub of: u16,
+    /// Packets the root replayed from its log for the clone.
+    pub replayed: u64,
+    /// Which of the two was kept: "clone", "straggler" (or "not cloned").
+    pub kept: String,
+    /// Second copies of a clock the pair emitted, suppressed.
+    pub duplicates_suppressed: u64,
+}
+
+/// One flow move: from the old instance's last mark to its handover.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoveSummary {
+    pub id: u64,
+    pub vertex: String,
+    pub from: u16,
+    pub to: u16,
+    pub buckets: usize,
+    /// State objects the old instance handed over.
+    pub objects: usize,
+    /// From the last "last" mark to the handover sent, microseconds.
+    pub handover_us: f64,
+    /// Packets the new instance held until the handover.
+    pub held: u64,
 }
 
 impl fmt::Display for Summary {
@@ -68,6 +105,20 @@ impl fmt::Display for Summary {
                 v.dropped,
                 v.errors,
                 v.state_ops
+            )?;
+        }
+        for m in &self.moves {
+            writeln!(
+                f,
+                "moved {} buckets of {} from instance {} to {}: {} objects handed over in {:.1} us, {} packets held",
+                m.buckets, m.vertex, m.from, m.to, m.objects, m.handover_us, m.held
+            )?;
+        }
+        if let Some(c) = &self.clone {
+            writeln!(
+                f,
+                "cloned {} instance {}: {} packets replayed, {} kept, {} duplicate outputs suppressed",
+                c.vertex, c.of, c.replayed, c.kept, c.duplicates_suppressed
             )?;
         }
         write!(

@@ -1,7 +1,6 @@
 //! The paper's chain on every shared trace, on the embedded default.
 
 use chc_dataplane::{pcapio, run, Chain, RunOptions};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn traces_dir() -> PathBuf {
@@ -39,13 +38,8 @@ fn paper_chain_on_every_trace() {
         let out = dir.path().join(format!("{name}.out.pcap"));
         let ev = dir.path().join(format!("{name}.jsonl"));
         let s = run(&RunOptions {
-            chain: Chain::paper(),
-            input: t.clone(),
-            output: out.clone(),
             events: Some(ev.clone()),
-            delays: HashMap::new(),
-            seed: 1,
-            progress: false,
+            ..RunOptions::new(Chain::paper(), t.clone(), out.clone())
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let input = pcapio::read_all(&t).unwrap();
@@ -117,15 +111,11 @@ fn a_corrupt_pcap_names_file_and_offset() {
     let src = std::fs::read(traces_dir().join("irc-basic.pcap")).unwrap();
     let bad = dir.path().join("cut.pcap");
     std::fs::write(&bad, &src[..src.len() - 7]).unwrap();
-    let err = run(&RunOptions {
-        chain: Chain::paper(),
-        input: bad,
-        output: dir.path().join("o.pcap"),
-        events: None,
-        delays: HashMap::new(),
-        seed: 1,
-        progress: false,
-    })
+    let err = run(&RunOptions::new(
+        Chain::paper(),
+        bad,
+        dir.path().join("o.pcap"),
+    ))
     .unwrap_err()
     .to_string();
     assert!(err.contains("cut.pcap") && err.contains("byte"), "{err}");
