@@ -7,7 +7,6 @@
 //! Each DPDK run is its own `chc-dataplane` process (DPDK allows one EAL per process).
 
 use chc_dataplane::{pcapio, run, Chain, RunOptions};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -67,13 +66,8 @@ fn dpdk_run(args: &[&str], chain: Option<&Path>, dir: &Path, name: &str) -> serd
 
 fn embedded(chain: Chain, input: &Path, out: &Path, ev: &Path) {
     run(&RunOptions {
-        chain,
-        input: input.to_path_buf(),
-        output: out.to_path_buf(),
         events: Some(ev.to_path_buf()),
-        delays: HashMap::new(),
-        seed: 1,
-        progress: false,
+        ..RunOptions::new(chain, input, out)
     })
     .unwrap_or_else(|e| panic!("{}: embedded run: {e}", input.display()));
 }

@@ -10,11 +10,23 @@
 //! has the embedded path's bytes, capture times and wire lengths.
 //!
 //! Needs root (namespaces, veth); without it the test says so and passes.
+//!
+//! Nothing here depends on timing: the link is used once both ends report carrier, the
+//! hosts find each other over the control channel (host `b` retries until the root
+//! listens, the root starts reading only once `b` has said hello), both hosts' stderr is
+//! drained while they run, and a generous deadline turns a hang into a failure that
+//! shows what each host printed.
 
 use chc_dataplane::{pcapio, run, Chain, RunOptions};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a trace's two-host run may take (a few seconds alone; far longer on a loaded
+/// machine). Past it both hosts are killed and the test fails with their output.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+/// Longest the veth pair may take to report carrier on both ends.
+const LINK_LIMIT: Duration = Duration::from_secs(60);
 
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
@@ -83,12 +95,44 @@ impl Hosts {
     }
 }
 
+impl Hosts {
+    /// Waits until both ends of the veth pair are up with carrier.
+    fn wait_link_up(&self) {
+        let t = Instant::now();
+        for (ns, dev) in [(&self.a, "va"), (&self.b, "vb")] {
+            loop {
+                let out = Command::new("ip")
+                    .args(["-n", ns, "-o", "link", "show", "dev", dev])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.contains("LOWER_UP") && text.contains("state UP") {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < LINK_LIMIT,
+                    "{dev} in {ns} not up after {LINK_LIMIT:?}: {text}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
         sh(&["ip", "netns", "del", &self.a]);
         sh(&["ip", "netns", "del", &self.b]);
     }
 }
+
+/// Frames in each `net_af_packet` ring (its default is 512). The link must hold what host
+/// `a` may have sent while host `b` is not polling (on a loaded machine, `b` can be off
+/// the CPU for a while): the root's window (`log_limit` 256, two frames each, since the
+/// Trojan detector's tap copy crosses too) and every frame that passes through unclocked
+/// (503 non-IP frames in `scan-nmap-vsn.pcap`), which no window bounds. Frames a full
+/// ring drops would leave their clocks unsettled at the root.
+const LINK_FRAMES: usize = 4096;
 
 fn chain_text(input: &Path, output: &Path) -> String {
     format!(
@@ -136,7 +180,7 @@ host = "b"
 rx = false
 
 [[link]]
-ends = [{{ host = "a", device = "net_af_packet0,iface=va" }}, {{ host = "b", device = "net_af_packet1,iface=vb" }}]
+ends = [{{ host = "a", device = "net_af_packet0,iface=va,framecnt={LINK_FRAMES}" }}, {{ host = "b", device = "net_af_packet1,iface=vb,framecnt={LINK_FRAMES}" }}]
 "#,
         input.display(),
         output.display()
@@ -187,6 +231,77 @@ fn host_cmd(ns: &str, host: &str, lcore: u32, chain: &Path, dir: &Path) -> Comma
     c
 }
 
+/// A host's process, with its stderr read by a thread while it runs (a host that fills
+/// the pipe would otherwise stall). Killed if still running when dropped.
+struct HostProc {
+    name: &'static str,
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl HostProc {
+    fn spawn(name: &'static str, mut cmd: Command) -> HostProc {
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting host {name}: {e}"));
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+            s
+        });
+        HostProc {
+            name,
+            child,
+            stderr: Some(stderr),
+        }
+    }
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for every host to exit, until `limit` has passed; then kills those left. Fails
+/// unless all exited successfully, with each host's status and stderr.
+fn wait_all(trace: &Path, mut procs: Vec<HostProc>, limit: Duration) {
+    let t = Instant::now();
+    let mut status: Vec<Option<ExitStatus>> = vec![None; procs.len()];
+    while status.iter().any(Option::is_none) && t.elapsed() < limit {
+        for (p, s) in procs.iter_mut().zip(status.iter_mut()) {
+            if s.is_none() {
+                *s = p.child.try_wait().unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut report = String::new();
+    let mut ok = true;
+    for (p, s) in procs.iter_mut().zip(&status) {
+        if s.is_none() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        let err = p
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        ok &= s.is_some_and(|s| s.success());
+        let how = match s {
+            Some(s) => s.to_string(),
+            None => format!("still running after {limit:?}, killed"),
+        };
+        report.push_str(&format!("host {} ({how}):\n{err}\n", p.name));
+    }
+    assert!(ok, "{}: {report}", trace.display());
+}
+
 #[test]
 fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
     if !chc_dpdk::is_available() {
@@ -217,31 +332,17 @@ fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
             dir.path().join("ideal.jsonl"),
         );
         run(&RunOptions {
-            chain,
-            input: trace.clone(),
-            output: ideal.clone(),
             events: Some(ideal_ev.clone()),
-            delays: HashMap::new(),
-            seed: 1,
-            progress: false,
+            ..RunOptions::new(chain, trace.clone(), ideal.clone())
         })
         .unwrap();
 
-        let mut b = host_cmd(&hosts.b, "b", 1, &chain_file, dir.path())
-            .spawn()
-            .unwrap();
-        let a = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path())
-            .output()
-            .unwrap();
-        let b_status = b.wait().unwrap();
-        let mut b_err = String::new();
-        std::io::Read::read_to_string(b.stderr.as_mut().unwrap(), &mut b_err).unwrap();
-        assert!(
-            a.status.success() && b_status.success(),
-            "{}: host a:\n{}\nhost b:\n{b_err}",
-            trace.display(),
-            String::from_utf8_lossy(&a.stderr)
-        );
+        // Either may start first: b connects to the root's control address until it
+        // listens, and the root reads its input only once b has said hello.
+        hosts.wait_link_up();
+        let b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+        let a = HostProc::spawn("a", host_cmd(&hosts.a, "a", 0, &chain_file, dir.path()));
+        wait_all(&trace, vec![a, b], RUN_LIMIT);
 
         // The COE checker: outputs and alerts equivalent to the ideal chain.
         let run_ev = dir.path().join("run.jsonl");

@@ -148,8 +148,34 @@ pub struct RootControl {
     peers: Arc<Mutex<Vec<(String, TcpStream)>>>,
     connected: Arc<AtomicUsize>,
     lost: Arc<AtomicBool>,
+    /// Set before FINISH goes out: a connection that closes from then on closed because
+    /// its host finished, however late the root looks at [`RootControl::lost`].
+    finishing: Arc<AtomicBool>,
+    /// Connections whose reader saw them close.
+    closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the accept loop and its readers share with the [`RootControl`].
+struct Flags {
+    connected: Arc<AtomicUsize>,
+    lost: Arc<AtomicBool>,
+    finishing: Arc<AtomicBool>,
+    closed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Flags {
+    fn clone_all(&self) -> Flags {
+        Flags {
+            connected: self.connected.clone(),
+            lost: self.lost.clone(),
+            finishing: self.finishing.clone(),
+            closed: self.closed.clone(),
+            stop: self.stop.clone(),
+        }
+    }
 }
 
 impl RootControl {
@@ -166,17 +192,21 @@ impl RootControl {
         let listener = TcpListener::bind(addr).map_err(io)?;
         listener.set_nonblocking(true).map_err(io)?;
         let peers: Arc<Mutex<Vec<(String, TcpStream)>>> = Arc::default();
-        let connected = Arc::new(AtomicUsize::new(0));
-        let lost = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            connected: Arc::new(AtomicUsize::new(0)),
+            lost: Arc::new(AtomicBool::new(false)),
+            finishing: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let stop = flags.stop.clone();
         let mut threads = Vec::new();
         {
-            let (peers, connected, lost, stop) =
-                (peers.clone(), connected.clone(), lost.clone(), stop.clone());
+            let (peers, flags) = (peers.clone(), flags.clone_all());
             threads.push(
                 std::thread::Builder::new()
                     .name("control-accept".into())
-                    .spawn(move || accept_loop(listener, inbox, peers, connected, lost, stop))
+                    .spawn(move || accept_loop(listener, inbox, peers, flags))
                     .map_err(io)?,
             );
         }
@@ -208,8 +238,10 @@ impl RootControl {
         Ok(RootControl {
             addr: addr.to_string(),
             peers,
-            connected,
-            lost,
+            connected: flags.connected,
+            lost: flags.lost,
+            finishing: flags.finishing,
+            closed: flags.closed,
             stop,
             threads,
         })
@@ -239,8 +271,16 @@ impl RootControl {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// Connections that have closed (for whatever reason).
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Tells every host to stop.
     pub fn finish(&self) {
+        // First: a host closes its connection as soon as it has FINISH, possibly before
+        // this thread gets to look at `lost`.
+        self.finishing.store(true, Ordering::Release);
         let mut out = Vec::new();
         frame(&mut out, FINISH, &[]);
         for (_, s) in self
@@ -271,12 +311,10 @@ fn accept_loop(
     listener: TcpListener,
     inbox: Arc<Inbox>,
     peers: Arc<Mutex<Vec<(String, TcpStream)>>>,
-    connected: Arc<AtomicUsize>,
-    lost: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    flags: Flags,
 ) {
     let mut readers = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !flags.stop.load(Ordering::Relaxed) {
         let Ok((s, _)) = listener.accept() else {
             std::thread::sleep(Duration::from_millis(5));
             continue;
@@ -284,13 +322,7 @@ fn accept_loop(
         let _ = s.set_nonblocking(false);
         let _ = s.set_nodelay(true);
         let Ok(mut r) = s.try_clone() else { continue };
-        let (inbox, peers, connected, lost, stop) = (
-            inbox.clone(),
-            peers.clone(),
-            connected.clone(),
-            lost.clone(),
-            stop.clone(),
-        );
+        let (inbox, peers, flags) = (inbox.clone(), peers.clone(), flags.clone_all());
         readers.push(std::thread::spawn(move || {
             let mut hello = false;
             loop {
@@ -301,7 +333,7 @@ fn accept_loop(
                             String::from_utf8_lossy(&name).into_owned(),
                             s.try_clone().expect("clone"),
                         ));
-                        connected.fetch_add(1, Ordering::AcqRel);
+                        flags.connected.fetch_add(1, Ordering::AcqRel);
                     }
                     Ok(Some((DELETES, p))) if hello => match decode_deletes(&p) {
                         Ok(v) => v.into_iter().for_each(|d| inbox.deletes.push(d)),
@@ -314,9 +346,10 @@ fn accept_loop(
                     _ => break,
                 }
             }
-            if !stop.load(Ordering::Relaxed) {
-                lost.store(true, Ordering::Release);
+            if !flags.stop.load(Ordering::Relaxed) && !flags.finishing.load(Ordering::Acquire) {
+                flags.lost.store(true, Ordering::Release);
             }
+            flags.closed.fetch_add(1, Ordering::AcqRel);
         }));
     }
     drop(readers);
@@ -542,6 +575,48 @@ mod tests {
         root.finish();
         wait("finish", || fin.load(Ordering::Acquire));
         assert!(!root.lost());
+    }
+
+    fn pair() -> (RootControl, PeerControl) {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap().to_string();
+        drop(probe);
+        let root = RootControl::listen(&addr, Arc::default(), Arc::new(AtomicU64::new(0))).unwrap();
+        let peer = PeerControl::connect(
+            &addr,
+            "b",
+            Arc::new(SegQueue::new()),
+            Box::new(FakeStore {
+                commits: Arc::default(),
+                retired: Arc::default(),
+            }),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        root.wait_peers(1, Duration::from_secs(5)).unwrap();
+        (root, peer)
+    }
+
+    #[test]
+    fn a_host_that_leaves_after_finish_is_not_lost_however_late_the_root_looks() {
+        let (root, peer) = pair();
+        let fin = peer.finished();
+        root.finish();
+        wait("finish", || fin.load(Ordering::Acquire));
+        // The host stops and closes its connection before the root asks.
+        drop(peer);
+        wait("close seen", || root.closed() == 1);
+        assert!(!root.lost());
+    }
+
+    #[test]
+    fn a_host_that_leaves_before_finish_is_lost() {
+        let (root, peer) = pair();
+        drop(peer);
+        wait("close seen", || root.closed() == 1);
+        assert!(root.lost());
+        root.finish();
+        assert!(root.lost(), "FINISH afterwards does not excuse it");
     }
 
     #[test]

@@ -359,6 +359,12 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         }
     }
     let eal_line = args.to_string();
+    // The store: in this process; other hosts have their own for their vertices. Started
+    // before the EAL pins this thread to the main lcore's CPU, so that its shard threads
+    // keep the process's CPUs: a store host's work does not take turns with the polling
+    // lcore on one CPU (where it would only run when the lcore is preempted).
+    let store = Store::start(StoreConfig::in_memory(chain.store.shards))
+        .map_err(|e| DpdkError::Store(e.to_string()))?;
     let eal = Eal::init(&args)?;
     let main = eal.main_lcore();
     let workers = lcore::workers()?;
@@ -471,10 +477,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         link_queues.push((s.rx.remove(0), s.tx.remove(0), mac, l.peer_mac));
     }
 
-    // The store: in this process; other hosts have their own for their vertices.
     let local_instances = plan.runs_instances();
-    let store = Store::start(StoreConfig::in_memory(chain.store.shards))
-        .map_err(|e| DpdkError::Store(e.to_string()))?;
 
     let shared_watermark = Arc::new(AtomicU64::new(0));
     let inbox = Arc::new(Inbox::default());
@@ -755,6 +758,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 lines: Vec::new(),
                 events_written: 0,
                 hist: histogram(),
+                lat_pending: Vec::with_capacity(64),
                 clock,
                 pool,
                 jumbo,
@@ -1139,9 +1143,12 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
         packets_written: 0,
         events: 0,
         latency_p50_us: 0.0,
+        latency_p75_us: 0.0,
         latency_p99_us: 0.0,
         elapsed_s: elapsed.as_secs_f64(),
         vertices: Vec::new(),
+        moves: Vec::new(),
+        clone: None,
     };
     for r in reports {
         let _ = hist.add(&r.hist);
@@ -1168,6 +1175,7 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
         }
     }
     s.latency_p50_us = hist.value_at_quantile(0.5) as f64 / 1e3;
+    s.latency_p75_us = hist.value_at_quantile(0.75) as f64 / 1e3;
     s.latency_p99_us = hist.value_at_quantile(0.99) as f64 / 1e3;
     s.vertices = vertices;
     s

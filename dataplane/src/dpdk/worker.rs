@@ -245,6 +245,11 @@ pub struct Io {
     pub lines: Vec<String>,
     pub events_written: u64,
     pub hist: Histogram<u64>,
+    /// Packets that left (or ended) in this iteration and wait for their end time, as
+    /// (admission TSC, packets). One TSC read at [`Io::flush`] ends them all, right before
+    /// transmission; packets of one input burst share their admission time, so one entry
+    /// usually stands for a whole burst and one histogram update records it.
+    pub lat_pending: Vec<(u64, u64)>,
     pub clock: WallClock,
     pub pool: Mempool,
     pub jumbo: Mempool,
@@ -371,9 +376,25 @@ impl Io {
         }
     }
 
+    #[inline]
     fn latency(&mut self, meta: &PktMeta) {
-        let ns = self.clock.ns(lcore::tsc().wrapping_sub(meta.t0));
-        let _ = self.hist.record(ns.max(1));
+        match self.lat_pending.last_mut() {
+            Some((t0, n)) if *t0 == meta.t0 => *n += 1,
+            _ => self.lat_pending.push((meta.t0, 1)),
+        }
+    }
+
+    /// Ends the pending latencies now.
+    fn record_latencies(&mut self) {
+        if self.lat_pending.is_empty() {
+            return;
+        }
+        let now = lcore::tsc();
+        for &(t0, n) in &self.lat_pending {
+            let ns = self.clock.ns(now.wrapping_sub(t0));
+            let _ = self.hist.record_n(ns.max(1), n);
+        }
+        self.lat_pending.clear();
     }
 
     /// The end of a copy that does not leave the chain (a drop, an off-path branch).
@@ -418,6 +439,7 @@ impl Io {
 
     /// Sends everything staged. Returns packets transmitted.
     fn flush(&mut self) -> u64 {
+        self.record_latencies();
         for r in &mut self.rings {
             flush_ring(r);
         }
@@ -953,6 +975,7 @@ impl Worker {
     }
 
     fn finish(mut self) -> Report {
+        self.io.record_latencies();
         for t in &mut self.tasks {
             t.inst.sync();
         }
