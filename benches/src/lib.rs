@@ -2,6 +2,7 @@
 
 pub mod coe;
 pub mod dpdkbench;
+pub mod dynamics;
 pub mod nfbench;
 pub mod results;
 pub mod store;

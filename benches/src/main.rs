@@ -31,6 +31,9 @@ enum Cmd {
     Store(chc_bench::store::StoreArgs),
     /// The DPDK dataplane on one lcore vs dpdk-testpmd, and its chains against each other.
     Dpdk(chc_bench::dpdkbench::DpdkArgs),
+    /// Timings under dynamics (state move, NF/root/store recovery, FTMB-style pauses), each
+    /// beside the CHC paper's figure.
+    Dynamics(chc_bench::dynamics::DynamicsArgs),
 }
 
 fn main() -> Result<()> {
@@ -91,5 +94,6 @@ fn main() -> Result<()> {
         }
         Cmd::Store(a) => chc_bench::store::run(&a),
         Cmd::Dpdk(a) => chc_bench::dpdkbench::run(&a),
+        Cmd::Dynamics(a) => chc_bench::dynamics::run_dynamics(&a).map(|_| ()),
     }
 }
