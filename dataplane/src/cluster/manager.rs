@@ -378,11 +378,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                 data,
             });
         }
-        if !batch.is_empty() {
-            unacked.extend(batch.iter().cloned());
-            source.send(&Frame::Packets(batch));
-        }
-        // A new root: send it everything not acknowledged, in order.
+        // A new root: send it everything not acknowledged, in order, before anything new.
         if source.connections != source_conns {
             if source_conns > 0 && !unacked.is_empty() {
                 let all: Vec<LinkPkt> = unacked.iter().cloned().collect();
@@ -392,6 +388,10 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                 source.send(&Frame::Eof(Peer::Source));
             }
             source_conns = source.connections;
+        }
+        if !batch.is_empty() {
+            unacked.extend(batch.iter().cloned());
+            source.send(&Frame::Packets(batch));
         }
         source.flush();
         if input_done && !eof_sent {

@@ -17,6 +17,10 @@ use chc_store::Value;
 use nfs::packet::Packet;
 use std::time::{Duration, Instant};
 
+/// How far behind the newest ingress sequence number a repeated one may come (the source's
+/// window is far smaller).
+const TAKEN_SPAN: usize = 4096;
+
 pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
     let chain = plan.chain()?;
     let cfg = RootConfig {
@@ -98,6 +102,9 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
     let mut input_done = false;
     let mut eof_sent = false;
     let mut source_conn = None;
+    // Ingress sequence numbers admitted or skipped (all of them up to the floor).
+    let mut taken: std::collections::HashSet<u64> = Default::default();
+    let mut taken_floor = 0u64;
     let mut drained_sent = false;
     let mut store_reconnects = store.stats.reconnects;
     let route = |p: &mut LinkPkt| -> usize {
@@ -170,6 +177,15 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
                 break;
             };
             hi = p.seq;
+            // On reconnecting, the source sends again everything not acknowledged: a batch
+            // sent while it reconnected to this root comes twice (possibly out of order).
+            if p.seq <= taken_floor || !taken.insert(p.seq) {
+                continue;
+            }
+            if taken.len() > 8 * TAKEN_SPAN {
+                taken_floor = p.seq.saturating_sub(TAKEN_SPAN as u64);
+                taken.retain(|&s| s > taken_floor);
+            }
             let i = route(&mut p);
             if p.seq <= skip[i] {
                 continue;
