@@ -150,6 +150,18 @@ struct Cluster<'a> {
     report: ClusterReport,
 }
 
+/// A run that ends early (an error, a missed deadline) takes its processes with it.
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            if matches!(p.child.try_wait(), Ok(None)) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
 impl<'a> Cluster<'a> {
     fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
         let (name, mut cmd) = match what {
@@ -524,5 +536,5 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         let _ = p.child.wait();
     }
     c.report.elapsed_s = started.elapsed().as_secs_f64();
-    Ok(c.report)
+    Ok(std::mem::take(&mut c.report))
 }
