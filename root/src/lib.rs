@@ -97,7 +97,9 @@ impl Root {
         Root {
             cfg,
             counter: start.max(1),
-            log: HashMap::with_capacity(cfg.log_limit.min(1 << 20)),
+            // Grown to the high-water mark, not sized for the limit: a table sized for 64 K
+            // packets while a few hundred are in flight costs a cache miss per lookup.
+            log: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
             persisted: 0,
