@@ -20,8 +20,9 @@ fn traces() -> Vec<PathBuf> {
     v
 }
 
-fn check(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
-    let r = coe(&CoeArgs {
+/// One `chc-bench coe` run of the paper's chain; panics if it could not run.
+fn run_coe(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
+    coe(&CoeArgs {
         chain: None,
         trace: trace.to_path_buf(),
         scenario: scenario.into(),
@@ -29,7 +30,11 @@ fn check(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
         json: None,
         keep: None,
     })
-    .unwrap_or_else(|e| panic!("{} {scenario}: {e:#}", trace.display()));
+    .unwrap_or_else(|e| panic!("{} {scenario}: {e:#}", trace.display()))
+}
+
+fn check(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
+    let r = run_coe(trace, scenario, seed);
     assert!(
         r.equivalent,
         "{} under {scenario} (seed {seed}) is not equivalent: {:#?}",
@@ -135,15 +140,7 @@ fn a_clone_without_duplicate_suppression_duplicates_output() {
     let t = synthetic(d.path(), 30_000, 2_000);
     // Seeds 1 and 2 clone an on-path vertex (the choice is seeded).
     for seed in 1..=2 {
-        let r = coe(&CoeArgs {
-            chain: None,
-            trace: t.clone(),
-            scenario: "straggler-nodedup".into(),
-            seed,
-            json: None,
-            keep: None,
-        })
-        .unwrap();
+        let r = run_coe(&t, "straggler-nodedup", seed);
         assert!(
             !r.equivalent && r.extra_in_run > 0,
             "seed {seed}: duplicates went unnoticed ({} extra)",
@@ -161,15 +158,7 @@ fn a_naive_move_loses_state() {
     let t = synthetic(d.path(), 30_000, 2_000);
     let mut bad = 0;
     for seed in 1..=2 {
-        let r = coe(&CoeArgs {
-            chain: None,
-            trace: t.clone(),
-            scenario: "naive-move".into(),
-            seed,
-            json: None,
-            keep: None,
-        })
-        .unwrap();
+        let r = run_coe(&t, "naive-move", seed);
         if !r.equivalent {
             bad += 1;
         }
@@ -303,23 +292,12 @@ fn the_checker_catches_differences() {
 
 /// Real processes (store, root, every instance) with SIGKILL at a seeded point under load:
 /// each failure scenario once on every trace, equivalent to the ideal chain byte for byte.
-fn crash_on_every_trace(scenario: &str, seed_base: u64, known: &[&str]) {
+fn crash_on_every_trace(scenario: &str, seed_base: u64) {
     let mut failed = Vec::new();
     for (i, t) in traces().iter().enumerate() {
         let name = t.file_name().unwrap().to_string_lossy().to_string();
-        if known.contains(&name.as_str()) {
-            continue;
-        }
         let seed = seed_base + i as u64;
-        let r = coe(&CoeArgs {
-            chain: None,
-            trace: t.clone(),
-            scenario: scenario.into(),
-            seed,
-            json: None,
-            keep: None,
-        })
-        .unwrap_or_else(|e| panic!("{name} {scenario}: {e:#}"));
+        let r = run_coe(t, scenario, seed);
         assert!(
             !r.recoveries.is_empty(),
             "{name} under {scenario}: nothing was killed"
@@ -340,12 +318,12 @@ fn crash_on_every_trace(scenario: &str, seed_base: u64, known: &[&str]) {
 
 #[test]
 fn nf_crash_is_equivalent_on_every_trace() {
-    crash_on_every_trace("nf-crash", 100, &[]);
+    crash_on_every_trace("nf-crash", 100);
 }
 
 #[test]
 fn root_crash_is_equivalent_on_every_trace() {
-    crash_on_every_trace("root-crash", 200, &[]);
+    crash_on_every_trace("root-crash", 200);
 }
 
 /// The seed that once made a new root forward an ingress batch twice (the source resent a
@@ -362,13 +340,13 @@ fn root_crash_on_the_largest_trace() {
 #[test]
 #[ignore = "a run on one of the 11 traces can miss its deadline under load (seen once in 2 runs); run with --run-ignored"]
 fn store_crash_is_equivalent_on_every_trace() {
-    crash_on_every_trace("store-crash", 300, &[]);
+    crash_on_every_trace("store-crash", 300);
 }
 
 #[test]
 #[ignore = "not yet reliable under load (9 of 10 seeds equivalent in the last sweep under load); run with --run-ignored"]
 fn correlated_instance_crashes_are_equivalent_on_every_trace() {
-    crash_on_every_trace("correlated", 400, &[]);
+    crash_on_every_trace("correlated", 400);
 }
 
 /// Table 3.11: the combinations that cannot be recovered are refused before anything runs.

@@ -252,6 +252,22 @@ pub struct Pkt {
     pub twin: bool,
 }
 
+impl Pkt {
+    /// A copy of this packet in `data` (a recycled buffer or a new one).
+    fn copy_into(&self, mut data: Vec<u8>) -> Pkt {
+        data.extend_from_slice(&self.data);
+        Pkt {
+            data,
+            wire_len: self.wire_len,
+            ts_ns: self.ts_ns,
+            meta: self.meta,
+            weight: self.weight,
+            t0: self.t0,
+            twin: self.twin,
+        }
+    }
+}
+
 enum ToInstance {
     Batch(Vec<Pkt>),
     Eof,
@@ -310,9 +326,7 @@ fn bucket_of(pkt: &mut Pkt, key: PartitionKey) -> usize {
 
 impl Downstream {
     fn route(&mut self, mut pkt: Pkt) {
-        if self.board.epoch.load(Ordering::Acquire) != self.applied {
-            self.apply_moves();
-        }
+        self.follow_orders();
         let slot = self.table[bucket_of(&mut pkt, self.key)];
         if pkt.meta.flags.has(MetaFlags::REPLAY) {
             // A replayed packet goes only where it leads to the clone.
@@ -328,25 +342,35 @@ impl Downstream {
         }
         if let Some((of, clone)) = self.twin {
             if slot == of {
-                let copy = Pkt {
-                    data: pkt.data.clone(),
-                    wire_len: pkt.wire_len,
-                    ts_ns: pkt.ts_ns,
-                    meta: pkt.meta,
-                    weight: pkt.weight,
-                    t0: pkt.t0,
-                    twin: true,
-                };
+                let mut copy = pkt.copy_into(Vec::new());
+                copy.twin = true;
                 self.pending[usize::from(clone)].push(copy);
             }
         }
         self.pending[usize::from(slot) % self.txs.len()].push(pkt);
     }
 
+    /// Applies the orders published since the last look (one atomic load when there are
+    /// none).
+    fn follow_orders(&mut self) {
+        if self.board.epoch.load(Ordering::Acquire) != self.applied {
+            self.apply_orders();
+        }
+    }
+
+    /// Sends what is pending for `slot`, then `mark` behind it.
+    fn mark(&mut self, slot: usize, mark: ToInstance) {
+        let q = std::mem::take(&mut self.pending[slot]);
+        if !q.is_empty() {
+            let _ = self.txs[slot].send(ToInstance::Batch(q));
+        }
+        let _ = self.txs[slot].send(mark);
+    }
+
     /// Switches this splitter's table for moves published since the last look: what was
     /// routed to the old instance goes first, then the "last" mark; the "first" mark leads
     /// the moved buckets at the new instance.
-    fn apply_moves(&mut self) {
+    fn apply_orders(&mut self) {
         let orders: Vec<Order> = {
             let g = self.board.orders.lock();
             g[self.applied..].to_vec()
@@ -363,13 +387,8 @@ impl Downstream {
                 }
                 Order::Retire { keep, drop } => {
                     self.twin = None;
-                    for (slot, mark) in [(drop, ToInstance::Retired), (keep, ToInstance::TwinEnd)] {
-                        let q = std::mem::take(&mut self.pending[usize::from(slot)]);
-                        if !q.is_empty() {
-                            let _ = self.txs[usize::from(slot)].send(ToInstance::Batch(q));
-                        }
-                        let _ = self.txs[usize::from(slot)].send(mark);
-                    }
+                    self.mark(usize::from(drop), ToInstance::Retired);
+                    self.mark(usize::from(keep), ToInstance::TwinEnd);
                     for e in self.table.iter_mut() {
                         if *e == drop {
                             *e = keep;
@@ -380,11 +399,7 @@ impl Downstream {
             };
             let (from, to) = (usize::from(m.from), usize::from(m.to));
             if m.handover {
-                let q = std::mem::take(&mut self.pending[from]);
-                if !q.is_empty() {
-                    let _ = self.txs[from].send(ToInstance::Batch(q));
-                }
-                let _ = self.txs[from].send(ToInstance::Last(m.clone()));
+                self.mark(from, ToInstance::Last(m.clone()));
             }
             for (b, slot) in self.table.iter_mut().enumerate() {
                 if m.has(b) {
@@ -399,9 +414,7 @@ impl Downstream {
 
     /// Sends everything and the end of input (after any move not yet marked).
     fn finish(&mut self) {
-        if self.board.epoch.load(Ordering::Acquire) != self.applied {
-            self.apply_moves();
-        }
+        self.follow_orders();
         self.flush(true);
         for tx in &self.txs {
             let _ = tx.send(ToInstance::Eof);
@@ -560,7 +573,7 @@ impl Instance {
                     let e = self.lasts.entry(m.id).or_insert((0, Instant::now()));
                     e.0 += 1;
                     if e.0 == self.senders {
-                        if self.incoming.iter().all(|i| i.released) {
+                        if self.settled_in() {
                             self.hand_over(&m);
                         } else {
                             // Packets held for an earlier move may be of these buckets:
@@ -617,7 +630,7 @@ impl Instance {
                     }
                 }
             }
-            if eofs >= self.senders && self.incoming.iter().all(|i| i.released) {
+            if eofs >= self.senders && self.settled_in() {
                 break;
             }
         }
@@ -652,9 +665,14 @@ impl Instance {
         }
     }
 
+    /// No move to this instance is waiting for its old instance.
+    fn settled_in(&self) -> bool {
+        self.incoming.iter().all(|i| i.released)
+    }
+
     /// Keeps a packet of a bucket still moving here (handover step 4); returns the others.
     fn hold(&mut self, mut pkt: Pkt) -> Option<Pkt> {
-        if self.incoming.iter().all(|i| i.released) {
+        if self.settled_in() {
             return Some(pkt);
         }
         let b = bucket_of(&mut pkt, self.key);
@@ -714,7 +732,7 @@ impl Instance {
             handover_us: 0.0,
             held: n,
         });
-        if self.incoming.iter().all(|i| i.released) {
+        if self.settled_in() {
             let p = self.incoming[i].m.parallelism;
             self.inst.set_parallelism(p);
             for m in std::mem::take(&mut self.deferred) {
@@ -771,7 +789,7 @@ impl Instance {
         }
         if replayed {
             lines.truncate(mark);
-            if verdict == Verdict::Drop || (self.next.is_none()) {
+            if verdict == Verdict::Drop || self.next.is_none() {
                 recycle(&self.pool, pkt.data);
                 return;
             }
@@ -788,20 +806,9 @@ impl Instance {
             if replayed {
                 continue;
             }
-            let mut data = self.pool.pop().unwrap_or_default();
-            data.extend_from_slice(&pkt.data);
-            let copy = Pkt {
-                data,
-                wire_len: pkt.wire_len,
-                ts_ns: pkt.ts_ns,
-                meta: ChcMeta {
-                    vector: 0,
-                    ..pkt.meta
-                },
-                weight: w,
-                t0: pkt.t0,
-                twin: pkt.twin,
-            };
+            let mut copy = pkt.copy_into(self.pool.pop().unwrap_or_default());
+            copy.meta.vector = 0;
+            copy.weight = w;
             self.taps[i].route(copy);
         }
         match self.next.as_mut() {
@@ -882,12 +889,15 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     // Instances per vertex: live at the start, and at most (with every scale-out).
     let live0: Vec<u16> = chain.vertices.iter().map(|v| v.parallelism).collect();
     let mut most = live0.clone();
+    // The vertex of each scaling step.
+    let mut step_vertex = Vec::with_capacity(opts.scaling.len());
     for st in &opts.scaling {
         let vi = chain
             .vertices
             .iter()
             .position(|v| v.name == st.vertex)
             .ok_or_else(|| RunError::Nf(format!("scaling: no vertex {:?}", st.vertex)))?;
+        step_vertex.push(vi);
         match st.action {
             ScaleAction::Out => most[vi] += 1,
             ScaleAction::In => {}
@@ -903,22 +913,23 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         }
     }
     // A straggler's clone takes the first spare slot of its vertex.
-    let cloning: Option<Arc<Cloning>> = opts.scaling.iter().find_map(|st| match st.action {
-        ScaleAction::Clone(of) => {
-            let vi = chain.vertices.iter().position(|v| v.name == st.vertex)?;
-            Some(Arc::new(Cloning {
-                vertex: vi,
-                of,
-                slot: live0[vi],
-                dedup: st.handover,
-                twins: Mutex::new(HashSet::new()),
-                wm: AtomicU64::new(0),
-                progress: [AtomicU64::new(0), AtomicU64::new(0)],
-                suppressed: AtomicU64::new(0),
-            }))
-        }
-        _ => None,
-    });
+    let cloning: Option<Arc<Cloning>> =
+        opts.scaling
+            .iter()
+            .zip(&step_vertex)
+            .find_map(|(st, &vi)| match st.action {
+                ScaleAction::Clone(of) => Some(Arc::new(Cloning {
+                    vertex: vi,
+                    of,
+                    slot: live0[vi],
+                    dedup: st.handover,
+                    twins: Mutex::new(HashSet::new()),
+                    wm: AtomicU64::new(0),
+                    progress: [AtomicU64::new(0), AtomicU64::new(0)],
+                    suppressed: AtomicU64::new(0),
+                })),
+                _ => None,
+            });
     // Which vertices lead to the clone's (they pass replayed packets on).
     let toward: Vec<bool> = (0..chain.vertices.len())
         .map(|u| {
@@ -951,20 +962,17 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         rxs.push(r);
         boards.push(Arc::new(Board::default()));
     }
-    let downstream = |to: usize| {
-        let even = Allocation::even(live0[to]);
-        Downstream {
-            txs: txs[to].clone(),
-            table: (0..BUCKETS).map(|b| even.instance(b)).collect(),
-            board: boards[to].clone(),
-            applied: 0,
-            key: chain.vertices[to].partition,
-            pending: (0..most[to]).map(|_| Vec::new()).collect(),
-            to,
-            cloning: cloning.clone(),
-            toward_clone: toward[to],
-            twin: None,
-        }
+    let downstream = |to: usize| Downstream {
+        txs: txs[to].clone(),
+        table: Allocation::even(live0[to]).entries(),
+        board: boards[to].clone(),
+        applied: 0,
+        key: chain.vertices[to].partition,
+        pending: (0..most[to]).map(|_| Vec::new()).collect(),
+        to,
+        cloning: cloning.clone(),
+        toward_clone: toward[to],
+        twin: None,
     };
     let (ctl_tx, ctl_rx) = channel::unbounded::<Ctl>();
 
@@ -1130,12 +1138,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut live = live0.clone();
     let mut tables: Vec<Vec<u16>> = live0
         .iter()
-        .map(|&n| {
-            let even = Allocation::even(n);
-            (0..BUCKETS).map(|b| even.instance(b)).collect()
-        })
+        .map(|&n| Allocation::even(n).entries())
         .collect();
-    let mut steps = opts.scaling.iter().peekable();
+    let mut steps = opts.scaling.iter().zip(step_vertex).peekable();
     let mut move_id = 0u64;
     // Clocks below this stay in the store's clock logs (a clone may re-do them).
     let mut hold: Option<u64> = None;
@@ -1158,12 +1163,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             }
             for _ in 0..room {
                 // The manager's scaling steps, at their exact place in the input.
-                while let Some(st) = steps.next_if(|st| stats.read >= st.after_packets) {
-                    let vi = chain
-                        .vertices
-                        .iter()
-                        .position(|v| v.name == st.vertex)
-                        .expect("checked above");
+                while let Some((st, vi)) = steps.next_if(|(st, _)| stats.read >= st.after_packets) {
                     if let (ScaleAction::Clone(_), Some(c)) = (st.action, cloning.as_ref()) {
                         // Copies of the straggler's traffic first, then the log: whatever is
                         // in flight reaches the clone one way or the other.
@@ -1384,10 +1384,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let unsettled = root.in_flight();
     if unsettled > 0 {
         let left: Vec<String> = root
-            .replay()
+            .logged_clocks()
             .iter()
             .take(5)
-            .map(|(c, _)| format!("{c:#x}"))
+            .map(|c| format!("{c:#x}"))
             .collect();
         eprintln!("chc-dataplane: never settled: {}", left.join(", "));
     }

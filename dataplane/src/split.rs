@@ -37,6 +37,11 @@ impl Allocation {
         self.table[bucket % BUCKETS].store(instance, Ordering::Relaxed);
     }
 
+    /// The table as plain entries (a splitter's own copy).
+    pub fn entries(&self) -> Vec<u16> {
+        (0..BUCKETS).map(|b| self.instance(b)).collect()
+    }
+
     pub fn buckets_of(&self, instance: u16) -> Vec<usize> {
         (0..BUCKETS)
             .filter(|&b| self.instance(b) == instance)
@@ -60,6 +65,12 @@ fn ip_word(ip: IpAddr) -> u64 {
     }
 }
 
+/// The hash of one host: a client or server split keeps all of a host's flows (and its
+/// host-keyed state) in one bucket.
+fn host_hash(ip: IpAddr) -> u64 {
+    mix(0, ip_word(ip))
+}
+
 /// A fixed hash of the packet's partition key (both directions of a connection agree).
 pub fn key_hash(pkt: &Packet<'_>, key: PartitionKey) -> u64 {
     match pkt.five_tuple() {
@@ -69,7 +80,7 @@ pub fn key_hash(pkt: &Packet<'_>, key: PartitionKey) -> u64 {
             let (a, b) = (pkt.hdr.src.min(pkt.hdr.dst), pkt.hdr.src.max(pkt.hdr.dst));
             match key {
                 PartitionKey::Flow => mix(mix(ip_word(a), ip_word(b)), u64::from(pkt.hdr.proto)),
-                PartitionKey::Client | PartitionKey::Server => mix(0, ip_word(a)),
+                PartitionKey::Client | PartitionKey::Server => host_hash(a),
             }
         }
     }
@@ -82,8 +93,8 @@ pub fn tuple_hash(t: &FiveTuple, key: PartitionKey) -> u64 {
             let h = mix(mix(ip_word(c.src), ip_word(c.dst)), u64::from(c.proto));
             mix(h, u64::from(c.sport) << 16 | u64::from(c.dport))
         }
-        PartitionKey::Client => mix(0, ip_word(if client_is_src(t) { t.src } else { t.dst })),
-        PartitionKey::Server => mix(0, ip_word(if client_is_src(t) { t.dst } else { t.src })),
+        PartitionKey::Client => host_hash(if client_is_src(t) { t.src } else { t.dst }),
+        PartitionKey::Server => host_hash(if client_is_src(t) { t.dst } else { t.src }),
     }
 }
 
@@ -103,7 +114,7 @@ pub fn key_bucket(kind: KeyKind, sub: &[u8], key: PartitionKey) -> Option<usize>
                 16 => IpAddr::from(<[u8; 16]>::try_from(sub).ok()?),
                 _ => return None,
             };
-            Some(bucket(mix(0, ip_word(ip))))
+            Some(bucket(host_hash(ip)))
         }
         _ => None,
     }

@@ -234,6 +234,13 @@ impl Root {
             .unwrap_or_else(|| self.clock_of(self.counter))
     }
 
+    /// The clocks still logged, in order.
+    pub fn logged_clocks(&self) -> Vec<u64> {
+        let mut clocks: Vec<u64> = self.log.keys().copied().collect();
+        clocks.sort_unstable();
+        clocks
+    }
+
     /// The logged packets in clock order, for replay.
     ///
     /// Accounting carries over: copies that completed before the replay have reported; a
@@ -241,8 +248,7 @@ impl Root {
     /// without reporting, and the copies that were lost report when the replay brings them
     /// to a terminal. Weights and vectors therefore add up once per copy.
     pub fn replay(&mut self) -> Vec<(u64, Logged)> {
-        let mut clocks: Vec<u64> = self.log.keys().copied().collect();
-        clocks.sort_unstable();
+        let clocks = self.logged_clocks();
         self.stats.replayed += clocks.len() as u64;
         clocks
             .into_iter()

@@ -437,12 +437,8 @@ impl StateClient {
         for k in &gone {
             self.local.remove(k);
             if k.per_flow {
-                let key = ObjKey {
-                    vertex: k.vertex,
-                    object: k.object,
-                    per_flow: true,
-                    sub: Bytes::copy_from_slice(k.sub.as_slice()),
-                };
+                let key =
+                    ObjKey::per_flow(k.vertex, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
                 let op = key.release(self.instance);
                 self.store_mut().submit(op);
             }
