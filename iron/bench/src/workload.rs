@@ -109,6 +109,11 @@ pub fn tcp_send(targets: &[SocketAddr], flows: usize, secs: f64) -> Result<u64> 
 /// Accepts TCP connections on `bind` and drains them for `secs` seconds; returns bytes read.
 pub fn tcp_recv(bind: SocketAddr, secs: f64) -> Result<u64> {
     let l = TcpListener::bind(bind).with_context(|| format!("binding TCP {bind}"))?;
+    tcp_serve(l, secs)
+}
+
+/// [`tcp_recv`] on a listener already bound.
+pub fn tcp_serve(l: TcpListener, secs: f64) -> Result<u64> {
     l.set_nonblocking(true)?;
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut total = 0u64;
@@ -158,9 +163,12 @@ mod tests {
 
     #[test]
     fn tcp_round_trip_on_loopback() {
-        let r = std::thread::spawn(|| tcp_recv("127.0.0.1:39412".parse().unwrap(), 1.0).unwrap());
+        // A port the system picks: a fixed one can be held by another test's connection.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let r = std::thread::spawn(move || tcp_serve(l, 1.0).unwrap());
         std::thread::sleep(Duration::from_millis(100));
-        let sent = tcp_send(&["127.0.0.1:39412".parse().unwrap()], 1, 0.3).unwrap();
+        let sent = tcp_send(&[addr], 1, 0.3).unwrap();
         let got = r.join().unwrap();
         assert!(sent > 0 && got > 0 && got <= sent, "sent {sent} got {got}");
     }
