@@ -23,8 +23,8 @@
 //! /proc, robust to other load on a shared machine), and the chain's per-packet latency
 //! (admission at the root to just before the transmitting burst) p50/p99 from its HDR
 //! histogram. Trials are interleaved and every figure is a median over repetitions.
-//! `--log-limit` sets the root's log capacity (the chain file's default is 65536): the
-//! root sizes its log table for it, which decides whether that table stays in cache.
+//! `--log-limit` sets the root's log capacity (the chain file's default is 65536); the root's
+//! log is a ring that grows to the packets in flight, so the limit only bounds it.
 
 use crate::results::{median, Better, Results, Row};
 use anyhow::{bail, Context, Result};
@@ -68,8 +68,8 @@ pub struct DpdkArgs {
     #[arg(long)]
     pub fwd_bench: Option<PathBuf>,
     /// The root's log capacity (`[root] log_limit`; default: the chain file's default,
-    /// 65536). The root sizes its log table for it up front, so a smaller one keeps the
-    /// table in cache; the trials keep 128 packets in flight.
+    /// 65536). The log grows to the packets in flight (the trials keep 128), so the limit
+    /// only bounds it.
     #[arg(long)]
     pub log_limit: Option<usize>,
 }

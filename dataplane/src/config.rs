@@ -140,7 +140,8 @@ fn default_shards() -> u32 {
 pub struct RootSection {
     #[serde(default = "default_root_id")]
     pub id: u16,
-    /// Packets the root log may hold.
+    /// How far (in clocks) the oldest packet in the root log may lag the newest before the
+    /// root stops taking input; with packets settling in order, the packets it holds.
     #[serde(default = "default_log_limit")]
     pub log_limit: usize,
     /// Persist the clock every this many packets.

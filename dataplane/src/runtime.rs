@@ -77,7 +77,7 @@ pub struct RunOptions {
     pub input: PathBuf,
     pub output: PathBuf,
     pub events: Option<PathBuf>,
-    /// Per-vertex delays, by vertex name.
+    /// Per-packet delays, by vertex name (every instance) or `NAME#I` (instance I only).
     pub delays: HashMap<String, Delay>,
     pub seed: u64,
     /// Print progress lines on stderr.
@@ -1014,7 +1014,12 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 out_tx: out_tx.clone(),
                 pool: pool.clone(),
                 // The clone runs elsewhere: it is not slowed like the straggler.
-                delay: opts.delays.get(&v.name).copied().filter(|_| i < live0[vi]),
+                delay: opts
+                    .delays
+                    .get(&format!("{}#{i}", v.name))
+                    .or_else(|| opts.delays.get(&v.name))
+                    .copied()
+                    .filter(|_| i < live0[vi]),
                 rng: opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ (u64::from(v.id) << 20 | u64::from(i))
                     | 1,
@@ -1152,11 +1157,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         let mut busy = false;
         // 1. Input, while the log has room (a pcap is replayed losslessly: wait, not drop).
         if !input_done && entry.pending_len() < BATCH * entry.txs.len() * 4 {
-            let mut room = chain
-                .root
-                .log_limit
-                .saturating_sub(root.in_flight())
-                .min(BATCH * 4);
+            let mut room = root.room().min(BATCH * 4);
             if let Some(r) = opts.rate_pps {
                 let due = (started.elapsed().as_secs_f64() * r as f64) as u64;
                 room = room.min(due.saturating_sub(stats.read) as usize);

@@ -9,12 +9,13 @@
 //!    commit notifications for the clock (Fig 3.9): every update the packet caused, blocking
 //!    or not, has been applied by the store.
 //!
-//! Until then the packet can be replayed after a failure. When the log holds `log_limit`
-//! packets the root drops new input (counted) rather than let queues grow without bound. The
-//! clock counter is persisted every `persist_every` packets; a new root resumes at the
-//! persisted value + `persist_every`, so clocks keep increasing across a root failure.
-
-use hashbrown::HashMap;
+//! Until then the packet can be replayed after a failure. The log is a ring indexed by the
+//! clock counter: a packet's slot is found by arithmetic, not by hashing, and consecutive
+//! packets sit in consecutive slots, so stamping and deleting touch memory the CPU has just
+//! used. When the oldest logged packet is `log_limit` clocks behind the next one the root drops
+//! new input (counted) rather than let queues grow without bound. The clock counter is
+//! persisted every `persist_every` packets; a new root resumes at the persisted value +
+//! `persist_every`, so clocks keep increasing across a root failure.
 
 /// The weight a root gives each packet.
 pub const FULL: u64 = 1 << 32;
@@ -22,10 +23,16 @@ pub const FULL: u64 = 1 << 32;
 /// Bits of the clock below the root id (as in the store).
 pub const ROOT_SHIFT: u32 = chc_store::shard::ROOT_SHIFT;
 
+const COUNTER_MASK: u64 = (1 << ROOT_SHIFT) - 1;
+
+/// Slots the ring starts with; it doubles when the packets in flight span more.
+const FIRST_RING: usize = 256;
+
 #[derive(Clone, Copy, Debug)]
 pub struct RootConfig {
     pub root_id: u16,
-    /// Packets the log may hold before input is dropped.
+    /// How far (in clocks) the oldest logged packet may lag the newest before input is
+    /// dropped; with every packet settling in order this is the number logged.
     pub log_limit: usize,
     /// Persist the clock every this many packets (n of §3.6.2).
     pub persist_every: u64,
@@ -42,19 +49,24 @@ impl Default for RootConfig {
 }
 
 /// A logged packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Logged {
     pub data: Vec<u8>,
     pub wire_len: u32,
     pub ts_ns: u64,
 }
 
+/// One slot of the ring. A slot keeps its packet buffer when it is freed, so a full ring
+/// stamps without allocating.
 #[derive(Debug, Default)]
 struct Entry {
-    slot: usize,
+    /// The clock logged here; meaningful only while `live`.
+    clock: u64,
+    live: bool,
     weight: u64,
     xor: u32,
     waived: bool,
+    pkt: Logged,
 }
 
 /// Counters a root keeps.
@@ -82,10 +94,14 @@ pub enum Settled {
 
 pub struct Root {
     cfg: RootConfig,
+    /// The next counter to stamp.
     counter: u64,
-    log: HashMap<u64, Entry>,
-    slots: Vec<Logged>,
-    free: Vec<usize>,
+    /// The oldest counter that may still be logged: every one below it has settled.
+    tail: u64,
+    /// Slot of counter `c` is `c & (ring.len() - 1)`; the length is a power of two.
+    ring: Vec<Entry>,
+    /// Packets logged.
+    live: usize,
     /// Counter value that must be persisted before it is exceeded.
     persisted: u64,
     pub stats: RootStats,
@@ -94,14 +110,16 @@ pub struct Root {
 impl Root {
     /// A root starting from clock counter `start` (1 for a fresh chain).
     pub fn new(cfg: RootConfig, start: u64) -> Root {
+        let start = start.max(1);
+        // Grown to the packets in flight, not sized for the limit: memory the chain never
+        // uses is neither allocated nor touched.
+        let first = FIRST_RING.min(cfg.log_limit.max(1).next_power_of_two());
         Root {
             cfg,
-            counter: start.max(1),
-            // Grown to the high-water mark, not sized for the limit: a table sized for 64 K
-            // packets while a few hundred are in flight costs a cache miss per lookup.
-            log: HashMap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            counter: start,
+            tail: start,
+            ring: (0..first).map(|_| Entry::default()).collect(),
+            live: 0,
             persisted: 0,
             stats: RootStats::default(),
         }
@@ -127,46 +145,70 @@ impl Root {
 
     /// Logged packets.
     pub fn in_flight(&self) -> usize {
-        self.log.len()
+        self.live
+    }
+
+    /// Packets `admit` takes before the log is full (the oldest logged packet holds the
+    /// window: packets behind it count whether they settled or not).
+    pub fn room(&self) -> usize {
+        self.cfg
+            .log_limit
+            .saturating_sub((self.counter - self.tail) as usize)
+    }
+
+    fn mask(&self) -> u64 {
+        self.ring.len() as u64 - 1
+    }
+
+    /// The slot holding `clock`, if it is logged.
+    fn slot(&self, clock: u64) -> Option<usize> {
+        if clock >> ROOT_SHIFT != u64::from(self.cfg.root_id) {
+            return None;
+        }
+        let c = clock & COUNTER_MASK;
+        if c < self.tail || c >= self.counter {
+            return None;
+        }
+        let i = (c & self.mask()) as usize;
+        let e = &self.ring[i];
+        (e.live && e.clock == clock).then_some(i)
+    }
+
+    /// Doubles the ring, keeping every logged packet at its counter's new slot.
+    fn grow(&mut self) {
+        let mut ring: Vec<Entry> = (0..self.ring.len() * 2).map(|_| Entry::default()).collect();
+        let (old, new) = (self.mask(), ring.len() as u64 - 1);
+        for c in self.tail..self.counter {
+            ring[(c & new) as usize] = std::mem::take(&mut self.ring[(c & old) as usize]);
+        }
+        self.ring = ring;
     }
 
     /// Stamps and logs a packet; `None` if the log is full (the packet is dropped).
     pub fn admit(&mut self, data: &[u8], wire_len: u32, ts_ns: u64) -> Option<u64> {
-        if self.log.len() >= self.cfg.log_limit {
+        if self.room() == 0 {
             self.stats.dropped_log_full += 1;
             return None;
         }
+        if (self.counter - self.tail) as usize == self.ring.len() {
+            self.grow();
+        }
         let clock = self.clock_of(self.counter);
+        let i = (self.counter & self.mask()) as usize;
         self.counter += 1;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                let l = &mut self.slots[s];
-                l.data.clear();
-                l.data.extend_from_slice(data);
-                l.wire_len = wire_len;
-                l.ts_ns = ts_ns;
-                s
-            }
-            None => {
-                self.slots.push(Logged {
-                    data: data.to_vec(),
-                    wire_len,
-                    ts_ns,
-                });
-                self.slots.len() - 1
-            }
-        };
-        self.log.insert(
-            clock,
-            Entry {
-                slot,
-                weight: 0,
-                xor: 0,
-                waived: false,
-            },
-        );
+        let e = &mut self.ring[i];
+        e.clock = clock;
+        e.live = true;
+        e.weight = 0;
+        e.xor = 0;
+        e.waived = false;
+        e.pkt.data.clear();
+        e.pkt.data.extend_from_slice(data);
+        e.pkt.wire_len = wire_len;
+        e.pkt.ts_ns = ts_ns;
+        self.live += 1;
         self.stats.stamped += 1;
-        self.stats.high_water = self.stats.high_water.max(self.log.len());
+        self.stats.high_water = self.stats.high_water.max(self.live);
         Some(clock)
     }
 
@@ -182,10 +224,11 @@ impl Root {
 
     /// A terminal's delete request for one copy of packet `clock`.
     pub fn on_delete(&mut self, clock: u64, weight: u64, vector: u32) -> Settled {
-        let Some(e) = self.log.get_mut(&clock) else {
+        let Some(i) = self.slot(clock) else {
             self.stats.orphan_deletes += 1;
             return Settled::Unknown;
         };
+        let e = &mut self.ring[i];
         e.weight += weight;
         if !e.waived {
             e.xor ^= vector;
@@ -198,47 +241,54 @@ impl Root {
             e.waived = true;
             e.xor = 0;
         }
-        self.settle(clock)
+        self.settle(i)
     }
 
     /// The store's notification that the update with `id` caused by `clock` was applied.
     pub fn on_commit(&mut self, clock: u64, id: u32) -> Settled {
-        let Some(e) = self.log.get_mut(&clock) else {
+        let Some(i) = self.slot(clock) else {
             self.stats.orphan_commits += 1;
             return Settled::Unknown;
         };
+        let e = &mut self.ring[i];
         if !e.waived {
             e.xor ^= id;
         }
-        self.settle(clock)
+        self.settle(i)
     }
 
-    fn settle(&mut self, clock: u64) -> Settled {
-        let e = &self.log[&clock];
-        if e.weight >= FULL && e.xor == 0 {
-            let e = self.log.remove(&clock).expect("present");
-            self.free.push(e.slot);
-            self.stats.deleted += 1;
-            Settled::Deleted
-        } else {
-            Settled::Pending
+    fn settle(&mut self, i: usize) -> Settled {
+        let e = &mut self.ring[i];
+        if e.weight < FULL || e.xor != 0 {
+            return Settled::Pending;
         }
+        e.live = false;
+        self.live -= 1;
+        self.stats.deleted += 1;
+        // Retire the settled prefix; each counter is passed once.
+        let mask = self.mask();
+        while self.tail < self.counter && !self.ring[(self.tail & mask) as usize].live {
+            self.tail += 1;
+        }
+        Settled::Deleted
+    }
+
+    /// Logged slots, oldest first.
+    fn logged(&self) -> impl Iterator<Item = &Entry> {
+        let mask = self.mask();
+        (self.tail..self.counter)
+            .map(move |c| &self.ring[(c & mask) as usize])
+            .filter(|e| e.live)
     }
 
     /// The oldest clock still logged (or the next one): clocks below it are retired.
     pub fn watermark(&self) -> u64 {
-        self.log
-            .keys()
-            .copied()
-            .min()
-            .unwrap_or_else(|| self.clock_of(self.counter))
+        self.clock_of(self.tail)
     }
 
     /// The clocks still logged, in order.
     pub fn logged_clocks(&self) -> Vec<u64> {
-        let mut clocks: Vec<u64> = self.log.keys().copied().collect();
-        clocks.sort_unstable();
-        clocks
+        self.logged().map(|e| e.clock).collect()
     }
 
     /// The logged packets in clock order, for replay.
@@ -248,12 +298,9 @@ impl Root {
     /// without reporting, and the copies that were lost report when the replay brings them
     /// to a terminal. Weights and vectors therefore add up once per copy.
     pub fn replay(&mut self) -> Vec<(u64, Logged)> {
-        let clocks = self.logged_clocks();
-        self.stats.replayed += clocks.len() as u64;
-        clocks
-            .into_iter()
-            .map(|c| (c, self.slots[self.log[&c].slot].clone()))
-            .collect()
+        let out: Vec<(u64, Logged)> = self.logged().map(|e| (e.clock, e.pkt.clone())).collect();
+        self.stats.replayed += out.len() as u64;
+        out
     }
 
     /// After the store came back from a failure, commit notifications it had not delivered
@@ -261,7 +308,7 @@ impl Root {
     /// packets' updates are applied. Their commit check is waived: they settle on their
     /// deletes' weights alone.
     pub fn waive_commits(&mut self) {
-        for e in self.log.values_mut() {
+        for e in self.ring.iter_mut().filter(|e| e.live) {
             e.xor = 0;
             e.waived = true;
         }
@@ -269,7 +316,7 @@ impl Root {
 
     /// A logged packet.
     pub fn get(&self, clock: u64) -> Option<&Logged> {
-        self.log.get(&clock).map(|e| &self.slots[e.slot])
+        self.slot(clock).map(|i| &self.ring[i].pkt)
     }
 }
 
@@ -330,7 +377,7 @@ mod tests {
         r.on_delete(a, FULL, 0);
         let d = r.admit(b"dd", 2, 0).unwrap();
         assert_eq!(r.get(d).unwrap().data, b"dd");
-        assert_eq!(r.slots.len(), 2, "the freed slot was reused");
+        assert_eq!(r.ring.len(), 2, "the freed slot was reused");
         assert_eq!(r.stats.high_water, 2);
     }
 
@@ -388,6 +435,76 @@ mod tests {
         r.waive_commits();
         assert_eq!(r.on_commit(c, 0x1234), Settled::Pending);
         assert_eq!(r.on_delete(c, FULL / 2, 0x99), Settled::Deleted);
+    }
+
+    #[test]
+    fn an_unsettled_packet_holds_the_window() {
+        let mut r = root(4);
+        let old = r.admit(b"old", 1, 0).unwrap();
+        for _ in 0..3 {
+            let c = r.admit(b"x", 1, 0).unwrap();
+            assert_eq!(r.on_delete(c, FULL, 0), Settled::Deleted);
+        }
+        // Only one packet is logged, but it is four clocks behind: input waits for it.
+        assert_eq!(r.in_flight(), 1);
+        assert!(r.admit(b"y", 1, 0).is_none());
+        assert_eq!(r.watermark(), old);
+        assert_eq!(r.on_delete(old, FULL, 0), Settled::Deleted);
+        let y = r.admit(b"y", 1, 0).unwrap();
+        assert_eq!(r.watermark(), y);
+    }
+
+    #[test]
+    fn clocks_of_another_root_or_outside_the_window_are_unknown() {
+        let mut r = root(8);
+        let c = r.admit(b"p", 1, 0).unwrap();
+        let other = (u64::from(4u16) << ROOT_SHIFT) | (c & COUNTER_MASK);
+        assert_eq!(r.on_delete(other, FULL, 0), Settled::Unknown);
+        assert_eq!(r.on_delete(c + 1, FULL, 0), Settled::Unknown);
+        assert_eq!(r.on_commit(c - 1, 1), Settled::Unknown);
+        assert_eq!(r.stats.orphan_deletes, 2);
+        assert_eq!(r.stats.orphan_commits, 1);
+        assert_eq!(r.on_delete(c, FULL, 0), Settled::Deleted);
+        assert_eq!(r.on_delete(c, FULL, 0), Settled::Unknown, "settled once");
+    }
+
+    proptest! {
+        /// The ring behaves as a map from clock to packet: whatever packets are admitted and
+        /// settled in whatever order (the ring growing on the way), the logged clocks, their
+        /// data, the watermark and the replay order are those of a plain ordered map.
+        #[test]
+        fn the_ring_is_an_ordered_map(steps in proptest::collection::vec((any::<bool>(), any::<u16>()), 1..600), limit in 1usize..700) {
+            let mut r = root(limit);
+            let mut model: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+            for (i, (add, pick)) in steps.into_iter().enumerate() {
+                if add || model.is_empty() {
+                    let data = (i as u32).to_le_bytes().to_vec();
+                    let oldest = model.keys().next().copied().unwrap_or(r.clock_of(r.counter));
+                    let full = r.clock_of(r.counter) - oldest >= limit as u64;
+                    prop_assert_eq!(r.room() == 0, full);
+                    match r.admit(&data, 4, 0) {
+                        Some(c) => {
+                            prop_assert!(!full);
+                            model.insert(c, data);
+                        }
+                        None => prop_assert!(full),
+                    }
+                } else {
+                    let c = *model.keys().nth(pick as usize % model.len()).unwrap();
+                    prop_assert_eq!(r.on_delete(c, FULL, 0), Settled::Deleted);
+                    model.remove(&c);
+                }
+                prop_assert_eq!(r.in_flight(), model.len());
+                let wm = model.keys().next().copied().unwrap_or(r.clock_of(r.counter));
+                prop_assert_eq!(r.watermark(), wm);
+            }
+            prop_assert_eq!(r.logged_clocks(), model.keys().copied().collect::<Vec<_>>());
+            for (c, d) in &model {
+                prop_assert_eq!(&r.get(*c).unwrap().data, d);
+            }
+            let replayed: Vec<(u64, Vec<u8>)> = r.replay().into_iter().map(|(c, l)| (c, l.data)).collect();
+            prop_assert_eq!(replayed, model.into_iter().collect::<Vec<_>>());
+        }
     }
 
     proptest! {

@@ -45,6 +45,26 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
         s.sync().map_err(|e| format!("store: {e}"))
     };
     subscribe(&mut store)?;
+    let entry = chain.entry;
+    let n = plan.instances[entry].len();
+    // Each entry instance answers on its own channel (only recovery reads them).
+    let (mut outs, replies): (Vec<Outlet>, Vec<_>) = plan.instances[entry]
+        .iter()
+        .map(|a| {
+            let (tx, rx) = crossbeam::channel::unbounded();
+            (Outlet::new(*a, Peer::Root).with_replies(tx), rx)
+        })
+        .unzip();
+    let alloc = Allocation::even(n as u16);
+    let key = chain.vertices[entry].partition;
+    if recover {
+        // Ask every entry instance what it already has before reading the clock: the
+        // answers travel while the store is read, so recovery takes one round trip.
+        for o in outs.iter_mut() {
+            o.wait_connected(Duration::from_secs(30));
+            o.send(&Frame::QuerySeq);
+        }
+    }
     let mut root = if recover {
         let r = store
             .call(clock_key.get())
@@ -61,24 +81,13 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
     } else {
         Root::new(cfg, 1)
     };
-    let entry = chain.entry;
-    let (rtx, rrx) = crossbeam::channel::unbounded();
-    let n = plan.instances[entry].len();
-    let mut outs: Vec<Outlet> = plan.instances[entry]
-        .iter()
-        .map(|a| Outlet::new(*a, Peer::Root).with_replies(rtx.clone()))
-        .collect();
-    let alloc = Allocation::even(n as u16);
-    let key = chain.vertices[entry].partition;
     // What the previous root delivered to each entry instance.
     let mut skip = vec![0u64; n];
     if recover {
-        for (i, o) in outs.iter_mut().enumerate() {
-            o.wait_connected(Duration::from_secs(30));
-            o.send(&Frame::QuerySeq);
-            let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, rx) in replies.iter().enumerate() {
             loop {
-                match rrx.recv_timeout(Duration::from_millis(100)) {
+                match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(In::Frame {
                         frame: Frame::SeqReport(s),
                         ..
@@ -172,7 +181,7 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
         // Admit input while the log has room (the source keeps what is not acknowledged, so a
         // full log makes it wait instead of losing packets).
         let mut hi = 0;
-        while root.in_flight() < cfg.log_limit {
+        while root.room() > 0 {
             let Some(mut p) = backlog.pop_front() else {
                 break;
             };

@@ -681,7 +681,11 @@ impl Worker {
         let before = r.root.in_flight();
         let mut burst = std::mem::replace(&mut self.scratch, Burst::with_capacity(0));
         let mut src = None;
-        if !r.input_done && r.window.saturating_sub(r.root.in_flight()) >= burst.capacity() {
+        let room = r
+            .window
+            .saturating_sub(r.root.in_flight())
+            .min(r.root.room());
+        if !r.input_done && room >= burst.capacity() {
             for k in 0..r.rx.len() {
                 r.rx[k].0.rx_burst(&mut burst);
                 if !burst.is_empty() {
