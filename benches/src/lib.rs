@@ -4,6 +4,7 @@ pub mod coe;
 pub mod dpdkbench;
 pub mod dynamics;
 pub mod nfbench;
+pub mod order;
 pub mod results;
 pub mod store;
 pub mod synth;

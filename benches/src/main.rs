@@ -34,6 +34,9 @@ enum Cmd {
     /// Timings under dynamics (state move, NF/root/store recovery, FTMB-style pauses), each
     /// beside the CHC paper's figure.
     Dynamics(chc_bench::dynamics::DynamicsArgs),
+    /// Chain-wide ordering (R4): planted Trojan signatures found with and without logical
+    /// clocks while upstream instances run slow.
+    Order(chc_bench::order::OrderArgs),
 }
 
 fn main() -> Result<()> {
@@ -95,5 +98,6 @@ fn main() -> Result<()> {
         Cmd::Store(a) => chc_bench::store::run(&a),
         Cmd::Dpdk(a) => chc_bench::dpdkbench::run(&a),
         Cmd::Dynamics(a) => chc_bench::dynamics::run_dynamics(&a).map(|_| ()),
+        Cmd::Order(a) => chc_bench::order::run_order(&a).map(|_| ()),
     }
 }

@@ -337,7 +337,7 @@ fn rehost(mut recs: Vec<pcapio::Record>, host: IpAddr) -> Result<Vec<pcapio::Rec
 }
 
 /// A generated FTP control session from `host` downloading one file of each type.
-fn ftp_session(host: IpAddr, types: &str, salt: u16) -> Result<Vec<pcapio::Record>> {
+pub fn ftp_session(host: IpAddr, types: &str, salt: u16) -> Result<Vec<pcapio::Record>> {
     let types: Vec<&str> = types
         .split(',')
         .map(str::trim)

@@ -75,7 +75,8 @@ struct RunArgs {
     /// Run every vertex in this mode (traditional, eo, eo-c, eo-c-na), overriding the chain file.
     #[arg(long)]
     mode: Option<String>,
-    /// Random per-packet delay at a vertex, NAME=MIN_US-MAX_US (repeatable).
+    /// Random per-packet delay at a vertex, NAME=MIN_US-MAX_US, or at one of its instances,
+    /// NAME#I=MIN_US-MAX_US (repeatable).
     #[arg(long = "delay", value_name = "NAME=MIN-MAX")]
     delays: Vec<String>,
     /// Seed for delays and other randomised choices.
@@ -212,7 +213,21 @@ fn main() -> Result<()> {
             let mut delays = HashMap::new();
             for d in &a.delays {
                 let (n, d) = parse_delay(d)?;
-                anyhow::ensure!(chain.vertex(&n).is_some(), "--delay: no vertex named {n:?}");
+                let (vertex, inst) = match n.split_once('#') {
+                    Some((v, i)) => (v, Some(i)),
+                    None => (n.as_str(), None),
+                };
+                let Some(v) = chain.vertex(vertex) else {
+                    anyhow::bail!("--delay: no vertex named {vertex:?}");
+                };
+                if let Some(i) = inst {
+                    let ok = i.parse::<u16>().is_ok_and(|i| i < v.parallelism);
+                    anyhow::ensure!(
+                        ok,
+                        "--delay {n}: {vertex} has instances 0 to {}",
+                        v.parallelism.saturating_sub(1)
+                    );
+                }
                 delays.insert(n, d);
             }
             let mut scaling = Vec::new();

@@ -13,6 +13,11 @@
 //! FTP control command `RETR <name>` whose extension names a file type; IRC = a SYN to an
 //! IRC port or a payload starting with an IRC command (NICK, USER, JOIN, PRIVMSG).
 //! Off-path: it alerts and reports the host as blocked; it never touches the main path.
+//!
+//! `order = "arrival"` is the baseline without chain-wide clocks (R4): observations are
+//! numbered in the order they reach this instance, as a framework without logical clocks
+//! would see them. Upstream NFs that run at different speeds reorder a host's flows on the
+//! way, and the detector then misses sequences that entered the chain in order.
 
 use crate::nf::{
     client_is_src, object, Cell, Ctx, Event, NetworkFunction, NfError, PartitionKey, Verdict,
@@ -41,6 +46,9 @@ pub struct Trojan {
     ftp_ports: Vec<u16>,
     irc_ports: Vec<u16>,
     files: Vec<String>,
+    /// Number observations by arrival here instead of by logical clock (the R4 baseline).
+    by_arrival: bool,
+    arrivals: u64,
 }
 
 impl Trojan {
@@ -48,7 +56,7 @@ impl Trojan {
         check_keys(
             c,
             "trojan",
-            &["ssh_ports", "ftp_ports", "irc_ports", "files"],
+            &["ssh_ports", "ftp_ports", "irc_ports", "files", "order"],
         )?;
         let files: Vec<String> = cfg_strings(c, "trojan", "files", &["html", "zip", "exe"])?
             .into_iter()
@@ -60,7 +68,20 @@ impl Trojan {
                 "files must list 1 to 16 file types",
             ));
         }
+        let by_arrival = match c.get("order") {
+            None => false,
+            Some(toml::Value::String(s)) if s == "clock" => false,
+            Some(toml::Value::String(s)) if s == "arrival" => true,
+            Some(v) => {
+                return Err(NfError::config(
+                    "trojan",
+                    format!("order must be \"clock\" or \"arrival\", not {v}"),
+                ))
+            }
+        };
         Ok(Trojan {
+            by_arrival,
+            arrivals: 0,
             ssh_ports: cfg_ports(c, "trojan", "ssh_ports", &[22])?,
             ftp_ports: cfg_ports(c, "trojan", "ftp_ports", &[21])?,
             irc_ports: cfg_ports(c, "trojan", "irc_ports", &[6667, 6697])?,
@@ -215,7 +236,13 @@ impl NetworkFunction for Trojan {
             .get(ctx, &host)?
             .map(|b| decode(&b))
             .unwrap_or_default();
-        if !add(&mut obs, kind, ctx.clock) {
+        let stamp = if self.by_arrival {
+            self.arrivals += 1;
+            self.arrivals
+        } else {
+            ctx.clock
+        };
+        if !add(&mut obs, kind, stamp) {
             return Ok(Verdict::Forward);
         }
         STAGES.set(ctx, &host, &encode(&obs))?;
@@ -278,5 +305,17 @@ mod tests {
         }
         assert!(d.signature(&fwd) && d.signature(&rev));
         assert_eq!(decode(&encode(&fwd)), fwd);
+    }
+
+    #[test]
+    fn order_is_clock_or_arrival() {
+        let mut c = toml::Table::new();
+        assert!(!t().by_arrival, "clocks by default");
+        c.insert("order".into(), "arrival".into());
+        assert!(Trojan::from_config(&c).unwrap().by_arrival);
+        c.insert("order".into(), "clock".into());
+        assert!(!Trojan::from_config(&c).unwrap().by_arrival);
+        c.insert("order".into(), "time".into());
+        assert!(Trojan::from_config(&c).is_err());
     }
 }

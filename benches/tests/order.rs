@@ -1,0 +1,33 @@
+//! Chain-wide ordering (R4): with upstream instances slowed, the Trojan detector finds every
+//! planted signature by logical clock, and misses some when it orders by arrival.
+
+use chc_bench::order::{trace, workload, Bed};
+use chc_dataplane::Delay;
+
+#[test]
+fn clocks_find_every_planted_signature_and_arrival_order_misses_some() {
+    let d = tempfile::tempdir().unwrap();
+    let hosts = 11;
+    let t = trace(d.path(), 8_000, hosts, 4).unwrap();
+    let bed = Bed {
+        trace: &t,
+        dir: d.path(),
+        hosts,
+        rate: 20_000,
+    };
+    let slow = Delay {
+        min_us: 50,
+        max_us: 100,
+    };
+    for w in [1, 3] {
+        let c = bed.run("clock", false, workload(w, slow), 5).unwrap();
+        assert_eq!(c.planted, hosts, "W{w}: every signature is found by clock");
+        assert_eq!(c.others, 0, "W{w}: no alert on a host without a signature");
+    }
+    let a = bed.run("arrival", true, workload(2, slow), 5).unwrap();
+    assert!(
+        a.planted < hosts,
+        "ordering by arrival behind a slowed instance found all {hosts} signatures"
+    );
+    assert_eq!(a.others, 0);
+}
