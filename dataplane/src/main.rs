@@ -170,11 +170,13 @@ fn main() -> Result<()> {
             replacement,
         } => {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
+            chc_dataplane::cluster::exit_with_parent(format!("{vertex}/{index}"));
             chc_dataplane::cluster::node::run_instance(&p, &vertex, index, replacement)
                 .map_err(anyhow::Error::msg)
         }
         Cmd::Root { plan, recover } => {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
+            chc_dataplane::cluster::exit_with_parent("root".into());
             chc_dataplane::cluster::rootproc::run_root(&p, recover).map_err(anyhow::Error::msg)
         }
         Cmd::Check { chain } => {

@@ -28,6 +28,25 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// Ends this process when the process that started it goes away (a manager killed with
+/// SIGKILL cannot stop its children, and an orphaned instance or root would keep its ports
+/// and keep serving a chain nobody runs). A process started by init has nothing to follow.
+pub fn exit_with_parent(what: String) {
+    let parent = std::os::unix::process::parent_id();
+    if parent == 1 {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!("chc-dataplane: {what}: the manager (pid {parent}) is gone; exiting");
+                std::process::exit(1);
+            }
+        });
+}
+
 /// Where everything of one cluster run is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
