@@ -610,6 +610,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             window: 256,
             // Generous for the machine (a run takes seconds), short enough to fail a hang.
             deadline: std::time::Duration::from_secs(120 + packets / 500),
+            rate_pps: None,
         })
         .with_context(|| format!("scenario {}", a.scenario))?;
         let mut rep = compare(&ip, &ie, &rp, &re)?;

@@ -378,6 +378,7 @@ fn unrecoverable_combinations_are_refused() {
             }],
             window: 16,
             deadline: std::time::Duration::from_secs(10),
+            rate_pps: None,
         };
         match run_cluster(&o) {
             Err(ClusterError::Unrecoverable(what)) => assert!(!what.is_empty()),

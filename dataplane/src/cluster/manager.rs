@@ -57,6 +57,9 @@ pub struct ClusterOptions {
     pub window: usize,
     /// A run that has not finished by then fails with [`ClusterError::Timeout`].
     pub deadline: Duration,
+    /// Send at most this many packets per second (a load below capacity, so that latency is
+    /// processing and not queueing); `None` keeps the window full.
+    pub rate_pps: Option<u64>,
 }
 
 /// What happened during a cluster run.
@@ -70,11 +73,17 @@ pub struct ClusterReport {
     pub events: u64,
     pub recoveries: Vec<Recovery>,
     pub elapsed_s: f64,
+    /// Every packet written, in output order: (ms since the start, µs from the source sending
+    /// it to the sink receiving it). Replayed packets count from their first sending.
+    #[serde(skip)]
+    pub latency: Vec<(f64, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Recovery {
     pub what: String,
+    /// When the failure happened (ms since the start of the run).
+    pub at_ms: f64,
     /// From the kill to the replacement serving (ms).
     pub ms: f64,
 }
@@ -340,6 +349,9 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     let mut egress_root = Outlet::new(plan.root, Peer::Sink);
     let mut unacked: VecDeque<LinkPkt> = VecDeque::new();
     let mut seq = 0u64;
+    // When each packet was first sent (ns since the start), by sequence number - 1.
+    let mut sent_ns: Vec<u64> = Vec::new();
+    let mut paced_from: Option<Instant> = None;
     let mut input_done = false;
     let mut eof_sent = false;
     let mut drained = false;
@@ -358,7 +370,18 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         let mut busy = false;
         // Ingress: keep the window full.
         let mut batch = Vec::new();
-        while !input_done && unacked.len() + batch.len() < o.window && batch.len() < 64 {
+        // Paced from the first packet on, not from the processes' start: the chain would
+        // begin with a backlog of everything "due" while it started.
+        let due = match (o.rate_pps, paced_from) {
+            (None, _) => u64::MAX,
+            (Some(_), None) => 1,
+            (Some(r), Some(t)) => (t.elapsed().as_secs_f64() * r as f64) as u64 + 1,
+        };
+        while !input_done
+            && unacked.len() + batch.len() < o.window
+            && batch.len() < 64
+            && c.report.packets_in < due
+        {
             let Some((ts_ns, wire_len)) = reader.next_into(&mut buf)? else {
                 input_done = true;
                 break;
@@ -381,6 +404,8 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                 _ => {}
             }
             seq += 1;
+            sent_ns.push(started.elapsed().as_nanos() as u64);
+            paced_from.get_or_insert_with(Instant::now);
             batch.push(LinkPkt {
                 meta: ChcMeta::default(),
                 weight: 0,
@@ -435,6 +460,14 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                 Frame::Packets(ps) => {
                     for p in ps {
                         if written.insert(p.meta.clock) {
+                            let now = started.elapsed().as_nanos() as u64;
+                            if let Some(&t) =
+                                (p.seq as usize).checked_sub(1).and_then(|i| sent_ns.get(i))
+                            {
+                                c.report
+                                    .latency
+                                    .push((now as f64 / 1e6, now.saturating_sub(t) as f64 / 1e3));
+                            }
                             writer.write(p.ts_ns, p.wire_len, &p.data)?;
                             c.report.packets_out += 1;
                             deletes.push((p.meta.clock, p.weight, p.meta.vector));
@@ -505,6 +538,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             }
             c.report.recoveries.push(Recovery {
                 what: format!("{v:?}"),
+                at_ms: t.duration_since(started).as_secs_f64() * 1e3,
                 ms: t.elapsed().as_secs_f64() * 1e3,
             });
         }
@@ -515,7 +549,9 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             return Err(ClusterError::Timeout(deadline));
         }
         if !busy {
-            std::thread::sleep(Duration::from_micros(500));
+            // Paced, the sink's clock is part of the measurement: look again sooner.
+            let idle = if o.rate_pps.is_some() { 50 } else { 500 };
+            std::thread::sleep(Duration::from_micros(idle));
         }
     }
     writer.finish()?;
