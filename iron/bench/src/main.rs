@@ -34,6 +34,11 @@ struct VmArgs {
     /// Keep each VM's console log in this directory.
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Run the VM in qemu's instruction-counting mode: guest time is 2^SHIFT ns per executed
+    /// instruction (no time passes while the vCPUs idle), so host load no longer changes how much
+    /// guest work fits in a guest second. The vCPUs then share one host thread.
+    #[arg(long, value_name = "SHIFT", value_parser = clap::value_parser!(u32).range(0..=10))]
+    icount: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,7 +90,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         known_failing: Vec<String>,
     },
-    /// (in VM) Run `units` of CPU work and print the elapsed milliseconds.
+    /// (in VM) Run `units` of CPU work and print the elapsed milliseconds, the CPU time the
+    /// scheduler gave it and how many times it was put on a CPU.
     Spin { units: u64 },
     /// (in VM) Burn CPU for `secs` seconds.
     Burn { secs: f64 },
@@ -127,11 +133,13 @@ enum Cmd {
 }
 
 fn vm_of(a: &VmArgs, stock: bool) -> Result<Vm> {
-    match (&a.kernel, &a.initrd) {
-        (Some(k), Some(i)) => Vm::new(k.clone(), i.clone()),
-        (None, None) => Vm::from_cache(stock),
+    let mut vm = match (&a.kernel, &a.initrd) {
+        (Some(k), Some(i)) => Vm::new(k.clone(), i.clone())?,
+        (None, None) => Vm::from_cache(stock)?,
         _ => bail!("--kernel and --initrd go together"),
-    }
+    };
+    vm.icount = a.icount;
+    Ok(vm)
 }
 
 fn log_path(a: &VmArgs, name: &str) -> Result<Option<PathBuf>> {
@@ -245,9 +253,86 @@ fn penalty(
                 extra.join(" ")
             );
             rows.push(row);
+            rows.extend(penalty_parts(&recs, kind, n, mode, label)?);
         }
     }
     write_json(json, "iron-penalty", reps, rows)
+}
+
+/// The penalty split into what the scheduler decides and what the CPU does, from the same
+/// repetitions: the victim's completion time per ms of CPU time it was given (its CPU share,
+/// what Iron enforces), and the CPU time its fixed job needed (how fast the (emulated) CPU ran
+/// it); the penalty is their product. The emulator control runs the same job on CPU 0 with no
+/// quota and no network work on CPU 0, with the same kind of traffic on CPU 1 vs an idle CPU 1.
+/// Records without the CPU times (a kernel without schedstat) give no rows.
+fn penalty_parts(
+    recs: &[vm::Record],
+    kind: &str,
+    n: u32,
+    mode: &str,
+    label: &str,
+) -> Result<Vec<Row>> {
+    let field = |k: &str| -> Option<Vec<f64>> {
+        recs.iter()
+            .map(|r| num(r, k).ok())
+            .collect::<Option<Vec<f64>>>()
+    };
+    let (Some(net), Some(cpu), Some(net_cpu), Some(cpu_cpu)) = (
+        field("victim_ms"),
+        field("baseline_ms"),
+        field("victim_cpu_ms"),
+        field("baseline_cpu_ms"),
+    ) else {
+        return Ok(Vec::new());
+    };
+    if net_cpu.iter().chain(&cpu_cpu).any(|&c| c <= 0.0) {
+        return Ok(Vec::new());
+    }
+    let per_cpu =
+        |wall: &[f64], c: &[f64]| -> Vec<f64> { wall.iter().zip(c).map(|(w, c)| w / c).collect() };
+    let who = format!("{kind} receivers, n={n}, {label}");
+    let mut rows = vec![
+        Row::lower_is_better(
+            format!("victim wall ms per ms of its CPU time (CPU share), {who}"),
+            "ms/ms",
+            &per_cpu(&net, &net_cpu),
+            &per_cpu(&cpu, &cpu_cpu),
+            "same, next to CPU-bound interferers (same VM, interleaved)",
+            if mode == "iron" { Some(1.05) } else { None },
+        ),
+        Row::lower_is_better(
+            format!("victim job CPU time (emulated CPU speed), {who}"),
+            "ms",
+            &net_cpu,
+            &cpu_cpu,
+            "same job next to CPU-bound interferers",
+            None,
+        ),
+    ];
+    if let (Some(busy), Some(idle)) = (field("emu_net_ms"), field("emu_idle_ms")) {
+        rows.push(Row::lower_is_better(
+            format!(
+                "emulator control: the job alone on CPU 0, {kind} traffic on CPU 1 only, {label}"
+            ),
+            "ms",
+            &busy,
+            &idle,
+            "the job alone on CPU 0, CPU 1 idle",
+            None,
+        ));
+    }
+    println!(
+        "{:<6} {:>3} {:<10} CPU share {:.3}x  job CPU time {:.3}x{}",
+        kind,
+        n,
+        mode,
+        rows[0].ratio,
+        rows[1].ratio,
+        rows.get(2)
+            .map(|r| format!("  emulator control {:.3}x", r.ratio))
+            .unwrap_or_default()
+    );
+    Ok(rows)
 }
 
 fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
@@ -349,10 +434,17 @@ fn main() -> Result<()> {
         Cmd::Accuracy { vm, json, secs } => accuracy(&vm, &json, secs),
         Cmd::Check { vm, known_failing } => check(&vm, &known_failing),
         Cmd::Spin { units } => {
-            println!(
-                "elapsed_ms={:.3}",
-                workload::spin(units).as_secs_f64() * 1e3
-            );
+            let cpu0 = workload::thread_cpu();
+            let elapsed = workload::spin(units);
+            match (cpu0, workload::thread_cpu()) {
+                (Some(a), Some(b)) => println!(
+                    "elapsed_ms={:.3} cpu_ms={:.3} slices={}",
+                    elapsed.as_secs_f64() * 1e3,
+                    b.0.saturating_sub(a.0).as_secs_f64() * 1e3,
+                    b.1.saturating_sub(a.1)
+                ),
+                _ => println!("elapsed_ms={:.3}", elapsed.as_secs_f64() * 1e3),
+            }
             Ok(())
         }
         Cmd::Burn { secs } => {

@@ -19,6 +19,8 @@ pub struct Vm {
     pub smp: u32,
     pub mem_mb: u32,
     pub timeout: Duration,
+    /// qemu `-icount shift=N,sleep=off` (single-threaded TCG): guest time counts instructions.
+    pub icount: Option<u32>,
 }
 
 /// The cache directory build.sh uses.
@@ -67,6 +69,7 @@ impl Vm {
             smp: 2,
             mem_mb: 1024,
             timeout: Duration::from_secs(900),
+            icount: None,
         })
     }
 
@@ -87,10 +90,18 @@ impl Vm {
         // no_timer_check: under a busy host the emulated CPU can be too slow for the IO-APIC
         // timer check, which then panics the boot.
         let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check {args}");
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut cmd = Command::new("qemu-system-x86_64");
+        match self.icount {
+            Some(shift) => cmd.args([
+                "-accel".to_string(),
+                "tcg,thread=single".to_string(),
+                "-icount".to_string(),
+                format!("shift={shift},sleep=off"),
+            ]),
+            None => cmd.args(["-accel", "tcg"]),
+        };
+        let mut child = cmd
             .args([
-                "-accel",
-                "tcg",
                 "-nographic",
                 "-no-reboot",
                 "-monitor",

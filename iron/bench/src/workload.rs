@@ -23,6 +23,17 @@ pub fn spin(units: u64) -> Duration {
     start.elapsed()
 }
 
+/// CPU time the calling thread has run and the number of times it was put on a CPU, from the
+/// scheduler (`/proc/thread-self/schedstat`: ns on the CPU, ns waiting, timeslices); `None` where
+/// the kernel does not provide it.
+pub fn thread_cpu() -> Option<(Duration, u64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace();
+    let ns: u64 = f.next()?.parse().ok()?;
+    let slices: u64 = f.nth(1)?.parse().ok()?;
+    Some((Duration::from_nanos(ns), slices))
+}
+
 /// Spins until `stop` is reached (an interferer that only burns CPU).
 pub fn spin_for(secs: f64) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
@@ -176,5 +187,14 @@ mod tests {
     #[test]
     fn spin_does_work() {
         assert!(spin(5) > Duration::ZERO);
+    }
+
+    #[test]
+    fn thread_cpu_moves_with_work() {
+        if let Some(t0) = thread_cpu() {
+            spin(200);
+            let t1 = thread_cpu().unwrap();
+            assert!(t1.0 > t0.0 && t1.1 >= t0.1);
+        }
     }
 }

@@ -4,9 +4,11 @@
 //! A container with a dedicated receive queue is enforced in "hardware": NAPI stops polling the
 //! queue while the container is throttled, so the NIC keeps its interrupt masked and drops into
 //! the full ring at no CPU cost; the queue is rescheduled on unthrottle. A container without one
-//! gets a software drop early in `__netif_receive_skb`, before the protocol stack runs. Both also
-//! drop early once the container is within `T %` of its quota, so the last of its runtime is not
-//! spent on a flood it cannot keep up with.
+//! gets a software drop early in `__netif_receive_skb`, before the protocol stack runs. Both
+//! start once the container is within `T %` of its quota (the dedicated queue is parked, the
+//! shared one's packets dropped), so the last of its runtime is not spent on a flood it cannot
+//! keep up with. A parked queue is rescheduled on the CPU that polled it (its interrupt's CPU),
+//! not on the CPU whose period timer refilled the container.
 
 use crate::refill::Bandwidth;
 
@@ -43,16 +45,13 @@ impl EarlyDrop {
 
 /// Decides what happens to a container's incoming traffic.
 pub fn verdict(bw: &Bandwidth, mode: QueueMode, early: EarlyDrop) -> Verdict {
-    if bw.throttled() {
-        return match mode {
-            QueueMode::Dedicated => Verdict::Park,
-            QueueMode::Shared => Verdict::Drop,
-        };
+    if !bw.throttled() && !early.near_quota(bw) {
+        return Verdict::Deliver;
     }
-    if early.near_quota(bw) {
-        return Verdict::Drop;
+    match mode {
+        QueueMode::Dedicated => Verdict::Park,
+        QueueMode::Shared => Verdict::Drop,
     }
-    Verdict::Deliver
 }
 
 #[cfg(test)]
@@ -90,6 +89,15 @@ mod tests {
         );
         assert_eq!(
             verdict(&b, QueueMode::Shared, EarlyDrop(0)),
+            Verdict::Deliver
+        );
+        // A dedicated queue is parked, not drained into drops (the kernel's iron_napi_park).
+        assert_eq!(
+            verdict(&b, QueueMode::Dedicated, EarlyDrop(5)),
+            Verdict::Park
+        );
+        assert_eq!(
+            verdict(&b, QueueMode::Dedicated, EarlyDrop(3)),
             Verdict::Deliver
         );
     }
