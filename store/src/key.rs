@@ -139,6 +139,60 @@ impl fmt::Debug for Key {
     }
 }
 
+/// Object keys of one vertex packed into one byte string (`OP_RELEASE_MANY`): per key a 2-byte
+/// object id, a 2-byte length (both big-endian) and the key bytes. One buffer carries a
+/// handover's thousands of keys in one operation and one allocation.
+pub mod packed {
+    use std::ops::Range;
+
+    /// Appends one key; returns false (appending nothing) if `sub` is longer than the 16-bit
+    /// length allows.
+    pub fn push(buf: &mut Vec<u8>, object: u16, sub: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(sub.len()) else {
+            return false;
+        };
+        buf.extend_from_slice(&object.to_be_bytes());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(sub);
+        true
+    }
+
+    /// Bytes one key takes.
+    pub fn size(sub: &[u8]) -> usize {
+        4 + sub.len()
+    }
+
+    /// The keys of `buf` as (object, range of the key bytes in `buf`). Yields `Err(())` once
+    /// and stops if the buffer ends inside a key.
+    pub fn iter(buf: &[u8]) -> impl Iterator<Item = Result<(u16, Range<usize>), ()>> + '_ {
+        let mut at = 0usize;
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed || at == buf.len() {
+                return None;
+            }
+            let Some(h) = buf.get(at..at + 4) else {
+                failed = true;
+                return Some(Err(()));
+            };
+            let object = u16::from_be_bytes([h[0], h[1]]);
+            let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            let start = at + 4;
+            if buf.len() - start < len {
+                failed = true;
+                return Some(Err(()));
+            }
+            at = start + len;
+            Some(Ok((object, start..at)))
+        })
+    }
+
+    /// Whether `buf` is a well-formed list of keys.
+    pub fn is_valid(buf: &[u8]) -> bool {
+        iter(buf).all(|r| r.is_ok())
+    }
+}
+
 /// A hash with fixed constants (unlike the maps' randomly seeded one) for shard routing.
 pub fn stable_hash(k: KeyRef<'_>) -> u64 {
     const M: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -180,6 +234,35 @@ mod tests {
         let mut m = hashbrown::HashMap::new();
         m.insert(k.clone(), 1);
         assert_eq!(m.get(&k.as_ref()), Some(&1));
+    }
+
+    #[test]
+    fn packed_keys_round_trip_and_refuse_truncation() {
+        let mut buf = Vec::new();
+        assert!(packed::push(&mut buf, 7, b"flow-a"));
+        assert!(packed::push(&mut buf, 0xFFFF, b""));
+        assert!(packed::push(&mut buf, 1, &[9u8; 300]));
+        assert!(!packed::push(&mut buf, 1, &vec![0u8; 70_000]));
+        assert_eq!(buf.len(), packed::size(b"flow-a") + packed::size(b"") + 304);
+        let got: Vec<_> = packed::iter(&buf)
+            .map(|r| r.map(|(o, r)| (o, buf[r].to_vec())))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (7, b"flow-a".to_vec()),
+                (0xFFFF, Vec::new()),
+                (1, vec![9u8; 300])
+            ]
+        );
+        assert!(packed::is_valid(&buf));
+        assert!(packed::is_valid(&[]));
+        // Every cut inside a key is refused.
+        for cut in 1..buf.len() {
+            let ends_on_key = [10, 14].contains(&cut);
+            assert_eq!(packed::is_valid(&buf[..cut]), ends_on_key, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -41,11 +41,33 @@ impl Value {
 
     /// Like [`Value::from_wire`] but copies byte payloads so the stored value does not keep a
     /// whole received frame alive.
+    ///
+    /// A list's items are copied into one buffer that they all share: a list of tens of
+    /// thousands of small items (a port pool) then costs one allocation to load and one to
+    /// free instead of one per item.
     pub fn from_wire_owned(v: Option<&wire::Value>) -> Value {
-        match Value::from_wire(v) {
-            Value::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(&b)),
-            Value::List(l) => Value::List(l.iter().map(|b| Bytes::copy_from_slice(b)).collect()),
-            v => v,
+        use wire::value::Kind;
+        match v.and_then(|v| v.kind.as_ref()) {
+            None => Value::Nil,
+            Some(Kind::Int(i)) => Value::Int(*i),
+            Some(Kind::Bytes(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
+            Some(Kind::List(l)) => {
+                let mut buf = Vec::with_capacity(l.items.iter().map(|b| b.len()).sum());
+                for b in &l.items {
+                    buf.extend_from_slice(b);
+                }
+                let buf = Bytes::from(buf);
+                let mut at = 0;
+                Value::List(
+                    l.items
+                        .iter()
+                        .map(|b| {
+                            at += b.len();
+                            buf.slice(at - b.len()..at)
+                        })
+                        .collect(),
+                )
+            }
         }
     }
 

@@ -23,13 +23,15 @@ use super::nflog::NfLog;
 use super::ops::{self, ObjKey};
 use super::{ClientError, Pushed, StoreClient};
 use crate::custom::CustomOps;
-use crate::key::{Key, KeyRef};
+use crate::key::{packed, Key, KeyRef};
 use crate::names::KeyKind;
 use crate::shard::{apply_update, update_id, NONDET_RANDOM, NONDET_TIME_NS};
 use crate::value::Value;
 use bytes::Bytes;
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
+use crossbeam::queue::SegQueue;
 use hashbrown::HashMap;
+use std::sync::{Arc, OnceLock};
 
 /// Scope of a state object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,8 +172,11 @@ pub struct StateClient {
     objs: Vec<Option<Obj>>,
     customs: CustomOps,
     store: Option<StoreClient>,
-    /// Traditional state and caches.
-    local: HashMap<Key, Cached>,
+    /// Per-flow objects: traditional state and caches. Kept apart from the cross-flow ones so
+    /// that dropping either kind (a handover, an object becoming shared) scans only its own.
+    flows: HashMap<Key, Cached>,
+    /// Cross-flow objects: traditional state and caches.
+    shared: HashMap<Key, Cached>,
     /// Per-flow cache misses mean "no state yet" (a fresh instance that saw its flows from
     /// the start); a failover or clone instance must ask the store instead.
     fresh: bool,
@@ -257,7 +262,8 @@ impl StateClient {
             objs,
             customs,
             store,
-            local: HashMap::new(),
+            flows: HashMap::new(),
+            shared: HashMap::new(),
             fresh: true,
             clock: 0,
             op_index: 0,
@@ -350,7 +356,12 @@ impl StateClient {
                 sub: &push.sub,
             };
             if push.kind == PushKind::PushUpdate as i32 {
-                if let Some(c) = self.local.get_mut(&k) {
+                let cache = if k.per_flow {
+                    &mut self.flows
+                } else {
+                    &mut self.shared
+                };
+                if let Some(c) = cache.get_mut(&k) {
                     if push.version > c.version {
                         c.value = Value::from_wire_owned(push.value.as_ref());
                         c.version = push.version;
@@ -379,17 +390,23 @@ impl StateClient {
     }
 
     /// Whether this instance has a cross-flow read/write-often object to itself. Becoming
-    /// shared flushes (waits for the store to have every update) and drops the cache.
+    /// shared flushes (waits for the store to have every update) and drops the cache; objects
+    /// of other strategies keep no copy that exclusivity would make valid, so nothing changes
+    /// for them.
     pub fn set_exclusive(&mut self, obj: u16, exclusive: bool) -> Result<(), StateError> {
-        let was = match self.objs.get_mut(obj as usize).and_then(|o| o.as_mut()) {
-            Some(o) => std::mem::replace(&mut o.exclusive, exclusive),
+        let (was, strategy) = match self.objs.get_mut(obj as usize).and_then(|o| o.as_mut()) {
+            Some(o) => (std::mem::replace(&mut o.exclusive, exclusive), o.strategy),
             None => return Err(StateError::UnknownObject(obj)),
         };
-        if was && !exclusive {
+        if was && !exclusive && strategy == Strategy::CacheExclusive {
             self.sync()?;
             let v = self.vertex;
-            self.local
-                .retain(|k, _| !(k.vertex == v && k.object == obj));
+            let gone: Vec<Value> = self
+                .shared
+                .extract_if(|k, _| k.vertex == v && k.object == obj)
+                .map(|(_, c)| c.value)
+                .collect();
+            dispose(gone);
         }
         Ok(())
     }
@@ -404,47 +421,69 @@ impl StateClient {
             per_flow: true,
             sub,
         };
-        self.local.remove(&k);
+        self.flows.remove(&k);
         Ok(())
     }
 
     /// Hands over the objects of flows that move to another instance (handover step 5):
-    /// waits until the store has every update, drops the cached objects `moved` selects
-    /// (given the key and its declared key kind), and gives up ownership of the per-flow
-    /// ones so the new instance can take them. Returns how many objects were handed over.
+    /// drops the cached objects `moved` selects (given the key and its declared key kind),
+    /// gives up ownership of the per-flow ones so the new instance can take them, and waits
+    /// until the store has every earlier update and the releases. Returns how many objects
+    /// were handed over.
+    ///
+    /// The releases go as `OP_RELEASE_MANY` operations, one per shard and per thousand or so
+    /// objects, queued behind this instance's earlier updates on the same shard: the store
+    /// applies those first, so a waiting instance is handed the final value without a
+    /// separate flush round trip.
     pub fn evict(
         &mut self,
         mut moved: impl FnMut(&Key, KeyKind) -> bool,
     ) -> Result<usize, StateError> {
-        if self.store.is_none() {
+        let Some(store) = self.store.as_mut() else {
             // Traditional state lives only here: it cannot move.
             return Ok(0);
-        }
-        self.sync()?;
-        let v = self.vertex;
+        };
+        let (v, instance) = (self.vertex, self.instance);
+        let shards = store.shards();
+        let objs = &self.objs;
+        let mut pick = |k: &Key| {
+            k.vertex == v
+                && matches!(objs.get(k.object as usize), Some(Some(o))
+                    if o.strategy != Strategy::Local && moved(k, o.spec.key_kind))
+        };
+        let mut lists: Vec<Vec<u8>> = vec![Vec::new(); shards as usize];
         let mut gone = Vec::new();
-        for k in self.local.keys() {
-            if k.vertex != v {
-                continue;
+        for (k, c) in self.flows.extract_if(|k, _| pick(k)) {
+            let s = k.as_ref().shard(shards);
+            let list = &mut lists[s as usize];
+            if list.len() + packed::size(k.sub.as_slice()) > RELEASE_LIST_BYTES && !list.is_empty()
+            {
+                let keys = Bytes::from(std::mem::take(list));
+                store.submit_to(s, nonblocking(ops::release_many(v, instance, keys)));
+                // The shard starts on these while the scan goes on. A failure to send shows
+                // again in the sync below, which also resends.
+                let _ = store.flush();
             }
-            let Some(Some(o)) = self.objs.get(k.object as usize) else {
-                continue;
-            };
-            if o.strategy != Strategy::Local && moved(k, o.spec.key_kind) {
-                gone.push(k.clone());
+            if !packed::push(list, k.object, k.sub.as_slice()) {
+                // A key too long for the packed list goes on its own.
+                let key = ObjKey::per_flow(v, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
+                store.submit_to(s, nonblocking(key.release(instance)));
+            }
+            gone.push(c.value);
+        }
+        for (_, c) in self.shared.extract_if(|k, _| pick(k)) {
+            gone.push(c.value);
+        }
+        for (s, list) in lists.into_iter().enumerate() {
+            if !list.is_empty() {
+                let op = ops::release_many(v, instance, Bytes::from(list));
+                store.submit_to(s as u32, nonblocking(op));
             }
         }
-        for k in &gone {
-            self.local.remove(k);
-            if k.per_flow {
-                let key =
-                    ObjKey::per_flow(k.vertex, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
-                let op = key.release(self.instance);
-                self.store_mut().submit(op);
-            }
-        }
+        let n = gone.len();
         self.sync()?;
-        Ok(gone.len())
+        dispose(gone);
+        Ok(n)
     }
 
     fn obj(&self, obj: u16) -> Result<(Strategy, Scope, bool), StateError> {
@@ -475,6 +514,22 @@ impl StateClient {
             self.vector ^= update_id(self.instance, obj, idx);
         }
         ops::with_clock(op, self.clock, self.instance, idx, flags)
+    }
+
+    fn cache(&self, per_flow: bool) -> &HashMap<Key, Cached> {
+        if per_flow {
+            &self.flows
+        } else {
+            &self.shared
+        }
+    }
+
+    fn cache_mut(&mut self, per_flow: bool) -> &mut HashMap<Key, Cached> {
+        if per_flow {
+            &mut self.flows
+        } else {
+            &mut self.shared
+        }
     }
 
     fn store_mut(&mut self) -> &mut StoreClient {
@@ -508,7 +563,7 @@ impl StateClient {
             Strategy::Local => {
                 self.stats.local_ops += 1;
                 Ok(self
-                    .local
+                    .cache(k.per_flow)
                     .get(&k)
                     .map(|c| c.value.clone())
                     .unwrap_or_default())
@@ -552,7 +607,7 @@ impl StateClient {
             sub,
         };
         Ok(self
-            .local
+            .cache(k.per_flow)
             .get(&k)
             .map(|c| c.value.clone())
             .unwrap_or_default())
@@ -567,13 +622,13 @@ impl StateClient {
             per_flow: scope == Scope::PerFlow,
             sub,
         };
-        if self.local.contains_key(&k) {
+        if self.cache(k.per_flow).contains_key(&k) {
             self.stats.cache_hits += 1;
             return Ok(());
         }
         self.stats.cache_misses += 1;
         let c = self.load(obj, scope, sub)?;
-        self.local.insert(k.to_key(), c);
+        self.cache_mut(k.per_flow).insert(k.to_key(), c);
         Ok(())
     }
 
@@ -620,13 +675,18 @@ impl StateClient {
                     per_flow: scope == Scope::PerFlow,
                     sub,
                 };
-                let c = self.local.entry_ref(&k).or_insert_with(|| Cached {
+                let cache = if k.per_flow {
+                    &mut self.flows
+                } else {
+                    &mut self.shared
+                };
+                let c = cache.entry_ref(&k).or_insert_with(|| Cached {
                     value: Value::Nil,
                     version: 0,
                 });
                 let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
                 if c.value.is_nil() {
-                    self.local.remove(&k);
+                    cache.remove(&k);
                 }
                 Ok((st, res))
             }
@@ -650,7 +710,12 @@ impl StateClient {
                     per_flow: scope == Scope::PerFlow,
                     sub,
                 };
-                let c = self.local.get_mut(&k).expect("loaded above");
+                let c = if k.per_flow {
+                    self.flows.get_mut(&k)
+                } else {
+                    self.shared.get_mut(&k)
+                }
+                .expect("loaded above");
                 let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
                 // The operation (not the value) goes to the store: it stays correct however
                 // the store interleaves it with others (§3.3.3).
@@ -683,7 +748,7 @@ impl StateClient {
             per_flow: scope == Scope::PerFlow,
             sub,
         };
-        self.local.insert(
+        self.cache_mut(k.per_flow).insert(
             k.to_key(),
             Cached {
                 value: Value::from_wire_owned(g.value.as_ref()),
@@ -864,6 +929,71 @@ impl StateClient {
         op.val = Some(wire::Value::int(local as i64));
         self.store_mut().submit_nonblocking(op);
         Ok(local)
+    }
+}
+
+/// Largest packed key list sent in one release operation (about a thousand flows): a
+/// handover of more sends a list as soon as it is full, so the shard works through it while
+/// the rest is collected.
+const RELEASE_LIST_BYTES: usize = 16 << 10;
+
+/// Cache values with more items than this are freed by a background thread.
+const FREE_INLINE_ITEMS: usize = 256;
+
+/// How often that thread looks for values to free after it found some, and at most.
+const FREE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+const FREE_INTERVAL_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn nonblocking(mut op: wire::Op) -> wire::Op {
+    op.flags |= OpFlag::FlagNonblocking as u32;
+    op
+}
+
+/// Frees values a cache let go of. A cached list (a NAT's port pool) holds tens of thousands
+/// of items, and a handover drops thousands of flows' values: freeing them one by one takes
+/// a millisecond or more that a scale-out or a handover would otherwise wait for, so large
+/// batches go to a background thread. That thread is never woken (on a busy machine a wake-up
+/// can cost the caller its processor); it looks for work periodically.
+fn dispose(values: Vec<Value>) {
+    let items: usize = values
+        .iter()
+        .map(|v| match v {
+            Value::List(l) => l.len(),
+            _ => 1,
+        })
+        .sum();
+    if items <= FREE_INLINE_ITEMS {
+        return;
+    }
+    static FREER: OnceLock<Option<Arc<SegQueue<Vec<Value>>>>> = OnceLock::new();
+    let freer = FREER.get_or_init(|| {
+        let q = Arc::new(SegQueue::new());
+        let work = q.clone();
+        std::thread::Builder::new()
+            .name("chc-free".into())
+            .spawn(move || {
+                let mut pause = FREE_INTERVAL;
+                loop {
+                    let mut found = false;
+                    while let Some(v) = work.pop() {
+                        drop(v);
+                        found = true;
+                    }
+                    // Idle, it looks less and less often: handovers come in bursts.
+                    pause = if found {
+                        FREE_INTERVAL
+                    } else {
+                        (pause * 2).min(FREE_INTERVAL_IDLE)
+                    };
+                    std::thread::sleep(pause);
+                }
+            })
+            .ok()
+            .map(|_| q)
+    });
+    // Without the thread, the values are freed here.
+    if let Some(q) = freer {
+        q.push(values);
     }
 }
 

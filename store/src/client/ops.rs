@@ -186,6 +186,19 @@ pub fn declare(vertex: u16, object: u16, name: &str, kind: crate::names::KeyKind
     }
 }
 
+/// Give up `instance`'s ownership of many per-flow objects of `vertex` at once (one operation
+/// per shard); `keys` is built with [`crate::key::packed`].
+pub fn release_many(vertex: u16, instance: u16, keys: Bytes) -> wire::Op {
+    wire::Op {
+        code: OpCode::OpReleaseMany as i32,
+        vertex: u32::from(vertex),
+        per_flow: true,
+        instance: u32::from(instance),
+        val: Some(wire::Value::bytes(keys)),
+        ..Default::default()
+    }
+}
+
 /// Move every per-flow object owned by `from` to `to` (send to every shard).
 pub fn reassign_owner(from: u16, to: u16) -> wire::Op {
     wire::Op {

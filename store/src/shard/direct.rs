@@ -77,7 +77,13 @@ impl Shard {
                 per_flow: op.per_flow,
                 sub: &op.sub,
             };
-            std::hint::black_box(self.map.get(&k));
+            // An entry spans two cache lines: read a field of each half, or the operation
+            // still waits for the second.
+            std::hint::black_box(
+                self.map
+                    .get(&k)
+                    .map(|e| (e.meta.is_some(), e.owner, e.value.is_nil())),
+            );
         }
     }
 

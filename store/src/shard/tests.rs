@@ -415,3 +415,302 @@ fn reads_as_of_a_clock() {
         Some(WV::int(11116))
     );
 }
+
+/// A per-flow increment of `sub` by `instance`, claiming the object if nobody owns it.
+fn pf_incr(sub: &str, instance: u32, n: i64) -> wire::Op {
+    wire::Op {
+        per_flow: true,
+        instance,
+        ..incr(sub, n)
+    }
+}
+
+fn release_many(instance: u32, subs: &[&str]) -> wire::Op {
+    let mut keys = Vec::new();
+    for s in subs {
+        assert!(crate::key::packed::push(&mut keys, 2, s.as_bytes()));
+    }
+    wire::Op {
+        code: OpCode::OpReleaseMany as i32,
+        vertex: 1,
+        per_flow: true,
+        instance,
+        val: Some(WV::bytes(keys)),
+        ..Default::default()
+    }
+}
+
+fn owner_of(s: &Shard, sub: &str) -> Option<u32> {
+    let k = KeyRef {
+        vertex: 1,
+        object: 2,
+        per_flow: true,
+        sub: sub.as_bytes(),
+    };
+    s.map.get(&k).map(|e| e.owner)
+}
+
+/// Fig 3.7 steps 5-6 for many flows in one operation: a waiting instance is handed its
+/// object with the value, the others become free, objects of other owners are left alone.
+#[test]
+fn release_many_hands_over_to_waiters_and_frees_the_rest() {
+    let mut s = shard();
+    for f in ["f1", "f2", "f3"] {
+        assert_eq!(one(&mut s, 11, pf_incr(f, 1, 5)).status, Status::Ok as i32);
+    }
+    assert_eq!(
+        one(&mut s, 13, pf_incr("g", 3, 9)).status,
+        Status::Ok as i32
+    );
+    // Instance 2 waits for f2.
+    let acq = wire::Op {
+        per_flow: true,
+        instance: 2,
+        ..op(OpCode::OpAcquire, "f2")
+    };
+    assert_eq!(one(&mut s, 12, acq).status, Status::Pending as i32);
+    let out = run(
+        &mut s,
+        11,
+        vec![release_many(1, &["f1", "f2", "f3", "g", "missing"])],
+    );
+    assert_eq!(out.replies.len(), 1);
+    assert_eq!(out.replies[0].status, Status::Ok as i32);
+    assert_eq!(
+        out.replies[0].value,
+        Some(WV::int(3)),
+        "f1, f2 and f3 changed owner; g is not instance 1's, `missing` does not exist"
+    );
+    assert_eq!(out.pushes.len(), 1, "one handover, to the one waiter");
+    let (to, p) = &out.pushes[0];
+    assert_eq!(*to, 12);
+    assert_eq!(p.kind, PushKind::PushHandover as i32);
+    assert_eq!((p.vertex, p.object, p.per_flow), (1, 2, true));
+    assert_eq!(&p.sub[..], b"f2");
+    assert_eq!(p.value, Some(WV::int(5)));
+    assert_eq!(owner_of(&s, "f2"), Some(3), "instance 2 (+1) owns f2");
+    assert_eq!(owner_of(&s, "f1"), Some(0));
+    assert_eq!(owner_of(&s, "f3"), Some(0));
+    assert_eq!(owner_of(&s, "g"), Some(4), "instance 3 keeps g");
+    assert_eq!(owner_of(&s, "missing"), None, "nothing is created");
+    // The old instance can no longer update what it released; the new owners can, and
+    // they see every update made before the release.
+    assert_eq!(
+        one(&mut s, 11, pf_incr("f1", 1, 1)).status,
+        Status::Ok as i32,
+        "a free object is claimed by whoever updates it first"
+    );
+    assert_eq!(
+        one(&mut s, 11, pf_incr("f2", 1, 1)).status,
+        Status::NotOwner as i32
+    );
+    assert_eq!(one(&mut s, 12, pf_incr("f2", 2, 1)).value, Some(WV::int(6)));
+    assert_eq!(one(&mut s, 14, pf_incr("f3", 4, 1)).value, Some(WV::int(6)));
+    assert_eq!(s.waiting, 0);
+}
+
+/// A retransmitted release (same sequence number) is not applied again: it cannot take
+/// away an object that changed hands since, nor hand it over twice.
+#[test]
+fn release_many_retransmission_is_not_applied_again() {
+    let mut s = shard();
+    let mut claim = pf_incr("f1", 1, 5);
+    claim.seq = 1;
+    let mut claim2 = pf_incr("f2", 1, 7);
+    claim2.seq = 2;
+    run(&mut s, 11, vec![claim, claim2]);
+    let acq = wire::Op {
+        per_flow: true,
+        instance: 2,
+        ..op(OpCode::OpAcquire, "f2")
+    };
+    assert_eq!(one(&mut s, 12, acq).status, Status::Pending as i32);
+    let mut rel = release_many(1, &["f1", "f2"]);
+    rel.seq = 3;
+    rel.flags = F_NONBLOCKING;
+    let out = run(&mut s, 11, vec![rel.clone()]);
+    assert_eq!(out.acked, 3);
+    assert_eq!(out.pushes.len(), 1);
+    // Instance 5 takes f1 over; then the release arrives again.
+    assert_eq!(one(&mut s, 15, pf_incr("f1", 5, 1)).value, Some(WV::int(6)));
+    rel.flags |= OpFlag::FlagRetransmit as u32;
+    let out = run(&mut s, 11, vec![rel]);
+    assert_eq!(out.acked, 3);
+    assert!(out.pushes.is_empty(), "no second handover");
+    assert_eq!(owner_of(&s, "f1"), Some(6), "f1 stays instance 5's");
+    assert_eq!(owner_of(&s, "f2"), Some(3), "f2 stays instance 2's");
+    assert_eq!(s.stats.retransmits_ignored, 1);
+    // Even applied again under a new sequence number, a release only concerns objects the
+    // instance still owns.
+    let out = run(&mut s, 11, vec![release_many(1, &["f1", "f2"])]);
+    assert_eq!(out.replies[0].value, Some(WV::int(0)));
+    assert_eq!(owner_of(&s, "f1"), Some(6));
+    assert_eq!(owner_of(&s, "f2"), Some(3));
+    assert_eq!(one(&mut s, 15, pf_incr("f1", 5, 1)).value, Some(WV::int(7)));
+}
+
+#[test]
+fn a_malformed_release_list_is_refused_whole() {
+    let mut s = shard();
+    one(&mut s, 11, pf_incr("f1", 1, 5));
+    let mut rel = release_many(1, &["f1"]);
+    let Some(wire::value::Kind::Bytes(b)) = rel.val.as_ref().and_then(|v| v.kind.clone()) else {
+        unreachable!()
+    };
+    // The list claims more key bytes than it has.
+    let mut bad = b.to_vec();
+    bad.extend_from_slice(&[0, 2, 0, 9, b'x']);
+    rel.val = Some(WV::bytes(bad));
+    let r = one(&mut s, 11, rel.clone());
+    assert_eq!(r.status, Status::BadRequest as i32);
+    assert_eq!(owner_of(&s, "f1"), Some(2), "nothing was released");
+    rel.val = Some(WV::int(3));
+    assert_eq!(one(&mut s, 11, rel).status, Status::BadRequest as i32);
+    assert_eq!(owner_of(&s, "f1"), Some(2));
+}
+
+/// Replaying the WAL of bulk releases, some handed to waiters, gives the same owners and
+/// values.
+#[test]
+fn release_many_replays_from_the_wal() {
+    let mut s = shard();
+    s.set_durable(true);
+    let mut seq = 0;
+    let mut next = |mut o: wire::Op| {
+        seq += 1;
+        o.seq = seq;
+        o
+    };
+    let claims: Vec<_> = (0..20)
+        .map(|i| next(pf_incr(&format!("f{i}"), 1, i)))
+        .collect();
+    run(&mut s, 11, claims);
+    for (client, inst, f) in [(12, 2, "f3"), (13, 3, "f7"), (12, 2, "f0")] {
+        let acq = wire::Op {
+            per_flow: true,
+            instance: inst,
+            ..op(OpCode::OpAcquire, f)
+        };
+        assert_eq!(one(&mut s, client, acq).status, Status::Pending as i32);
+    }
+    let subs: Vec<String> = (0..15).map(|i| format!("f{i}")).collect();
+    let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
+    let out = run(&mut s, 11, vec![next(release_many(1, &subs))]);
+    assert_eq!(out.pushes.len(), 3);
+    // Instance 4 claims a freed one afterwards.
+    run(&mut s, 14, vec![pf_incr("f9", 4, 100)]);
+    let mut wal = Vec::new();
+    s.take_wal(&mut wal);
+    let mut r = chc_proto::records::FrameReader::new(&wal);
+    let mut t = shard();
+    while let Some(rec) = r.next_wal() {
+        t.replay_wal_record(&rec);
+    }
+    assert!(r.torn().is_none());
+    let dump = |s: &Shard| {
+        let mut v: Vec<_> = s
+            .map
+            .iter()
+            .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(dump(&s), dump(&t));
+    assert_eq!(owner_of(&t, "f3"), Some(3));
+    assert_eq!(owner_of(&t, "f7"), Some(4));
+    assert_eq!(owner_of(&t, "f1"), Some(0));
+    assert_eq!(owner_of(&t, "f9"), Some(5));
+    assert_eq!(
+        owner_of(&t, "f19"),
+        Some(2),
+        "not in the list: still instance 1's"
+    );
+    assert_eq!(t.applied_seq(11), 21);
+}
+
+/// Non-blocking increments of shared objects take a shorter path; it must mean the same:
+/// same values, sequence numbers, refusals, callbacks and WAL as blocking increments.
+#[test]
+fn nonblocking_increments_match_the_general_path() {
+    let (mut quick, mut general) = (shard(), shard());
+    quick.set_durable(true);
+    general.set_durable(true);
+    for s in [&mut quick, &mut general] {
+        let mut set = op(OpCode::OpSet, "text");
+        set.val = Some(WV::bytes(&b"abc"[..]));
+        let mut num = op(OpCode::OpSet, "num");
+        num.val = Some(WV::bytes(&b"40"[..]));
+        run(s, 1, vec![set, num, op(OpCode::OpSubscribe, "watched")]);
+    }
+    let subs = ["a", "b", "a", "text", "num", "watched", "a", "big", "big"];
+    let ops = |nonblocking: bool| -> Vec<wire::Op> {
+        subs.iter()
+            .enumerate()
+            .map(|(i, sub)| {
+                let mut o = incr(
+                    sub,
+                    if *sub == "big" {
+                        i64::MAX
+                    } else {
+                        i as i64 + 1
+                    },
+                );
+                o.seq = i as u64 + 1;
+                if nonblocking {
+                    o.flags = F_NONBLOCKING;
+                }
+                o
+            })
+            .collect()
+    };
+    let q = run(&mut quick, 2, ops(true));
+    let g = run(&mut general, 2, ops(false));
+    assert!(q.replies.is_empty());
+    assert_eq!(q.acked, 9);
+    assert_eq!(quick.applied_seq(2), 9);
+    assert_eq!(g.replies[3].status, Status::WrongType as i32);
+    assert_eq!(g.replies[8].status, Status::Overflow as i32);
+    // The subscriber (client 1) hears about the watched key on both paths.
+    assert_eq!(q.pushes.len(), 1);
+    assert_eq!(q.pushes[0].1.value, Some(WV::int(6)));
+    let dump = |s: &Shard| {
+        let mut v: Vec<_> = s
+            .map
+            .iter()
+            .map(|(k, e)| (format!("{k:?}"), e.value.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(dump(&quick), dump(&general));
+    let get = |s: &mut Shard, k| one(s, 3, op(OpCode::OpGet, k)).value;
+    assert_eq!(get(&mut quick, "a"), Some(WV::int(1 + 3 + 7)));
+    assert_eq!(get(&mut quick, "num"), Some(WV::int(45)));
+    assert_eq!(get(&mut quick, "big"), Some(WV::int(i64::MAX)));
+    // Its WAL holds the same records and replays to the same state.
+    let replay = |s: &mut Shard| {
+        let mut wal = Vec::new();
+        s.take_wal(&mut wal);
+        let mut r = chc_proto::records::FrameReader::new(&wal);
+        let mut t = shard();
+        let mut recs = Vec::new();
+        while let Some(rec) = r.next_wal() {
+            t.replay_wal_record(&rec);
+            recs.push((rec.client, rec.seq, rec.op.key.sub.clone(), rec.op.num));
+        }
+        (t, recs)
+    };
+    let (tq, rq) = replay(&mut quick);
+    let (tg, rg) = replay(&mut general);
+    assert_eq!(rq, rg);
+    assert_eq!(dump(&tq), dump(&quick));
+    assert_eq!(tq.applied_seq(2), tg.applied_seq(2));
+    // Retransmitted, nothing is applied twice.
+    let mut again = ops(true);
+    for o in &mut again {
+        o.flags |= OpFlag::FlagRetransmit as u32;
+    }
+    run(&mut quick, 2, again);
+    assert_eq!(get(&mut quick, "a"), Some(WV::int(11)));
+}

@@ -301,3 +301,204 @@ fn evicted_flows_move_to_the_new_instance() {
         assert_eq!(Value::from_wire_owned(v.value.as_ref()), Value::Int(want));
     }
 }
+
+/// A handover of many flows spread over shards, queued right behind their last updates (no
+/// flush in between): one release operation per shard; every update reaches the store before
+/// the release; a waiting instance is handed each object it asked for, once, with its final
+/// value; the other moved objects are free; the flows that stay are still the old instance's.
+#[test]
+fn evict_releases_many_flows_with_one_operation_per_shard() {
+    let store = Store::start(StoreConfig::in_memory(3)).unwrap();
+    let mk = |i| external(&store, 12, i);
+    let (mut old, mut new, mut third) = (mk(0), mk(1), mk(2));
+    new.set_fresh(false);
+    let flows: Vec<Bytes> = (0..600u32)
+        .map(|i| Bytes::from(format!("flow{i}")))
+        .collect();
+    let index = |sub: &[u8]| -> usize { std::str::from_utf8(&sub[4..]).unwrap().parse().unwrap() };
+    for (i, f) in flows.iter().enumerate() {
+        old.begin_packet(ops::clock(1, i as u64 + 1), false);
+        old.incr(PF, f, i as i64 + 1).unwrap();
+    }
+    old.sync().unwrap();
+    // The new instance waits for every 50th flow.
+    let waited: Vec<usize> = (0..flows.len()).step_by(50).collect();
+    for &i in &waited {
+        let op = ObjKey::per_flow(12, PF, flows[i].clone()).acquire(1);
+        let r = new.store().unwrap().call(op).unwrap();
+        assert_eq!(r.status, Status::Pending as i32);
+    }
+    // Last updates, still queued when the handover starts.
+    for (i, f) in flows.iter().enumerate() {
+        old.begin_packet(ops::clock(1, 1000 + i as u64), false);
+        old.incr(PF, f, 1).unwrap();
+    }
+    let st = old.store().unwrap().stats;
+    let moved = old.evict(|k, _| index(k.sub.as_slice()) % 2 == 0).unwrap();
+    assert_eq!(moved, 300);
+    let after = old.store().unwrap().stats;
+    assert_eq!(after.ops - st.ops, 3, "one release operation per shard");
+    assert!(after.batches - st.batches <= 3, "one batch per shard");
+    assert_eq!(
+        old.store().unwrap().unacked(),
+        0,
+        "evict waits for the store"
+    );
+    // Handovers: each waited flow once, with every update applied.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < waited.len() && std::time::Instant::now() < deadline {
+        new.flush().unwrap();
+        got.extend(new.take_handovers());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    got.extend(new.take_handovers());
+    let mut seen: Vec<usize> = got.iter().map(|(k, _)| index(&k.sub)).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, waited, "exactly the waited flows, once each");
+    for (k, v) in &got {
+        assert_eq!((k.vertex, k.object, k.per_flow), (12, PF, true));
+        assert_eq!(*v, Value::Int(index(&k.sub) as i64 + 2), "{:?}", k.sub);
+    }
+    // Ownership after the move, checked with raw updates by instances 1 and 2.
+    let try_incr = |c: &mut StateClient, inst: u16, f: &Bytes| {
+        let mut op = ObjKey::per_flow(12, PF, f.clone()).incr(1);
+        op.instance = u32::from(inst);
+        c.store().unwrap().call(op).unwrap()
+    };
+    for (i, f) in flows.iter().enumerate() {
+        let r = try_incr(&mut third, 2, f);
+        if i % 2 == 1 {
+            assert_eq!(r.status, Status::NotOwner as i32, "flow {i} stayed");
+        } else if waited.contains(&i) {
+            assert_eq!(
+                r.status,
+                Status::NotOwner as i32,
+                "flow {i} is the new instance's"
+            );
+            let r = try_incr(&mut new, 1, f);
+            assert_eq!(r.value, Some(wire::Value::int(i as i64 + 3)), "flow {i}");
+        } else {
+            assert_eq!(r.status, Status::Ok as i32, "flow {i} is free");
+            assert_eq!(r.value, Some(wire::Value::int(i as i64 + 3)), "flow {i}");
+        }
+    }
+}
+
+/// An object becoming shared is flushed and dropped from the cache: the next read goes to the
+/// store and sees another instance's update.
+#[test]
+fn a_cache_exclusive_object_becoming_shared_reads_the_store() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mk = |i| external(&store, 13, i);
+    let (mut a, mut b) = (mk(0), mk(1));
+    for i in 0..1000u32 {
+        a.push_back(POOL, b"p", Bytes::from(i.to_be_bytes().to_vec()))
+            .unwrap();
+    }
+    assert_eq!(
+        a.pop_front(POOL, b"p").unwrap(),
+        Some(Bytes::from(0u32.to_be_bytes().to_vec()))
+    );
+    a.set_exclusive(POOL, false).unwrap();
+    b.set_exclusive(POOL, false).unwrap();
+    assert_eq!(a.store().unwrap().unacked(), 0, "flushed");
+    assert_eq!(
+        b.pop_front(POOL, b"p").unwrap(),
+        Some(Bytes::from(1u32.to_be_bytes().to_vec()))
+    );
+    b.sync().unwrap();
+    let calls = a.stats.remote_calls;
+    assert_eq!(
+        a.pop_front(POOL, b"p").unwrap(),
+        Some(Bytes::from(2u32.to_be_bytes().to_vec()))
+    );
+    assert!(
+        a.stats.remote_calls > calls,
+        "not served from a stale cache"
+    );
+}
+
+/// Large values a cache drops are freed by the background thread, not leaked.
+#[test]
+fn dropped_cache_values_are_freed_in_the_background() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    struct Owner(Arc<AtomicBool>);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            b"port"
+        }
+    }
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let freed = Arc::new(AtomicBool::new(false));
+    let item = Bytes::from_owner(Owner(freed.clone()));
+    let list: std::collections::VecDeque<Bytes> =
+        (0..FREE_INLINE_ITEMS * 4).map(|_| item.clone()).collect();
+    drop(item);
+    dispose(vec![Value::List(list)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !freed.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "never freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The same handover over the native TCP protocol, with several release operations per
+/// shard: a waiting instance on another connection gets its object, the rest is free,
+/// nothing is lost.
+#[test]
+fn evict_over_tcp_hands_over() {
+    use crate::client::{StoreClient, TcpOptions};
+    let store = Store::start(StoreConfig {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..StoreConfig::in_memory(2)
+    })
+    .unwrap();
+    let addr = store.native_addr.unwrap();
+    let mk = |i: u16| {
+        let c = StoreClient::connect(&[addr], 0x7C9_0000 + u64::from(i), TcpOptions::default())
+            .unwrap();
+        StateClient::external(14, i, Mode::EoCNa, &specs(), CustomOps::builtin(), c).unwrap()
+    };
+    let (mut old, mut new) = (mk(0), mk(1));
+    // Enough keys for several release lists per shard.
+    let flows: Vec<Bytes> = (0..5000u32)
+        .map(|i| Bytes::from(format!("f{i:05}")))
+        .collect();
+    for (i, f) in flows.iter().enumerate() {
+        old.begin_packet(ops::clock(1, i as u64 + 1), false);
+        old.incr(PF, f, 3).unwrap();
+        if i % 64 == 63 {
+            old.flush().unwrap();
+        }
+    }
+    old.sync().unwrap();
+    let r = new
+        .store()
+        .unwrap()
+        .call(ObjKey::per_flow(14, PF, flows[7].clone()).acquire(1))
+        .unwrap();
+    assert_eq!(r.status, Status::Pending as i32);
+    assert_eq!(old.evict(|_, _| true).unwrap(), flows.len());
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        new.flush().unwrap();
+        got = new.take_handovers();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.sub, flows[7]);
+    assert_eq!(got[0].1, Value::Int(3));
+    for (i, f) in flows.iter().enumerate() {
+        let mut op = ObjKey::per_flow(14, PF, f.clone()).incr(1);
+        op.instance = 1;
+        let r = new.store().unwrap().call(op).unwrap();
+        assert_eq!(r.value, Some(wire::Value::int(4)), "flow {i}");
+    }
+}
