@@ -306,12 +306,24 @@ impl Root {
     /// After the store came back from a failure, commit notifications it had not delivered
     /// are gone; the client library retransmitted every unacknowledged update, so the logged
     /// packets' updates are applied. Their commit check is waived: they settle on their
-    /// deletes' weights alone.
-    pub fn waive_commits(&mut self) {
-        for e in self.ring.iter_mut().filter(|e| e.live) {
+    /// deletes' weights alone, and those whose copies have all reported leave the log now
+    /// (no later event would come to settle them). Returns how many left.
+    pub fn waive_commits(&mut self) -> usize {
+        let mask = self.mask();
+        let mut left = 0;
+        for c in self.tail..self.counter {
+            let i = (c & mask) as usize;
+            let e = &mut self.ring[i];
+            if !e.live {
+                continue;
+            }
             e.xor = 0;
             e.waived = true;
+            if self.settle(i) == Settled::Deleted {
+                left += 1;
+            }
         }
+        left
     }
 
     /// A logged packet.
@@ -428,11 +440,26 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_waiting_only_for_lost_commits_leaves_when_they_are_waived() {
+        let mut r = root(100);
+        let a = r.admit(b"a", 1, 0).unwrap();
+        let b = r.admit(b"b", 1, 0).unwrap();
+        // Every copy of `a` reported; its commit notification died with the store.
+        assert_eq!(r.on_delete(a, FULL, 0x42), Settled::Pending);
+        r.on_delete(b, FULL / 2, 0x7);
+        assert_eq!(r.waive_commits(), 1);
+        assert_eq!(r.in_flight(), 1);
+        assert_eq!(r.watermark(), b);
+        assert_eq!(r.on_delete(b, FULL / 2, 0x9), Settled::Deleted);
+        assert_eq!(r.in_flight(), 0);
+    }
+
+    #[test]
     fn waived_commits_settle_on_weight() {
         let mut r = root(100);
         let c = r.admit(b"p", 1, 0).unwrap();
         r.on_delete(c, FULL / 2, 0x77);
-        r.waive_commits();
+        assert_eq!(r.waive_commits(), 0);
         assert_eq!(r.on_commit(c, 0x1234), Settled::Pending);
         assert_eq!(r.on_delete(c, FULL / 2, 0x99), Settled::Deleted);
     }

@@ -236,12 +236,13 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
         // A store that came back lost the commit notifications it had not sent.
         if store.stats.reconnects != store_reconnects {
             store_reconnects = store.stats.reconnects;
-            eprintln!(
-                "chc-dataplane: root: the store reconnected; waiving commits of {} logged packets",
-                root.in_flight()
-            );
+            let logged = root.in_flight();
             let _ = subscribe(&mut store);
-            root.waive_commits();
+            let left = root.waive_commits();
+            eprintln!(
+                "chc-dataplane: root: the store reconnected; waived the commits of {logged} \
+                 logged packets ({left} of them had every copy reported and left the log)"
+            );
         }
         if last_wm.elapsed() >= Duration::from_millis(5) {
             last_wm = Instant::now();

@@ -37,6 +37,10 @@ pub enum ClientError {
     Refused(String),
     #[error("the store closed the connection: {0}")]
     Closed(String),
+    /// The store applied the operation and failed before replying: a reconnection reported
+    /// it applied, and the reply is gone. `call` repeats operations that are safe to repeat.
+    #[error("shard {shard} applied operation {seq} but its reply was lost in a store failure")]
+    ReplyLost { shard: u32, seq: u64 },
 }
 
 /// Counters a client keeps.
@@ -248,18 +252,31 @@ impl StoreClient {
     /// Runs one operation and waits for its reply (everything queued before it on the same
     /// shard is applied first).
     pub fn call(&mut self, op: wire::Op) -> Result<wire::Reply, ClientError> {
-        let (shard, seq) = self.submit(op);
-        self.stats.blocking_calls += 1;
-        self.flush_shard(shard)?;
-        self.wait_reply(shard, seq)
+        let shard = self.shard_of(&op);
+        self.call_shard(shard, op)
     }
 
     /// Runs a shard-addressed operation and waits for its reply.
+    ///
+    /// If the store failed after applying it and before replying, an operation that is safe
+    /// to repeat (a read; a set, delete or subscription, which land in the same state again;
+    /// an update carrying a packet clock, which the store's clock log answers with the
+    /// logged result) is sent once more; anything else fails with
+    /// [`ClientError::ReplyLost`] rather than be applied twice.
     pub fn call_shard(&mut self, shard: u32, op: wire::Op) -> Result<wire::Reply, ClientError> {
+        let again = repeatable(&op).then(|| op.clone());
         let seq = self.submit_to(shard, op);
         self.stats.blocking_calls += 1;
         self.flush_shard(shard)?;
-        self.wait_reply(shard, seq)
+        match (self.wait_reply(shard, seq), again) {
+            (Err(ClientError::ReplyLost { .. }), Some(op)) => {
+                let seq = self.submit_to(shard, op);
+                self.stats.blocking_calls += 1;
+                self.flush_shard(shard)?;
+                self.wait_reply(shard, seq)
+            }
+            (r, _) => r,
+        }
     }
 
     /// Waits for the reply to an operation submitted earlier (flushes its shard).
@@ -269,6 +286,11 @@ impl StoreClient {
         loop {
             if let Some(r) = self.replies.remove(&(shard, seq)) {
                 return Ok(r);
+            }
+            // Replies come in the frame that acknowledges their operation; acknowledged
+            // without one, it was by a reconnection to a store that came back.
+            if self.links[shard as usize].acked >= seq {
+                return Err(ClientError::ReplyLost { shard, seq });
             }
             let waited = start.elapsed();
             if waited >= self.call_timeout {
@@ -431,6 +453,23 @@ impl Drop for StoreClient {
             }
         }
     }
+}
+
+/// Whether applying `op` a second time leaves the store as once and answers the same.
+fn repeatable(op: &wire::Op) -> bool {
+    use wire::OpCode as C;
+    op.clock != 0
+        || [
+            C::OpGet,
+            C::OpReadTs,
+            C::OpSet,
+            C::OpDel,
+            C::OpSubscribe,
+            C::OpUnsubscribe,
+            C::OpSubscribeCommits,
+        ]
+        .iter()
+        .any(|c| *c as i32 == op.code)
 }
 
 /// Whether a reply carries a usable value (OK, possibly as a suppressed duplicate).

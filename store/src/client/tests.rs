@@ -33,3 +33,33 @@ fn in_process_round_trip_across_shards() {
         .expect("a callback");
     assert_eq!(p.push.value, Some(WV::int(5)));
 }
+
+/// A reconnection to a store that came back acknowledges what it had applied; a blocking
+/// operation among them has no reply to come. Waiting for it must end at once, and only
+/// operations that are safe to repeat are repeated.
+#[test]
+fn a_reply_lost_with_the_store_is_reported_not_waited_for() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut c = store.client(1);
+    c.call_timeout = Duration::from_secs(30);
+    let k = ObjKey::raw("clock");
+    // Queued, never sent; then acknowledged the way a reconnection's Hello does.
+    let seq = c.submit_to(0, k.set(&Value::Int(7)));
+    c.links[0].pending.clear();
+    c.links[0].acked = seq;
+    let t = Instant::now();
+    assert!(matches!(
+        c.wait_reply(0, seq),
+        Err(ClientError::ReplyLost { shard: 0, .. })
+    ));
+    assert!(t.elapsed() < Duration::from_secs(5), "it did not wait for the timeout");
+    // Reads, sets and updates carrying a packet clock are repeated; a bare increment is not.
+    assert!(repeatable(&k.get()) && repeatable(&k.set(&Value::Int(1))));
+    let mut bumped = k.incr(1);
+    assert!(!repeatable(&bumped));
+    bumped.clock = 42;
+    assert!(repeatable(&bumped));
+    // The client still works.
+    c.call(k.set(&Value::Int(9))).unwrap();
+    assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(9)));
+}
