@@ -52,7 +52,10 @@ fn a_reply_lost_with_the_store_is_reported_not_waited_for() {
         c.wait_reply(0, seq),
         Err(ClientError::ReplyLost { shard: 0, .. })
     ));
-    assert!(t.elapsed() < Duration::from_secs(5), "it did not wait for the timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "it did not wait for the timeout"
+    );
     // Reads, sets and updates carrying a packet clock are repeated; a bare increment is not.
     assert!(repeatable(&k.get()) && repeatable(&k.set(&Value::Int(1))));
     let mut bumped = k.incr(1);
