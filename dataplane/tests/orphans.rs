@@ -46,8 +46,11 @@ fn instances_and_roots_exit_when_their_manager_dies() {
         // The "manager": a shell that starts the process, prints its pid and is killed.
         let mut mgr = Command::new("sh")
             .arg("-c")
-            .arg(format!("{bin} {args} 2>/dev/null & echo $!; sleep 30"))
+            .arg(format!(
+                "{bin} {args} </dev/null >/dev/null 2>&1 & echo $!; exec sleep 30"
+            ))
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
