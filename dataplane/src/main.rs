@@ -38,14 +38,6 @@ enum Cmd {
         #[arg(long)]
         replacement: bool,
     },
-    /// Wait as a warm spare NF instance of a multi-process chain (started by the manager):
-    /// reads `VERTEX INDEX` on standard input, then takes over that instance as a
-    /// replacement (as `instance --replacement`), without a process start in the way.
-    Standby {
-        /// The cluster plan the manager wrote.
-        #[arg(long)]
-        plan: PathBuf,
-    },
     /// Run the root of a multi-process chain (started by the manager).
     Root {
         #[arg(long)]
@@ -180,25 +172,6 @@ fn main() -> Result<()> {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
             chc_dataplane::cluster::exit_with_parent(format!("{vertex}/{index}"));
             chc_dataplane::cluster::node::run_instance(&p, &vertex, index, replacement)
-                .map_err(anyhow::Error::msg)
-        }
-        Cmd::Standby { plan } => {
-            let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
-            // Compile the chain now, so a bad plan fails here and not at the takeover.
-            p.chain().map_err(anyhow::Error::msg)?;
-            chc_dataplane::cluster::exit_with_parent("standby".into());
-            let mut line = String::new();
-            if std::io::stdin().read_line(&mut line)? == 0 {
-                // The manager closed our input: not needed.
-                return Ok(());
-            }
-            let mut w = line.split_whitespace();
-            let (Some(vertex), Some(index)) = (w.next(), w.next().and_then(|i| i.parse().ok()))
-            else {
-                anyhow::bail!("standby: expected VERTEX INDEX on standard input, got {line:?}");
-            };
-            eprintln!("chc-dataplane: standby taking over {vertex}/{index}");
-            chc_dataplane::cluster::node::run_instance(&p, vertex, index, true)
                 .map_err(anyhow::Error::msg)
         }
         Cmd::Root { plan, recover } => {

@@ -138,7 +138,7 @@ fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(10));
     }
     false
 }
@@ -156,20 +156,12 @@ struct Cluster<'a> {
     procs: Vec<Proc>,
     /// Processes started so far per name (numbers the logs: a replacement's log is new).
     spawned: HashMap<String, usize>,
-    /// A warm spare for the next failed NF instance (`chc-dataplane standby`): started,
-    /// waiting on its standard input to be told which instance to become, so a replacement
-    /// costs no process start.
-    standby: Option<Child>,
     report: ClusterReport,
 }
 
 /// A run that ends early (an error, a missed deadline) takes its processes with it.
 impl Drop for Cluster<'_> {
     fn drop(&mut self) {
-        if let Some(mut s) = self.standby.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
         for p in self.procs.iter_mut() {
             if matches!(p.child.try_wait(), Ok(None)) {
                 let _ = p.child.kill();
@@ -220,7 +212,12 @@ impl<'a> Cluster<'a> {
             }
         };
         cmd.args(extra);
-        let (log, f) = self.log_file(&name)?;
+        let n = self.spawned.entry(name.clone()).or_insert(0);
+        *n += 1;
+        let n = *n - 1;
+        let log = self.o.run_dir.join(format!("{name}.{n}.log"));
+        let f = std::fs::File::create(&log)
+            .map_err(|e| ClusterError::Setup(format!("{}: {e}", log.display())))?;
         let child = cmd.stdout(Stdio::null()).stderr(f).spawn().map_err(|e| {
             ClusterError::Setup(format!("starting {name} ({:?}): {e}", cmd.get_program()))
         })?;
@@ -238,62 +235,6 @@ impl<'a> Cluster<'a> {
             return Err(ClusterError::Crashed(name, log));
         }
         Ok(())
-    }
-
-    /// Log file for the next process called `name`.
-    fn log_file(&mut self, name: &str) -> Result<(PathBuf, std::fs::File), ClusterError> {
-        let n = self.spawned.entry(name.to_string()).or_insert(0);
-        *n += 1;
-        let log = self.o.run_dir.join(format!("{name}.{}.log", *n - 1));
-        let f = std::fs::File::create(&log)
-            .map_err(|e| ClusterError::Setup(format!("{}: {e}", log.display())))?;
-        Ok((log, f))
-    }
-
-    /// Starts a spare instance process (it does not listen until told what to become).
-    fn spawn_standby(&mut self) -> Result<(), ClusterError> {
-        let (_, f) = self.log_file("standby")?;
-        let mut cmd = Command::new(self.o.bin_dir.join("chc-dataplane"));
-        cmd.args(["standby", "--plan", &self.plan_path.display().to_string()]);
-        let child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .map_err(|e| ClusterError::Setup(format!("starting a standby: {e}")))?;
-        self.standby = Some(child);
-        Ok(())
-    }
-
-    /// Replaces a failed NF instance: the standby takes over if there is one alive (then a
-    /// new standby starts), else a new process does.
-    fn replace_instance(&mut self, vi: usize, i: u16) -> Result<(), ClusterError> {
-        let v = &self.o.chain.vertices[vi];
-        let name = format!("{}-{i}", v.name);
-        if let Some(mut sb) = self.standby.take() {
-            let told = sb.stdin.as_mut().is_some_and(|w| {
-                writeln!(w, "{} {i}", v.name)
-                    .and_then(|_| w.flush())
-                    .is_ok()
-            });
-            if told && matches!(sb.try_wait(), Ok(None)) {
-                self.procs.push(Proc {
-                    what: Victim::Instance(vi, i),
-                    name: name.clone(),
-                    child: sb,
-                });
-                let addr = self.plan.instances[vi][i as usize];
-                if !wait_listening(addr, Duration::from_secs(60)) {
-                    let log = self.o.run_dir.join(format!("{name} (standby)"));
-                    return Err(ClusterError::Crashed(name, log));
-                }
-                return self.spawn_standby();
-            }
-            let _ = sb.kill();
-            let _ = sb.wait();
-        }
-        self.spawn(Victim::Instance(vi, i), &["--replacement"])?;
-        self.spawn_standby()
     }
 
     fn kill(&mut self, what: Victim) {
@@ -375,7 +316,6 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         plan_path,
         procs: Vec::new(),
         spawned: HashMap::new(),
-        standby: None,
         report: ClusterReport::default(),
     };
     c.spawn(Victim::Store, &[])?;
@@ -385,9 +325,6 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         }
     }
     c.spawn(Victim::Root, &[])?;
-    if !o.chain.vertices.is_empty() {
-        c.spawn_standby()?;
-    }
     // Every instance says when its input is done (after sending its last events).
     let exits: usize = o
         .chain
@@ -595,7 +532,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                     source.reconnect(Duration::from_secs(30));
                 }
                 Victim::Instance(vi, i) => {
-                    c.replace_instance(vi, i)?;
+                    c.spawn(Victim::Instance(vi, i), &["--replacement"])?;
                     source.send(&Frame::Replay(o.chain.vertices[vi].id));
                 }
             }
@@ -622,10 +559,6 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         let _ = f.flush();
     }
     // Everything is out: stop the processes (the store cleanly).
-    if let Some(mut s) = c.standby.take() {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
     for p in c.procs.iter_mut() {
         if p.what == Victim::Store {
             let _ = Command::new("kill")
