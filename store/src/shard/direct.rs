@@ -250,6 +250,7 @@ mod tests {
     use super::*;
     use crate::custom::CustomOps;
     use crate::names::Names;
+    use crate::shard::tests::{dump, replayed};
     use chc_proto::records::{FrameReader, WalRecord};
     use parking_lot::RwLock;
     use std::sync::Arc;
@@ -272,16 +273,6 @@ mod tests {
             per_flow: false,
             sub: s.as_bytes(),
         }
-    }
-
-    fn dump(s: &Shard) -> Vec<(String, Value)> {
-        let mut v: Vec<_> = s
-            .map
-            .iter()
-            .map(|(k, e)| (format!("{k:?}"), e.value.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     }
 
     /// The direct path answers as the general path does, and its WAL replays to the same state.
@@ -370,17 +361,12 @@ mod tests {
         g.apply_batch(c, &ops, 0, &mut Default::default());
         assert_eq!(dump(&s), dump(&g));
         // Replaying the compact records rebuilds the state.
-        let mut wal = Vec::new();
-        s.take_wal(&mut wal);
-        let mut r = FrameReader::new(&wal);
-        let mut t = shard();
-        let mut n = 0;
-        while let Some(rec) = r.next_wal() {
-            t.replay_wal_record(&rec);
-            n += 1;
-        }
-        assert!(r.torn().is_none());
-        assert_eq!(n, 11, "one record per change, none for refused updates");
+        let (t, recs) = replayed(&mut s);
+        assert_eq!(
+            recs.len(),
+            11,
+            "one record per change, none for refused updates"
+        );
         assert_eq!(dump(&s), dump(&t));
     }
 

@@ -20,6 +20,32 @@ fn op(code: OpCode, sub: &str) -> wire::Op {
     }
 }
 
+/// The shard's entries as (key, value, owner), sorted: shards in the same state dump alike.
+pub(super) fn dump(s: &Shard) -> Vec<(String, Value, u32)> {
+    let mut v: Vec<_> = s
+        .map
+        .iter()
+        .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A new shard rebuilt from the WAL `s` wrote so far (which must end cleanly), and the records.
+pub(super) fn replayed(s: &mut Shard) -> (Shard, Vec<chc_proto::records::WalRecord>) {
+    let mut wal = Vec::new();
+    s.take_wal(&mut wal);
+    let mut r = chc_proto::records::FrameReader::new(&wal);
+    let mut t = shard();
+    let mut recs = Vec::new();
+    while let Some(rec) = r.next_wal() {
+        t.replay_wal_record(&rec);
+        recs.push(rec);
+    }
+    assert!(r.torn().is_none());
+    (t, recs)
+}
+
 fn run(s: &mut Shard, client: ClientId, ops: Vec<wire::Op>) -> Outputs {
     let mut out = Outputs::default();
     s.apply_batch(client, &ops, 42, &mut out);
@@ -345,23 +371,7 @@ fn wal_replay_reproduces_state() {
     nd.clock = 77;
     ops.push(nd.clone());
     let nd_val = run(&mut s, 3, ops).replies.pop().unwrap().value;
-    let mut wal = Vec::new();
-    s.take_wal(&mut wal);
-    let mut r = chc_proto::records::FrameReader::new(&wal);
-    let mut t = shard();
-    while let Some(rec) = r.next_wal() {
-        t.replay_wal_record(&rec);
-    }
-    assert!(r.torn().is_none());
-    let dump = |s: &Shard| {
-        let mut v: Vec<_> = s
-            .map
-            .iter()
-            .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let (mut t, _) = replayed(&mut s);
     assert_eq!(dump(&s), dump(&t));
     assert_eq!(t.applied_seq(3), 50);
     // The non-deterministic value is the logged one, and still suppressed as a duplicate.
@@ -599,23 +609,7 @@ fn release_many_replays_from_the_wal() {
     assert_eq!(out.pushes.len(), 3);
     // Instance 4 claims a freed one afterwards.
     run(&mut s, 14, vec![pf_incr("f9", 4, 100)]);
-    let mut wal = Vec::new();
-    s.take_wal(&mut wal);
-    let mut r = chc_proto::records::FrameReader::new(&wal);
-    let mut t = shard();
-    while let Some(rec) = r.next_wal() {
-        t.replay_wal_record(&rec);
-    }
-    assert!(r.torn().is_none());
-    let dump = |s: &Shard| {
-        let mut v: Vec<_> = s
-            .map
-            .iter()
-            .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let (t, _) = replayed(&mut s);
     assert_eq!(dump(&s), dump(&t));
     assert_eq!(owner_of(&t, "f3"), Some(3));
     assert_eq!(owner_of(&t, "f7"), Some(4));
@@ -674,15 +668,6 @@ fn nonblocking_increments_match_the_general_path() {
     // The subscriber (client 1) hears about the watched key on both paths.
     assert_eq!(q.pushes.len(), 1);
     assert_eq!(q.pushes[0].1.value, Some(WV::int(6)));
-    let dump = |s: &Shard| {
-        let mut v: Vec<_> = s
-            .map
-            .iter()
-            .map(|(k, e)| (format!("{k:?}"), e.value.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
     assert_eq!(dump(&quick), dump(&general));
     let get = |s: &mut Shard, k| one(s, 3, op(OpCode::OpGet, k)).value;
     assert_eq!(get(&mut quick, "a"), Some(WV::int(1 + 3 + 7)));
@@ -690,15 +675,11 @@ fn nonblocking_increments_match_the_general_path() {
     assert_eq!(get(&mut quick, "big"), Some(WV::int(i64::MAX)));
     // Its WAL holds the same records and replays to the same state.
     let replay = |s: &mut Shard| {
-        let mut wal = Vec::new();
-        s.take_wal(&mut wal);
-        let mut r = chc_proto::records::FrameReader::new(&wal);
-        let mut t = shard();
-        let mut recs = Vec::new();
-        while let Some(rec) = r.next_wal() {
-            t.replay_wal_record(&rec);
-            recs.push((rec.client, rec.seq, rec.op.key.sub.clone(), rec.op.num));
-        }
+        let (t, recs) = replayed(s);
+        let recs: Vec<_> = recs
+            .into_iter()
+            .map(|r| (r.client, r.seq, r.op.key.sub, r.op.num))
+            .collect();
         (t, recs)
     };
     let (tq, rq) = replay(&mut quick);
