@@ -231,16 +231,6 @@ impl Bed<'_> {
     }
 }
 
-fn parse_delay(s: &str) -> Result<Delay> {
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let d = Delay {
-        min_us: a.trim().parse().context("--delay: bad minimum")?,
-        max_us: b.trim().parse().context("--delay: bad maximum")?,
-    };
-    ensure!(d.min_us <= d.max_us, "--delay: minimum above maximum");
-    Ok(d)
-}
-
 /// Builds the trace (background + planted signatures) in `dir`.
 pub fn trace(dir: &Path, background: u64, hosts: usize, spacing: usize) -> Result<PathBuf> {
     let bg = dir.join("background.pcap");
@@ -272,7 +262,10 @@ pub fn run_order(a: &OrderArgs) -> Result<serde_json::Value> {
         a.hosts > 0 && a.reps > 0,
         "--hosts and --reps must be at least 1"
     );
-    let d = parse_delay(&a.delay)?;
+    let d: Delay = a
+        .delay
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--delay {:?}: {e}", a.delay))?;
     let tmp = tempfile::tempdir()?;
     let dir = match &a.keep {
         Some(k) => {

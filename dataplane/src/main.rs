@@ -129,15 +129,10 @@ fn parse_delay(s: &str) -> Result<(String, Delay)> {
     let (name, range) = s
         .split_once('=')
         .with_context(|| format!("--delay {s:?}: expected NAME=MIN-MAX (microseconds)"))?;
-    let (a, b) = range.split_once('-').unwrap_or((range, range));
-    let min_us: u64 = a
+    let d: Delay = range
         .parse()
-        .with_context(|| format!("--delay {s:?}: bad minimum"))?;
-    let max_us: u64 = b
-        .parse()
-        .with_context(|| format!("--delay {s:?}: bad maximum"))?;
-    anyhow::ensure!(min_us <= max_us, "--delay {s:?}: minimum above maximum");
-    Ok((name.to_string(), Delay { min_us, max_us }))
+        .map_err(|e| anyhow::anyhow!("--delay {s:?}: {e}"))?;
+    Ok((name.to_string(), d))
 }
 
 fn parse_scale(s: &str, handover: bool) -> Result<ScaleStep> {

@@ -70,6 +70,21 @@ pub struct Delay {
     pub max_us: u64,
 }
 
+/// `MIN-MAX` (microseconds), or one number for a fixed delay.
+impl std::str::FromStr for Delay {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Delay, String> {
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let min_us = a.trim().parse().map_err(|_| "bad minimum".to_string())?;
+        let max_us = b.trim().parse().map_err(|_| "bad maximum".to_string())?;
+        if min_us > max_us {
+            return Err("minimum above maximum".into());
+        }
+        Ok(Delay { min_us, max_us })
+    }
+}
+
 /// How to run a chain.
 #[derive(Clone)]
 pub struct RunOptions {
@@ -1584,5 +1599,21 @@ fn summarize(
             moves
         },
         clone: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Delay;
+
+    #[test]
+    fn delays_parse_as_a_range_or_one_value() {
+        let d: Delay = "50-100".parse().unwrap();
+        assert_eq!((d.min_us, d.max_us), (50, 100));
+        let d: Delay = "7".parse().unwrap();
+        assert_eq!((d.min_us, d.max_us), (7, 7));
+        assert_eq!("x-3".parse::<Delay>().unwrap_err(), "bad minimum");
+        assert_eq!("3-y".parse::<Delay>().unwrap_err(), "bad maximum");
+        assert_eq!("9-1".parse::<Delay>().unwrap_err(), "minimum above maximum");
     }
 }
