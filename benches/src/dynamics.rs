@@ -32,7 +32,7 @@ use crate::synth::{synth, Rng, SynthArgs};
 use anyhow::{bail, ensure, Context, Result};
 use chc_dataplane::cluster::link::{Frame, Peer};
 use chc_dataplane::cluster::manager::{
-    default_bin_dir, run_cluster, ClusterOptions, Fault, Victim,
+    default_bin_dir, run_cluster, ClusterError, ClusterOptions, ClusterReport, Fault, Victim,
 };
 use chc_dataplane::cluster::net::{In, Inbox, Outlet};
 use chc_dataplane::config::Vertex;
@@ -926,6 +926,43 @@ fn reap(run_dir: &Path) {
     }
 }
 
+/// The NAT chain over `trace` as processes, in `run_dir`: no failure, unpaced, fsync everysec.
+fn nat_cluster(
+    chain: &Chain,
+    trace: &Path,
+    run_dir: &Path,
+    bin_dir: &Path,
+    deadline: Duration,
+) -> ClusterOptions {
+    ClusterOptions {
+        chain: chain.clone(),
+        chain_toml: NAT_CHAIN.to_string(),
+        input: trace.to_path_buf(),
+        output: run_dir.join("run.pcap"),
+        events: None,
+        run_dir: run_dir.to_path_buf(),
+        bin_dir: bin_dir.to_path_buf(),
+        store_shards: 1,
+        fsync: "everysec".into(),
+        faults: Vec::new(),
+        window: 256,
+        deadline,
+        rate_pps: None,
+    }
+}
+
+/// One cluster run: one that fails leaves no process behind; its directory goes unless kept.
+fn run_in(o: &ClusterOptions, keep: bool) -> Result<ClusterReport, ClusterError> {
+    let r = run_cluster(o);
+    if r.is_err() {
+        reap(&o.run_dir);
+    }
+    if !keep {
+        let _ = std::fs::remove_dir_all(&o.run_dir);
+    }
+    r
+}
+
 /// The end-to-end rows; a kind whose every run failed gets no row but a line in `failures`.
 fn crashes(
     reps: usize,
@@ -973,42 +1010,22 @@ fn crashes(
         let (mut ms, mut failed) = (Vec::new(), Vec::new());
         for i in 0..reps {
             let run_dir = dir.join(format!("cluster-{}-{i}", name.replace(' ', "-")));
-            let r = run_cluster(&ClusterOptions {
-                chain: chain.clone(),
-                chain_toml: NAT_CHAIN.to_string(),
-                input: trace.clone(),
-                output: run_dir.join("run.pcap"),
-                events: None,
-                run_dir: run_dir.clone(),
-                bin_dir: bin_dir.to_path_buf(),
-                store_shards: 1,
-                // As `chc-bench coe --scenario store-crash` runs it.
-                fsync: if matches!(victim, Victim::Store) {
-                    "always".into()
-                } else {
-                    "everysec".into()
-                },
-                faults: vec![Fault {
-                    after_output: packets / 3,
-                    victims: vec![victim],
-                }],
-                window: 256,
-                deadline: Duration::from_secs(120),
-                rate_pps: None,
-            });
+            let mut o = nat_cluster(&chain, &trace, &run_dir, bin_dir, Duration::from_secs(120));
+            // As `chc-bench coe --scenario store-crash` runs it.
+            if matches!(victim, Victim::Store) {
+                o.fsync = "always".into();
+            }
+            o.faults = vec![Fault {
+                after_output: packets / 3,
+                victims: vec![victim],
+            }];
             // A run that fails is reported, not hidden, and does not cost the other rows.
-            match r {
+            match run_in(&o, keep) {
                 Ok(r) => match r.recoveries.first() {
                     Some(rec) => ms.push(rec.ms),
                     None => failed.push("the run recovered nothing".to_string()),
                 },
-                Err(e) => {
-                    failed.push(e.to_string());
-                    reap(&run_dir);
-                }
-            }
-            if !keep {
-                let _ = std::fs::remove_dir_all(&run_dir);
+                Err(e) => failed.push(e.to_string()),
             }
         }
         for f in &failed {
@@ -1112,30 +1129,13 @@ fn nf_crash_latency(
     let packets = 20_000u64;
     let trace = synth_trace(dir, "nf-latency", packets, 2_000, 256, 10.0, 17)?;
     let opts = |run_dir: &Path, rate: Option<u64>, faults: Vec<Fault>| ClusterOptions {
-        chain: chain.clone(),
-        chain_toml: NAT_CHAIN.to_string(),
-        input: trace.clone(),
-        output: run_dir.join("run.pcap"),
-        events: None,
-        run_dir: run_dir.to_path_buf(),
-        bin_dir: bin_dir.to_path_buf(),
-        store_shards: 1,
-        fsync: "everysec".into(),
         faults,
-        window: 256,
-        deadline: Duration::from_secs(180),
         rate_pps: rate,
+        ..nat_cluster(&chain, &trace, run_dir, bin_dir, Duration::from_secs(180))
     };
     // Capacity: the same trace without a failure, as fast as the chain takes.
-    let cap_dir = dir.join("cluster-capacity");
-    let r = run_cluster(&opts(&cap_dir, None, Vec::new()));
-    if r.is_err() {
-        reap(&cap_dir);
-    }
-    let r = r.context("the capacity run")?;
-    if !keep {
-        let _ = std::fs::remove_dir_all(&cap_dir);
-    }
+    let cap = opts(&dir.join("cluster-capacity"), None, Vec::new());
+    let r = run_in(&cap, keep).context("the capacity run")?;
     let span_ms = match (r.latency.first(), r.latency.last()) {
         (Some(a), Some(b)) if b.0 > a.0 => b.0 - a.0,
         _ => bail!("the capacity run wrote no packets"),
@@ -1150,7 +1150,7 @@ fn nf_crash_latency(
             after_output: packets / 3,
             victims: vec![Victim::Instance(0, 0)],
         };
-        match run_cluster(&opts(&run_dir, Some(rate), vec![fault])) {
+        match run_in(&opts(&run_dir, Some(rate), vec![fault]), keep) {
             Ok(r) => match r
                 .recoveries
                 .first()
@@ -1167,13 +1167,7 @@ fn nf_crash_latency(
                         .to_string(),
                 ),
             },
-            Err(e) => {
-                failed.push(e.to_string());
-                reap(&run_dir);
-            }
-        }
-        if !keep {
-            let _ = std::fs::remove_dir_all(&run_dir);
+            Err(e) => failed.push(e.to_string()),
         }
     }
     let _ = std::fs::remove_file(&trace);
