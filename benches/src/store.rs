@@ -385,6 +385,7 @@ fn pipelined_incr(
                 shard: 0,
                 token: String::new(),
                 version: wire::PROTOCOL_VERSION,
+                supersedes: Vec::new(),
             }),
             ops: Vec::new(),
         },

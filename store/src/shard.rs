@@ -505,6 +505,7 @@ impl Shard {
             OpCode::OpAcquire => self.acquire(client, op, k, &mut reply),
             OpCode::OpRelease => self.release(op, k, &mut reply, out),
             OpCode::OpReleaseMany => self.release_many(client, op, &mut reply, out),
+            OpCode::OpScanOwned => self.scan_owned(op, &mut reply),
             OpCode::OpReassignOwner => {
                 let (from, to) = (op.num as u32 + 1, op.instance + 1);
                 let mut n = 0;
@@ -826,6 +827,36 @@ impl Shard {
             self.wal_record(client, op, &Value::Nil);
         }
         reply.value = Value::Int(moved).to_wire();
+    }
+
+    /// Every per-flow object of `op.vertex` that `op.instance` owns, with its value. Cost is
+    /// a pass over the shard (as OP_REASSIGN_OWNER), paid once per replacement instance.
+    fn scan_owned(&mut self, op: &wire::Op, reply: &mut wire::Reply) {
+        if op.vertex > 0xFFFF {
+            self.stats.bad_requests += 1;
+            reply.status = Status::BadRequest as i32;
+            return;
+        }
+        let (vertex, me, limit) = (op.vertex as u16, op.instance + 1, op.num.max(0) as usize);
+        let mut bytes = 0usize;
+        for (key, e) in &self.map {
+            if !(key.per_flow && key.vertex == vertex && e.owner == me) || e.value.is_nil() {
+                continue;
+            }
+            let sub = key.sub.as_slice();
+            bytes += sub.len() + e.value.approx_len();
+            if limit > 0 && bytes > limit {
+                reply.owned.clear();
+                reply.status = Status::Overflow as i32;
+                return;
+            }
+            reply.owned.push(wire::Owned {
+                object: u32::from(key.object),
+                sub: Bytes::copy_from_slice(sub),
+                value: e.value.to_wire(),
+            });
+        }
+        reply.version = self.stats.ops;
     }
 
     /// Gives up `instance`'s ownership of one per-flow object: the first waiter gets it (and

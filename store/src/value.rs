@@ -71,6 +71,16 @@ impl Value {
         }
     }
 
+    /// Roughly the bytes the value takes on the wire (for limits, not for encoding).
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Value::Nil => 0,
+            Value::Int(_) => 8,
+            Value::Bytes(b) => b.len(),
+            Value::List(l) => l.iter().map(|b| b.len() + 2).sum(),
+        }
+    }
+
     pub fn to_wire(&self) -> Option<wire::Value> {
         use wire::value::Kind;
         let kind = match self {

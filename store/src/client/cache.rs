@@ -299,6 +299,56 @@ impl StateClient {
         self.fresh = fresh;
     }
 
+    /// Loads every per-flow object this instance owns into the cache (those not cached
+    /// already), one call per shard, and from then on treats misses as "no state": a
+    /// replacement instance would otherwise wait for the store on the first packet of each of
+    /// its flows. Call it only when the store has every update of this instance's flows: after
+    /// the failed instance's connections are gone (`TcpOptions::supersedes`) and the replay
+    /// went through. Returns how many objects were loaded; `Ok(None)` if they exceed
+    /// `limit` bytes of values on some shard (nothing changes then: misses keep asking the
+    /// store).
+    pub fn preload_owned(&mut self, limit: usize) -> Result<Option<usize>, StateError> {
+        if self.store.is_none() || self.mode == Mode::Traditional {
+            return Ok(Some(0));
+        }
+        let (vertex, instance) = (self.vertex, self.instance);
+        let s = self.store_mut();
+        let mut found = Vec::new();
+        for shard in 0..s.shards() {
+            let r = s.call_shard(shard, ops::scan_owned(vertex, instance, limit))?;
+            if r.status == Status::Overflow as i32 {
+                return Ok(None);
+            }
+            found.push(r);
+        }
+        self.stats.remote_calls += found.len() as u64;
+        let mut n = 0;
+        for r in found {
+            for o in r.owned {
+                let Ok(object) = u16::try_from(o.object) else {
+                    continue;
+                };
+                let cached = matches!(
+                    self.strategy_of(object),
+                    Some(Strategy::CacheFlush | Strategy::CacheExclusive)
+                );
+                if !cached {
+                    continue;
+                }
+                let k = Key::new(vertex, object, true, &o.sub);
+                if let hashbrown::hash_map::Entry::Vacant(e) = self.flows.entry(k) {
+                    e.insert(Cached {
+                        value: Value::from_wire_owned(o.value.as_ref()),
+                        version: r.version,
+                    });
+                    n += 1;
+                }
+            }
+        }
+        self.fresh = true;
+        Ok(Some(n))
+    }
+
     pub fn store(&mut self) -> Option<&mut StoreClient> {
         self.store.as_mut()
     }
@@ -735,19 +785,31 @@ impl StateClient {
         op: wire::Op,
     ) -> Result<(Status, Value), StateError> {
         let key = self.key(obj, scope, sub);
+        let code = OpCode::try_from(op.code).unwrap_or(OpCode::OpNoop);
         let stamped = self.stamp(op, obj);
         let (shard, seq) = self.send(&key, stamped, false);
         self.stats.remote_calls += 1;
-        let s = self.store_mut();
-        let (_, gseq) = s.submit(key.get());
-        let r = s.wait_reply(shard, seq)?;
-        let g = s.wait_reply(shard, gseq)?;
         let k = KeyRef {
             vertex: self.vertex,
             object: obj,
             per_flow: scope == Scope::PerFlow,
             sub,
         };
+        let callback = self.obj(obj)?.0 == Strategy::CacheCallback;
+        if self.replay && !callback && is_list_op(code) {
+            // A replayed push or pop on a list (a NAT's port pool holds tens of thousands of
+            // items): copying the whole list back after every replayed packet made a replay
+            // of a few packets take tens of milliseconds. The copy is dropped instead; the
+            // first access after the replay loads the list once, with every replayed update
+            // applied (the store serves this connection's operations in order).
+            let r = self.store_mut().wait_reply(shard, seq)?;
+            self.cache_mut(k.per_flow).remove(&k);
+            return Ok((status_of(&r), Value::from_wire_owned(r.value.as_ref())));
+        }
+        let s = self.store_mut();
+        let (_, gseq) = s.submit(key.get());
+        let r = s.wait_reply(shard, seq)?;
+        let g = s.wait_reply(shard, gseq)?;
         self.cache_mut(k.per_flow).insert(
             k.to_key(),
             Cached {
@@ -995,6 +1057,13 @@ fn dispose(values: Vec<Value>) {
     if let Some(q) = freer {
         q.push(values);
     }
+}
+
+fn is_list_op(code: OpCode) -> bool {
+    matches!(
+        code,
+        OpCode::OpPushFront | OpCode::OpPushBack | OpCode::OpPopFront | OpCode::OpPopBack
+    )
 }
 
 fn status_of(r: &wire::Reply) -> Status {

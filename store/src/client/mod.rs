@@ -462,6 +462,7 @@ fn repeatable(op: &wire::Op) -> bool {
         || [
             C::OpGet,
             C::OpReadTs,
+            C::OpScanOwned,
             C::OpSet,
             C::OpDel,
             C::OpSubscribe,

@@ -199,6 +199,19 @@ pub fn release_many(vertex: u16, instance: u16, keys: Bytes) -> wire::Op {
     }
 }
 
+/// Read every per-flow object of `vertex` owned by `instance` (send to every shard); the
+/// shard answers OVERFLOW instead when the values exceed `limit` bytes (0: no limit).
+pub fn scan_owned(vertex: u16, instance: u16, limit: usize) -> wire::Op {
+    wire::Op {
+        code: OpCode::OpScanOwned as i32,
+        vertex: u32::from(vertex),
+        per_flow: true,
+        instance: u32::from(instance),
+        num: i64::try_from(limit).unwrap_or(i64::MAX),
+        ..Default::default()
+    }
+}
+
 /// Move every per-flow object owned by `from` to `to` (send to every shard).
 pub fn reassign_owner(from: u16, to: u16) -> wire::Op {
     wire::Op {

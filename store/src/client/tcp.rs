@@ -19,6 +19,9 @@ pub struct TcpOptions {
     pub token: Option<String>,
     /// How long to keep trying to (re)connect before giving up.
     pub connect_timeout: Duration,
+    /// Clients this one replaces (see `Hello.supersedes`): connecting waits until the
+    /// store has applied everything they sent.
+    pub supersedes: Vec<u64>,
 }
 
 impl Default for TcpOptions {
@@ -26,6 +29,7 @@ impl Default for TcpOptions {
         TcpOptions {
             token: None,
             connect_timeout: Duration::from_secs(5),
+            supersedes: Vec::new(),
         }
     }
 }
@@ -148,6 +152,7 @@ impl TcpLinks {
                     shard: local,
                     token: self.opts.token.clone().unwrap_or_default(),
                     version: wire::PROTOCOL_VERSION,
+                    supersedes: self.opts.supersedes.clone(),
                 }),
                 ops: Vec::new(),
             },

@@ -113,6 +113,8 @@ pub(crate) enum Inbound {
         stream: TcpStream,
         client: ClientId,
         leftover: Vec<u8>,
+        /// Clients whose connections must be gone before this one is served.
+        supersedes: Vec<ClientId>,
     },
     Resp {
         stream: TcpStream,
@@ -498,5 +500,6 @@ fn handshake(mut s: TcpStream, peer: SocketAddr, cfg: &StoreConfig, workers: &[A
         stream: s,
         client: h.client_id,
         leftover,
+        supersedes: h.supersedes,
     });
 }

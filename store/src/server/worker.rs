@@ -37,6 +37,20 @@ pub(crate) const WAKER: Token = Token(0);
 const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 /// Stop reading from a connection whose unsent replies exceed this.
 const WBUF_HIGH: usize = 64 << 20;
+/// How long a superseding connection waits for the connections it replaces to end before
+/// they are closed by force. The manager kills a failed instance before it starts the
+/// replacement, so their end is normally already on its way.
+const FENCE_WAIT: Duration = Duration::from_secs(2);
+
+/// A native connection held back until the connections of the clients it supersedes are
+/// gone (see `Hello.supersedes`).
+struct Fence {
+    token: Token,
+    client: ClientId,
+    supersedes: Vec<ClientId>,
+    leftover: Vec<u8>,
+    deadline: Instant,
+}
 
 enum Sink {
     Mailbox(Arc<Mailbox>),
@@ -69,6 +83,8 @@ struct Conn {
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     closing: bool,
+    /// Behind a fence: not read until the fence is passed.
+    held: bool,
     peer: String,
 }
 
@@ -102,6 +118,7 @@ pub(crate) struct Worker {
     /// Results of calls other shards' RESP connections made here, held until this pass's
     /// WAL append: the other shard acknowledges to its client as soon as it has them.
     call_results: Vec<(u32, Inbound)>,
+    fences: Vec<Fence>,
     now_ns: u64,
 }
 
@@ -141,6 +158,7 @@ impl Worker {
             args: Vec::new(),
             dirty_conns: Vec::new(),
             call_results: Vec::new(),
+            fences: Vec::new(),
             now_ns: 0,
         }
     }
@@ -187,6 +205,7 @@ impl Worker {
                     self.mark_dirty(t);
                 }
             }
+            self.pass_fences();
             self.finish_pass();
             self.busy += t1.elapsed();
         }
@@ -212,6 +231,9 @@ impl Worker {
         }
         if self.wal.is_some() {
             t = t.min(Duration::from_millis(200));
+        }
+        if !self.fences.is_empty() {
+            t = t.min(Duration::from_millis(1));
         }
         t.max(Duration::from_millis(1))
     }
@@ -246,7 +268,8 @@ impl Worker {
                     stream,
                     client,
                     leftover,
-                } => self.add_native(stream, client, leftover),
+                    supersedes,
+                } => self.add_native(stream, client, leftover, supersedes),
                 Inbound::Resp { stream, client } => self.add_resp(stream, client),
                 Inbound::Call {
                     call,
@@ -309,9 +332,86 @@ impl Worker {
         }
     }
 
-    fn add_native(&mut self, stream: std::net::TcpStream, client: ClientId, leftover: Vec<u8>) {
+    fn add_native(
+        &mut self,
+        stream: std::net::TcpStream,
+        client: ClientId,
+        leftover: Vec<u8>,
+        supersedes: Vec<ClientId>,
+    ) {
         let t = self.register(stream, Kind::Native { client });
         let Some(t) = t else { return };
+        if !supersedes.is_empty() {
+            // A killed process's last operations are normally in its socket already: apply
+            // them now, and with its end of stream the connection goes.
+            for old in self.superseded(&supersedes, t) {
+                self.read_conn(old, true);
+            }
+            if !self.superseded(&supersedes, t).is_empty() {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.held = true;
+                }
+                self.fences.push(Fence {
+                    token: t,
+                    client,
+                    supersedes,
+                    leftover,
+                    deadline: Instant::now() + FENCE_WAIT,
+                });
+                return;
+            }
+        }
+        self.admit_native(t, client, leftover);
+    }
+
+    /// Open native connections (other than `except`) of the given clients.
+    fn superseded(&self, clients: &[ClientId], except: Token) -> Vec<Token> {
+        self.conns
+            .iter()
+            .filter(|(t, c)| {
+                **t != except
+                    && !c.closing
+                    && matches!(c.kind, Kind::Native { client } if clients.contains(&client))
+            })
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Lets fenced connections through whose superseded connections are gone (or, past the
+    /// deadline, closes those first).
+    fn pass_fences(&mut self) {
+        if self.fences.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for f in std::mem::take(&mut self.fences) {
+            if !self.conns.contains_key(&f.token) {
+                continue;
+            }
+            // Edge-triggered readiness may not report an end of stream that arrived with the
+            // last data: look for it here.
+            for old in self.superseded(&f.supersedes, f.token) {
+                self.read_conn(old, true);
+            }
+            let left = self.superseded(&f.supersedes, f.token);
+            if !left.is_empty() && now < f.deadline {
+                self.fences.push(f);
+                continue;
+            }
+            for old in left {
+                self.close(old, Some(format!("superseded by client {:#x}", f.client)));
+            }
+            if let Some(c) = self.conns.get_mut(&f.token) {
+                c.held = false;
+            }
+            self.admit_native(f.token, f.client, f.leftover);
+            // What arrived while it was held raised no event this connection will see again.
+            self.read_conn(f.token, true);
+        }
+    }
+
+    /// Serves a native connection: its Hello is answered, what came with it applied.
+    fn admit_native(&mut self, t: Token, client: ClientId, leftover: Vec<u8>) {
         self.sinks.insert(client, Sink::Conn(t));
         let hello = wire::ServerFrame {
             hello: Some(wire::HelloReply {
@@ -375,6 +475,7 @@ impl Worker {
                 rbuf: BytesMut::with_capacity(64 * 1024),
                 wbuf: Vec::with_capacity(64 * 1024),
                 closing: false,
+                held: false,
                 peer,
             },
         );
@@ -388,10 +489,16 @@ impl Worker {
     }
 
     fn on_readable(&mut self, t: Token) {
+        self.read_conn(t, false);
+    }
+
+    /// Reads what a connection has and applies it. `to_end`: read until the socket would
+    /// block, so that an end of stream right behind the data is seen now.
+    fn read_conn(&mut self, t: Token, to_end: bool) {
         let Some(c) = self.conns.get_mut(&t) else {
             return;
         };
-        if c.closing || c.wbuf.len() > WBUF_HIGH {
+        if c.closing || c.held || c.wbuf.len() > WBUF_HIGH {
             return;
         }
         let mut eof = false;
@@ -405,7 +512,9 @@ impl Worker {
                     c.rbuf.extend_from_slice(&self.scratch[..n]);
                     // A short read emptied the socket: the next byte raises a new readiness
                     // event, so the extra read that would only say "would block" is skipped.
-                    if n < self.scratch.len() || c.rbuf.len() > self.cfg.max_frame + (1 << 20) {
+                    if (n < self.scratch.len() && !to_end)
+                        || c.rbuf.len() > self.cfg.max_frame + (1 << 20)
+                    {
                         break;
                     }
                 }

@@ -695,3 +695,72 @@ fn nonblocking_increments_match_the_general_path() {
     run(&mut quick, 2, again);
     assert_eq!(get(&mut quick, "a"), Some(WV::int(11)));
 }
+
+fn scan(instance: u32, limit: i64) -> wire::Op {
+    wire::Op {
+        code: OpCode::OpScanOwned as i32,
+        vertex: 1,
+        per_flow: true,
+        instance,
+        num: limit,
+        ..Default::default()
+    }
+}
+
+/// A replacement reads back exactly the per-flow objects its instance owns: not another
+/// instance's, not another vertex's, not shared ones, not released ones.
+#[test]
+fn scan_owned_returns_the_instances_flows_and_nothing_else() {
+    let mut s = shard();
+    for f in ["f1", "f2", "f3"] {
+        assert_eq!(one(&mut s, 11, pf_incr(f, 1, 5)).status, Status::Ok as i32);
+    }
+    assert_eq!(
+        one(&mut s, 12, pf_incr("g", 2, 7)).status,
+        Status::Ok as i32
+    );
+    let other_vertex = wire::Op {
+        vertex: 3,
+        ..pf_incr("h", 1, 1)
+    };
+    assert_eq!(one(&mut s, 11, other_vertex).status, Status::Ok as i32);
+    assert_eq!(one(&mut s, 11, incr("shared", 1)).status, Status::Ok as i32);
+    assert_eq!(
+        one(&mut s, 11, release_many(1, &["f3"])).value,
+        Some(WV::int(1))
+    );
+    let r = one(&mut s, 11, scan(1, 0));
+    assert_eq!(r.status, Status::Ok as i32);
+    let mut got: Vec<(u32, String, Option<WV>)> = r
+        .owned
+        .iter()
+        .map(|o| {
+            (
+                o.object,
+                String::from_utf8_lossy(&o.sub).into_owned(),
+                o.value.clone(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        got,
+        vec![
+            (2, "f1".to_string(), Some(WV::int(5))),
+            (2, "f2".to_string(), Some(WV::int(5))),
+        ]
+    );
+    // Instance 2 has its own; an instance with none gets an empty list.
+    assert_eq!(one(&mut s, 12, scan(2, 0)).owned.len(), 1);
+    assert!(one(&mut s, 12, scan(7, 0)).owned.is_empty());
+    // Past the byte limit: OVERFLOW and nothing, so the caller loads on demand instead.
+    let r = one(&mut s, 11, scan(1, 12));
+    assert_eq!(r.status, Status::Overflow as i32);
+    assert!(r.owned.is_empty());
+    // A vertex id that does not fit in 16 bits is a bad request, not a scan of vertex 0.
+    let bad = wire::Op {
+        vertex: 0x1_0001,
+        ..scan(1, 0)
+    };
+    assert_eq!(one(&mut s, 11, bad).status, Status::BadRequest as i32);
+}

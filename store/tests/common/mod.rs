@@ -123,6 +123,7 @@ impl Native {
                 shard,
                 token: token.into(),
                 version: wire::PROTOCOL_VERSION,
+                supersedes: Vec::new(),
             }),
             ops: Vec::new(),
         })

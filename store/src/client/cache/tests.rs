@@ -502,3 +502,83 @@ fn evict_over_tcp_hands_over() {
         assert_eq!(r.value, Some(wire::Value::int(4)), "flow {i}");
     }
 }
+
+/// A replacement loads its failed predecessor's flows in one call per shard: afterwards its
+/// reads of those flows, and of flows nobody had, are served without asking the store, and
+/// another instance's flows are not taken.
+#[test]
+fn preload_owned_takes_the_instances_flows_at_once() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mut failed = external(&store, 6, 0);
+    let mut other = external(&store, 6, 1);
+    for f in 0..50u32 {
+        failed.begin_packet(ops::clock(1, u64::from(f) + 1), false);
+        failed
+            .set(PF, &f.to_be_bytes(), Value::Int(i64::from(f)))
+            .unwrap();
+        failed.end_packet();
+    }
+    other.set(PF, b"theirs", Value::Int(-1)).unwrap();
+    failed.sync().unwrap();
+    other.sync().unwrap();
+    drop(failed);
+
+    let mut r = external(&store, 6, 0);
+    r.set_fresh(false);
+    assert_eq!(r.preload_owned(0).unwrap(), Some(50));
+    let calls = r.stats.remote_calls;
+    for f in 0..50u32 {
+        assert_eq!(
+            r.get(PF, &f.to_be_bytes()).unwrap(),
+            Value::Int(i64::from(f))
+        );
+    }
+    // A flow it never had: no state, and no question to the store (the replacement is
+    // fresh again).
+    assert_eq!(r.get(PF, b"new").unwrap(), Value::Nil);
+    assert_eq!(r.stats.remote_calls, calls, "served from the cache");
+    // Instance 1's flow is not instance 0's.
+    assert_eq!(r.get(PF, b"theirs").unwrap(), Value::Nil);
+    // Past the limit nothing is loaded and misses keep asking the store.
+    let mut small = external(&store, 6, 0);
+    small.set_fresh(false);
+    assert_eq!(small.preload_owned(16).unwrap(), None);
+    assert_eq!(small.get(PF, &7u32.to_be_bytes()).unwrap(), Value::Int(7));
+    assert!(small.stats.remote_calls > 0);
+}
+
+/// A replayed pop from a cached list leaves the cache to be loaded again after the replay,
+/// in the store's state: the replayed packet gets the item it had the first time, and the
+/// next packet the item after it.
+#[test]
+fn a_replayed_pop_does_not_copy_the_list_back_and_stays_in_step() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut a = external(&store, 8, 0);
+    for i in 0..1000u16 {
+        a.push_back(POOL, b"p", Bytes::copy_from_slice(&i.to_be_bytes()))
+            .unwrap();
+    }
+    a.sync().unwrap();
+    let first = ops::clock(1, 1);
+    a.begin_packet(first, false);
+    let got = a.pop_front(POOL, b"p").unwrap();
+    a.end_packet();
+    a.sync().unwrap();
+    drop(a);
+    let mut r = external(&store, 8, 0);
+    r.set_fresh(false);
+    r.begin_packet(first, true);
+    assert_eq!(r.pop_front(POOL, b"p").unwrap(), got, "the logged item");
+    r.end_packet();
+    assert!(
+        r.shared.is_empty(),
+        "the list was copied back during the replay"
+    );
+    r.begin_packet(ops::clock(1, 2), false);
+    assert_eq!(
+        r.pop_front(POOL, b"p").unwrap(),
+        Some(Bytes::copy_from_slice(&1u16.to_be_bytes())),
+        "the next item, as if the first pop happened once"
+    );
+    r.end_packet();
+}

@@ -1,0 +1,109 @@
+//! The store's fence for replacement instances (`Hello.supersedes`): a client that takes over
+//! from a failed one is served only once the failed client's connection is gone and every
+//! operation it had sent is applied. Without it, a replacement started quickly can read a
+//! flow's state before the failed instance's last update of it reaches the shard.
+
+mod common;
+
+use chc_store::client::{ObjKey, StoreClient, TcpOptions};
+use chc_store::server::{Store, StoreConfig};
+use chc_store::Value;
+use common::{incr, Native};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const FAILED: u64 = 0xA000;
+const REPLACEMENT: u64 = 0xB000;
+
+fn store() -> Store {
+    Store::start(StoreConfig {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..StoreConfig::in_memory(1)
+    })
+    .expect("store starts")
+}
+
+/// Connects as the replacement of `FAILED` in a thread; sends (time connected, value of `k`).
+fn replacement(store: &Store) -> mpsc::Receiver<(Instant, i64)> {
+    let addr = store.native_addr.expect("listening");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = TcpOptions {
+            connect_timeout: Duration::from_secs(20),
+            supersedes: vec![FAILED],
+            ..Default::default()
+        };
+        let mut c = StoreClient::connect(&[addr], REPLACEMENT, opts).expect("connects");
+        let at = Instant::now();
+        let r = c.call(ObjKey::raw("k").get()).expect("reads");
+        let v = Value::from_wire(r.value.as_ref()).as_int().unwrap_or(0);
+        let _ = tx.send((at, v));
+    });
+    rx
+}
+
+#[test]
+fn a_replacement_is_served_after_the_failed_clients_last_operations() {
+    let s = store();
+    let mut failed = Native::connect(s.native_addr.unwrap(), FAILED, 0, "").unwrap();
+    failed.send_ops(vec![incr("k", 1, true)]).unwrap();
+    failed.wait_acked().unwrap();
+    let rx = replacement(&s);
+    // The failed client's connection is still open: the replacement waits.
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "served while the connection it replaces was open"
+    );
+    // Its last operation, sent without waiting, then its end.
+    failed.send_ops(vec![incr("k", 10, true)]).unwrap();
+    let gone = Instant::now();
+    drop(failed);
+    let (at, v) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("served once the connection is gone");
+    assert_eq!(
+        v, 11,
+        "the replacement must see the failed client's last update"
+    );
+    assert!(
+        at.duration_since(gone) < Duration::from_secs(1),
+        "served {:?} after the end of the connection it replaces",
+        at.duration_since(gone)
+    );
+    s.shutdown();
+}
+
+#[test]
+fn a_superseded_connection_that_stays_open_is_closed_after_the_wait() {
+    let s = store();
+    let mut failed = Native::connect(s.native_addr.unwrap(), FAILED, 0, "").unwrap();
+    failed.send_ops(vec![incr("k", 5, true)]).unwrap();
+    failed.wait_acked().unwrap();
+    let start = Instant::now();
+    let rx = replacement(&s);
+    let (at, v) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("served after the wait");
+    assert_eq!(v, 5);
+    let waited = at.duration_since(start);
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "served after {waited:?}, before the superseded connection was given its time"
+    );
+    // The superseded connection was told why it is closed, and closed.
+    let f = failed.read_frame().expect("a last frame");
+    assert!(f.error.contains("superseded"), "{:?}", f.error);
+    assert!(failed.read_frame().is_err(), "the connection is closed");
+    s.shutdown();
+}
+
+#[test]
+fn clients_that_supersede_nobody_connected_are_not_held() {
+    let s = store();
+    let rx = replacement(&s);
+    let (_, v) = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("served at once");
+    assert_eq!(v, 0);
+    s.shutdown();
+}
