@@ -633,6 +633,7 @@ fn root_recovery(reps: usize) -> Result<Noted> {
     let opts = TcpOptions {
         token: None,
         connect_timeout: Duration::from_secs(10),
+        ..Default::default()
     };
     // The old root persisted its clock.
     let mut old = StoreClient::connect(&[addr], 0x7F00_0000_0001, opts.clone())?;
@@ -1110,6 +1111,23 @@ pub fn back_to_normal(series: &[(f64, f64)], kill_ms: f64) -> Option<(f64, f64, 
     Some((back[WINDOW - 1].0 - kill_ms, normal, peak))
 }
 
+/// Writes a run's per-packet latency series (and its failures' times) for plotting.
+fn write_series(path: &Path, r: &ClusterReport) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("# ms since start,latency us\n");
+    for rec in &r.recoveries {
+        let _ = writeln!(
+            out,
+            "# {} at {:.3} ms, serving after {:.3} ms",
+            rec.what, rec.at_ms, rec.ms
+        );
+    }
+    for (at, us) in &r.latency {
+        let _ = writeln!(out, "{at:.3},{us:.1}");
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
 /// The share of the unpaced throughput the NF crash latency row runs at. The paper's 30 % is of
 /// a capacity measured at that packet size; ours is measured unpaced, where every hop sends
 /// frames of 64 packets, and paced traffic travels in frames of a few, so 30 % of it already
@@ -1150,7 +1168,11 @@ fn nf_crash_latency(
             after_output: packets / 3,
             victims: vec![Victim::Instance(0, 0)],
         };
-        match run_in(&opts(&run_dir, Some(rate), vec![fault]), keep) {
+        let run = run_in(&opts(&run_dir, Some(rate), vec![fault]), keep);
+        if let (Ok(r), true) = (&run, keep) {
+            write_series(&run_dir.join("latency.csv"), r)?;
+        }
+        match run {
             Ok(r) => match r
                 .recoveries
                 .first()

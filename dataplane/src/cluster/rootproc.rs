@@ -32,6 +32,7 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
     let opts = TcpOptions {
         token: None,
         connect_timeout: Duration::from_secs(30),
+        ..Default::default()
     };
     let mut store =
         StoreClient::connect(&plan.store, 0x7F00_0000_0000 | u64::from(cfg.root_id), opts)
@@ -122,8 +123,13 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
         usize::from(alloc.instance(bucket(key_hash(&pk, key)))) % n
     };
     loop {
-        let msg = inbox.rx.recv_timeout(Duration::from_millis(2)).ok();
-        if let Some(In::Frame { conn, from, frame }) = msg {
+        let msgs = inbox
+            .recv_batch(Duration::from_millis(2), super::node::BATCH_FRAMES)
+            .unwrap_or_default();
+        for m in msgs {
+            let In::Frame { conn, from, frame } = m else {
+                continue;
+            };
             match frame {
                 Frame::Packets(ps) if from == Peer::Source => {
                     source_conn = Some(conn);
