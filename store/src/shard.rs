@@ -23,6 +23,7 @@ use chc_proto::records::{
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use hashbrown::HashMap;
 use parking_lot::RwLock;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ pub struct LogRec {
     pub after: Option<Value>,
 }
 
-/// Rarely present parts of an entry, boxed so the common entry stays small.
+/// Rarely present parts of an entry, kept in its cold part.
 #[derive(Default, Debug)]
 pub struct Meta {
     /// Instances waiting for ownership: (client, instance).
@@ -133,22 +134,164 @@ enum Released {
 }
 
 /// A stored object.
+///
+/// The map holds a million or more of these and an update touches one at random, so its time
+/// goes to cache misses and the entry is kept to 24 bytes: a nil or integer value without any
+/// metadata (the counters that make up most objects) lives inline, and everything else (byte
+/// strings, lists, waiters, subscribers, clock logs) moves to a boxed [`Cold`] part that only
+/// the objects needing it pay for. The slot's variant is the flag that says whether the cold
+/// part exists; see [`Entry::is_settled`] for the invariant.
 #[derive(Default, Debug)]
 pub struct Entry {
-    pub value: Value,
+    slot: Slot,
     /// Owning instance + 1 for per-flow objects; 0 = no owner.
     pub owner: u32,
-    pub meta: Option<Box<Meta>>,
     dirty: bool,
 }
 
+#[derive(Default, Debug)]
+enum Slot {
+    #[default]
+    Nil,
+    Int(i64),
+    Cold(Box<Cold>),
+}
+
+/// The rarely present parts of an entry, together so an entry pays for one box at most.
+#[derive(Default, Debug)]
+struct Cold {
+    value: Value,
+    meta: Meta,
+}
+
 impl Entry {
-    fn meta_mut(&mut self) -> &mut Meta {
-        self.meta.get_or_insert_with(Default::default)
+    /// The object's value: borrowed when it lives in the cold part, built when it is inline.
+    pub fn value(&self) -> Cow<'_, Value> {
+        match &self.slot {
+            Slot::Nil => Cow::Owned(Value::Nil),
+            Slot::Int(i) => Cow::Owned(Value::Int(*i)),
+            Slot::Cold(c) => Cow::Borrowed(&c.value),
+        }
     }
+
+    pub fn value_is_nil(&self) -> bool {
+        match &self.slot {
+            Slot::Nil => true,
+            Slot::Int(_) => false,
+            Slot::Cold(c) => c.value.is_nil(),
+        }
+    }
+
+    fn value_is_list(&self) -> bool {
+        matches!(&self.slot, Slot::Cold(c) if matches!(c.value, Value::List(_)))
+    }
+
+    /// The entry's metadata, if it has any (it may be empty for a byte-string or list value).
+    pub fn meta(&self) -> Option<&Meta> {
+        match &self.slot {
+            Slot::Cold(c) => Some(&c.meta),
+            _ => None,
+        }
+    }
+
+    /// Whether waiters, subscribers or a clock log exist: the fast paths leave such entries to
+    /// the general one.
+    fn has_meta(&self) -> bool {
+        self.meta().is_some_and(|m| !m.is_empty())
+    }
+
+    /// The metadata, moving the entry to the cold layout if needed. Callers that may leave it
+    /// empty call [`Entry::settle`] afterwards.
+    fn meta_mut(&mut self) -> &mut Meta {
+        if !matches!(self.slot, Slot::Cold(_)) {
+            let value = match std::mem::take(&mut self.slot) {
+                Slot::Int(i) => Value::Int(i),
+                _ => Value::Nil,
+            };
+            self.slot = Slot::Cold(Box::new(Cold {
+                value,
+                meta: Meta::default(),
+            }));
+        }
+        match &mut self.slot {
+            Slot::Cold(c) => &mut c.meta,
+            _ => unreachable!("made cold above"),
+        }
+    }
+
+    /// Moves the value out (leaving nil); [`Entry::set_value`] puts it back.
+    fn take_value(&mut self) -> Value {
+        match &mut self.slot {
+            Slot::Nil => Value::Nil,
+            Slot::Int(i) => {
+                let v = Value::Int(*i);
+                self.slot = Slot::Nil;
+                v
+            }
+            Slot::Cold(c) => std::mem::take(&mut c.value),
+        }
+    }
+
+    fn set_value(&mut self, v: Value) {
+        match &mut self.slot {
+            Slot::Cold(c) => {
+                c.value = v;
+                self.settle();
+            }
+            slot => {
+                *slot = match v {
+                    Value::Nil => Slot::Nil,
+                    Value::Int(i) => Slot::Int(i),
+                    other => Slot::Cold(Box::new(Cold {
+                        value: other,
+                        meta: Meta::default(),
+                    })),
+                }
+            }
+        }
+    }
+
+    /// Applies `f` to the value, keeping the layout settled whatever `f` does.
+    fn with_value<R>(&mut self, f: impl FnOnce(&mut Value) -> R) -> R {
+        let mut v = self.take_value();
+        let r = f(&mut v);
+        self.set_value(v);
+        r
+    }
+
+    /// Returns a cold entry whose metadata is empty and whose value fits inline to the inline
+    /// layout, so the fast paths take it again (after a clock log is retired, a subscriber
+    /// leaves, a waiter is granted...).
+    fn settle(&mut self) {
+        if let Slot::Cold(c) = &mut self.slot {
+            if c.meta.is_empty() {
+                match c.value {
+                    Value::Nil => self.slot = Slot::Nil,
+                    Value::Int(i) => self.slot = Slot::Int(i),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The layout invariant: the cold part exists only for a value that cannot be inline or
+    /// for non-empty metadata.
+    #[cfg(test)]
+    fn is_settled(&self) -> bool {
+        match &self.slot {
+            Slot::Cold(c) => !c.meta.is_empty() || !matches!(c.value, Value::Nil | Value::Int(_)),
+            _ => true,
+        }
+    }
+
     /// Nothing worth keeping: no value, no owner, no metadata.
     fn is_vacant(&self) -> bool {
-        self.value.is_nil() && self.owner == 0 && self.meta.as_ref().is_none_or(|m| m.is_empty())
+        self.owner == 0
+            && match &self.slot {
+                Slot::Nil => true,
+                Slot::Int(_) => false,
+                Slot::Cold(c) => c.value.is_nil() && c.meta.is_empty(),
+            }
     }
 }
 
@@ -278,7 +421,7 @@ impl Shard {
 
     /// Number of objects with a value.
     pub fn len(&self) -> usize {
-        self.map.values().filter(|e| !e.value.is_nil()).count()
+        self.map.values().filter(|e| !e.value_is_nil()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -309,7 +452,7 @@ impl Shard {
 
     /// Iterates objects that hold a value.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.map.iter().filter(|(_, e)| !e.value.is_nil())
+        self.map.iter().filter(|(_, e)| !e.value_is_nil())
     }
 
     /// The shard's TS: for each client, the last sequence number and clock applied.
@@ -334,14 +477,28 @@ impl Shard {
         if !self.watchers.remove(&client) {
             return;
         }
-        for e in self.map.values_mut() {
-            if let Some(m) = e.meta.as_mut() {
-                m.subscribers.retain(|c| *c != client);
-                let before = m.waiters.len();
-                m.waiters.retain(|(c, _)| *c != client);
-                self.waiting -= before - m.waiters.len();
+        // Entries kept only for the client's subscriptions or waits go too, as an unsubscribe
+        // would remove them; otherwise they would stay in the table for good.
+        let (waiting, dirty) = (&mut self.waiting, &mut self.dirty);
+        let track_dirty = self.track_dirty;
+        self.map.retain(|k, e| {
+            if e.meta().is_none() {
+                return true;
             }
-        }
+            let m = e.meta_mut();
+            m.subscribers.retain(|c| *c != client);
+            let before = m.waiters.len();
+            m.waiters.retain(|(c, _)| *c != client);
+            *waiting -= before - m.waiters.len();
+            e.settle();
+            if !e.is_vacant() {
+                return true;
+            }
+            if track_dirty {
+                dirty.push(k.clone());
+            }
+            false
+        });
     }
 
     /// Applies a batch of operations from `client`.
@@ -427,21 +584,17 @@ impl Shard {
             sub: &op.sub,
         };
         let e = self.map.entry_ref(&k).or_default();
-        if e.meta.is_some() {
-            return false;
-        }
-        let cur = match &e.value {
-            Value::Int(i) => *i,
-            Value::Nil => 0,
-            other => match other.as_int() {
-                Some(i) => i,
-                None => return false,
-            },
+        // Anything in the cold part (metadata, a byte string that may hold a decimal) takes
+        // the general path.
+        let cur = match e.slot {
+            Slot::Int(i) => i,
+            Slot::Nil => 0,
+            Slot::Cold(_) => return false,
         };
         let Some(new) = cur.checked_add(op.num) else {
             return false;
         };
-        e.value = Value::Int(new);
+        e.slot = Slot::Int(new);
         if self.track_dirty && !e.dirty {
             e.dirty = true;
             self.dirty.push(k.to_key());
@@ -479,10 +632,12 @@ impl Shard {
             OpCode::OpGet => {
                 let as_of = op.flags & F_AS_OF != 0 && op.clock != 0;
                 let v = self.map.get(&k).map(|e| {
-                    let logged = e.meta.as_ref().filter(|m| !m.log.is_empty());
+                    let logged = e.meta().filter(|m| !m.log.is_empty());
                     match (as_of, logged) {
-                        (true, Some(m)) => m.as_of(op.clock, op.op_index).unwrap_or(&e.value),
-                        _ => &e.value,
+                        (true, Some(m)) => m
+                            .as_of(op.clock, op.op_index)
+                            .map_or_else(|| e.value(), Cow::Borrowed),
+                        _ => e.value(),
                     }
                 });
                 match v {
@@ -531,12 +686,13 @@ impl Shard {
                     m.subscribers.push(client);
                 }
                 self.watchers.insert(client);
-                reply.value = e.value.to_wire();
+                reply.value = e.value().to_wire();
             }
             OpCode::OpUnsubscribe => {
                 if let Some(e) = self.map.get_mut(&k) {
-                    if let Some(m) = e.meta.as_mut() {
-                        m.subscribers.retain(|c| *c != client);
+                    if e.meta().is_some() {
+                        e.meta_mut().subscribers.retain(|c| *c != client);
+                        e.settle();
                     }
                 }
                 self.remove_if_vacant(k);
@@ -572,7 +728,7 @@ impl Shard {
             OpCode::OpRestore => {
                 let v = Value::from_wire_owned(op.val.as_ref());
                 let e = self.map.entry_ref(&k).or_default();
-                e.value = v;
+                e.with_value(|old| *old = v);
                 if k.per_flow {
                     e.owner = op.instance + 1;
                 }
@@ -639,7 +795,7 @@ impl Shard {
         }
         let e = self.map.entry_ref(&k).or_default();
         if logged {
-            if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
+            if let Some(rec) = e.meta().and_then(|m| m.find(op.clock, op.op_index)) {
                 self.stats.duplicates_suppressed += 1;
                 reply.status = rec.status;
                 reply.value = rec.result.to_wire();
@@ -663,13 +819,13 @@ impl Shard {
         }
         // The first logged update of an object remembers the value before it (reads "as of"
         // a clock start there).
-        let base = (logged && e.meta.as_ref().is_none_or(|m| m.log.is_empty()))
-            .then(|| (!matches!(e.value, Value::List(_))).then(|| e.value.clone()));
-        let (status, result, mutated) = apply_update(&self.customs, code, op, &mut e.value);
+        let base = (logged && e.meta().is_none_or(|m| m.log.is_empty()))
+            .then(|| (!e.value_is_list()).then(|| e.value().into_owned()));
+        let (status, result, mutated) = e.with_value(|v| apply_update(&self.customs, code, op, v));
         reply.status = status as i32;
         reply.value = result.to_wire();
         if logged {
-            let after = (!matches!(e.value, Value::List(_))).then(|| e.value.clone());
+            let after = (!e.value_is_list()).then(|| e.value().into_owned());
             let m = e.meta_mut();
             if let Some(b) = base {
                 m.base = b;
@@ -682,14 +838,13 @@ impl Shard {
                 after,
             });
             self.stats.logged_records += 1;
-            if e.meta.as_ref().is_some_and(|m| m.log.len() == 1) {
+            if e.meta().is_some_and(|m| m.log.len() == 1) {
                 self.logged.push(k.to_key());
             }
         }
         let vacant = e.is_vacant();
         let subscribers = if mutated && self.replaying.is_none() {
-            e.meta
-                .as_ref()
+            e.meta()
                 .map(|m| {
                     m.subscribers
                         .iter()
@@ -702,7 +857,7 @@ impl Shard {
             Vec::new()
         };
         if !subscribers.is_empty() {
-            let value = e.value.to_wire();
+            let value = e.value().to_wire();
             for c in subscribers {
                 out.pushes.push((
                     c,
@@ -751,7 +906,7 @@ impl Shard {
         if e.owner == 0 || e.owner == me {
             let changed = e.owner != me;
             e.owner = me;
-            reply.value = e.value.to_wire();
+            reply.value = e.value().to_wire();
             if changed {
                 self.mark_dirty(k);
                 self.wal_record(client, op, &Value::Nil);
@@ -852,8 +1007,10 @@ impl Shard {
             };
         }
         let newly_dirty = self.track_dirty && !std::mem::replace(&mut e.dirty, true);
-        let next = if self.waiting > 0 {
-            e.meta.as_mut().and_then(|m| m.waiters.pop_front())
+        let next = if self.waiting > 0 && e.meta().is_some() {
+            let next = e.meta_mut().waiters.pop_front();
+            e.settle();
+            next
         } else {
             None
         };
@@ -871,7 +1028,7 @@ impl Shard {
                             object: u32::from(k.object),
                             per_flow: true,
                             sub: sub.clone(),
-                            value: e.value.to_wire(),
+                            value: e.value().to_wire(),
                             commits: Vec::new(),
                             version: self.stats.ops,
                         },
@@ -921,7 +1078,7 @@ impl Shard {
             return;
         }
         let e = self.map.entry_ref(&k).or_default();
-        if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
+        if let Some(rec) = e.meta().and_then(|m| m.find(op.clock, op.op_index)) {
             self.stats.duplicates_suppressed += 1;
             reply.value = rec.result.to_wire();
             reply.duplicate = true;
@@ -948,7 +1105,7 @@ impl Shard {
                 }
             }
         };
-        let first = e.meta.as_ref().is_none_or(|m| m.log.is_empty());
+        let first = e.meta().is_none_or(|m| m.log.is_empty());
         e.meta_mut().insert(LogRec {
             clock: op.clock,
             op_index: op.op_index,
@@ -1019,7 +1176,10 @@ impl Shard {
             let Some(e) = self.map.get_mut(&key.as_ref()) else {
                 continue;
             };
-            let Some(m) = e.meta.as_mut() else { continue };
+            if e.meta().is_none() {
+                continue;
+            }
+            let m = e.meta_mut();
             let before = m.log.len();
             let one_root = match (m.log.front(), m.log.back()) {
                 (Some(a), Some(b)) => root_of(a.clock) == root_of(b.clock),
@@ -1046,6 +1206,7 @@ impl Shard {
             }
             let removed = before - m.log.len();
             let log_left = !m.log.is_empty();
+            e.settle();
             self.stats.logged_records = self.stats.logged_records.saturating_sub(removed as u64);
             if log_left {
                 keep.push(key);
@@ -1130,11 +1291,10 @@ impl Shard {
             } => {
                 let k = Key::new(key.vertex as u16, key.object as u16, key.per_flow, &key.sub);
                 let mut e = Entry {
-                    value: Value::from_rec(&value),
                     owner,
-                    meta: None,
-                    dirty: false,
+                    ..Entry::default()
                 };
+                e.set_value(Value::from_rec(&value));
                 if !log.is_empty() {
                     let m = e.meta_mut();
                     for r in log {
@@ -1216,11 +1376,10 @@ impl Shard {
 
 fn snapshot(e: &Entry) -> CheckpointEntry {
     CheckpointEntry {
-        value: e.value.clone(),
+        value: e.value().into_owned(),
         owner: e.owner,
         log: e
-            .meta
-            .as_ref()
+            .meta()
             .map(|m| {
                 m.log
                     .iter()

@@ -29,7 +29,7 @@ fn shard(names: Arc<RwLock<Names>>) -> Shard {
 fn dump(s: &Shard) -> Vec<(String, crate::value::Value, u32)> {
     let mut v: Vec<_> = s
         .iter()
-        .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
+        .map(|(k, e)| (format!("{k:?}"), e.value().into_owned(), e.owner))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v

@@ -891,7 +891,7 @@ pub(crate) fn direct_resp(
     let n = args.len();
     let op = match (cmd, n) {
         (b"GET", 2) => {
-            match shard.direct_get(k) {
+            match shard.direct_get(k).as_deref() {
                 None => out.extend_from_slice(b"$-1\r\n"),
                 Some(crate::value::Value::Bytes(b)) => resp::enc::bulk(out, b),
                 Some(crate::value::Value::Int(i)) => resp::enc::bulk_int(out, *i),

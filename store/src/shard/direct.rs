@@ -10,12 +10,13 @@
 //! take the general path, so a command means the same on both paths, and replaying its WAL
 //! record through the general path reproduces it.
 
-use super::{ClientId, Entry, Shard};
+use super::{ClientId, Entry, Shard, Slot};
 use crate::key::KeyRef;
 use crate::value::Value;
 use bytes::Bytes;
 use chc_proto::records::{CompactOp, CompactVal};
 use chc_proto::wire::{self, OpCode};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 /// An update the direct path applies.
@@ -77,20 +78,14 @@ impl Shard {
                 per_flow: op.per_flow,
                 sub: &op.sub,
             };
-            // An entry spans two cache lines: read a field of each half, or the operation
-            // still waits for the second.
-            std::hint::black_box(
-                self.map
-                    .get(&k)
-                    .map(|e| (e.meta.is_some(), e.owner, e.value.is_nil())),
-            );
+            std::hint::black_box(self.map.get(&k).map(|e| (e.owner, e.value_is_nil())));
         }
     }
 
     /// Reads a value for a client without a sequence number (RESP GET and friends).
-    pub fn direct_get(&mut self, k: KeyRef<'_>) -> Option<&Value> {
+    pub fn direct_get(&mut self, k: KeyRef<'_>) -> Option<Cow<'_, Value>> {
         self.stats.ops += 1;
-        self.map.get(&k).map(|e| &e.value).filter(|v| !v.is_nil())
+        self.map.get(&k).map(Entry::value).filter(|v| !v.is_nil())
     }
 
     /// Applies an update for a client without sequence numbers or clocks; see the module docs.
@@ -111,21 +106,21 @@ impl Shard {
                 }
             }
         };
-        if e.meta.is_some() || e.owner != 0 {
+        if e.has_meta() || e.owner != 0 {
             return Direct::Fallback;
         }
         self.stats.ops += 1;
         self.stats.updates += 1;
         let (result, num, val) = match op {
             DirectOp::Set(v) => {
-                e.value = Value::Bytes(Bytes::copy_from_slice(v));
+                e.set_value(Value::Bytes(Bytes::copy_from_slice(v)));
                 (Direct::Ok, 0, CompactVal::Bytes(v))
             }
             DirectOp::Incr(n) => {
-                let cur = match &e.value {
-                    Value::Nil => 0,
-                    Value::Int(i) => *i,
-                    other => match other.as_int() {
+                let cur = match &e.slot {
+                    Slot::Nil => 0,
+                    Slot::Int(i) => *i,
+                    Slot::Cold(c) => match c.value.as_int() {
                         Some(i) => i,
                         None => return Direct::WrongType,
                     },
@@ -133,44 +128,53 @@ impl Shard {
                 let Some(new) = cur.checked_add(n) else {
                     return Direct::Overflow;
                 };
-                e.value = Value::Int(new);
+                e.set_value(Value::Int(new));
                 (Direct::Int(new), n, CompactVal::Nil)
             }
             DirectOp::PushFront(item) | DirectOp::PushBack(item) => {
-                if e.value.is_nil() {
-                    e.value = Value::List(VecDeque::new());
-                }
-                let Value::List(l) = &mut e.value else {
+                let pushed = e.with_value(|v| {
+                    if v.is_nil() {
+                        *v = Value::List(VecDeque::new());
+                    }
+                    let Value::List(l) = v else {
+                        return None;
+                    };
+                    let item_b = Bytes::copy_from_slice(item);
+                    if matches!(op, DirectOp::PushFront(_)) {
+                        l.push_front(item_b);
+                    } else {
+                        l.push_back(item_b);
+                    }
+                    Some(l.len() as i64)
+                });
+                let Some(len) = pushed else {
                     return Direct::WrongType;
                 };
-                let item_b = Bytes::copy_from_slice(item);
-                if matches!(op, DirectOp::PushFront(_)) {
-                    l.push_front(item_b);
-                } else {
-                    l.push_back(item_b);
-                }
-                (Direct::Int(l.len() as i64), 0, CompactVal::Bytes(item))
+                (Direct::Int(len), 0, CompactVal::Bytes(item))
             }
             DirectOp::PopFront | DirectOp::PopBack => {
-                let Value::List(l) = &mut e.value else {
-                    return Direct::WrongType;
-                };
-                let item = if op == DirectOp::PopFront {
-                    l.pop_front()
-                } else {
-                    l.pop_back()
-                };
-                if l.is_empty() {
-                    e.value = Value::Nil;
-                }
-                match item {
-                    Some(b) => (Direct::Item(b), 0, CompactVal::Nil),
-                    None => return Direct::Nil,
+                let popped = e.with_value(|v| {
+                    let Value::List(l) = v else {
+                        return Err(Direct::WrongType);
+                    };
+                    let item = if op == DirectOp::PopFront {
+                        l.pop_front()
+                    } else {
+                        l.pop_back()
+                    };
+                    if l.is_empty() {
+                        *v = Value::Nil;
+                    }
+                    item.ok_or(Direct::Nil)
+                });
+                match popped {
+                    Ok(b) => (Direct::Item(b), 0, CompactVal::Nil),
+                    Err(d) => return d,
                 }
             }
         };
         // Checkpoint bookkeeping, as `mark_dirty` does, without a second lookup.
-        let vacant = e.value.is_nil();
+        let vacant = e.value_is_nil();
         if self.track_dirty && !e.dirty {
             e.dirty = true;
             self.dirty.push(k.to_key());
@@ -335,7 +339,7 @@ mod tests {
         );
         assert_eq!(s.apply_direct(c, key("e"), DirectOp::PopFront), Direct::Nil);
         assert!(s.direct_get(key("e")).is_none(), "an emptied list is gone");
-        assert_eq!(s.direct_get(key("n")), Some(&Value::Int(-2)));
+        assert_eq!(s.direct_get(key("n")).as_deref(), Some(&Value::Int(-2)));
         // The same commands through the general path give the same state.
         let mut g = shard();
         let gen = |code: OpCode, k: &str, num: i64, val: Option<&[u8]>| wire::Op {
