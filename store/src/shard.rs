@@ -28,7 +28,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 mod direct;
+mod table;
 pub use direct::{Direct, DirectOp};
+use table::Table;
 
 /// Identifies a client connection (an NF instance, a root, a tool) to a shard.
 pub type ClientId = u64;
@@ -136,25 +138,36 @@ enum Released {
 /// A stored object.
 ///
 /// The map holds a million or more of these and an update touches one at random, so its time
-/// goes to cache misses and the entry is kept to 24 bytes: a nil or integer value without any
-/// metadata (the counters that make up most objects) lives inline, and everything else (byte
-/// strings, lists, waiters, subscribers, clock logs) moves to a boxed [`Cold`] part that only
-/// the objects needing it pay for. The slot's variant is the flag that says whether the cold
-/// part exists; see [`Entry::is_settled`] for the invariant.
-#[derive(Default, Debug)]
+/// goes to cache misses and the entry is kept to 16 bytes: a nil or integer value without any
+/// metadata (the counters that make up most objects) lives inline next to the owner, and
+/// everything else (byte strings, lists, waiters, subscribers, clock logs) moves to a boxed
+/// [`Cold`] part that only the objects needing it pay for. The slot's variant is the flag that
+/// says whether the cold part exists; see [`Entry::is_settled`] for the invariant. Owner and
+/// dirty flag are repeated in every variant because that is what lets them share the variant
+/// tag's word.
+#[derive(Debug)]
 pub struct Entry {
     slot: Slot,
-    /// Owning instance + 1 for per-flow objects; 0 = no owner.
-    pub owner: u32,
-    dirty: bool,
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 enum Slot {
-    #[default]
-    Nil,
-    Int(i64),
-    Cold(Box<Cold>),
+    Nil {
+        /// Owning instance + 1 for per-flow objects; 0 = no owner.
+        owner: u32,
+        /// In the shard's list of keys changed since the last checkpoint delta.
+        dirty: bool,
+    },
+    Int {
+        owner: u32,
+        dirty: bool,
+        value: i64,
+    },
+    Cold {
+        owner: u32,
+        dirty: bool,
+        cold: Box<Cold>,
+    },
 }
 
 /// The rarely present parts of an entry, together so an entry pays for one box at most.
@@ -164,34 +177,102 @@ struct Cold {
     meta: Meta,
 }
 
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            slot: Slot::Nil {
+                owner: 0,
+                dirty: false,
+            },
+        }
+    }
+}
+
 impl Entry {
+    /// Owning instance + 1 for per-flow objects; 0 = no owner.
+    pub fn owner(&self) -> u32 {
+        match self.slot {
+            Slot::Nil { owner, .. } | Slot::Int { owner, .. } | Slot::Cold { owner, .. } => owner,
+        }
+    }
+
+    fn set_owner(&mut self, to: u32) {
+        match &mut self.slot {
+            Slot::Nil { owner, .. } | Slot::Int { owner, .. } | Slot::Cold { owner, .. } => {
+                *owner = to
+            }
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        match self.slot {
+            Slot::Nil { dirty, .. } | Slot::Int { dirty, .. } | Slot::Cold { dirty, .. } => dirty,
+        }
+    }
+
+    /// Sets the dirty flag; returns its old state.
+    fn replace_dirty(&mut self, to: bool) -> bool {
+        match &mut self.slot {
+            Slot::Nil { dirty, .. } | Slot::Int { dirty, .. } | Slot::Cold { dirty, .. } => {
+                std::mem::replace(dirty, to)
+            }
+        }
+    }
+
+    fn cold(&self) -> Option<&Cold> {
+        match &self.slot {
+            Slot::Cold { cold, .. } => Some(cold),
+            _ => None,
+        }
+    }
+
+    /// The inline value (`None` = nil), or `Err` when the value lives in the cold part.
+    fn inline(&self) -> Result<Option<i64>, &Cold> {
+        match &self.slot {
+            Slot::Nil { .. } => Ok(None),
+            Slot::Int { value, .. } => Ok(Some(*value)),
+            Slot::Cold { cold, .. } => Err(cold),
+        }
+    }
+
+    /// Replaces the slot by an inline value, dropping any cold part.
+    fn set_inline(&mut self, v: Option<i64>) {
+        let (owner, dirty) = (self.owner(), self.is_dirty());
+        self.slot = match v {
+            None => Slot::Nil { owner, dirty },
+            Some(value) => Slot::Int {
+                owner,
+                dirty,
+                value,
+            },
+        };
+    }
+
     /// The object's value: borrowed when it lives in the cold part, built when it is inline.
     pub fn value(&self) -> Cow<'_, Value> {
-        match &self.slot {
-            Slot::Nil => Cow::Owned(Value::Nil),
-            Slot::Int(i) => Cow::Owned(Value::Int(*i)),
-            Slot::Cold(c) => Cow::Borrowed(&c.value),
+        match self.inline() {
+            Ok(None) => Cow::Owned(Value::Nil),
+            Ok(Some(i)) => Cow::Owned(Value::Int(i)),
+            Err(c) => Cow::Borrowed(&c.value),
         }
     }
 
     pub fn value_is_nil(&self) -> bool {
-        match &self.slot {
-            Slot::Nil => true,
-            Slot::Int(_) => false,
-            Slot::Cold(c) => c.value.is_nil(),
+        match self.inline() {
+            Ok(v) => v.is_none(),
+            Err(c) => c.value.is_nil(),
         }
     }
 
     fn value_is_list(&self) -> bool {
-        matches!(&self.slot, Slot::Cold(c) if matches!(c.value, Value::List(_)))
+        self.cold()
+            .is_some_and(|c| matches!(c.value, Value::List(_)))
     }
 
-    /// The entry's metadata, if it has any (it may be empty for a byte-string or list value).
+    /// The entry's metadata, if it has a cold part (the metadata may be empty when the cold
+    /// part is there for a byte-string or list value).
     pub fn meta(&self) -> Option<&Meta> {
-        match &self.slot {
-            Slot::Cold(c) => Some(&c.meta),
-            _ => None,
-        }
+        self.cold().map(|c| &c.meta)
     }
 
     /// Whether waiters, subscribers or a clock log exist: the fast paths leave such entries to
@@ -200,54 +281,49 @@ impl Entry {
         self.meta().is_some_and(|m| !m.is_empty())
     }
 
-    /// The metadata, moving the entry to the cold layout if needed. Callers that may leave it
-    /// empty call [`Entry::settle`] afterwards.
-    fn meta_mut(&mut self) -> &mut Meta {
-        if !matches!(self.slot, Slot::Cold(_)) {
-            let value = match std::mem::take(&mut self.slot) {
-                Slot::Int(i) => Value::Int(i),
-                _ => Value::Nil,
-            };
-            self.slot = Slot::Cold(Box::new(Cold {
-                value,
+    /// The cold part, made if needed. Callers that may leave it with nothing a cold part is
+    /// needed for call [`Entry::settle`] afterwards.
+    fn cold_mut(&mut self) -> &mut Cold {
+        if let Ok(v) = self.inline() {
+            let (owner, dirty) = (self.owner(), self.is_dirty());
+            let cold = Box::new(Cold {
+                value: v.map_or(Value::Nil, Value::Int),
                 meta: Meta::default(),
-            }));
+            });
+            self.slot = Slot::Cold { owner, dirty, cold };
         }
         match &mut self.slot {
-            Slot::Cold(c) => &mut c.meta,
+            Slot::Cold { cold, .. } => cold,
             _ => unreachable!("made cold above"),
         }
+    }
+
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.cold_mut().meta
     }
 
     /// Moves the value out (leaving nil); [`Entry::set_value`] puts it back.
     fn take_value(&mut self) -> Value {
         match &mut self.slot {
-            Slot::Nil => Value::Nil,
-            Slot::Int(i) => {
-                let v = Value::Int(*i);
-                self.slot = Slot::Nil;
+            Slot::Nil { .. } => Value::Nil,
+            Slot::Int { value, .. } => {
+                let v = Value::Int(*value);
+                self.set_inline(None);
                 v
             }
-            Slot::Cold(c) => std::mem::take(&mut c.value),
+            Slot::Cold { cold, .. } => std::mem::take(&mut cold.value),
         }
     }
 
     fn set_value(&mut self, v: Value) {
-        match &mut self.slot {
-            Slot::Cold(c) => {
-                c.value = v;
+        match (&mut self.slot, v) {
+            (Slot::Cold { cold, .. }, v) => {
+                cold.value = v;
                 self.settle();
             }
-            slot => {
-                *slot = match v {
-                    Value::Nil => Slot::Nil,
-                    Value::Int(i) => Slot::Int(i),
-                    other => Slot::Cold(Box::new(Cold {
-                        value: other,
-                        meta: Meta::default(),
-                    })),
-                }
-            }
+            (_, Value::Nil) => self.set_inline(None),
+            (_, Value::Int(i)) => self.set_inline(Some(i)),
+            (_, v) => self.cold_mut().value = v,
         }
     }
 
@@ -263,11 +339,11 @@ impl Entry {
     /// layout, so the fast paths take it again (after a clock log is retired, a subscriber
     /// leaves, a waiter is granted...).
     fn settle(&mut self) {
-        if let Slot::Cold(c) = &mut self.slot {
+        if let Err(c) = self.inline() {
             if c.meta.is_empty() {
                 match c.value {
-                    Value::Nil => self.slot = Slot::Nil,
-                    Value::Int(i) => self.slot = Slot::Int(i),
+                    Value::Nil => self.set_inline(None),
+                    Value::Int(i) => self.set_inline(Some(i)),
                     _ => {}
                 }
             }
@@ -278,19 +354,16 @@ impl Entry {
     /// for non-empty metadata.
     #[cfg(test)]
     fn is_settled(&self) -> bool {
-        match &self.slot {
-            Slot::Cold(c) => !c.meta.is_empty() || !matches!(c.value, Value::Nil | Value::Int(_)),
-            _ => true,
-        }
+        self.cold()
+            .is_none_or(|c| !c.meta.is_empty() || !matches!(c.value, Value::Nil | Value::Int(_)))
     }
 
     /// Nothing worth keeping: no value, no owner, no metadata.
     fn is_vacant(&self) -> bool {
-        self.owner == 0
-            && match &self.slot {
-                Slot::Nil => true,
-                Slot::Int(_) => false,
-                Slot::Cold(c) => c.value.is_nil() && c.meta.is_empty(),
+        self.owner() == 0
+            && match self.inline() {
+                Ok(v) => v.is_none(),
+                Err(c) => c.value.is_nil() && c.meta.is_empty(),
             }
     }
 }
@@ -354,7 +427,9 @@ pub struct Shard {
     pub shards: u32,
     customs: CustomOps,
     names: Arc<RwLock<Names>>,
-    map: HashMap<Key, Entry>,
+    map: Table,
+    /// Hashes of the keys of the batch being applied (see `touch`).
+    hashes: Vec<u64>,
     clients: HashMap<ClientId, ClientState>,
     commit_subs: HashMap<u16, ClientId>,
     /// Clients that subscribed to or wait for some object: only their disconnection needs a
@@ -389,7 +464,8 @@ impl Shard {
             shards,
             customs,
             names,
-            map: HashMap::new(),
+            map: Table::default(),
+            hashes: Vec::new(),
             clients: HashMap::new(),
             commit_subs: HashMap::new(),
             watchers: hashbrown::HashSet::new(),
@@ -511,7 +587,7 @@ impl Shard {
     ) {
         self.touch(ops);
         let mut cs = self.clients.remove(&client).unwrap_or_default();
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             self.stats.ops += 1;
             let blocking = op.flags & F_NONBLOCKING == 0;
             if op.seq != 0 && op.seq <= cs.applied_seq {
@@ -535,7 +611,7 @@ impl Shard {
                 }
                 continue;
             }
-            if !blocking && self.quick_incr(client, op) {
+            if !blocking && self.quick_incr(client, op, self.hashes[i]) {
                 self.stats.updates += 1;
                 if op.seq != 0 {
                     cs.applied_seq = op.seq;
@@ -568,7 +644,8 @@ impl Shard {
     /// bookkeeping are skipped (this is the bulk of a counter-heavy client's traffic).
     /// Returns false, having changed nothing, when the operation or the entry needs the
     /// general path (metadata, a value that is not an integer, an overflow).
-    fn quick_incr(&mut self, client: ClientId, op: &wire::Op) -> bool {
+    /// `hash` is the key's hash from `touch`.
+    fn quick_incr(&mut self, client: ClientId, op: &wire::Op, hash: u64) -> bool {
         if op.code != OpCode::OpIncr as i32
             || op.clock != 0
             || op.per_flow
@@ -583,20 +660,18 @@ impl Shard {
             per_flow: false,
             sub: &op.sub,
         };
-        let e = self.map.entry_ref(&k).or_default();
+        let e = self.map.or_default_hashed(hash, k);
         // Anything in the cold part (metadata, a byte string that may hold a decimal) takes
         // the general path.
-        let cur = match e.slot {
-            Slot::Int(i) => i,
-            Slot::Nil => 0,
-            Slot::Cold(_) => return false,
-        };
-        let Some(new) = cur.checked_add(op.num) else {
+        let Ok(cur) = e.inline() else {
             return false;
         };
-        e.slot = Slot::Int(new);
-        if self.track_dirty && !e.dirty {
-            e.dirty = true;
+        let Some(new) = cur.unwrap_or(0).checked_add(op.num) else {
+            return false;
+        };
+        e.set_inline(Some(new));
+        if self.track_dirty && !e.is_dirty() {
+            e.replace_dirty(true);
             self.dirty.push(k.to_key());
         }
         self.wal_record(client, op, &Value::Nil);
@@ -665,8 +740,8 @@ impl Shard {
                 let mut n = 0;
                 let mut changed = Vec::new();
                 for (key, e) in self.map.iter_mut() {
-                    if key.per_flow && e.owner == from {
-                        e.owner = to;
+                    if key.per_flow && e.owner() == from {
+                        e.set_owner(to);
                         n += 1;
                         changed.push(key.clone());
                     }
@@ -680,7 +755,7 @@ impl Shard {
                 reply.value = Value::Int(n).to_wire();
             }
             OpCode::OpSubscribe => {
-                let e = self.map.entry_ref(&k).or_default();
+                let e = self.map.or_default(&k);
                 let m = e.meta_mut();
                 if !m.subscribers.contains(&client) {
                     m.subscribers.push(client);
@@ -727,10 +802,10 @@ impl Shard {
             }
             OpCode::OpRestore => {
                 let v = Value::from_wire_owned(op.val.as_ref());
-                let e = self.map.entry_ref(&k).or_default();
+                let e = self.map.or_default(&k);
                 e.with_value(|old| *old = v);
                 if k.per_flow {
-                    e.owner = op.instance + 1;
+                    e.set_owner(op.instance + 1);
                 }
                 self.mark_dirty(k);
                 self.wal_record(client, op, &Value::Nil);
@@ -793,7 +868,7 @@ impl Shard {
             reply.status = Status::NotFound as i32;
             return;
         }
-        let e = self.map.entry_ref(&k).or_default();
+        let e = self.map.or_default(&k);
         if logged {
             if let Some(rec) = e.meta().and_then(|m| m.find(op.clock, op.op_index)) {
                 self.stats.duplicates_suppressed += 1;
@@ -804,7 +879,7 @@ impl Shard {
             }
         }
         let me = op.instance + 1;
-        if k.per_flow && e.owner != 0 && e.owner != me {
+        if k.per_flow && e.owner() != 0 && e.owner() != me {
             self.stats.not_owner += 1;
             reply.status = Status::NotOwner as i32;
             if e.is_vacant() {
@@ -813,8 +888,8 @@ impl Shard {
             return;
         }
         let mut claimed = false;
-        if k.per_flow && e.owner == 0 {
-            e.owner = me;
+        if k.per_flow && e.owner() == 0 {
+            e.set_owner(me);
             claimed = true;
         }
         // The first logged update of an object remembers the value before it (reads "as of"
@@ -902,10 +977,10 @@ impl Shard {
             return;
         }
         let me = op.instance + 1;
-        let e = self.map.entry_ref(&k).or_default();
-        if e.owner == 0 || e.owner == me {
-            let changed = e.owner != me;
-            e.owner = me;
+        let e = self.map.or_default(&k);
+        if e.owner() == 0 || e.owner() == me {
+            let changed = e.owner() != me;
+            e.set_owner(me);
             reply.value = e.value().to_wire();
             if changed {
                 self.mark_dirty(k);
@@ -999,14 +1074,14 @@ impl Shard {
             // Nothing stored: nothing owned.
             return Released::Absent;
         };
-        if e.owner != me {
-            return if e.owner != 0 {
+        if e.owner() != me {
+            return if e.owner() != 0 {
                 Released::NotOwner
             } else {
                 Released::Absent
             };
         }
-        let newly_dirty = self.track_dirty && !std::mem::replace(&mut e.dirty, true);
+        let newly_dirty = self.track_dirty && !e.replace_dirty(true);
         let next = if self.waiting > 0 && e.meta().is_some() {
             let next = e.meta_mut().waiters.pop_front();
             e.settle();
@@ -1017,7 +1092,7 @@ impl Shard {
         let result = match next {
             Some((waiter, instance)) => {
                 self.waiting -= 1;
-                e.owner = instance + 1;
+                e.set_owner(instance + 1);
                 let sub = sub();
                 if self.replaying.is_none() {
                     out.pushes.push((
@@ -1050,7 +1125,7 @@ impl Shard {
                 Released::Granted
             }
             None => {
-                e.owner = 0;
+                e.set_owner(0);
                 if e.is_vacant() {
                     // Its key is (or is about to be) in the dirty list: the checkpoint sees
                     // the deletion.
@@ -1077,7 +1152,7 @@ impl Shard {
             reply.status = Status::BadRequest as i32;
             return;
         }
-        let e = self.map.entry_ref(&k).or_default();
+        let e = self.map.or_default(&k);
         if let Some(rec) = e.meta().and_then(|m| m.find(op.clock, op.op_index)) {
             self.stats.duplicates_suppressed += 1;
             reply.value = rec.result.to_wire();
@@ -1127,9 +1202,9 @@ impl Shard {
             return;
         }
         match self.map.get_mut(&k) {
-            Some(e) if e.dirty => {}
+            Some(e) if e.is_dirty() => {}
             Some(e) => {
-                e.dirty = true;
+                e.replace_dirty(true);
                 self.dirty.push(k.to_key());
             }
             None => self.dirty.push(k.to_key()),
@@ -1212,8 +1287,8 @@ impl Shard {
                 keep.push(key);
             } else if e.is_vacant() {
                 dead.push(key);
-            } else if removed > 0 && !e.dirty && self.track_dirty {
-                e.dirty = true;
+            } else if removed > 0 && !e.is_dirty() && self.track_dirty {
+                e.replace_dirty(true);
                 self.dirty.push(key);
             }
         }
@@ -1231,7 +1306,7 @@ impl Shard {
         let mut delta = Vec::with_capacity(self.dirty.len());
         for key in std::mem::take(&mut self.dirty) {
             let snap = self.map.get_mut(&key.as_ref()).map(|e| {
-                e.dirty = false;
+                e.replace_dirty(false);
                 snapshot(e)
             });
             delta.push((key, snap));
@@ -1245,7 +1320,7 @@ impl Shard {
         self.map
             .iter_mut()
             .map(|(k, e)| {
-                e.dirty = false;
+                e.replace_dirty(false);
                 (k.clone(), Some(snapshot(e)))
             })
             .collect()
@@ -1290,10 +1365,8 @@ impl Shard {
                 log,
             } => {
                 let k = Key::new(key.vertex as u16, key.object as u16, key.per_flow, &key.sub);
-                let mut e = Entry {
-                    owner,
-                    ..Entry::default()
-                };
+                let mut e = Entry::default();
+                e.set_owner(owner);
                 e.set_value(Value::from_rec(&value));
                 if !log.is_empty() {
                     let m = e.meta_mut();
@@ -1328,7 +1401,7 @@ impl Shard {
             // A release without a waiter.
             let k = op_key(&op);
             if let Some(e) = self.map.get_mut(&k.as_ref()) {
-                e.owner = 0;
+                e.set_owner(0);
             }
             self.remove_if_vacant(k.as_ref());
         } else if rec.op.code == OpCode::OpReleaseMany as i32 {
@@ -1344,8 +1417,8 @@ impl Shard {
                         sub: &keys[r],
                     };
                     if let Some(e) = self.map.get_mut(&k) {
-                        if e.owner == me {
-                            e.owner = 0;
+                        if e.owner() == me {
+                            e.set_owner(0);
                             self.remove_if_vacant(k);
                         }
                     }
@@ -1355,8 +1428,8 @@ impl Shard {
             cs.applied_seq = cs.applied_seq.max(op.seq);
         } else if rec.op.code == OpCode::OpAcquire as i32 {
             let k = op_key(&op);
-            let e = self.map.entry_ref(&k.as_ref()).or_default();
-            e.owner = op.instance + 1;
+            let e = self.map.or_default(&k.as_ref());
+            e.set_owner(op.instance + 1);
         } else {
             // Ops replayed through the normal path keep identical semantics. The client's
             // sequence number is re-applied only if it advances.
@@ -1377,7 +1450,7 @@ impl Shard {
 fn snapshot(e: &Entry) -> CheckpointEntry {
     CheckpointEntry {
         value: e.value().into_owned(),
-        owner: e.owner,
+        owner: e.owner(),
         log: e
             .meta()
             .map(|m| {
