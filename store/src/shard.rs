@@ -23,11 +23,14 @@ use chc_proto::records::{
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use hashbrown::HashMap;
 use parking_lot::RwLock;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 mod direct;
+mod table;
 pub use direct::{Direct, DirectOp};
+use table::Table;
 
 /// Identifies a client connection (an NF instance, a root, a tool) to a shard.
 pub type ClientId = u64;
@@ -67,7 +70,7 @@ pub struct LogRec {
     pub after: Option<Value>,
 }
 
-/// Rarely present parts of an entry, boxed so the common entry stays small.
+/// Rarely present parts of an entry, kept in its cold part.
 #[derive(Default, Debug)]
 pub struct Meta {
     /// Instances waiting for ownership: (client, instance).
@@ -133,22 +136,235 @@ enum Released {
 }
 
 /// A stored object.
-#[derive(Default, Debug)]
+///
+/// The map holds a million or more of these and an update touches one at random, so its time
+/// goes to cache misses and the entry is kept to 16 bytes: a nil or integer value without any
+/// metadata (the counters that make up most objects) lives inline next to the owner, and
+/// everything else (byte strings, lists, waiters, subscribers, clock logs) moves to a boxed
+/// [`Cold`] part that only the objects needing it pay for. The slot's variant is the flag that
+/// says whether the cold part exists; see [`Entry::is_settled`] for the invariant. Owner and
+/// dirty flag are repeated in every variant because that is what lets them share the variant
+/// tag's word.
+#[derive(Debug)]
 pub struct Entry {
-    pub value: Value,
-    /// Owning instance + 1 for per-flow objects; 0 = no owner.
-    pub owner: u32,
-    pub meta: Option<Box<Meta>>,
-    dirty: bool,
+    slot: Slot,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Nil {
+        /// Owning instance + 1 for per-flow objects; 0 = no owner.
+        owner: u32,
+        /// In the shard's list of keys changed since the last checkpoint delta.
+        dirty: bool,
+    },
+    Int {
+        owner: u32,
+        dirty: bool,
+        value: i64,
+    },
+    Cold {
+        owner: u32,
+        dirty: bool,
+        cold: Box<Cold>,
+    },
+}
+
+/// The rarely present parts of an entry, together so an entry pays for one box at most.
+#[derive(Default, Debug)]
+struct Cold {
+    value: Value,
+    meta: Meta,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            slot: Slot::Nil {
+                owner: 0,
+                dirty: false,
+            },
+        }
+    }
 }
 
 impl Entry {
-    fn meta_mut(&mut self) -> &mut Meta {
-        self.meta.get_or_insert_with(Default::default)
+    /// Owning instance + 1 for per-flow objects; 0 = no owner.
+    pub fn owner(&self) -> u32 {
+        match self.slot {
+            Slot::Nil { owner, .. } | Slot::Int { owner, .. } | Slot::Cold { owner, .. } => owner,
+        }
     }
+
+    fn set_owner(&mut self, to: u32) {
+        match &mut self.slot {
+            Slot::Nil { owner, .. } | Slot::Int { owner, .. } | Slot::Cold { owner, .. } => {
+                *owner = to
+            }
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        match self.slot {
+            Slot::Nil { dirty, .. } | Slot::Int { dirty, .. } | Slot::Cold { dirty, .. } => dirty,
+        }
+    }
+
+    /// Sets the dirty flag; returns its old state.
+    fn replace_dirty(&mut self, to: bool) -> bool {
+        match &mut self.slot {
+            Slot::Nil { dirty, .. } | Slot::Int { dirty, .. } | Slot::Cold { dirty, .. } => {
+                std::mem::replace(dirty, to)
+            }
+        }
+    }
+
+    fn cold(&self) -> Option<&Cold> {
+        match &self.slot {
+            Slot::Cold { cold, .. } => Some(cold),
+            _ => None,
+        }
+    }
+
+    /// The inline value (`None` = nil), or `Err` when the value lives in the cold part.
+    fn inline(&self) -> Result<Option<i64>, &Cold> {
+        match &self.slot {
+            Slot::Nil { .. } => Ok(None),
+            Slot::Int { value, .. } => Ok(Some(*value)),
+            Slot::Cold { cold, .. } => Err(cold),
+        }
+    }
+
+    /// Replaces the slot by an inline value, dropping any cold part.
+    fn set_inline(&mut self, v: Option<i64>) {
+        let (owner, dirty) = (self.owner(), self.is_dirty());
+        self.slot = match v {
+            None => Slot::Nil { owner, dirty },
+            Some(value) => Slot::Int {
+                owner,
+                dirty,
+                value,
+            },
+        };
+    }
+
+    /// The object's value: borrowed when it lives in the cold part, built when it is inline.
+    pub fn value(&self) -> Cow<'_, Value> {
+        match self.inline() {
+            Ok(None) => Cow::Owned(Value::Nil),
+            Ok(Some(i)) => Cow::Owned(Value::Int(i)),
+            Err(c) => Cow::Borrowed(&c.value),
+        }
+    }
+
+    pub fn value_is_nil(&self) -> bool {
+        match self.inline() {
+            Ok(v) => v.is_none(),
+            Err(c) => c.value.is_nil(),
+        }
+    }
+
+    fn value_is_list(&self) -> bool {
+        self.cold()
+            .is_some_and(|c| matches!(c.value, Value::List(_)))
+    }
+
+    /// The entry's metadata, if it has a cold part (the metadata may be empty when the cold
+    /// part is there for a byte-string or list value).
+    pub fn meta(&self) -> Option<&Meta> {
+        self.cold().map(|c| &c.meta)
+    }
+
+    /// Whether waiters, subscribers or a clock log exist: the fast paths leave such entries to
+    /// the general one.
+    fn has_meta(&self) -> bool {
+        self.meta().is_some_and(|m| !m.is_empty())
+    }
+
+    /// The cold part, made if needed. Callers that may leave it with nothing a cold part is
+    /// needed for call [`Entry::settle`] afterwards.
+    fn cold_mut(&mut self) -> &mut Cold {
+        if let Ok(v) = self.inline() {
+            let (owner, dirty) = (self.owner(), self.is_dirty());
+            let cold = Box::new(Cold {
+                value: v.map_or(Value::Nil, Value::Int),
+                meta: Meta::default(),
+            });
+            self.slot = Slot::Cold { owner, dirty, cold };
+        }
+        match &mut self.slot {
+            Slot::Cold { cold, .. } => cold,
+            _ => unreachable!("made cold above"),
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.cold_mut().meta
+    }
+
+    /// Moves the value out (leaving nil); [`Entry::set_value`] puts it back.
+    fn take_value(&mut self) -> Value {
+        match &mut self.slot {
+            Slot::Nil { .. } => Value::Nil,
+            Slot::Int { value, .. } => {
+                let v = Value::Int(*value);
+                self.set_inline(None);
+                v
+            }
+            Slot::Cold { cold, .. } => std::mem::take(&mut cold.value),
+        }
+    }
+
+    fn set_value(&mut self, v: Value) {
+        match (&mut self.slot, v) {
+            (Slot::Cold { cold, .. }, v) => {
+                cold.value = v;
+                self.settle();
+            }
+            (_, Value::Nil) => self.set_inline(None),
+            (_, Value::Int(i)) => self.set_inline(Some(i)),
+            (_, v) => self.cold_mut().value = v,
+        }
+    }
+
+    /// Applies `f` to the value, keeping the layout settled whatever `f` does.
+    fn with_value<R>(&mut self, f: impl FnOnce(&mut Value) -> R) -> R {
+        let mut v = self.take_value();
+        let r = f(&mut v);
+        self.set_value(v);
+        r
+    }
+
+    /// Returns a cold entry whose metadata is empty and whose value fits inline to the inline
+    /// layout, so the fast paths take it again (after a clock log is retired, a subscriber
+    /// leaves, a waiter is granted...).
+    fn settle(&mut self) {
+        if let Err(c) = self.inline() {
+            if c.meta.is_empty() {
+                match c.value {
+                    Value::Nil => self.set_inline(None),
+                    Value::Int(i) => self.set_inline(Some(i)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The layout invariant: the cold part exists only for a value that cannot be inline or
+    /// for non-empty metadata.
+    #[cfg(test)]
+    fn is_settled(&self) -> bool {
+        self.cold()
+            .is_none_or(|c| !c.meta.is_empty() || !matches!(c.value, Value::Nil | Value::Int(_)))
+    }
+
     /// Nothing worth keeping: no value, no owner, no metadata.
     fn is_vacant(&self) -> bool {
-        self.value.is_nil() && self.owner == 0 && self.meta.as_ref().is_none_or(|m| m.is_empty())
+        self.owner() == 0
+            && match self.inline() {
+                Ok(v) => v.is_none(),
+                Err(c) => c.value.is_nil() && c.meta.is_empty(),
+            }
     }
 }
 
@@ -211,7 +427,9 @@ pub struct Shard {
     pub shards: u32,
     customs: CustomOps,
     names: Arc<RwLock<Names>>,
-    map: HashMap<Key, Entry>,
+    map: Table,
+    /// Hashes of the keys of the batch being applied (see `touch`).
+    hashes: Vec<u64>,
     clients: HashMap<ClientId, ClientState>,
     commit_subs: HashMap<u16, ClientId>,
     /// Clients that subscribed to or wait for some object: only their disconnection needs a
@@ -246,7 +464,8 @@ impl Shard {
             shards,
             customs,
             names,
-            map: HashMap::new(),
+            map: Table::default(),
+            hashes: Vec::new(),
             clients: HashMap::new(),
             commit_subs: HashMap::new(),
             watchers: hashbrown::HashSet::new(),
@@ -278,7 +497,7 @@ impl Shard {
 
     /// Number of objects with a value.
     pub fn len(&self) -> usize {
-        self.map.values().filter(|e| !e.value.is_nil()).count()
+        self.map.values().filter(|e| !e.value_is_nil()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -309,7 +528,7 @@ impl Shard {
 
     /// Iterates objects that hold a value.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.map.iter().filter(|(_, e)| !e.value.is_nil())
+        self.map.iter().filter(|(_, e)| !e.value_is_nil())
     }
 
     /// The shard's TS: for each client, the last sequence number and clock applied.
@@ -334,14 +553,28 @@ impl Shard {
         if !self.watchers.remove(&client) {
             return;
         }
-        for e in self.map.values_mut() {
-            if let Some(m) = e.meta.as_mut() {
-                m.subscribers.retain(|c| *c != client);
-                let before = m.waiters.len();
-                m.waiters.retain(|(c, _)| *c != client);
-                self.waiting -= before - m.waiters.len();
+        // Entries kept only for the client's subscriptions or waits go too, as an unsubscribe
+        // would remove them; otherwise they would stay in the table for good.
+        let (waiting, dirty) = (&mut self.waiting, &mut self.dirty);
+        let track_dirty = self.track_dirty;
+        self.map.retain(|k, e| {
+            if e.meta().is_none() {
+                return true;
             }
-        }
+            let m = e.meta_mut();
+            m.subscribers.retain(|c| *c != client);
+            let before = m.waiters.len();
+            m.waiters.retain(|(c, _)| *c != client);
+            *waiting -= before - m.waiters.len();
+            e.settle();
+            if !e.is_vacant() {
+                return true;
+            }
+            if track_dirty {
+                dirty.push(k.clone());
+            }
+            false
+        });
     }
 
     /// Applies a batch of operations from `client`.
@@ -354,7 +587,7 @@ impl Shard {
     ) {
         self.touch(ops);
         let mut cs = self.clients.remove(&client).unwrap_or_default();
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             self.stats.ops += 1;
             let blocking = op.flags & F_NONBLOCKING == 0;
             if op.seq != 0 && op.seq <= cs.applied_seq {
@@ -378,7 +611,7 @@ impl Shard {
                 }
                 continue;
             }
-            if !blocking && self.quick_incr(client, op) {
+            if !blocking && self.quick_incr(client, op, self.hashes[i]) {
                 self.stats.updates += 1;
                 if op.seq != 0 {
                     cs.applied_seq = op.seq;
@@ -411,7 +644,8 @@ impl Shard {
     /// bookkeeping are skipped (this is the bulk of a counter-heavy client's traffic).
     /// Returns false, having changed nothing, when the operation or the entry needs the
     /// general path (metadata, a value that is not an integer, an overflow).
-    fn quick_incr(&mut self, client: ClientId, op: &wire::Op) -> bool {
+    /// `hash` is the key's hash from `touch`.
+    fn quick_incr(&mut self, client: ClientId, op: &wire::Op, hash: u64) -> bool {
         if op.code != OpCode::OpIncr as i32
             || op.clock != 0
             || op.per_flow
@@ -426,24 +660,18 @@ impl Shard {
             per_flow: false,
             sub: &op.sub,
         };
-        let e = self.map.entry_ref(&k).or_default();
-        if e.meta.is_some() {
-            return false;
-        }
-        let cur = match &e.value {
-            Value::Int(i) => *i,
-            Value::Nil => 0,
-            other => match other.as_int() {
-                Some(i) => i,
-                None => return false,
-            },
-        };
-        let Some(new) = cur.checked_add(op.num) else {
+        let e = self.map.or_default_hashed(hash, k);
+        // Anything in the cold part (metadata, a byte string that may hold a decimal) takes
+        // the general path.
+        let Ok(cur) = e.inline() else {
             return false;
         };
-        e.value = Value::Int(new);
-        if self.track_dirty && !e.dirty {
-            e.dirty = true;
+        let Some(new) = cur.unwrap_or(0).checked_add(op.num) else {
+            return false;
+        };
+        e.set_inline(Some(new));
+        if self.track_dirty && !e.is_dirty() {
+            e.replace_dirty(true);
             self.dirty.push(k.to_key());
         }
         self.wal_record(client, op, &Value::Nil);
@@ -479,10 +707,12 @@ impl Shard {
             OpCode::OpGet => {
                 let as_of = op.flags & F_AS_OF != 0 && op.clock != 0;
                 let v = self.map.get(&k).map(|e| {
-                    let logged = e.meta.as_ref().filter(|m| !m.log.is_empty());
+                    let logged = e.meta().filter(|m| !m.log.is_empty());
                     match (as_of, logged) {
-                        (true, Some(m)) => m.as_of(op.clock, op.op_index).unwrap_or(&e.value),
-                        _ => &e.value,
+                        (true, Some(m)) => m
+                            .as_of(op.clock, op.op_index)
+                            .map_or_else(|| e.value(), Cow::Borrowed),
+                        _ => e.value(),
                     }
                 });
                 match v {
@@ -511,8 +741,8 @@ impl Shard {
                 let mut n = 0;
                 let mut changed = Vec::new();
                 for (key, e) in self.map.iter_mut() {
-                    if key.per_flow && e.owner == from {
-                        e.owner = to;
+                    if key.per_flow && e.owner() == from {
+                        e.set_owner(to);
                         n += 1;
                         changed.push(key.clone());
                     }
@@ -526,18 +756,19 @@ impl Shard {
                 reply.value = Value::Int(n).to_wire();
             }
             OpCode::OpSubscribe => {
-                let e = self.map.entry_ref(&k).or_default();
+                let e = self.map.or_default(&k);
                 let m = e.meta_mut();
                 if !m.subscribers.contains(&client) {
                     m.subscribers.push(client);
                 }
                 self.watchers.insert(client);
-                reply.value = e.value.to_wire();
+                reply.value = e.value().to_wire();
             }
             OpCode::OpUnsubscribe => {
                 if let Some(e) = self.map.get_mut(&k) {
-                    if let Some(m) = e.meta.as_mut() {
-                        m.subscribers.retain(|c| *c != client);
+                    if e.meta().is_some() {
+                        e.meta_mut().subscribers.retain(|c| *c != client);
+                        e.settle();
                     }
                 }
                 self.remove_if_vacant(k);
@@ -572,10 +803,10 @@ impl Shard {
             }
             OpCode::OpRestore => {
                 let v = Value::from_wire_owned(op.val.as_ref());
-                let e = self.map.entry_ref(&k).or_default();
-                e.value = v;
+                let e = self.map.or_default(&k);
+                e.with_value(|old| *old = v);
                 if k.per_flow {
-                    e.owner = op.instance + 1;
+                    e.set_owner(op.instance + 1);
                 }
                 self.mark_dirty(k);
                 self.wal_record(client, op, &Value::Nil);
@@ -638,9 +869,9 @@ impl Shard {
             reply.status = Status::NotFound as i32;
             return;
         }
-        let e = self.map.entry_ref(&k).or_default();
+        let e = self.map.or_default(&k);
         if logged {
-            if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
+            if let Some(rec) = e.meta().and_then(|m| m.find(op.clock, op.op_index)) {
                 self.stats.duplicates_suppressed += 1;
                 reply.status = rec.status;
                 reply.value = rec.result.to_wire();
@@ -649,7 +880,7 @@ impl Shard {
             }
         }
         let me = op.instance + 1;
-        if k.per_flow && e.owner != 0 && e.owner != me {
+        if k.per_flow && e.owner() != 0 && e.owner() != me {
             self.stats.not_owner += 1;
             reply.status = Status::NotOwner as i32;
             if e.is_vacant() {
@@ -658,19 +889,19 @@ impl Shard {
             return;
         }
         let mut claimed = false;
-        if k.per_flow && e.owner == 0 {
-            e.owner = me;
+        if k.per_flow && e.owner() == 0 {
+            e.set_owner(me);
             claimed = true;
         }
         // The first logged update of an object remembers the value before it (reads "as of"
         // a clock start there).
-        let base = (logged && e.meta.as_ref().is_none_or(|m| m.log.is_empty()))
-            .then(|| (!matches!(e.value, Value::List(_))).then(|| e.value.clone()));
-        let (status, result, mutated) = apply_update(&self.customs, code, op, &mut e.value);
+        let base = (logged && e.meta().is_none_or(|m| m.log.is_empty()))
+            .then(|| (!e.value_is_list()).then(|| e.value().into_owned()));
+        let (status, result, mutated) = e.with_value(|v| apply_update(&self.customs, code, op, v));
         reply.status = status as i32;
         reply.value = result.to_wire();
         if logged {
-            let after = (!matches!(e.value, Value::List(_))).then(|| e.value.clone());
+            let after = (!e.value_is_list()).then(|| e.value().into_owned());
             let m = e.meta_mut();
             if let Some(b) = base {
                 m.base = b;
@@ -683,14 +914,13 @@ impl Shard {
                 after,
             });
             self.stats.logged_records += 1;
-            if e.meta.as_ref().is_some_and(|m| m.log.len() == 1) {
+            if e.meta().is_some_and(|m| m.log.len() == 1) {
                 self.logged.push(k.to_key());
             }
         }
         let vacant = e.is_vacant();
         let subscribers = if mutated && self.replaying.is_none() {
-            e.meta
-                .as_ref()
+            e.meta()
                 .map(|m| {
                     m.subscribers
                         .iter()
@@ -703,7 +933,7 @@ impl Shard {
             Vec::new()
         };
         if !subscribers.is_empty() {
-            let value = e.value.to_wire();
+            let value = e.value().to_wire();
             for c in subscribers {
                 out.pushes.push((
                     c,
@@ -748,11 +978,11 @@ impl Shard {
             return;
         }
         let me = op.instance + 1;
-        let e = self.map.entry_ref(&k).or_default();
-        if e.owner == 0 || e.owner == me {
-            let changed = e.owner != me;
-            e.owner = me;
-            reply.value = e.value.to_wire();
+        let e = self.map.or_default(&k);
+        if e.owner() == 0 || e.owner() == me {
+            let changed = e.owner() != me;
+            e.set_owner(me);
+            reply.value = e.value().to_wire();
             if changed {
                 self.mark_dirty(k);
                 self.wal_record(client, op, &Value::Nil);
@@ -839,12 +1069,13 @@ impl Shard {
         }
         let (vertex, me, limit) = (op.vertex as u16, op.instance + 1, op.num.max(0) as usize);
         let mut bytes = 0usize;
-        for (key, e) in &self.map {
-            if !(key.per_flow && key.vertex == vertex && e.owner == me) || e.value.is_nil() {
+        for (key, e) in self.map.iter() {
+            if !(key.per_flow && key.vertex == vertex && e.owner() == me) || e.value_is_nil() {
                 continue;
             }
+            let value = e.value();
             let sub = key.sub.as_slice();
-            bytes += sub.len() + e.value.approx_len();
+            bytes += sub.len() + value.approx_len();
             if limit > 0 && bytes > limit {
                 reply.owned.clear();
                 reply.status = Status::Overflow as i32;
@@ -853,7 +1084,7 @@ impl Shard {
             reply.owned.push(wire::Owned {
                 object: u32::from(key.object),
                 sub: Bytes::copy_from_slice(sub),
-                value: e.value.to_wire(),
+                value: value.to_wire(),
             });
         }
         reply.version = self.stats.ops;
@@ -875,23 +1106,25 @@ impl Shard {
             // Nothing stored: nothing owned.
             return Released::Absent;
         };
-        if e.owner != me {
-            return if e.owner != 0 {
+        if e.owner() != me {
+            return if e.owner() != 0 {
                 Released::NotOwner
             } else {
                 Released::Absent
             };
         }
-        let newly_dirty = self.track_dirty && !std::mem::replace(&mut e.dirty, true);
-        let next = if self.waiting > 0 {
-            e.meta.as_mut().and_then(|m| m.waiters.pop_front())
+        let newly_dirty = self.track_dirty && !e.replace_dirty(true);
+        let next = if self.waiting > 0 && e.meta().is_some() {
+            let next = e.meta_mut().waiters.pop_front();
+            e.settle();
+            next
         } else {
             None
         };
         let result = match next {
             Some((waiter, instance)) => {
                 self.waiting -= 1;
-                e.owner = instance + 1;
+                e.set_owner(instance + 1);
                 let sub = sub();
                 if self.replaying.is_none() {
                     out.pushes.push((
@@ -902,7 +1135,7 @@ impl Shard {
                             object: u32::from(k.object),
                             per_flow: true,
                             sub: sub.clone(),
-                            value: e.value.to_wire(),
+                            value: e.value().to_wire(),
                             commits: Vec::new(),
                             version: self.stats.ops,
                         },
@@ -924,7 +1157,7 @@ impl Shard {
                 Released::Granted
             }
             None => {
-                e.owner = 0;
+                e.set_owner(0);
                 if e.is_vacant() {
                     // Its key is (or is about to be) in the dirty list: the checkpoint sees
                     // the deletion.
@@ -951,8 +1184,8 @@ impl Shard {
             reply.status = Status::BadRequest as i32;
             return;
         }
-        let e = self.map.entry_ref(&k).or_default();
-        if let Some(rec) = e.meta.as_ref().and_then(|m| m.find(op.clock, op.op_index)) {
+        let e = self.map.or_default(&k);
+        if let Some(rec) = e.meta().and_then(|m| m.find(op.clock, op.op_index)) {
             self.stats.duplicates_suppressed += 1;
             reply.value = rec.result.to_wire();
             reply.duplicate = true;
@@ -979,7 +1212,7 @@ impl Shard {
                 }
             }
         };
-        let first = e.meta.as_ref().is_none_or(|m| m.log.is_empty());
+        let first = e.meta().is_none_or(|m| m.log.is_empty());
         e.meta_mut().insert(LogRec {
             clock: op.clock,
             op_index: op.op_index,
@@ -1001,9 +1234,9 @@ impl Shard {
             return;
         }
         match self.map.get_mut(&k) {
-            Some(e) if e.dirty => {}
+            Some(e) if e.is_dirty() => {}
             Some(e) => {
-                e.dirty = true;
+                e.replace_dirty(true);
                 self.dirty.push(k.to_key());
             }
             None => self.dirty.push(k.to_key()),
@@ -1050,7 +1283,10 @@ impl Shard {
             let Some(e) = self.map.get_mut(&key.as_ref()) else {
                 continue;
             };
-            let Some(m) = e.meta.as_mut() else { continue };
+            if e.meta().is_none() {
+                continue;
+            }
+            let m = e.meta_mut();
             let before = m.log.len();
             let one_root = match (m.log.front(), m.log.back()) {
                 (Some(a), Some(b)) => root_of(a.clock) == root_of(b.clock),
@@ -1077,13 +1313,14 @@ impl Shard {
             }
             let removed = before - m.log.len();
             let log_left = !m.log.is_empty();
+            e.settle();
             self.stats.logged_records = self.stats.logged_records.saturating_sub(removed as u64);
             if log_left {
                 keep.push(key);
             } else if e.is_vacant() {
                 dead.push(key);
-            } else if removed > 0 && !e.dirty && self.track_dirty {
-                e.dirty = true;
+            } else if removed > 0 && !e.is_dirty() && self.track_dirty {
+                e.replace_dirty(true);
                 self.dirty.push(key);
             }
         }
@@ -1101,7 +1338,7 @@ impl Shard {
         let mut delta = Vec::with_capacity(self.dirty.len());
         for key in std::mem::take(&mut self.dirty) {
             let snap = self.map.get_mut(&key.as_ref()).map(|e| {
-                e.dirty = false;
+                e.replace_dirty(false);
                 snapshot(e)
             });
             delta.push((key, snap));
@@ -1115,7 +1352,7 @@ impl Shard {
         self.map
             .iter_mut()
             .map(|(k, e)| {
-                e.dirty = false;
+                e.replace_dirty(false);
                 (k.clone(), Some(snapshot(e)))
             })
             .collect()
@@ -1160,12 +1397,9 @@ impl Shard {
                 log,
             } => {
                 let k = Key::new(key.vertex as u16, key.object as u16, key.per_flow, &key.sub);
-                let mut e = Entry {
-                    value: Value::from_rec(&value),
-                    owner,
-                    meta: None,
-                    dirty: false,
-                };
+                let mut e = Entry::default();
+                e.set_owner(owner);
+                e.set_value(Value::from_rec(&value));
                 if !log.is_empty() {
                     let m = e.meta_mut();
                     for r in log {
@@ -1199,7 +1433,7 @@ impl Shard {
             // A release without a waiter.
             let k = op_key(&op);
             if let Some(e) = self.map.get_mut(&k.as_ref()) {
-                e.owner = 0;
+                e.set_owner(0);
             }
             self.remove_if_vacant(k.as_ref());
         } else if rec.op.code == OpCode::OpReleaseMany as i32 {
@@ -1215,8 +1449,8 @@ impl Shard {
                         sub: &keys[r],
                     };
                     if let Some(e) = self.map.get_mut(&k) {
-                        if e.owner == me {
-                            e.owner = 0;
+                        if e.owner() == me {
+                            e.set_owner(0);
                             self.remove_if_vacant(k);
                         }
                     }
@@ -1226,8 +1460,8 @@ impl Shard {
             cs.applied_seq = cs.applied_seq.max(op.seq);
         } else if rec.op.code == OpCode::OpAcquire as i32 {
             let k = op_key(&op);
-            let e = self.map.entry_ref(&k.as_ref()).or_default();
-            e.owner = op.instance + 1;
+            let e = self.map.or_default(&k.as_ref());
+            e.set_owner(op.instance + 1);
         } else {
             // Ops replayed through the normal path keep identical semantics. The client's
             // sequence number is re-applied only if it advances.
@@ -1247,11 +1481,10 @@ impl Shard {
 
 fn snapshot(e: &Entry) -> CheckpointEntry {
     CheckpointEntry {
-        value: e.value.clone(),
-        owner: e.owner,
+        value: e.value().into_owned(),
+        owner: e.owner(),
         log: e
-            .meta
-            .as_ref()
+            .meta()
             .map(|m| {
                 m.log
                     .iter()

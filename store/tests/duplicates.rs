@@ -112,7 +112,7 @@ fn a_million_retried_updates_are_applied_once_each() {
                 per_flow: false,
                 sub: &key,
             })
-            .map(|e| e.value.clone());
+            .map(|e| e.value().into_owned());
         assert_eq!(
             v,
             Some(chc_store::Value::Int(expect[k as usize])),

@@ -29,7 +29,7 @@ fn shard(names: Arc<RwLock<Names>>) -> Shard {
 fn dump(s: &Shard) -> Vec<(String, crate::value::Value, u32)> {
     let mut v: Vec<_> = s
         .iter()
-        .map(|(k, e)| (format!("{k:?}"), e.value.clone(), e.owner))
+        .map(|(k, e)| (format!("{k:?}"), e.value().into_owned(), e.owner()))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -133,7 +133,7 @@ fn call(s: &mut Shard, names: &RwLock<Names>, c: ShardCall) -> CallResult {
             let names = names.read();
             CallResult::Keys(
                 s.iter()
-                    .map(|(k, e)| names.render(k.as_ref(), e.owner))
+                    .map(|(k, e)| names.render(k.as_ref(), e.owner()))
                     .filter(|k| resp::glob(&p, k))
                     .map(Into::into)
                     .collect(),
@@ -145,7 +145,7 @@ fn call(s: &mut Shard, names: &RwLock<Names>, c: ShardCall) -> CallResult {
                 .iter()
                 .skip(pos as usize)
                 .take(count.min(1000) as usize)
-                .map(|(k, e)| names.render(k.as_ref(), e.owner).into())
+                .map(|(k, e)| names.render(k.as_ref(), e.owner()).into())
                 .collect();
             CallResult::Scan { keys, next: None }
         }

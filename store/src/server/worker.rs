@@ -743,7 +743,7 @@ impl Worker {
                 CallResult::Keys(
                     self.shard
                         .iter()
-                        .map(|(k, e)| names.render(k.as_ref(), e.owner))
+                        .map(|(k, e)| names.render(k.as_ref(), e.owner()))
                         .filter(|k| resp::glob(&p, k))
                         .map(Into::into)
                         .collect(),
@@ -762,7 +762,7 @@ impl Worker {
                         next = Some(i as u64);
                         break;
                     }
-                    let r = names.render(k.as_ref(), e.owner);
+                    let r = names.render(k.as_ref(), e.owner());
                     if pattern.as_ref().is_none_or(|p| resp::glob(p, &r)) {
                         keys.push(r.into());
                     }
@@ -1000,7 +1000,7 @@ pub(crate) fn direct_resp(
     let n = args.len();
     let op = match (cmd, n) {
         (b"GET", 2) => {
-            match shard.direct_get(k) {
+            match shard.direct_get(k).as_deref() {
                 None => out.extend_from_slice(b"$-1\r\n"),
                 Some(crate::value::Value::Bytes(b)) => resp::enc::bulk(out, b),
                 Some(crate::value::Value::Int(i)) => resp::enc::bulk_int(out, *i),

@@ -1,0 +1,158 @@
+//! The shard's object table: a hash table of (key, entry) whose lookups can take a hash
+//! computed earlier.
+//!
+//! A batch is looked up twice: once by `Shard::touch` to start every cache miss of the batch
+//! together, once when each operation is applied. Taking the hash as an
+//! argument lets the first pass hash each key once for both, and keeps its loop short enough
+//! for the processor to have many lookups in flight.
+//!
+//! Keys may come from the network, so the hasher stays hashbrown's default, which is seeded at
+//! random per process (colliding keys cannot be chosen in advance).
+
+use super::Entry;
+use crate::key::{Key, KeyRef};
+use hashbrown::hash_table::Entry as Slot;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+
+#[derive(Default)]
+pub(super) struct Table {
+    t: HashTable<(Key, Entry)>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Table {
+    #[inline]
+    pub fn hash(&self, k: KeyRef<'_>) -> u64 {
+        self.hasher.hash_one(k)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.t.len()
+    }
+
+    /// Reads the slot `k` would be in (the control bytes and the bucket), for the cache's
+    /// sake only: the first bucket whose tag matches is taken for `k` without comparing keys.
+    /// A bucket may straddle two cache lines, so a field at each end is read: the key's
+    /// first byte and the entry's owner.
+    #[inline]
+    pub fn touch(&self, hash: u64) {
+        std::hint::black_box(self.t.find(hash, |(key, e)| {
+            std::hint::black_box((key.sub.as_slice().len(), e.owner()));
+            true
+        }));
+    }
+
+    pub fn get(&self, k: &KeyRef<'_>) -> Option<&Entry> {
+        let h = self.hash(*k);
+        self.t
+            .find(h, |(key, _)| key.as_ref() == *k)
+            .map(|(_, e)| e)
+    }
+
+    pub fn get_mut(&mut self, k: &KeyRef<'_>) -> Option<&mut Entry> {
+        let h = self.hash(*k);
+        self.t
+            .find_mut(h, |(key, _)| key.as_ref() == *k)
+            .map(|(_, e)| e)
+    }
+
+    pub fn contains_key(&self, k: &KeyRef<'_>) -> bool {
+        self.get(k).is_some()
+    }
+
+    /// The entry of `k`, inserted empty if absent.
+    pub fn or_default(&mut self, k: &KeyRef<'_>) -> &mut Entry {
+        let h = self.hash(*k);
+        self.or_default_hashed(h, *k)
+    }
+
+    /// [`Table::or_default`] with `hash` = [`Table::hash`] of `k`.
+    #[inline]
+    pub fn or_default_hashed(&mut self, hash: u64, k: KeyRef<'_>) -> &mut Entry {
+        let hasher = &self.hasher;
+        let slot = self.t.entry(
+            hash,
+            |(key, _)| key.as_ref() == k,
+            |(key, _)| hasher.hash_one(key.as_ref()),
+        );
+        match slot {
+            Slot::Occupied(o) => &mut o.into_mut().1,
+            Slot::Vacant(v) => &mut v.insert((k.to_key(), Entry::default())).into_mut().1,
+        }
+    }
+
+    /// Inserts or replaces the entry of `key`.
+    pub fn insert(&mut self, key: Key, e: Entry) {
+        let k = key.as_ref();
+        *self.or_default(&k) = e;
+    }
+
+    pub fn remove(&mut self, k: &KeyRef<'_>) -> Option<Entry> {
+        let h = self.hash(*k);
+        let found = self.t.find_entry(h, |(key, _)| key.as_ref() == *k).ok()?;
+        Some(found.remove().0 .1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.t.iter().map(|(k, e)| (k, e))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Key, &mut Entry)> {
+        self.t.iter_mut().map(|(k, e)| (&*k, e))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.t.iter().map(|(_, e)| e)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&Key, &mut Entry) -> bool) {
+        self.t.retain(|(k, e)| keep(k, e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &[u8]) -> KeyRef<'_> {
+        KeyRef {
+            vertex: 1,
+            object: 2,
+            per_flow: false,
+            sub: s,
+        }
+    }
+
+    #[test]
+    fn lookups_by_hash_and_by_key_agree() {
+        let mut t = Table::default();
+        let subs: Vec<Vec<u8>> = (0u32..2000).map(|i| i.to_le_bytes().to_vec()).collect();
+        for s in &subs {
+            let k = key(s);
+            let h = t.hash(k);
+            t.or_default_hashed(h, k).set_owner(u32::from(s[0]) + 1);
+        }
+        assert_eq!(t.len(), subs.len());
+        for s in &subs {
+            let k = key(s);
+            t.touch(t.hash(k));
+            assert_eq!(t.get(&k).map(Entry::owner), Some(u32::from(s[0]) + 1));
+            assert_eq!(
+                t.or_default(&k).owner(),
+                u32::from(s[0]) + 1,
+                "found, not inserted"
+            );
+        }
+        assert_eq!(t.len(), subs.len());
+        let long = vec![9u8; 100];
+        t.insert(key(&long).to_key(), Entry::default());
+        assert!(t.contains_key(&key(&long)));
+        assert!(t.remove(&key(&long)).is_some());
+        assert!(t.remove(&key(&long)).is_none());
+        t.retain(|k, _| k.sub.as_slice()[0] % 2 == 0);
+        assert_eq!(t.len(), subs.len() / 2);
+        assert!(t.iter().all(|(k, _)| k.sub.as_slice()[0] % 2 == 0));
+    }
+}
