@@ -179,6 +179,7 @@ impl StoreClient {
     }
 
     /// The shard an operation goes to.
+    #[inline]
     pub fn shard_of(&self, op: &wire::Op) -> u32 {
         crate::key::KeyRef {
             vertex: op.vertex as u16,
@@ -191,6 +192,7 @@ impl StoreClient {
 
     /// Queues an operation for its shard; returns (shard, sequence number). Nothing is sent
     /// until [`StoreClient::flush`] or a blocking call.
+    #[inline]
     pub fn submit(&mut self, op: wire::Op) -> (u32, u64) {
         let shard = self.shard_of(&op);
         (shard, self.submit_to(shard, op))
@@ -198,6 +200,7 @@ impl StoreClient {
 
     /// Queues an operation for a given shard (operations that address shards, not keys, such
     /// as clock retirement or commit subscriptions).
+    #[inline]
     pub fn submit_to(&mut self, shard: u32, mut op: wire::Op) -> u64 {
         let l = &mut self.links[shard as usize];
         op.seq = l.next_seq;
@@ -226,7 +229,10 @@ impl StoreClient {
         if l.pending.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut l.pending);
+        // The batch leaves with its buffer; the next one starts at this one's size rather
+        // than growing again from nothing.
+        let n = l.pending.len();
+        let batch = std::mem::replace(&mut l.pending, Vec::with_capacity(n));
         if l.outstanding.is_empty() {
             l.last_progress = Instant::now();
         }
