@@ -336,6 +336,18 @@ impl StateClient {
         Ok(())
     }
 
+    /// As [`Self::flush`], but a shard's queued operations may wait for the next call when
+    /// there are fewer than `min` of them (see [`StoreClient::flush_coalesced`]): for a
+    /// dataplane that calls this after every burst and waits for nothing it sent.
+    pub fn flush_coalesced(&mut self, min: usize) -> Result<(), StateError> {
+        if let Some(s) = self.store.as_mut() {
+            s.flush_coalesced(min)?;
+            s.poll()?;
+        }
+        self.pump();
+        Ok(())
+    }
+
     /// Waits until the store has acknowledged every operation sent so far.
     pub fn sync(&mut self) -> Result<(), StateError> {
         if let Some(s) = self.store.as_mut() {
