@@ -164,6 +164,14 @@ impl NfInstance {
         }
     }
 
+    /// As [`Self::flush`], letting small batches wait for the next burst (see
+    /// `StateClient::flush_coalesced`).
+    pub fn flush_coalesced(&mut self, min: usize) {
+        if let Err(e) = self.state.flush_coalesced(min) {
+            self.note_error(e.to_string());
+        }
+    }
+
     /// The vertex now runs `n` instances: objects cached because only this instance used
     /// them are flushed and shared (or cached again when it is alone).
     pub fn set_parallelism(&mut self, n: u16) {

@@ -365,8 +365,7 @@ impl<K: StateKey, V: StateValue> Cell<K, V> {
     pub fn get(&self, ctx: &mut Ctx<'_>, k: &K) -> Result<Option<V>, NfError> {
         let mut b = [0u8; 40];
         let n = k.write_key(&mut b);
-        let v = ctx.state.get(self.id, &b[..n])?;
-        Ok(V::from_value(&v))
+        Ok(ctx.state.get_with(self.id, &b[..n], V::from_value)?)
     }
 
     pub fn set(&self, ctx: &mut Ctx<'_>, k: &K, v: &V) -> Result<(), NfError> {

@@ -319,12 +319,20 @@ impl<'a> Packet<'a> {
             (true, IpAddr::V6(_)) => (self.hdr.l3 + if src { 8 } else { 24 }, 16),
             _ => return false,
         };
-        let new = ip_bytes(ip);
-        let old: Vec<u8> = self.data[off..off + len].to_vec();
-        self.data[off..off + len].copy_from_slice(&new);
+        // On the stack: a NAT rewrites an address in every packet.
+        let mut new = [0u8; 16];
+        match ip {
+            IpAddr::V4(a) => new[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => new.copy_from_slice(&a.octets()),
+        }
+        let new = &new[..len];
+        let mut old = [0u8; 16];
+        old[..len].copy_from_slice(&self.data[off..off + len]);
+        let old = &old[..len];
+        self.data[off..off + len].copy_from_slice(new);
         if !self.hdr.ipv6 {
             let c = self.hdr.l3 + 10;
-            csum_replace(&mut self.data[c..c + 2], &old, &new);
+            csum_replace(&mut self.data[c..c + 2], old, new);
         }
         // The pseudo-header covers addresses: fix TCP/UDP/ICMPv6 checksums (not ICMPv4).
         if let Some(c) = self.l4_csum_off() {
@@ -334,7 +342,7 @@ impl<'a> Packet<'a> {
                     && self.data[c] == 0
                     && self.data[c + 1] == 0;
                 if !udp_zero {
-                    csum_replace(&mut self.data[c..c + 2], &old, &new);
+                    csum_replace(&mut self.data[c..c + 2], old, new);
                     if self.hdr.proto == PROTO_UDP && self.data[c] == 0 && self.data[c + 1] == 0 {
                         self.data[c..c + 2].copy_from_slice(&[0xff, 0xff]);
                     }

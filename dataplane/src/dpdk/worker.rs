@@ -36,6 +36,12 @@ use std::sync::{Arc, Mutex};
 /// whose egress port is on another host).
 pub const PASS_THROUGH: u16 = u16::MAX;
 
+/// Store operations an instance queues before they go without waiting for the next burst:
+/// nothing on the packet path waits for them (packets leave before their updates commit),
+/// and every batch costs a system call here and a wake-up at the shard, so a burst's few
+/// operations wait for the next burst's. See `StoreClient::flush_coalesced`.
+const STORE_BATCH_OPS: usize = 4 * super::BURST;
+
 pub const RUNNING: u8 = 0;
 pub const STOPPING: u8 = 1;
 
@@ -882,8 +888,12 @@ impl Worker {
             self.process(t, m, meta);
         }
         self.scratch = burst;
+        // A task with operations queued or held back is flushed even in a loop that brought
+        // it nothing, so a held batch waits one loop at most.
+        if n > 0 || self.tasks[t].dirty {
+            self.tasks[t].inst.flush_coalesced(STORE_BATCH_OPS);
+        }
         if n > 0 {
-            self.tasks[t].inst.flush();
             self.tasks[t].dirty = true;
             if let Some(r) = self.root.as_mut() {
                 for (c, w, x) in self.io.local_deletes.drain(..) {

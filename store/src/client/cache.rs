@@ -386,6 +386,18 @@ impl StateClient {
         Ok(())
     }
 
+    /// As [`Self::flush`], but a shard's queued operations may wait for the next call when
+    /// there are fewer than `min` of them (see [`StoreClient::flush_coalesced`]): for a
+    /// dataplane that calls this after every burst and waits for nothing it sent.
+    pub fn flush_coalesced(&mut self, min: usize) -> Result<(), StateError> {
+        if let Some(s) = self.store.as_mut() {
+            s.flush_coalesced(min)?;
+            s.poll()?;
+        }
+        self.pump();
+        Ok(())
+    }
+
     /// Waits until the store has acknowledged every operation sent so far.
     pub fn sync(&mut self) -> Result<(), StateError> {
         if let Some(s) = self.store.as_mut() {
@@ -588,6 +600,48 @@ impl StateClient {
             .expect("external strategies have a store")
     }
 
+    /// Reads an object through `f`. A value held here (cached, or local state) is lent to
+    /// `f` rather than copied: a flow's state is read on every packet. Otherwise as
+    /// [`Self::get`].
+    pub fn get_with<R>(
+        &mut self,
+        obj: u16,
+        sub: &[u8],
+        f: impl FnOnce(&Value) -> R,
+    ) -> Result<R, StateError> {
+        let (strat, scope, excl) = self.obj(obj)?;
+        let held = match strat {
+            Strategy::Local => true,
+            // A replayed packet reads the store (see `get`).
+            Strategy::CacheFlush | Strategy::CacheCallback => !(self.replay && self.clock != 0),
+            Strategy::CacheExclusive => excl && !(self.replay && self.clock != 0),
+            Strategy::Blocking | Strategy::NonBlocking => false,
+        };
+        if held {
+            let k = KeyRef {
+                vertex: self.vertex,
+                object: obj,
+                per_flow: scope == Scope::PerFlow,
+                sub,
+            };
+            let cache = if k.per_flow {
+                &self.flows
+            } else {
+                &self.shared
+            };
+            if let Some(c) = cache.get(&k) {
+                self.stats.ops += 1;
+                if strat == Strategy::Local {
+                    self.stats.local_ops += 1;
+                } else {
+                    self.stats.cache_hits += 1;
+                }
+                return Ok(f(&c.value));
+            }
+        }
+        self.get(obj, sub).map(|v| f(&v))
+    }
+
     /// Reads an object.
     pub fn get(&mut self, obj: u16, sub: &[u8]) -> Result<Value, StateError> {
         self.stats.ops += 1;
@@ -647,39 +701,29 @@ impl StateClient {
         Ok((v, r.version))
     }
 
-    /// The cached value, loading it on a miss.
+    /// The cached value, loading it on a miss. A hit is one table lookup: this is every
+    /// packet's read of its flow's state.
     fn cached(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Value, StateError> {
-        self.ensure_cached(obj, scope, sub)?;
         let k = KeyRef {
             vertex: self.vertex,
             object: obj,
             per_flow: scope == Scope::PerFlow,
             sub,
         };
-        Ok(self
-            .cache(k.per_flow)
-            .get(&k)
-            .map(|c| c.value.clone())
-            .unwrap_or_default())
-    }
-
-    /// Loads an object into the cache on a miss (without copying the value: a port pool
-    /// may hold tens of thousands of items).
-    fn ensure_cached(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<(), StateError> {
-        let k = KeyRef {
-            vertex: self.vertex,
-            object: obj,
-            per_flow: scope == Scope::PerFlow,
-            sub,
+        let cache = if k.per_flow {
+            &self.flows
+        } else {
+            &self.shared
         };
-        if self.cache(k.per_flow).contains_key(&k) {
+        if let Some(c) = cache.get(&k) {
             self.stats.cache_hits += 1;
-            return Ok(());
+            return Ok(c.value.clone());
         }
         self.stats.cache_misses += 1;
         let c = self.load(obj, scope, sub)?;
+        let v = c.value.clone();
         self.cache_mut(k.per_flow).insert(k.to_key(), c);
-        Ok(())
+        Ok(v)
     }
 
     fn load(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Cached, StateError> {
@@ -753,20 +797,32 @@ impl StateClient {
                     // The store decides (it may have applied this update before).
                     return self.update_in_store_then_cache(obj, scope, sub, op);
                 }
-                self.ensure_cached(obj, scope, sub)?;
                 let k = KeyRef {
                     vertex: self.vertex,
                     object: obj,
                     per_flow: scope == Scope::PerFlow,
                     sub,
                 };
-                let c = if k.per_flow {
-                    self.flows.get_mut(&k)
+                // One table lookup on a hit.
+                let cache = if k.per_flow {
+                    &mut self.flows
                 } else {
-                    self.shared.get_mut(&k)
-                }
-                .expect("loaded above");
-                let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
+                    &mut self.shared
+                };
+                let (st, res) = match cache.get_mut(&k) {
+                    Some(c) => {
+                        self.stats.cache_hits += 1;
+                        let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
+                        (st, res)
+                    }
+                    None => {
+                        self.stats.cache_misses += 1;
+                        let mut c = self.load(obj, scope, sub)?;
+                        let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
+                        self.cache_mut(k.per_flow).insert(k.to_key(), c);
+                        (st, res)
+                    }
+                };
                 // The operation (not the value) goes to the store: it stays correct however
                 // the store interleaves it with others (§3.3.3).
                 self.remote_update(obj, scope, op, wait_ack)?;
@@ -787,7 +843,7 @@ impl StateClient {
         let key = self.key(obj, scope, sub);
         let code = OpCode::try_from(op.code).unwrap_or(OpCode::OpNoop);
         let stamped = self.stamp(op, obj);
-        let (shard, seq) = self.send(&key, stamped, false);
+        let (shard, seq) = self.send(key.per_flow, stamped, false);
         self.stats.remote_calls += 1;
         let k = KeyRef {
             vertex: self.vertex,
@@ -827,14 +883,8 @@ impl StateClient {
         op: wire::Op,
         wait: bool,
     ) -> Result<(Status, Value), StateError> {
-        let key = ObjKey {
-            vertex: self.vertex,
-            object: obj,
-            per_flow: scope == Scope::PerFlow,
-            sub: op.sub.clone(),
-        };
         let stamped = self.stamp(op, obj);
-        let (shard, seq) = self.send(&key, stamped, !wait);
+        let (shard, seq) = self.send(scope == Scope::PerFlow, stamped, !wait);
         if wait {
             self.stats.remote_calls += 1;
             let r = self.store_mut().wait_reply(shard, seq)?;
@@ -846,11 +896,12 @@ impl StateClient {
     }
 
     /// Queues a stamped update, logging it in the NF-side log if it is shared state.
-    fn send(&mut self, key: &ObjKey, mut op: wire::Op, nonblocking: bool) -> (u32, u64) {
+    #[inline]
+    fn send(&mut self, per_flow: bool, mut op: wire::Op, nonblocking: bool) -> (u32, u64) {
         if nonblocking {
             op.flags |= OpFlag::FlagNonblocking as u32;
         }
-        let logged = (self.log_shared && !key.per_flow).then(|| op.clone());
+        let logged = (self.log_shared && !per_flow).then(|| op.clone());
         let (shard, seq) = self.store_mut().submit(op);
         if let Some(mut op) = logged {
             op.seq = seq;
@@ -859,24 +910,94 @@ impl StateClient {
         (shard, seq)
     }
 
+    /// Whether a blind update (its result unused) of `obj` goes to the store without
+    /// waiting and without touching a cache: write-mostly objects, and shared read/write-often
+    /// ones while shared, in eo-c-na. Returns whether the object is per-flow.
+    fn blind_remote(&self, obj: u16) -> Result<Option<bool>, StateError> {
+        let (strat, scope, excl) = self.obj(obj)?;
+        let remote = match strat {
+            Strategy::NonBlocking => true,
+            Strategy::CacheExclusive => !excl,
+            _ => false,
+        };
+        Ok((remote && self.mode == Mode::EoCNa).then_some(scope == Scope::PerFlow))
+    }
+
+    /// Queues a blind update [`Self::blind_remote`] accepted, as [`Self::update`] would, but
+    /// with the operation built once and already stamped: the per-packet path then moves and
+    /// copies it as little as possible.
+    fn queue_blind(
+        &mut self,
+        obj: u16,
+        per_flow: bool,
+        sub: &[u8],
+        code: OpCode,
+        num: i64,
+        val: Option<wire::Value>,
+    ) {
+        self.stats.ops += 1;
+        self.stats.nonblocking += 1;
+        let idx = self.op_index;
+        self.op_index += 1;
+        let mut flags = F_COUNTED;
+        if self.replay {
+            flags |= F_REPLAY;
+        }
+        if self.clock != 0 {
+            self.vector ^= update_id(self.instance, obj, idx);
+        }
+        let op = wire::Op {
+            code: code as i32,
+            vertex: u32::from(self.vertex),
+            object: u32::from(obj),
+            per_flow,
+            // Keys of cross-flow counters are often empty: no buffer for those.
+            sub: if sub.is_empty() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(sub)
+            },
+            num,
+            val,
+            clock: self.clock,
+            instance: u32::from(self.instance),
+            op_index: idx,
+            flags,
+            ..Default::default()
+        };
+        self.send(per_flow, op, true);
+    }
+
     fn obj_op(&self, obj: u16, sub: &[u8], code: OpCode) -> Result<wire::Op, StateError> {
         let (_, scope, _) = self.obj(obj)?;
         Ok(self.key(obj, scope, sub).op(code))
     }
 
     pub fn set(&mut self, obj: u16, sub: &[u8], v: Value) -> Result<(), StateError> {
+        if let Some(per_flow) = self.blind_remote(obj)? {
+            self.queue_blind(obj, per_flow, sub, OpCode::OpSet, 0, v.to_wire());
+            return Ok(());
+        }
         let mut op = self.obj_op(obj, sub, OpCode::OpSet)?;
         op.val = v.to_wire();
         self.update(obj, sub, op, false).map(|_| ())
     }
 
     pub fn del(&mut self, obj: u16, sub: &[u8]) -> Result<(), StateError> {
+        if let Some(per_flow) = self.blind_remote(obj)? {
+            self.queue_blind(obj, per_flow, sub, OpCode::OpDel, 0, None);
+            return Ok(());
+        }
         let op = self.obj_op(obj, sub, OpCode::OpDel)?;
         self.update(obj, sub, op, false).map(|_| ())
     }
 
     /// Adds `by`; the result is not needed (non-blocking where the strategy allows).
     pub fn incr(&mut self, obj: u16, sub: &[u8], by: i64) -> Result<(), StateError> {
+        if let Some(per_flow) = self.blind_remote(obj)? {
+            self.queue_blind(obj, per_flow, sub, OpCode::OpIncr, by, None);
+            return Ok(());
+        }
         let mut op = self.obj_op(obj, sub, OpCode::OpIncr)?;
         op.num = by;
         self.update(obj, sub, op, false).map(|_| ())
@@ -891,12 +1012,22 @@ impl StateClient {
     }
 
     pub fn push_back(&mut self, obj: u16, sub: &[u8], item: Bytes) -> Result<(), StateError> {
+        if let Some(per_flow) = self.blind_remote(obj)? {
+            let item = Some(wire::Value::bytes(item));
+            self.queue_blind(obj, per_flow, sub, OpCode::OpPushBack, 0, item);
+            return Ok(());
+        }
         let mut op = self.obj_op(obj, sub, OpCode::OpPushBack)?;
         op.val = Some(wire::Value::bytes(item));
         self.update(obj, sub, op, false).map(|_| ())
     }
 
     pub fn push_front(&mut self, obj: u16, sub: &[u8], item: Bytes) -> Result<(), StateError> {
+        if let Some(per_flow) = self.blind_remote(obj)? {
+            let item = Some(wire::Value::bytes(item));
+            self.queue_blind(obj, per_flow, sub, OpCode::OpPushFront, 0, item);
+            return Ok(());
+        }
         let mut op = self.obj_op(obj, sub, OpCode::OpPushFront)?;
         op.val = Some(wire::Value::bytes(item));
         self.update(obj, sub, op, false).map(|_| ())

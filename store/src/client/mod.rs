@@ -64,8 +64,12 @@ struct ShardLink {
     next_seq: u64,
     /// Not yet sent.
     pending: Vec<wire::Op>,
-    /// Sent, not yet acknowledged, in sequence order.
+    /// Sent, not yet acknowledged, in sequence order (kept only where a batch can be lost).
     outstanding: VecDeque<wire::Op>,
+    /// The last sequence number sent.
+    sent: u64,
+    /// [`StoreClient::flush_coalesced`] held the pending batch back once.
+    held: bool,
     acked: u64,
     last_progress: Instant,
     rto: Duration,
@@ -82,6 +86,11 @@ pub struct StoreClient {
     transport: Transport,
     mailbox: Arc<Mailbox>,
     links: Vec<ShardLink>,
+    /// Whether sent operations are kept for retransmission. A TCP connection can fail with
+    /// batches in it; the in-process transport hands each batch to the shard thread's
+    /// channel, which loses nothing while the shard runs, so it keeps no copies (copying
+    /// every operation once more was a good part of a non-blocking update's cost).
+    keeps_copies: bool,
     customs: Vec<String>,
     replies: HashMap<(u32, u64), wire::Reply>,
     pushes: VecDeque<Pushed>,
@@ -126,6 +135,7 @@ impl StoreClient {
                 let a = t.applied_seq(s as u32);
                 l.next_seq = a + 1;
                 l.acked = a;
+                l.sent = a;
             }
         }
         Ok(c)
@@ -141,6 +151,7 @@ impl StoreClient {
         let now = Instant::now();
         StoreClient {
             id,
+            keeps_copies: matches!(transport, Transport::Tcp(_)),
             transport,
             mailbox,
             links: (0..shards)
@@ -148,6 +159,8 @@ impl StoreClient {
                     next_seq: 1,
                     pending: Vec::new(),
                     outstanding: VecDeque::new(),
+                    sent: 0,
+                    held: false,
                     acked: 0,
                     last_progress: now,
                     rto: Duration::from_millis(200),
@@ -179,6 +192,7 @@ impl StoreClient {
     }
 
     /// The shard an operation goes to.
+    #[inline]
     pub fn shard_of(&self, op: &wire::Op) -> u32 {
         crate::key::KeyRef {
             vertex: op.vertex as u16,
@@ -191,6 +205,7 @@ impl StoreClient {
 
     /// Queues an operation for its shard; returns (shard, sequence number). Nothing is sent
     /// until [`StoreClient::flush`] or a blocking call.
+    #[inline]
     pub fn submit(&mut self, op: wire::Op) -> (u32, u64) {
         let shard = self.shard_of(&op);
         (shard, self.submit_to(shard, op))
@@ -198,6 +213,7 @@ impl StoreClient {
 
     /// Queues an operation for a given shard (operations that address shards, not keys, such
     /// as clock retirement or commit subscriptions).
+    #[inline]
     pub fn submit_to(&mut self, shard: u32, mut op: wire::Op) -> u64 {
         let l = &mut self.links[shard as usize];
         op.seq = l.next_seq;
@@ -221,16 +237,43 @@ impl StoreClient {
         Ok(())
     }
 
+    /// Sends the queued operations of each shard that has at least `min` of them, or whose
+    /// batch the previous call held back. A caller that flushes once per burst of packets
+    /// then sends fewer, larger batches (each one costs it a system call to wake the shard,
+    /// and the shard a wake-up), and no operation waits for more than one extra burst.
+    /// Operations on one shard still go in the order they were queued.
+    pub fn flush_coalesced(&mut self, min: usize) -> Result<(), ClientError> {
+        for s in 0..self.links.len() {
+            let l = &mut self.links[s];
+            if l.pending.is_empty() {
+                continue;
+            }
+            if l.held || l.pending.len() >= min {
+                self.flush_shard(s as u32)?;
+            } else {
+                l.held = true;
+            }
+        }
+        Ok(())
+    }
+
     fn flush_shard(&mut self, shard: u32) -> Result<(), ClientError> {
         let l = &mut self.links[shard as usize];
+        l.held = false;
         if l.pending.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut l.pending);
-        if l.outstanding.is_empty() {
+        // The batch leaves with its buffer; the next one starts at this one's size rather
+        // than growing again from nothing.
+        let n = l.pending.len();
+        let batch = std::mem::replace(&mut l.pending, Vec::with_capacity(n));
+        if l.sent == l.acked {
             l.last_progress = Instant::now();
         }
-        l.outstanding.extend(batch.iter().cloned());
+        l.sent = batch.last().map_or(l.sent, |o| o.seq);
+        if self.keeps_copies {
+            l.outstanding.extend(batch.iter().cloned());
+        }
         self.stats.batches += 1;
         self.send(shard, batch)
     }
@@ -304,13 +347,13 @@ impl StoreClient {
     pub fn sync(&mut self) -> Result<(), ClientError> {
         self.flush()?;
         let start = Instant::now();
-        while self.links.iter().any(|l| !l.outstanding.is_empty()) {
+        while self.links.iter().any(|l| l.sent > l.acked) {
             let waited = start.elapsed();
             if waited >= self.call_timeout {
                 let shard = self
                     .links
                     .iter()
-                    .position(|l| !l.outstanding.is_empty())
+                    .position(|l| l.sent > l.acked)
                     .unwrap_or(0) as u32;
                 return Err(ClientError::Timeout { shard, waited });
             }
@@ -321,7 +364,10 @@ impl StoreClient {
 
     /// Number of sent operations not yet acknowledged.
     pub fn unacked(&self) -> usize {
-        self.links.iter().map(|l| l.outstanding.len()).sum()
+        self.links
+            .iter()
+            .map(|l| l.sent.saturating_sub(l.acked) as usize)
+            .sum()
     }
 
     /// Processes whatever has arrived, without waiting; resends timed-out operations.
@@ -389,12 +435,11 @@ impl StoreClient {
 
     fn ack(&mut self, shard: u32, upto: u64) {
         let l = &mut self.links[shard as usize];
-        let before = l.outstanding.len();
         while l.outstanding.front().is_some_and(|o| o.seq <= upto) {
             l.outstanding.pop_front();
         }
-        if l.outstanding.len() != before {
-            l.acked = l.acked.max(upto);
+        if upto > l.acked && l.sent > l.acked {
+            l.acked = upto;
             l.last_progress = Instant::now();
             l.rto = self.rto;
         }

@@ -66,3 +66,53 @@ fn a_reply_lost_with_the_store_is_reported_not_waited_for() {
     c.call(k.set(&Value::Int(9))).unwrap();
     assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(9)));
 }
+
+/// The in-process transport cannot lose a batch: it keeps no copy of what it sent, and
+/// still knows what is unacknowledged and waits for it.
+#[test]
+fn in_process_clients_keep_no_copies_and_still_sync() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mut c = store.client(1);
+    assert!(!c.keeps_copies);
+    let k = ObjKey::raw("n");
+    for _ in 0..500 {
+        c.submit_nonblocking(k.incr(1));
+    }
+    c.flush().unwrap();
+    assert!(c.links.iter().all(|l| l.outstanding.is_empty()));
+    assert!(c.unacked() <= 500);
+    c.sync().unwrap();
+    assert_eq!(c.unacked(), 0);
+    assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(500)));
+    assert_eq!(c.stats.retransmits, 0);
+}
+
+/// `flush_coalesced` sends a shard's batch once it is large enough, and otherwise on the
+/// next call; a blocking call still sends what was held first.
+#[test]
+fn coalesced_flushes_hold_small_batches_for_one_call() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut c = store.client(1);
+    let k = ObjKey::raw("n");
+    let batches = c.stats.batches;
+    for _ in 0..3 {
+        c.submit_nonblocking(k.incr(1));
+    }
+    c.flush_coalesced(4).unwrap();
+    assert_eq!(c.stats.batches, batches, "held back");
+    assert_eq!(c.links[0].pending.len(), 3);
+    c.flush_coalesced(4).unwrap();
+    assert_eq!(c.stats.batches, batches + 1, "sent on the next call");
+    assert!(c.links[0].pending.is_empty());
+    for _ in 0..4 {
+        c.submit_nonblocking(k.incr(1));
+    }
+    c.flush_coalesced(4).unwrap();
+    assert_eq!(c.stats.batches, batches + 2, "large enough: sent at once");
+    c.submit_nonblocking(k.incr(1));
+    c.flush_coalesced(4).unwrap();
+    assert_eq!(c.links[0].pending.len(), 1);
+    assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(8)));
+    c.flush_coalesced(4).unwrap();
+    assert_eq!(c.stats.batches, batches + 3, "nothing left to send");
+}

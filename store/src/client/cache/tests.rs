@@ -582,3 +582,101 @@ fn a_replayed_pop_does_not_copy_the_list_back_and_stays_in_step() {
     );
     r.end_packet();
 }
+
+/// Blind updates that go straight to the store (a write-mostly counter, a shared pool) are
+/// stamped like any other update: the packet's clock and distinct op indexes (a replayed
+/// packet's duplicates are suppressed), counted in the update vector (which the commit
+/// notifications balance), and logged for store recovery when the NF-side log is on.
+#[test]
+fn blind_updates_are_stamped_committed_and_logged() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mut root = store.client(store.next_client_id());
+    for s in 0..root.shards() {
+        root.call_shard(s, ops::subscribe_commits(1)).unwrap();
+    }
+    let mut nf = external(&store, 15, 4);
+    nf.set_log_shared(true);
+    nf.set_exclusive(POOL, false).unwrap();
+    let run = |nf: &mut StateClient, replay: bool| {
+        nf.begin_packet(ops::clock(1, 77), replay);
+        nf.incr(CNT, b"", 2).unwrap();
+        nf.incr(CNT, b"", 3).unwrap();
+        nf.set(CNT, b"s", Value::Int(9)).unwrap();
+        nf.del(CNT, b"d").unwrap();
+        nf.push_back(POOL, b"p", Bytes::from_static(b"x")).unwrap();
+        nf.push_front(POOL, b"p", Bytes::from_static(b"w")).unwrap();
+        let v = nf.end_packet();
+        nf.sync().unwrap();
+        v
+    };
+    let vector = run(&mut nf, false);
+    assert_eq!(nf.stats.nonblocking, 6);
+    assert_eq!(nf.stats.remote_calls, 0, "nothing waited");
+    let mut acc = 0u32;
+    let mut n = 0;
+    while n < 6 {
+        let Some(p) = root.wait_push(Duration::from_millis(500)).unwrap() else {
+            break;
+        };
+        for c in p.push.commits {
+            assert_eq!(c.clock, ops::clock(1, 77));
+            acc ^= c.id;
+            n += 1;
+        }
+    }
+    assert_eq!(n, 6, "one commit per update");
+    assert_eq!(acc, vector, "the update vector balances the commits");
+    let logged: Vec<&wire::Op> = nf.nflog().updates().map(|u| &u.op).collect();
+    assert_eq!(logged.len(), 6, "every shared update is in the NF log");
+    for (i, op) in logged.iter().enumerate() {
+        assert_eq!(op.clock, ops::clock(1, 77));
+        assert_eq!(op.instance, 4);
+        assert_eq!(op.op_index, i as u32);
+        assert_ne!(
+            op.seq, 0,
+            "logged with the sequence number it was sent with"
+        );
+        let want = F_COUNTED | OpFlag::FlagNonblocking as u32;
+        assert_eq!(op.flags & want, want);
+    }
+    // The packet again, as a replay: the store has all of it already.
+    run(&mut nf, true);
+    nf.begin_packet(ops::clock(1, 78), false);
+    assert_eq!(nf.get(CNT, b"").unwrap(), Value::Int(5));
+    assert_eq!(nf.get(CNT, b"s").unwrap(), Value::Int(9));
+    let pool = Value::List([b"w", b"x"].map(|b| Bytes::from_static(b)).into());
+    assert_eq!(nf.get(POOL, b"p").unwrap(), pool);
+}
+
+/// `get_with` lends a cached or local value without a store round trip, reads the store
+/// like `get` where nothing is held here (and for a replayed packet), and counts the same.
+#[test]
+fn get_with_reads_what_get_reads() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mut nf = external(&store, 16, 0);
+    nf.begin_packet(ops::clock(1, 1), false);
+    nf.set(PF, b"f", Value::Int(4)).unwrap();
+    nf.incr(CNT, b"c", 6).unwrap();
+    nf.sync().unwrap();
+    let (calls, hits) = (nf.stats.remote_calls, nf.stats.cache_hits);
+    assert_eq!(nf.get_with(PF, b"f", |v| v.as_int()).unwrap(), Some(4));
+    assert_eq!(nf.stats.remote_calls, calls, "served from the cache");
+    assert_eq!(nf.stats.cache_hits, hits + 1);
+    assert!(nf.get_with(PF, b"g", Value::is_nil).unwrap());
+    assert_eq!(nf.get_with(CNT, b"c", |v| v.as_int()).unwrap(), Some(6));
+    assert_eq!(
+        nf.stats.remote_calls,
+        calls + 1,
+        "a counter is in the store"
+    );
+    // A replayed packet sees the store as of its first processing, not the cache.
+    nf.begin_packet(ops::clock(1, 2), true);
+    let calls = nf.stats.remote_calls;
+    assert_eq!(nf.get_with(PF, b"f", |v| v.as_int()).unwrap(), Some(4));
+    assert_eq!(nf.stats.remote_calls, calls + 1);
+    let mut t = StateClient::local(16, 0, &specs(), CustomOps::builtin());
+    t.set(PF, b"f", Value::Int(4)).unwrap();
+    assert_eq!(t.get_with(PF, b"f", |v| v.as_int()).unwrap(), Some(4));
+    assert!(t.get_with(CNT, b"x", Value::is_nil).unwrap());
+    assert_eq!(t.stats.local_ops, 3);
+}
