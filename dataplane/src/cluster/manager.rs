@@ -138,7 +138,8 @@ fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // A replacement's start is on the recovery's critical path: look often.
+        std::thread::sleep(Duration::from_millis(1));
     }
     false
 }

@@ -306,6 +306,26 @@ impl Inbox {
         })
     }
 
+    /// Waits up to `timeout` for something to arrive, then takes whatever else is already
+    /// there, up to `max` in all: a loop that does its per-pass work (flushes, store polls)
+    /// once per message falls behind as soon as frames get small, which they are under a
+    /// paced load and while a backlog drains after a failure. `None`: every sender is gone.
+    pub fn recv_batch(&self, timeout: Duration, max: usize) -> Option<Vec<In>> {
+        let mut v = Vec::new();
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => v.push(m),
+            Err(channel::RecvTimeoutError::Timeout) => return Some(v),
+            Err(channel::RecvTimeoutError::Disconnected) => return None,
+        }
+        while v.len() < max {
+            match self.rx.try_recv() {
+                Ok(m) => v.push(m),
+                Err(_) => break,
+            }
+        }
+        Some(v)
+    }
+
     /// Sends a frame back on connection `conn` (best effort).
     pub fn reply(&self, conn: u64, f: &Frame) {
         if let Some(s) = self.writers.lock().get_mut(&conn) {

@@ -48,6 +48,13 @@ impl Down {
     }
 }
 
+/// Frames an instance or the root takes from its inbox per pass of its loop (a pass ends with
+/// one flush of state, deletes, outputs and links).
+pub const BATCH_FRAMES: usize = 64;
+
+/// The most per-flow state (bytes of values per store shard) a replacement loads in one go.
+const PRELOAD_LIMIT: usize = 8 << 20;
+
 /// Runs instance `index` of vertex `vertex` until its senders are done.
 pub fn run_instance(
     plan: &Plan,
@@ -71,11 +78,18 @@ pub fn run_instance(
     let client = if v.mode == chc_store::client::cache::Mode::Traditional {
         None
     } else {
-        let id = (u64::from(v.id) << 32) | u64::from(index) << 16 | if replacement { 1 } else { 0 };
+        let base = (u64::from(v.id) << 32) | u64::from(index) << 16;
+        let id = base | u64::from(replacement);
         let opts = TcpOptions {
             token: None,
             connect_timeout: Duration::from_secs(30),
-            ..Default::default()
+            // The store serves a replacement once the failed instance's last operations are
+            // applied (an earlier replacement of the same instance had the same id).
+            supersedes: if replacement {
+                vec![base, base | 1]
+            } else {
+                Vec::new()
+            },
         };
         let mut c =
             StoreClient::connect(&plan.store, id, opts).map_err(|e| format!("store: {e}"))?;
@@ -181,16 +195,39 @@ pub fn run_instance(
         }
     };
 
-    loop {
-        let msg = match inbox.rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(m) => Some(m),
-            Err(crossbeam::channel::RecvTimeoutError::Timeout) => None,
-            Err(_) => break,
-        };
+    while let Some(msgs) = inbox.recv_batch(Duration::from_millis(20), BATCH_FRAMES) {
         let mut finish = false;
         // Packets to process now, in arrival order (held ones join at the end of a replay).
         let mut ready: Vec<LinkPkt> = Vec::new();
-        if let Some(m) = msg {
+        for m in msgs {
+            // Packets are handled in the order the frames came: a watermark, an end of
+            // replay or an end of input goes on only behind the packets that came before it.
+            if !matches!(
+                &m,
+                In::Frame {
+                    frame: Frame::Packets(_),
+                    ..
+                }
+            ) {
+                for p in ready.drain(..) {
+                    handle(
+                        p,
+                        &mut inst,
+                        &mut seen,
+                        &mut next,
+                        &mut taps,
+                        &mut deletes,
+                        &mut outputs,
+                        &mut lines,
+                        &mut absorbed,
+                    );
+                }
+                // The frame may pass those packets on (a watermark or an end of replay
+                // flushes them downstream first): their events go before them.
+                if !lines.is_empty() {
+                    sink.send(&Frame::Events(std::mem::take(&mut lines)));
+                }
+            }
             match m {
                 In::Frame { conn, from, frame } => {
                     if from == Peer::Root {
@@ -229,6 +266,22 @@ pub fn run_instance(
                             if holding && target == v.id {
                                 replay_done_from.insert(from);
                                 if replay_done_from.len() >= senders {
+                                    // Every update of this instance's flows is in the store
+                                    // now: take them all at once rather than one miss per
+                                    // flow while the backlog drains.
+                                    let t = Instant::now();
+                                    match inst.state.preload_owned(PRELOAD_LIMIT) {
+                                        Ok(Some(n)) => eprintln!(
+                                            "chc-dataplane: {vertex}/{index}: loaded {n} flows' state in {:.2} ms",
+                                            t.elapsed().as_secs_f64() * 1e3
+                                        ),
+                                        Ok(None) => eprintln!(
+                                            "chc-dataplane: {vertex}/{index}: flows' state over {PRELOAD_LIMIT} bytes; loading it on demand"
+                                        ),
+                                        Err(e) => eprintln!(
+                                            "chc-dataplane: {vertex}/{index}: loading the flows' state: {e}; loading it on demand"
+                                        ),
+                                    }
                                     holding = false;
                                     root.send(&Frame::ReplayDone(v.id));
                                     ready.append(&mut held);
@@ -272,6 +325,14 @@ pub fn run_instance(
         }
         // End of a batch: state to the store, then deletes, outputs, events, packets.
         inst.flush();
+        // Events before anything that can settle the packets they came with (a delete, an
+        // output, a packet passed on that the last NF outputs): a packet settled is never
+        // replayed, so events sent after it are lost for good if the instance dies in
+        // between (a replayed packet's events come again; the sink keeps one copy of each
+        // line).
+        if !lines.is_empty() {
+            sink.send(&Frame::Events(std::mem::take(&mut lines)));
+        }
         if !deletes.is_empty() {
             root.send(&Frame::Deletes(std::mem::take(&mut deletes)));
         } else {
@@ -279,9 +340,6 @@ pub fn run_instance(
         }
         if !outputs.is_empty() {
             sink.send(&Frame::Packets(std::mem::take(&mut outputs)));
-        }
-        if !lines.is_empty() {
-            sink.send(&Frame::Events(std::mem::take(&mut lines)));
         }
         for d in next.iter_mut().chain(taps.iter_mut()) {
             d.flush();

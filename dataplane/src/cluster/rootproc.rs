@@ -123,8 +123,13 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
         usize::from(alloc.instance(bucket(key_hash(&pk, key)))) % n
     };
     loop {
-        let msg = inbox.rx.recv_timeout(Duration::from_millis(2)).ok();
-        if let Some(In::Frame { conn, from, frame }) = msg {
+        let msgs = inbox
+            .recv_batch(Duration::from_millis(2), super::node::BATCH_FRAMES)
+            .unwrap_or_default();
+        for m in msgs {
+            let In::Frame { conn, from, frame } = m else {
+                continue;
+            };
             match frame {
                 Frame::Packets(ps) if from == Peer::Source => {
                     source_conn = Some(conn);
