@@ -195,38 +195,37 @@ pub fn run_instance(
         }
     };
 
+    // Packets are handled as their frame comes, so a watermark, an end of replay or an end
+    // of input goes on only behind the packets that came before it.
+    macro_rules! handle {
+        ($p:expr) => {
+            handle(
+                $p,
+                &mut inst,
+                &mut seen,
+                &mut next,
+                &mut taps,
+                &mut deletes,
+                &mut outputs,
+                &mut lines,
+                &mut absorbed,
+            )
+        };
+    }
     while let Some(msgs) = inbox.recv_batch(Duration::from_millis(20), BATCH_FRAMES) {
         let mut finish = false;
-        // Packets to process now, in arrival order (held ones join at the end of a replay).
-        let mut ready: Vec<LinkPkt> = Vec::new();
         for m in msgs {
-            // Packets are handled in the order the frames came: a watermark, an end of
-            // replay or an end of input goes on only behind the packets that came before it.
-            if !matches!(
+            // The frame may pass the packets handled so far on (a watermark or an end of
+            // replay flushes them downstream first): their events go before them.
+            let packets = matches!(
                 &m,
                 In::Frame {
                     frame: Frame::Packets(_),
                     ..
                 }
-            ) {
-                for p in ready.drain(..) {
-                    handle(
-                        p,
-                        &mut inst,
-                        &mut seen,
-                        &mut next,
-                        &mut taps,
-                        &mut deletes,
-                        &mut outputs,
-                        &mut lines,
-                        &mut absorbed,
-                    );
-                }
-                // The frame may pass those packets on (a watermark or an end of replay
-                // flushes them downstream first): their events go before them.
-                if !lines.is_empty() {
-                    sink.send(&Frame::Events(std::mem::take(&mut lines)));
-                }
+            );
+            if !packets && !lines.is_empty() {
+                sink.send(&Frame::Events(std::mem::take(&mut lines)));
             }
             match m {
                 In::Frame { conn, from, frame } => {
@@ -243,7 +242,7 @@ pub fn run_instance(
                                 if holding && !replay {
                                     held.push(p);
                                 } else {
-                                    ready.push(p);
+                                    handle!(p);
                                 }
                             }
                         }
@@ -284,7 +283,9 @@ pub fn run_instance(
                                     }
                                     holding = false;
                                     root.send(&Frame::ReplayDone(v.id));
-                                    ready.append(&mut held);
+                                    for p in std::mem::take(&mut held) {
+                                        handle!(p);
+                                    }
                                     finish = eofs.len() >= senders;
                                 }
                             }
@@ -304,26 +305,13 @@ pub fn run_instance(
                 }
             }
         }
-        for p in ready {
-            handle(
-                p,
-                &mut inst,
-                &mut seen,
-                &mut next,
-                &mut taps,
-                &mut deletes,
-                &mut outputs,
-                &mut lines,
-                &mut absorbed,
-            );
-        }
         if let Some(q) = query {
             if root_conns.iter().all(|&c| c == q) {
                 inbox.reply(q, &Frame::SeqReport(max_root_seq));
                 query = None;
             }
         }
-        // End of a batch: state to the store, then deletes, outputs, events, packets.
+        // End of a batch: state to the store, then events, deletes, outputs, packets.
         inst.flush();
         // Events before anything that can settle the packets they came with (a delete, an
         // output, a packet passed on that the last NF outputs): a packet settled is never

@@ -578,6 +578,17 @@ impl StateClient {
         ops::with_clock(op, self.clock, self.instance, idx, flags)
     }
 
+    /// The cache key of object `obj` (of `scope`) of this vertex; borrows only `sub`, so the
+    /// caller may still change the rest of `self` while it holds the key.
+    fn key_ref<'a>(&self, obj: u16, scope: Scope, sub: &'a [u8]) -> KeyRef<'a> {
+        KeyRef {
+            vertex: self.vertex,
+            object: obj,
+            per_flow: scope == Scope::PerFlow,
+            sub,
+        }
+    }
+
     fn cache(&self, per_flow: bool) -> &HashMap<Key, Cached> {
         if per_flow {
             &self.flows
@@ -618,12 +629,7 @@ impl StateClient {
             Strategy::Blocking | Strategy::NonBlocking => false,
         };
         if held {
-            let k = KeyRef {
-                vertex: self.vertex,
-                object: obj,
-                per_flow: scope == Scope::PerFlow,
-                sub,
-            };
+            let k = self.key_ref(obj, scope, sub);
             let cache = if k.per_flow {
                 &self.flows
             } else {
@@ -646,12 +652,7 @@ impl StateClient {
     pub fn get(&mut self, obj: u16, sub: &[u8]) -> Result<Value, StateError> {
         self.stats.ops += 1;
         let (strat, scope, excl) = self.obj(obj)?;
-        let k = KeyRef {
-            vertex: self.vertex,
-            object: obj,
-            per_flow: scope == Scope::PerFlow,
-            sub,
-        };
+        let k = self.key_ref(obj, scope, sub);
         if self.replay && strat != Strategy::Local && self.clock != 0 {
             // A replayed packet sees the state its first processing saw, not the cache.
             let mut op = self.key(obj, scope, sub).get();
@@ -704,12 +705,7 @@ impl StateClient {
     /// The cached value, loading it on a miss. A hit is one table lookup: this is every
     /// packet's read of its flow's state.
     fn cached(&mut self, obj: u16, scope: Scope, sub: &[u8]) -> Result<Value, StateError> {
-        let k = KeyRef {
-            vertex: self.vertex,
-            object: obj,
-            per_flow: scope == Scope::PerFlow,
-            sub,
-        };
+        let k = self.key_ref(obj, scope, sub);
         let cache = if k.per_flow {
             &self.flows
         } else {
@@ -763,12 +759,7 @@ impl StateClient {
         match strat {
             Strategy::Local => {
                 self.stats.local_ops += 1;
-                let k = KeyRef {
-                    vertex: self.vertex,
-                    object: obj,
-                    per_flow: scope == Scope::PerFlow,
-                    sub,
-                };
+                let k = self.key_ref(obj, scope, sub);
                 let cache = if k.per_flow {
                     &mut self.flows
                 } else {
@@ -797,12 +788,7 @@ impl StateClient {
                     // The store decides (it may have applied this update before).
                     return self.update_in_store_then_cache(obj, scope, sub, op);
                 }
-                let k = KeyRef {
-                    vertex: self.vertex,
-                    object: obj,
-                    per_flow: scope == Scope::PerFlow,
-                    sub,
-                };
+                let k = self.key_ref(obj, scope, sub);
                 // One table lookup on a hit.
                 let cache = if k.per_flow {
                     &mut self.flows
@@ -845,12 +831,7 @@ impl StateClient {
         let stamped = self.stamp(op, obj);
         let (shard, seq) = self.send(key.per_flow, stamped, false);
         self.stats.remote_calls += 1;
-        let k = KeyRef {
-            vertex: self.vertex,
-            object: obj,
-            per_flow: scope == Scope::PerFlow,
-            sub,
-        };
+        let k = self.key_ref(obj, scope, sub);
         let callback = self.obj(obj)?.0 == Strategy::CacheCallback;
         if self.replay && !callback && is_list_op(code) {
             // A replayed push or pop on a list (a NAT's port pool holds tens of thousands of

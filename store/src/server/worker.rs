@@ -341,27 +341,23 @@ impl Worker {
     ) {
         let t = self.register(stream, Kind::Native { client });
         let Some(t) = t else { return };
-        if !supersedes.is_empty() {
-            // A killed process's last operations are normally in its socket already: apply
-            // them now, and with its end of stream the connection goes.
-            for old in self.superseded(&supersedes, t) {
-                self.read_conn(old, true);
-            }
-            if !self.superseded(&supersedes, t).is_empty() {
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.held = true;
-                }
-                self.fences.push(Fence {
-                    token: t,
-                    client,
-                    supersedes,
-                    leftover,
-                    deadline: Instant::now() + FENCE_WAIT,
-                });
-                return;
-            }
+        if supersedes.is_empty() {
+            self.admit_native(t, client, leftover);
+            return;
         }
-        self.admit_native(t, client, leftover);
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.held = true;
+        }
+        self.fences.push(Fence {
+            token: t,
+            client,
+            supersedes,
+            leftover,
+            deadline: Instant::now() + FENCE_WAIT,
+        });
+        // Usually passed at once: a killed process's last operations and its end of stream
+        // are in its socket already.
+        self.pass_fences();
     }
 
     /// Open native connections (other than `except`) of the given clients.
