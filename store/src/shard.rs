@@ -89,6 +89,15 @@ impl Meta {
     }
 
     fn find(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
+        // Updates mostly come in clock order: one newer than the newest record is not logged,
+        // and a log of a few thousand records in flight is not searched for it.
+        if self
+            .log
+            .back()
+            .is_none_or(|b| (b.clock, b.op_index) < (clock, op_index))
+        {
+            return None;
+        }
         let i = self
             .log
             .partition_point(|r| (r.clock, r.op_index) < (clock, op_index));
@@ -100,6 +109,11 @@ impl Meta {
     /// The value as it was just before update `op_index` of clock `clock` (after the same
     /// packet's earlier updates), if the log can tell.
     fn as_of(&self, clock: u64, op_index: u32) -> Option<&Value> {
+        match self.log.back() {
+            None => return self.base.as_ref(),
+            Some(b) if (b.clock, b.op_index) < (clock, op_index) => return b.after.as_ref(),
+            Some(_) => {}
+        }
         let i = self
             .log
             .partition_point(|r| (r.clock, r.op_index) < (clock, op_index));
