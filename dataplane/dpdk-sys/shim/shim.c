@@ -1,4 +1,7 @@
 /* See shim.h: one exported symbol per DPDK inline function the Rust side needs. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* pthread_{get,set}affinity_np */
+#endif
 #include "shim.h"
 
 uint16_t chc_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **rx_pkts,
@@ -138,6 +141,28 @@ void chc_rte_errno_set(int value)
 unsigned int chc_rte_lcore_id(void)
 {
 	return rte_lcore_id();
+}
+
+int chc_rte_thread_keep_off_lcores(pthread_t t)
+{
+	rte_cpuset_t set;
+	unsigned int lcore;
+	int cpu, err;
+
+	err = pthread_getaffinity_np(t, sizeof(set), &set);
+	if (err != 0)
+		return -err;
+	RTE_LCORE_FOREACH(lcore) {
+		rte_cpuset_t used = rte_lcore_cpuset(lcore);
+
+		for (cpu = 0; cpu < CPU_SETSIZE; cpu++)
+			if (CPU_ISSET(cpu, &used))
+				CPU_CLR(cpu, &set);
+	}
+	if (CPU_COUNT(&set) == 0)
+		return 0;
+	err = pthread_setaffinity_np(t, sizeof(set), &set);
+	return err == 0 ? 1 : -err;
 }
 
 uint64_t chc_rte_rdtsc(void)

@@ -6,6 +6,8 @@
 #ifndef CHC_DPDK_SHIM_H
 #define CHC_DPDK_SHIM_H
 
+#include <pthread.h>
+
 #include <rte_config.h>
 #include <rte_common.h>
 #include <rte_eal.h>
@@ -64,6 +66,10 @@ void chc_rte_errno_set(int value);
 unsigned int chc_rte_lcore_id(void);
 uint64_t chc_rte_rdtsc(void);
 void chc_rte_pause(void);
+/* Not a wrapper: takes the CPUs of every enabled lcore out of thread `t`'s affinity, as DPDK
+ * does for its own control threads. Returns 1 when the affinity changed, 0 when no other CPU
+ * is left (the thread keeps its affinity), a negative errno on failure. */
+int chc_rte_thread_keep_off_lcores(pthread_t t);
 
 /* RSS hash-function sets, which DPDK defines as macros built from RTE_BIT64() */
 uint64_t chc_rte_eth_rss_ip(void);

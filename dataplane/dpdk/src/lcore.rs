@@ -46,6 +46,21 @@ pub fn workers() -> Result<Vec<u32>> {
     }
 }
 
+/// Takes the CPUs of the enabled lcores out of a non-lcore thread's affinity, as DPDK does for
+/// its control threads, so that the thread (a store shard, a helper) does not take turns with
+/// a polling lcore that never yields. Returns `false` when no other CPU is left (the thread
+/// keeps its affinity).
+pub fn keep_off_lcores(thread: std::os::unix::thread::RawPthread) -> Result<bool> {
+    ensure_up()?;
+    // SAFETY: `thread` is a live thread's handle (the caller holds its JoinHandle); the call
+    // only reads the EAL's lcore table and that thread's affinity.
+    let r = unsafe { sys::chc_rte_thread_keep_off_lcores(thread as _) };
+    if r < 0 {
+        return Err(dpdk_error("pthread_setaffinity_np", r));
+    }
+    Ok(r == 1)
+}
+
 /// Number of enabled lcores, the main one included.
 pub fn count() -> Result<u32> {
     ensure_up()?;

@@ -346,6 +346,9 @@ pub mod lcore {
     pub fn count() -> Result<u32> {
         off()
     }
+    pub fn keep_off_lcores(_thread: std::os::unix::thread::RawPthread) -> Result<bool> {
+        off()
+    }
     pub fn socket() -> Option<u32> {
         None
     }

@@ -109,6 +109,7 @@ fn signatures() {
     let _: fn() -> Result<Vec<u32>> = lcore::workers;
     let _: fn() -> Result<u32> = lcore::count;
     let _: fn() -> Option<u32> = lcore::socket;
+    let _: fn(std::os::unix::thread::RawPthread) -> Result<bool> = lcore::keep_off_lcores;
     let _: fn() -> u64 = lcore::tsc;
     let _: fn() -> Result<u64> = lcore::tsc_hz;
     let _: fn(u32, fn() -> u8) -> Result<LcoreJoin<u8>> = lcore::launch::<u8, fn() -> u8>;

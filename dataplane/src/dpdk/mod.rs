@@ -361,11 +361,18 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     let eal_line = args.to_string();
     // The store: in this process; other hosts have their own for their vertices. Started
     // before the EAL pins this thread to the main lcore's CPU, so that its shard threads
-    // keep the process's CPUs: a store host's work does not take turns with the polling
-    // lcore on one CPU (where it would only run when the lcore is preempted).
+    // keep the process's CPUs, and then kept off the lcores' CPUs: a store host's work does
+    // not take turns with a polling lcore (where it would only run when the lcore is
+    // preempted, or preempt it when woken there).
     let store = Store::start(StoreConfig::in_memory(chain.store.shards))
         .map_err(|e| DpdkError::Store(e.to_string()))?;
     let eal = Eal::init(&args)?;
+    // The shard threads keep the CPUs no lcore polls, where there are such CPUs.
+    for t in store.shard_threads() {
+        if let Err(e) = chc_dpdk::lcore::keep_off_lcores(t) {
+            eprintln!("chc-dataplane: store shard thread placement: {e}");
+        }
+    }
     let main = eal.main_lcore();
     let workers = lcore::workers()?;
     let chain_lcores = if workers.is_empty() {

@@ -224,6 +224,14 @@ pub struct Store {
 const RESP_CLIENT_BIT: u64 = 1 << 63;
 
 impl Store {
+    /// The shard threads' handles, for a host that places them (a DPDK process keeps them off
+    /// its polling cores).
+    #[cfg(unix)]
+    pub fn shard_threads(&self) -> Vec<std::os::unix::thread::RawPthread> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.threads.iter().map(|t| t.as_pthread_t()).collect()
+    }
+
     pub fn start(cfg: StoreConfig) -> Result<Store, StoreError> {
         if cfg.shards == 0 || cfg.shards > 1024 {
             return Err(StoreError::Shards(cfg.shards));
