@@ -27,8 +27,10 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+mod clocklog;
 mod direct;
 mod table;
+use clocklog::ClockLog;
 pub use direct::{Direct, DirectOp};
 use table::Table;
 
@@ -77,8 +79,8 @@ pub struct Meta {
     pub waiters: VecDeque<(ClientId, u32)>,
     /// Clients to notify when another client updates the object.
     pub subscribers: Vec<ClientId>,
-    /// Results of updates whose clocks are still in flight, sorted by (clock, op_index).
-    pub log: VecDeque<LogRec>,
+    /// Results of updates whose clocks are still in flight.
+    pub log: ClockLog,
     /// The value before the oldest logged update (`None` for lists, or when nothing is logged).
     pub base: Option<Value>,
 }
@@ -89,50 +91,15 @@ impl Meta {
     }
 
     fn find(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
-        // Updates mostly come in clock order: one newer than the newest record is not logged,
-        // and a log of a few thousand records in flight is not searched for it.
-        if self
-            .log
-            .back()
-            .is_none_or(|b| (b.clock, b.op_index) < (clock, op_index))
-        {
-            return None;
-        }
-        let i = self
-            .log
-            .partition_point(|r| (r.clock, r.op_index) < (clock, op_index));
-        self.log
-            .get(i)
-            .filter(|r| r.clock == clock && r.op_index == op_index)
+        self.log.find(clock, op_index)
     }
 
     /// The value as it was just before update `op_index` of clock `clock` (after the same
     /// packet's earlier updates), if the log can tell.
     fn as_of(&self, clock: u64, op_index: u32) -> Option<&Value> {
-        match self.log.back() {
-            None => return self.base.as_ref(),
-            Some(b) if (b.clock, b.op_index) < (clock, op_index) => return b.after.as_ref(),
-            Some(_) => {}
-        }
-        let i = self
-            .log
-            .partition_point(|r| (r.clock, r.op_index) < (clock, op_index));
-        if i == 0 {
-            self.base.as_ref()
-        } else {
-            self.log[i - 1].after.as_ref()
-        }
-    }
-
-    fn insert(&mut self, rec: LogRec) {
-        match self.log.back() {
-            Some(b) if (b.clock, b.op_index) > (rec.clock, rec.op_index) => {
-                let i = self
-                    .log
-                    .partition_point(|r| (r.clock, r.op_index) < (rec.clock, rec.op_index));
-                self.log.insert(i, rec);
-            }
-            _ => self.log.push_back(rec),
+        match self.log.before(clock, op_index) {
+            None => self.base.as_ref(),
+            Some(r) => r.after.as_ref(),
         }
     }
 }
@@ -920,13 +887,16 @@ impl Shard {
             if let Some(b) = base {
                 m.base = b;
             }
-            m.insert(LogRec {
-                clock: op.clock,
-                op_index: op.op_index,
-                status: status as i32,
-                result,
-                after,
-            });
+            m.log.insert(
+                op.instance,
+                LogRec {
+                    clock: op.clock,
+                    op_index: op.op_index,
+                    status: status as i32,
+                    result,
+                    after,
+                },
+            );
             self.stats.logged_records += 1;
             if e.meta().is_some_and(|m| m.log.len() == 1) {
                 self.logged.push(k.to_key());
@@ -1227,13 +1197,16 @@ impl Shard {
             }
         };
         let first = e.meta().is_none_or(|m| m.log.is_empty());
-        e.meta_mut().insert(LogRec {
-            clock: op.clock,
-            op_index: op.op_index,
-            status: Status::Ok as i32,
-            result: v.clone(),
-            after: None,
-        });
+        e.meta_mut().log.insert(
+            op.instance,
+            LogRec {
+                clock: op.clock,
+                op_index: op.op_index,
+                status: Status::Ok as i32,
+                result: v.clone(),
+                after: None,
+            },
+        );
         self.stats.logged_records += 1;
         if first {
             self.logged.push(k.to_key());
@@ -1301,31 +1274,15 @@ impl Shard {
                 continue;
             }
             let m = e.meta_mut();
-            let before = m.log.len();
-            let one_root = match (m.log.front(), m.log.back()) {
-                (Some(a), Some(b)) => root_of(a.clock) == root_of(b.clock),
-                _ => true,
-            };
-            if one_root {
-                // The log is in clock order, so the retired records are a prefix: found by
-                // bisection, removed without touching the rest (a log may hold a record per
-                // packet in flight, and this runs every few milliseconds).
-                let n = m.log.partition_point(|r| retired(r.clock));
-                if n > 0 {
-                    m.base = m.log[n - 1].after.clone();
-                    m.log.drain(..n);
-                }
-            } else {
+            let gone = m.log.retire(retired, root_of);
+            if let Some(after) = gone.newest_after {
                 // The newest retired record's value becomes the base of what stays.
-                if let Some(last) = m.log.iter().rev().find(|r| retired(r.clock)) {
-                    m.base = last.after.clone();
-                }
-                m.log.retain(|r| !retired(r.clock));
+                m.base = after;
             }
             if m.log.is_empty() {
                 m.base = None;
             }
-            let removed = before - m.log.len();
+            let removed = gone.removed;
             let log_left = !m.log.is_empty();
             e.settle();
             self.stats.logged_records = self.stats.logged_records.saturating_sub(removed as u64);
@@ -1417,7 +1374,7 @@ impl Shard {
                 if !log.is_empty() {
                     let m = e.meta_mut();
                     for r in log {
-                        m.log.push_back(LogRec {
+                        m.log.insert_restored(LogRec {
                             clock: r.clock,
                             op_index: r.op_index,
                             status: Status::Ok as i32,
@@ -1501,7 +1458,8 @@ fn snapshot(e: &Entry) -> CheckpointEntry {
             .meta()
             .map(|m| {
                 m.log
-                    .iter()
+                    .sorted()
+                    .into_iter()
                     .map(|r| ClockLogRec {
                         clock: r.clock,
                         op_index: r.op_index,
