@@ -758,8 +758,14 @@ impl Shard {
             OpCode::OpRetireClocks => {
                 let root = op.instance as u16;
                 let wm = self.watermarks.entry(root).or_insert(0);
+                let advanced = op.num as u64 > *wm;
                 *wm = (*wm).max(op.num as u64);
-                self.sweep_logs();
+                // Records of clocks below an unchanged watermark were swept already (a late
+                // one waits for the next advance): the walk over every logged object, every
+                // few milliseconds, is skipped while the root's log stands still.
+                if advanced {
+                    self.sweep_logs();
+                }
                 // Logged so recovery forgets the same clock-log records: otherwise a replayed
                 // update could be suppressed as a duplicate that the live shard applied.
                 self.wal_record(client, op, &Value::Nil);
