@@ -5,6 +5,34 @@ use chc_proto::records::ValueRec;
 use chc_proto::wire;
 use std::collections::VecDeque;
 
+/// A list's items in the wire's packed form (see `List` in store.proto).
+fn pack_list(l: &VecDeque<Bytes>) -> Bytes {
+    let mut buf = Vec::with_capacity(l.iter().map(|b| b.len() + 1).sum());
+    for item in l {
+        prost::encoding::encode_varint(item.len() as u64, &mut buf);
+        buf.extend_from_slice(item);
+    }
+    Bytes::from(buf)
+}
+
+/// A wire list's items: `items`, then the items packed in `packed` (slices of it, no copy).
+/// A malformed packed tail (a bad length, an item cut short) ends the list there: what came
+/// before it is kept.
+fn list_items<'a>(l: &'a wire::List, packed: &'a Bytes) -> impl Iterator<Item = Bytes> + 'a {
+    let mut rest = &packed[..];
+    let unpacked = std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = prost::encoding::decode_varint(&mut rest).ok()?;
+        let len = usize::try_from(len).ok().filter(|&n| n <= rest.len())?;
+        let at = packed.len() - rest.len();
+        rest = &rest[len..];
+        Some(packed.slice(at..at + len))
+    });
+    l.items.iter().cloned().chain(unpacked)
+}
+
 /// A value in the store. `Nil` is "absent".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Value {
@@ -35,7 +63,7 @@ impl Value {
             None => Value::Nil,
             Some(Kind::Int(i)) => Value::Int(*i),
             Some(Kind::Bytes(b)) => Value::Bytes(b.clone()),
-            Some(Kind::List(l)) => Value::List(l.items.iter().cloned().collect()),
+            Some(Kind::List(l)) => Value::List(list_items(l, &l.packed).collect()),
         }
     }
 
@@ -52,21 +80,12 @@ impl Value {
             Some(Kind::Int(i)) => Value::Int(*i),
             Some(Kind::Bytes(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
             Some(Kind::List(l)) => {
-                let mut buf = Vec::with_capacity(l.items.iter().map(|b| b.len()).sum());
-                for b in &l.items {
-                    buf.extend_from_slice(b);
-                }
-                let buf = Bytes::from(buf);
-                let mut at = 0;
-                Value::List(
-                    l.items
-                        .iter()
-                        .map(|b| {
-                            at += b.len();
-                            buf.slice(at - b.len()..at)
-                        })
-                        .collect(),
-                )
+                // One copy of the packed items; the items are slices of it.
+                let packed = Bytes::copy_from_slice(&l.packed);
+                let mut items: VecDeque<Bytes> =
+                    l.items.iter().map(|b| Bytes::copy_from_slice(b)).collect();
+                items.extend(list_items(&wire::List::default(), &packed));
+                Value::List(items)
             }
         }
     }
@@ -88,7 +107,8 @@ impl Value {
             Value::Int(i) => Kind::Int(*i),
             Value::Bytes(b) => Kind::Bytes(b.clone()),
             Value::List(l) => Kind::List(wire::List {
-                items: l.iter().cloned().collect(),
+                items: Vec::new(),
+                packed: pack_list(l),
             }),
         };
         Some(wire::Value { kind: Some(kind) })
@@ -124,6 +144,57 @@ impl Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_travel_packed_and_come_back_whole() {
+        let items: VecDeque<Bytes> = (0..3000u32)
+            .map(|i| Bytes::from(vec![i as u8; (i % 300) as usize]))
+            .collect();
+        let v = Value::List(items);
+        let w = v.to_wire();
+        let Some(wire::value::Kind::List(l)) = w.as_ref().and_then(|w| w.kind.as_ref()) else {
+            panic!("a list goes out as a list");
+        };
+        assert!(l.items.is_empty(), "senders write the packed form only");
+        assert_eq!(Value::from_wire(w.as_ref()), v);
+        assert_eq!(Value::from_wire_owned(w.as_ref()), v);
+    }
+
+    #[test]
+    fn unpacked_items_come_first_and_a_malformed_packed_tail_is_cut() {
+        use wire::value::Kind;
+        let mut packed = Vec::new();
+        for item in [&b"ab"[..], b"", b"c"] {
+            prost::encoding::encode_varint(item.len() as u64, &mut packed);
+            packed.extend_from_slice(item);
+        }
+        let good = packed.len();
+        packed.extend_from_slice(&[5, b'x']); // an item of 5 bytes with only 1 there
+        let w = wire::Value {
+            kind: Some(Kind::List(wire::List {
+                items: vec![Bytes::from_static(b"first")],
+                packed: Bytes::from(packed.clone()),
+            })),
+        };
+        let expect = Value::List(
+            [&b"first"[..], b"ab", b"", b"c"]
+                .into_iter()
+                .map(Bytes::from_static)
+                .collect(),
+        );
+        assert_eq!(Value::from_wire(Some(&w)), expect);
+        assert_eq!(Value::from_wire_owned(Some(&w)), expect);
+        // A length whose varint never ends.
+        packed.truncate(good);
+        packed.extend_from_slice(&[0xff; 11]);
+        let w = wire::Value {
+            kind: Some(Kind::List(wire::List {
+                items: Vec::new(),
+                packed: Bytes::from(packed),
+            })),
+        };
+        assert_eq!(Value::from_wire(Some(&w)).approx_len(), 3 + 2 * 3);
+    }
 
     #[test]
     fn wire_and_record_round_trips() {
