@@ -5,8 +5,10 @@
 # in-VM tests). Everything lives in a cache directory outside the repository, so a second run
 # only rebuilds what changed.
 #
-# usage: iron/kernel/build.sh [--stock] [--objects] [--each] [--no-initramfs]
+# usage: iron/kernel/build.sh [--stock] [--no-irqtime] [--objects] [--each] [--no-initramfs]
 #   --stock         build the unpatched kernel (same config without Iron) into its own build dir
+#   --no-irqtime    the patched kernel without CONFIG_IRQ_TIME_ACCOUNTING (softirq time then stays
+#                   on the interrupted task, and Iron credits its group), in build-iron-noirqtime
 #   --objects       only compile the objects the series touches (fast CI check), no bzImage
 #   --each          with --objects: check every prefix of the series compiles (one per concern)
 #   --no-initramfs  skip the initramfs
@@ -21,10 +23,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${IRON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/iron}
 jobs=${IRON_JOBS:-$(nproc)}
-stock=0; objects=0; each=0; initramfs=1
+stock=0; objects=0; each=0; initramfs=1; noirqtime=0
 for a in "$@"; do
   case "$a" in
     --stock) stock=1 ;;
+    --no-irqtime) noirqtime=1 ;;
     --objects) objects=1 ;;
     --each) each=1 ;;
     --no-initramfs) initramfs=0 ;;
@@ -91,13 +94,19 @@ fi
 
 # 3. config: tinyconfig + fragment, redone only when the fragment changes.
 if [ "$stock" = 1 ]; then out="$cache/build-stock"; else out="$cache/build-iron"; fi
+[ "$noirqtime" = 1 ] && out="$out-noirqtime"
 mkdir -p "$out"
 frag=$(sha256sum "$here/config.fragment" | cut -c1-16)
+[ "$noirqtime" = 1 ] && frag="$frag-noirqtime"
 if [ "$(cat "$out/.fragment" 2>/dev/null || true)" != "$frag" ] || [ ! -f "$out/.config" ]; then
   log "configuring $out"
   make -s -C "$tree" O="$out" tinyconfig >/dev/null
   "$tree/scripts/kconfig/merge_config.sh" -m -O "$out" "$out/.config" "$here/config.fragment" >/dev/null
   make -s -C "$tree" O="$out" olddefconfig >/dev/null
+  if [ "$noirqtime" = 1 ]; then
+    "$tree/scripts/config" --file "$out/.config" --disable IRQ_TIME_ACCOUNTING
+    make -s -C "$tree" O="$out" olddefconfig >/dev/null
+  fi
   echo "$frag" > "$out/.fragment"
 fi
 if [ "$stock" = 0 ] && ! grep -q '^CONFIG_CGROUP_IRON=y' "$out/.config"; then

@@ -67,6 +67,18 @@ enum Cmd {
         /// Modes to run: off (no Iron), governor (iron-governor, Iron switched off), iron.
         #[arg(long, value_delimiter = ',', default_value = "off,governor,iron")]
         modes: Vec<String>,
+        /// Boot the VM with one CPU and run everything on it: the sender joins the core in a
+        /// group of its own and all n+1 groups get period/(n+1) (the sender's group burns CPU
+        /// in the baseline). With --icount, guest time is then exactly the instructions this
+        /// one CPU executes, so neither host load nor a second vCPU changes how fast the job
+        /// runs, and the penalty is what the scheduler and Iron decide.
+        #[arg(long)]
+        single_cpu: bool,
+        /// UDP datagrams per send of the traffic sender (UDP GSO): on one CPU a sender sending
+        /// them one by one pays about what the receivers pay and cannot offer the core more
+        /// than it can absorb; a remote sender costs the receiving core nothing.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        gso: u32,
     },
     /// CPU-limit accuracy: 3 containers at 30 % each (one CPU job, two UDP senders); the core
     /// must not be more than 90 % + 0.5 % busy.
@@ -78,6 +90,10 @@ enum Cmd {
         /// Seconds measured.
         #[arg(long, default_value_t = 10)]
         secs: u32,
+        /// Boot the VM with one CPU: the senders' peers are on the same core, so whatever their
+        /// packets cost there is charged to the sending group (see iron-accuracy.sh).
+        #[arg(long)]
+        single_cpu: bool,
     },
     /// The CI check: cpu.iron.stat moves when traffic flows over veth between two cgroups,
     /// stays put with Iron switched off, and a throttled group's packets are dropped.
@@ -103,9 +119,12 @@ enum Cmd {
         size: usize,
         #[arg(long)]
         secs: f64,
-        /// Packets per second (default: as fast as possible).
+        /// Sends per second (default: as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
+        /// Datagrams per send (UDP GSO, `UDP_SEGMENT`); 1 sends them one by one.
+        #[arg(long, default_value_t = 1)]
+        gso: usize,
     },
     /// (in VM) Receive UDP.
     UdpRecv {
@@ -130,6 +149,41 @@ enum Cmd {
         #[arg(long)]
         secs: f64,
     },
+}
+
+/// How the experiment places its work on the VM's CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// Two vCPUs: the containers on CPU 0, the sender (or receivers) on CPU 1.
+    Split,
+    /// One vCPU: everything, the sender included, on the containers' core.
+    Single,
+}
+
+impl Layout {
+    fn of(single_cpu: bool) -> Layout {
+        if single_cpu {
+            Layout::Single
+        } else {
+            Layout::Split
+        }
+    }
+
+    /// The VM's CPU count for this layout.
+    fn smp(self) -> u32 {
+        match self {
+            Layout::Split => 2,
+            Layout::Single => 1,
+        }
+    }
+
+    /// The value of `iron.layout=` the in-VM scripts read.
+    fn param(self) -> &'static str {
+        match self {
+            Layout::Split => "split",
+            Layout::Single => "single",
+        }
+    }
 }
 
 fn vm_of(a: &VmArgs, stock: bool) -> Result<Vm> {
@@ -182,8 +236,19 @@ fn penalty(
     work: u64,
     kinds: &[String],
     modes: &[String],
+    layout: Layout,
+    gso: u32,
 ) -> Result<()> {
-    let patched = vm_of(vm_args, false)?;
+    let mut patched = vm_of(vm_args, false)?;
+    patched.smp = layout.smp();
+    let setup = match layout {
+        Layout::Split => format!("1 victim, {} receivers", n - 1),
+        Layout::Single => format!(
+            "one CPU: 1 victim, {} receivers and the sender's group, each at period/{}",
+            n - 1,
+            n + 1
+        ),
+    };
     let mut rows = Vec::new();
     println!(
         "{:<6} {:>3} {:<10} {:>12} {:>12} {:>8}",
@@ -197,11 +262,15 @@ fn penalty(
             if !["off", "governor", "iron"].contains(&mode.as_str()) {
                 bail!("unknown mode {mode:?} (off, governor or iron)");
             }
-            let args = format!("iron.test=penalty iron.kind={kind} iron.n={n} iron.mode={mode} iron.reps={reps} iron.work={work}");
-            let out = patched.run(
-                &args,
-                log_path(vm_args, &format!("penalty-{kind}-{mode}"))?.as_deref(),
-            )?;
+            let args = format!(
+                "iron.test=penalty iron.kind={kind} iron.n={n} iron.mode={mode} iron.reps={reps} iron.work={work} iron.layout={} iron.gso={gso}",
+                layout.param()
+            );
+            let log = match layout {
+                Layout::Split => format!("penalty-{kind}-{mode}"),
+                Layout::Single => format!("penalty-single-{kind}-{mode}"),
+            };
+            let out = patched.run(&args, log_path(vm_args, &log)?.as_deref())?;
             let recs: Vec<_> = records(&out)
                 .into_iter()
                 .filter(|r| r.get("type").map(String::as_str) == Some("penalty"))
@@ -217,7 +286,7 @@ fn penalty(
                 .iter()
                 .map(|r| num(r, "baseline_ms"))
                 .collect::<Result<_>>()?;
-            let extra: Vec<String> = ["charged_ms", "dropped", "rx_pkts"]
+            let extra: Vec<String> = ["charged_ms", "dropped", "parked", "sender_charged_ms"]
                 .iter()
                 .filter_map(|k| {
                     recs.last()
@@ -231,10 +300,7 @@ fn penalty(
                 _ => "Iron kernel patch",
             };
             let row = Row::lower_is_better(
-                format!(
-                    "victim completion, {kind} receivers, n={n} (1 victim, {} receivers), {label}",
-                    n - 1
-                ),
+                format!("victim completion, {kind} receivers, n={n} ({setup}), {label}"),
                 "ms",
                 &net,
                 &cpu,
@@ -253,7 +319,11 @@ fn penalty(
                 extra.join(" ")
             );
             rows.push(row);
-            rows.extend(penalty_parts(&recs, kind, n, mode, label)?);
+            let who = match layout {
+                Layout::Split => format!("{kind} receivers, n={n}, {label}"),
+                Layout::Single => format!("{kind} receivers, n={n}, one CPU, {label}"),
+            };
+            rows.extend(penalty_parts(&recs, kind, mode, &who, label, layout)?);
         }
     }
     write_json(json, "iron-penalty", reps, rows)
@@ -268,9 +338,10 @@ fn penalty(
 fn penalty_parts(
     recs: &[vm::Record],
     kind: &str,
-    n: u32,
     mode: &str,
+    who: &str,
     label: &str,
+    layout: Layout,
 ) -> Result<Vec<Row>> {
     let field = |k: &str| -> Option<Vec<f64>> {
         recs.iter()
@@ -290,7 +361,6 @@ fn penalty_parts(
     }
     let per_cpu =
         |wall: &[f64], c: &[f64]| -> Vec<f64> { wall.iter().zip(c).map(|(w, c)| w / c).collect() };
-    let who = format!("{kind} receivers, n={n}, {label}");
     let mut rows = vec![
         Row::lower_is_better(
             format!("victim wall ms per ms of its CPU time (CPU share), {who}"),
@@ -301,7 +371,15 @@ fn penalty_parts(
             if mode == "iron" { Some(1.05) } else { None },
         ),
         Row::lower_is_better(
-            format!("victim job CPU time (emulated CPU speed), {who}"),
+            match layout {
+                // Two vCPUs: how fast the emulated CPU 0 ran the job.
+                Layout::Split => format!("victim job CPU time (emulated CPU speed), {who}"),
+                // One vCPU counting instructions: the job's instructions are fixed, so this is
+                // how the kernel accounted them (IRQ time taken out, context switches added).
+                Layout::Single => {
+                    format!("victim job CPU time as the scheduler accounted it, {who}")
+                }
+            },
             "ms",
             &net_cpu,
             &cpu_cpu,
@@ -322,9 +400,8 @@ fn penalty_parts(
         ));
     }
     println!(
-        "{:<6} {:>3} {:<10} CPU share {:.3}x  job CPU time {:.3}x{}",
+        "{:<6} {:<10} CPU share {:.3}x  job CPU time {:.3}x{}",
         kind,
-        n,
         mode,
         rows[0].ratio,
         rows[1].ratio,
@@ -335,13 +412,31 @@ fn penalty_parts(
     Ok(rows)
 }
 
-fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
-    let patched = vm_of(vm_args, false)?;
+/// The accuracy runs: without Iron and with the patch under the senders' load, and a control in
+/// which all three containers burn CPU (no traffic), which shows how busy 3 x 30 % leaves this
+/// (emulated) core when no network work is involved.
+const ACCURACY_RUNS: [(&str, &str); 3] = [("off", "net"), ("iron", "net"), ("iron", "cpu")];
+
+fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32, layout: Layout) -> Result<()> {
+    let mut patched = vm_of(vm_args, false)?;
+    patched.smp = layout.smp();
     let mut rows = Vec::new();
-    for mode in ["off", "iron"] {
+    let where_ = if layout == Layout::Single {
+        ", one CPU"
+    } else {
+        ""
+    };
+    for (mode, load) in ACCURACY_RUNS {
         let out = patched.run(
-            &format!("iron.test=accuracy iron.mode={mode} iron.secs={secs}"),
-            log_path(vm_args, &format!("accuracy-{mode}"))?.as_deref(),
+            &format!(
+                "iron.test=accuracy iron.mode={mode} iron.secs={secs} iron.layout={} iron.load={load}",
+                layout.param()
+            ),
+            log_path(
+                vm_args,
+                &format!("accuracy-{}-{mode}-{load}", layout.param()),
+            )?
+            .as_deref(),
         )?;
         let r = records(&out)
             .into_iter()
@@ -354,12 +449,23 @@ fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
             "without Iron"
         };
         println!(
-            "accuracy {mode:<5} core busy {busy:.2} % (allocated 90 %), groups {:.2} %",
+            "accuracy {mode:<5} {load:<4} core busy {busy:.2} % (allocated 90 %), groups {:.2} %",
             num(&r, "groups_pct").unwrap_or(f64::NAN)
         );
-        rows.push(
+        let row = if load == "cpu" {
             Row::lower_is_better(
-                format!("core busy with 3 containers at 30 % (1 CPU job, 2 UDP senders), {label}"),
+                format!("control: core busy with 3 containers at 30 % burning CPU, no traffic{where_}, {label}"),
+                "%",
+                &[busy],
+                &[90.0],
+                "allocated: 3 x 30 %",
+                None,
+            )
+        } else {
+            Row::lower_is_better(
+                format!(
+                    "core busy with 3 containers at 30 % (1 CPU job, 2 UDP senders){where_}, {label}"
+                ),
                 "%",
                 &[busy],
                 &[90.0],
@@ -370,8 +476,9 @@ fn accuracy(vm_args: &VmArgs, json: &Option<PathBuf>, secs: u32) -> Result<()> {
                     None
                 },
             )
-            .with_paper("Iron: 90.02 % used with senders, 10.07 % idle with a receiver (Fig 2.14)"),
-        );
+            .with_paper("Iron: 90.02 % used with senders, 10.07 % idle with a receiver (Fig 2.14)")
+        };
+        rows.push(row);
     }
     write_json(json, "iron-accuracy", 1, rows)
 }
@@ -430,8 +537,25 @@ fn main() -> Result<()> {
             work,
             kinds,
             modes,
-        } => penalty(&vm, &json, n, reps, work, &kinds, &modes),
-        Cmd::Accuracy { vm, json, secs } => accuracy(&vm, &json, secs),
+            single_cpu,
+            gso,
+        } => penalty(
+            &vm,
+            &json,
+            n,
+            reps,
+            work,
+            &kinds,
+            &modes,
+            Layout::of(single_cpu),
+            gso,
+        ),
+        Cmd::Accuracy {
+            vm,
+            json,
+            secs,
+            single_cpu,
+        } => accuracy(&vm, &json, secs, Layout::of(single_cpu)),
         Cmd::Check { vm, known_failing } => check(&vm, &known_failing),
         Cmd::Spin { units } => {
             let cpu0 = workload::thread_cpu();
@@ -456,8 +580,9 @@ fn main() -> Result<()> {
             size,
             secs,
             rate,
+            gso,
         } => {
-            println!("sent={}", workload::udp_send(&to, size, secs, rate)?);
+            println!("sent={}", workload::udp_send(&to, size, secs, rate, gso)?);
             Ok(())
         }
         Cmd::UdpRecv { bind, secs } => {
