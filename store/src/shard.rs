@@ -908,6 +908,13 @@ impl Shard {
                 self.logged.push(k.to_key());
             }
         }
+        // A per-flow object its owner emptied (the flow's state deleted) leaves nothing to own.
+        // Kept, the ownership would outlive the owner's interest: its cache no longer holds the
+        // key, so a handover would not release it, and the next flow with the same key, served
+        // by another instance after a move, would be refused.
+        if k.per_flow && e.value_is_nil() && e.meta().is_none_or(|m| m.waiters.is_empty()) {
+            e.set_owner(0);
+        }
         let vacant = e.is_vacant();
         let subscribers = if mutated && self.replaying.is_none() {
             e.meta()

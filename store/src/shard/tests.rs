@@ -460,6 +460,51 @@ fn owner_of(s: &Shard, sub: &str) -> Option<u32> {
     s.map.get(&k).map(|e| e.owner())
 }
 
+/// A flow's state deleted by its owner is owned by nobody: the next flow with the same key may
+/// be served by another instance (after a move that the old owner, no longer caching the key,
+/// did not release it in), and the entry does not stay behind.
+#[test]
+fn a_deleted_per_flow_object_is_nobodys() {
+    let mut s = shard();
+    let pf = |code, inst: u32| wire::Op {
+        per_flow: true,
+        instance: inst,
+        val: Some(WV::int(7)),
+        ..op(code, "flow")
+    };
+    assert_eq!(
+        one(&mut s, 11, pf(OpCode::OpSet, 1)).status,
+        Status::Ok as i32
+    );
+    assert_eq!(owner_of_sub(&s, "flow"), Some(2));
+    assert_eq!(
+        one(&mut s, 11, pf(OpCode::OpDel, 1)).status,
+        Status::Ok as i32
+    );
+    assert_eq!(owner_of_sub(&s, "flow"), None, "nothing left behind");
+    assert_eq!(
+        one(&mut s, 12, pf(OpCode::OpSet, 2)).status,
+        Status::Ok as i32,
+        "another instance takes the key"
+    );
+    assert_eq!(owner_of_sub(&s, "flow"), Some(3));
+    assert_eq!(
+        one(&mut s, 11, pf(OpCode::OpSet, 1)).status,
+        Status::NotOwner as i32
+    );
+}
+
+fn owner_of_sub(s: &Shard, sub: &str) -> Option<u32> {
+    let o = op(OpCode::OpGet, sub);
+    let k = KeyRef {
+        vertex: o.vertex as u16,
+        object: o.object as u16,
+        per_flow: true,
+        sub: sub.as_bytes(),
+    };
+    s.map.get(&k).map(|e| e.owner())
+}
+
 /// Fig 3.7 steps 5-6 for many flows in one operation: a waiting instance is handed its
 /// object with the value, the others become free, objects of other owners are left alone.
 #[test]
