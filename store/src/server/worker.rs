@@ -319,15 +319,24 @@ impl Worker {
         for (c, p) in out.pushes.drain(..) {
             self.pending.entry(c).or_default().pushes.push(p);
         }
-        for (c, commit) in out.commits.drain(..) {
+        // Commits nearly all go to one client (the root's subscription), one per logged
+        // update: a run of them for the same client costs one map lookup.
+        let mut commits = out.commits.drain(..).peekable();
+        while let Some((c, first)) = commits.next() {
             let f = self.pending.entry(c).or_default();
-            match f.pushes.last_mut() {
-                Some(p) if p.kind == PushKind::PushCommits as i32 => p.commits.push(commit),
-                _ => f.pushes.push(wire::Push {
+            if f.pushes
+                .last()
+                .is_none_or(|p| p.kind != PushKind::PushCommits as i32)
+            {
+                f.pushes.push(wire::Push {
                     kind: PushKind::PushCommits as i32,
-                    commits: vec![commit],
                     ..Default::default()
-                }),
+                });
+            }
+            let p = f.pushes.last_mut().expect("a commits push is last");
+            p.commits.push(first);
+            while let Some((_, commit)) = commits.next_if(|(c2, _)| *c2 == c) {
+                p.commits.push(commit);
             }
         }
     }
