@@ -13,8 +13,10 @@ mod generated {
 }
 pub use generated::*;
 
-/// Protocol version spoken by this build, sent in [`Hello::version`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version spoken by this build, sent in [`Hello::version`]; the store refuses
+/// any other. 2: lists travel in `List.packed`, which a version-1 reader would take for
+/// empty lists.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default limit on one frame (bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
