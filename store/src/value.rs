@@ -15,12 +15,12 @@ fn pack_list(l: &VecDeque<Bytes>) -> Bytes {
     Bytes::from(buf)
 }
 
-/// A wire list's items: `items`, then the items packed in `packed` (slices of it, no copy).
-/// A malformed packed tail (a bad length, an item cut short) ends the list there: what came
+/// The items of a wire list's `packed` field, as slices of it (no copy). Readers take them
+/// after the list's `items`. A malformed packed tail (a bad length, an item cut short) ends the list there: what came
 /// before it is kept.
-fn list_items<'a>(l: &'a wire::List, packed: &'a Bytes) -> impl Iterator<Item = Bytes> + 'a {
+fn unpack_list(packed: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
     let mut rest = &packed[..];
-    let unpacked = std::iter::from_fn(move || {
+    std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
@@ -29,8 +29,7 @@ fn list_items<'a>(l: &'a wire::List, packed: &'a Bytes) -> impl Iterator<Item = 
         let at = packed.len() - rest.len();
         rest = &rest[len..];
         Some(packed.slice(at..at + len))
-    });
-    l.items.iter().cloned().chain(unpacked)
+    })
 }
 
 /// A value in the store. `Nil` is "absent".
@@ -63,7 +62,13 @@ impl Value {
             None => Value::Nil,
             Some(Kind::Int(i)) => Value::Int(*i),
             Some(Kind::Bytes(b)) => Value::Bytes(b.clone()),
-            Some(Kind::List(l)) => Value::List(list_items(l, &l.packed).collect()),
+            Some(Kind::List(l)) => Value::List(
+                l.items
+                    .iter()
+                    .cloned()
+                    .chain(unpack_list(&l.packed))
+                    .collect(),
+            ),
         }
     }
 
@@ -84,7 +89,7 @@ impl Value {
                 let packed = Bytes::copy_from_slice(&l.packed);
                 let mut items: VecDeque<Bytes> =
                     l.items.iter().map(|b| Bytes::copy_from_slice(b)).collect();
-                items.extend(list_items(&wire::List::default(), &packed));
+                items.extend(unpack_list(&packed));
                 Value::List(items)
             }
         }
