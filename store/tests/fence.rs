@@ -42,12 +42,18 @@ fn replacement(store: &Store) -> mpsc::Receiver<(Instant, i64)> {
     rx
 }
 
+/// The client that fails, connected, with one increment of "k" by `n` applied.
+fn failed_client(store: &Store, n: i64) -> Native {
+    let mut c = Native::connect(store.native_addr.unwrap(), FAILED, 0, "").unwrap();
+    c.send_ops(vec![incr("k", n, true)]).unwrap();
+    c.wait_acked().unwrap();
+    c
+}
+
 #[test]
 fn a_replacement_is_served_after_the_failed_clients_last_operations() {
     let s = store();
-    let mut failed = Native::connect(s.native_addr.unwrap(), FAILED, 0, "").unwrap();
-    failed.send_ops(vec![incr("k", 1, true)]).unwrap();
-    failed.wait_acked().unwrap();
+    let mut failed = failed_client(&s, 1);
     let rx = replacement(&s);
     // The failed client's connection is still open: the replacement waits.
     assert!(
@@ -76,9 +82,7 @@ fn a_replacement_is_served_after_the_failed_clients_last_operations() {
 #[test]
 fn a_superseded_connection_that_stays_open_is_closed_after_the_wait() {
     let s = store();
-    let mut failed = Native::connect(s.native_addr.unwrap(), FAILED, 0, "").unwrap();
-    failed.send_ops(vec![incr("k", 5, true)]).unwrap();
-    failed.wait_acked().unwrap();
+    let mut failed = failed_client(&s, 5);
     let start = Instant::now();
     let rx = replacement(&s);
     let (at, v) = rx

@@ -219,36 +219,26 @@ fn drain(mut s: TcpStream, end: Instant) -> u64 {
 mod tests {
     use super::*;
 
+    /// Sends 100-byte datagrams to a receiver on loopback `port` for 0.3 s at `rate` sends per
+    /// second, `gso` datagrams per send; returns (datagrams sent, datagrams received).
+    fn loopback(port: u16, rate: f64, gso: usize) -> (u64, u64) {
+        let at: SocketAddr = ([127, 0, 0, 1], port).into();
+        let r = std::thread::spawn(move || udp_recv(at, 1.0).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = udp_send(&[at], 100, 0.3, Some(rate), gso).unwrap();
+        (sent, r.join().unwrap())
+    }
+
     #[test]
     fn udp_round_trip_on_loopback() {
-        let r = std::thread::spawn(|| udp_recv("127.0.0.1:39411".parse().unwrap(), 1.0).unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-        let sent = udp_send(
-            &["127.0.0.1:39411".parse().unwrap()],
-            100,
-            0.3,
-            Some(1000.0),
-            1,
-        )
-        .unwrap();
-        let got = r.join().unwrap();
+        let (sent, got) = loopback(39411, 1000.0, 1);
         assert!(sent > 50, "sent {sent}");
         assert!(got > 0 && got <= sent, "got {got} of {sent}");
     }
 
     #[test]
     fn udp_gso_sends_separate_datagrams() {
-        let r = std::thread::spawn(|| udp_recv("127.0.0.1:39412".parse().unwrap(), 1.0).unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-        let sent = udp_send(
-            &["127.0.0.1:39412".parse().unwrap()],
-            100,
-            0.3,
-            Some(200.0),
-            4,
-        )
-        .unwrap();
-        let got = r.join().unwrap();
+        let (sent, got) = loopback(39412, 200.0, 4);
         assert!(sent >= 40 && sent.is_multiple_of(4), "sent {sent}");
         // One 400-byte datagram per send would give at most sent / 4.
         assert!(got > sent / 4 && got <= sent, "got {got} of {sent}");

@@ -476,33 +476,22 @@ fn a_deleted_per_flow_object_is_nobodys() {
         one(&mut s, 11, pf(OpCode::OpSet, 1)).status,
         Status::Ok as i32
     );
-    assert_eq!(owner_of_sub(&s, "flow"), Some(2));
+    assert_eq!(owner_of(&s, "flow"), Some(2));
     assert_eq!(
         one(&mut s, 11, pf(OpCode::OpDel, 1)).status,
         Status::Ok as i32
     );
-    assert_eq!(owner_of_sub(&s, "flow"), None, "nothing left behind");
+    assert_eq!(owner_of(&s, "flow"), None, "nothing left behind");
     assert_eq!(
         one(&mut s, 12, pf(OpCode::OpSet, 2)).status,
         Status::Ok as i32,
         "another instance takes the key"
     );
-    assert_eq!(owner_of_sub(&s, "flow"), Some(3));
+    assert_eq!(owner_of(&s, "flow"), Some(3));
     assert_eq!(
         one(&mut s, 11, pf(OpCode::OpSet, 1)).status,
         Status::NotOwner as i32
     );
-}
-
-fn owner_of_sub(s: &Shard, sub: &str) -> Option<u32> {
-    let o = op(OpCode::OpGet, sub);
-    let k = KeyRef {
-        vertex: o.vertex as u16,
-        object: o.object as u16,
-        per_flow: true,
-        sub: sub.as_bytes(),
-    };
-    s.map.get(&k).map(|e| e.owner())
 }
 
 /// Fig 3.7 steps 5-6 for many flows in one operation: a waiting instance is handed its
