@@ -212,7 +212,7 @@ pub struct Store {
     cfg: Arc<StoreConfig>,
     workers: Arc<Vec<Arc<WorkerShared>>>,
     threads: Vec<JoinHandle<ShardStats>>,
-    acceptors: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+    acceptors: Vec<(Arc<AtomicBool>, Arc<Waker>, JoinHandle<()>)>,
     pub native_addr: Option<SocketAddr>,
     pub resp_addr: Option<SocketAddr>,
     /// Recovery summary per shard: (records replayed, torn tail truncated).
@@ -345,7 +345,16 @@ impl Store {
     }
 
     fn spawn_acceptor(&mut self, l: TcpListener, is_resp: bool) -> Result<(), StoreError> {
+        const LISTENER: mio::Token = mio::Token(0);
+        const STOP: mio::Token = mio::Token(1);
         l.set_nonblocking(true)?;
+        // Waits for connections in poll rather than looking every few milliseconds: a
+        // replacement NF's connection is on its recovery's critical path.
+        let mut poll = Poll::new()?;
+        let mut l = mio::net::TcpListener::from_std(l);
+        poll.registry()
+            .register(&mut l, LISTENER, mio::Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let workers = self.workers.clone();
@@ -356,9 +365,11 @@ impl Store {
             .spawn(move || {
                 let mut rr = 0usize;
                 let mut resp_id = 0u64;
+                let mut events = mio::Events::with_capacity(8);
                 while !stop2.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((s, peer)) => {
+                            let s = TcpStream::from(s);
                             let _ = s.set_nonblocking(false);
                             if is_resp {
                                 resp_id += 1;
@@ -378,16 +389,22 @@ impl Store {
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5));
+                            if let Err(e) = poll.poll(&mut events, None) {
+                                if e.kind() != std::io::ErrorKind::Interrupted {
+                                    eprintln!("chc-store: accept: poll: {e}");
+                                    std::thread::sleep(Duration::from_millis(50));
+                                }
+                            }
                         }
                         Err(e) => {
+                            // Out of descriptors, say: give the others time to close.
                             eprintln!("chc-store: accept: {e}");
                             std::thread::sleep(Duration::from_millis(50));
                         }
                     }
                 }
             })?;
-        self.acceptors.push((stop, h));
+        self.acceptors.push((stop, waker, h));
         Ok(())
     }
 
@@ -411,10 +428,11 @@ impl Store {
     }
 
     fn stop(&mut self) {
-        for (s, _) in &self.acceptors {
+        for (s, w, _) in &self.acceptors {
             s.store(true, Ordering::Relaxed);
+            let _ = w.wake();
         }
-        for (_, h) in self.acceptors.drain(..) {
+        for (_, _, h) in self.acceptors.drain(..) {
             let _ = h.join();
         }
         for w in self.workers.iter() {
