@@ -113,6 +113,29 @@ fn nat_translates_both_directions_and_recycles_ports() {
 }
 
 #[test]
+fn nat_takes_the_range_first_then_returned_ports_oldest_first() {
+    let mut h = Harness::new("nat", "port_min = 5000\nport_max = 5002");
+    let c: Vec<FiveTuple> = (0..6)
+        .map(|i| tuple(&format!("10.0.0.{}", i + 1), 40000, "93.184.216.34", 80))
+        .collect();
+    let open = |h: &mut Harness, t: &FiveTuple, at: u64| parsed(h.run(t, SYN, b"", at).1).sport;
+    let close = |h: &mut Harness, t: &FiveTuple, at: u64| {
+        h.run(t, RST, b"", at);
+    };
+    assert_eq!(open(&mut h, &c[0], 1), 5000);
+    assert_eq!(open(&mut h, &c[1], 1), 5001);
+    close(&mut h, &c[0], 2);
+    // The range is not used up yet: its last port comes before the one given back.
+    assert_eq!(open(&mut h, &c[2], 3), 5002);
+    assert_eq!(open(&mut h, &c[3], 3), 5000);
+    close(&mut h, &c[2], 4);
+    close(&mut h, &c[1], 4);
+    // Given back 5002, then 5001: handed out in that order.
+    assert_eq!(open(&mut h, &c[4], 5), 5002);
+    assert_eq!(open(&mut h, &c[5], 5), 5001);
+}
+
+#[test]
 fn nat_idle_timeout_and_unsolicited_inbound() {
     let mut h = Harness::new("nat", "internal = [\"10.0.0.0/8\"]\nudp_idle_s = 10");
     let u = FiveTuple {

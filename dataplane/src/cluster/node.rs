@@ -96,7 +96,11 @@ pub fn run_instance(
         c.call_timeout = Duration::from_secs(60);
         Some(c)
     };
-    let mut inst = NfInstance::with_client(&v, index, client, !replacement && index == 0)?;
+    // One-time initialisation: every traditional instance (its state is its own), else the
+    // first instance (shared state), never a replacement.
+    let init =
+        v.mode == chc_store::client::cache::Mode::Traditional || (!replacement && index == 0);
+    let mut inst = NfInstance::with_client(&v, index, client, init)?;
     // Listening tells the manager the instance is ready: its state is initialised.
     let inbox = Inbox::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
     if replacement {
