@@ -6,13 +6,15 @@
 # The in-process scenarios (scale-out, scale-in, naive-move, parallel, delay) work the same.
 # A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
 # replays it with every process's log.
+# CHC_BENCH=PATH runs a copy of chc-bench (its chc-dataplane and chc-store next to it), so
+# that a rebuild meanwhile does not swap binaries under a running loop.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 trace=${1:-../shared/traces/mixed.pcap}
 runs=${2:-100}
 shift 2 2>/dev/null || shift $#
 scenarios=${*:-nf-crash root-crash store-crash correlated}
-bin=${CARGO_TARGET_DIR:-target}/release/chc-bench
+bin=${CHC_BENCH:-${CARGO_TARGET_DIR:-target}/release/chc-bench}
 [ -x "$bin" ] || cargo build -q --release -p chc-bench -p chc-dataplane -p chc-store
 for s in $scenarios; do
   ok=0

@@ -60,6 +60,10 @@ pub struct CoeArgs {
     /// Keep ideal.pcap, ideal-events.jsonl, run.pcap and run-events.jsonl in this directory.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// Process scenarios: start each replacement after the failure instead of waking the
+    /// manager's warm spare.
+    #[arg(long)]
+    pub no_spares: bool,
 }
 
 /// The outcome of a comparison.
@@ -611,6 +615,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             // Generous for the machine (a run takes seconds), short enough to fail a hang.
             deadline: std::time::Duration::from_secs(120 + packets / 500),
             rate_pps: None,
+            spares: !a.no_spares,
         })
         .with_context(|| format!("scenario {}", a.scenario))?;
         let mut rep = compare(&ip, &ie, &rp, &re)?;

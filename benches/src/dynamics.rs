@@ -111,6 +111,10 @@ pub struct DynamicsArgs {
     /// Keep the process runs' directories (plans, every process's log, the store's data) here.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// Crash group: start each replacement process after the failure instead of waking a
+    /// warm spare (the manager's default), to see what the spare saves.
+    #[arg(long)]
+    pub no_spares: bool,
 }
 
 impl DynamicsArgs {
@@ -196,11 +200,17 @@ pub fn run_dynamics(a: &DynamicsArgs) -> Result<serde_json::Value> {
             }
             None => dir.path().to_path_buf(),
         };
-        let keep = a.keep.is_some();
-        for n in crashes(reps.min(3), &bin_dir, &runs, keep, &mut rep.failures)? {
+        let r = ProcRuns {
+            reps: reps.min(3),
+            bin_dir: &bin_dir,
+            dir: &runs,
+            keep: a.keep.is_some(),
+            spares: !a.no_spares,
+        };
+        for n in crashes(&r, &mut rep.failures)? {
             rep.push(n);
         }
-        if let Some(n) = nf_crash_latency(reps.min(3), &bin_dir, &runs, keep, &mut rep.failures)? {
+        if let Some(n) = nf_crash_latency(&r, &mut rep.failures)? {
             rep.push(n);
         }
     }
@@ -949,6 +959,7 @@ fn nat_cluster(
         window: 256,
         deadline,
         rate_pps: None,
+        spares: true,
     }
 }
 
@@ -964,14 +975,26 @@ fn run_in(o: &ClusterOptions, keep: bool) -> Result<ClusterReport, ClusterError>
     r
 }
 
-/// The end-to-end rows; a kind whose every run failed gets no row but a line in `failures`.
-fn crashes(
+/// How the process groups run: repetitions, binaries, where runs go (and whether they stay),
+/// and whether the manager keeps warm spares.
+#[derive(Clone, Copy)]
+struct ProcRuns<'a> {
     reps: usize,
-    bin_dir: &Path,
-    dir: &Path,
+    bin_dir: &'a Path,
+    dir: &'a Path,
     keep: bool,
-    failures: &mut Vec<String>,
-) -> Result<Vec<Noted>> {
+    spares: bool,
+}
+
+impl<'a> ProcRuns<'a> {
+    fn parts(&self) -> (usize, &'a Path, &'a Path, bool, bool) {
+        (self.reps, self.bin_dir, self.dir, self.keep, self.spares)
+    }
+}
+
+/// The end-to-end rows; a kind whose every run failed gets no row but a line in `failures`.
+fn crashes(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Vec<Noted>> {
+    let (reps, bin_dir, dir, keep, spares) = r.parts();
     for b in ["chc-store", "chc-dataplane"] {
         if !bin_dir.join(b).exists() {
             bail!(
@@ -1012,6 +1035,7 @@ fn crashes(
         for i in 0..reps {
             let run_dir = dir.join(format!("cluster-{}-{i}", name.replace(' ', "-")));
             let mut o = nat_cluster(&chain, &trace, &run_dir, bin_dir, Duration::from_secs(120));
+            o.spares = spares;
             // As `chc-bench coe --scenario store-crash` runs it.
             if matches!(victim, Victim::Store) {
                 o.fsync = "always".into();
@@ -1036,24 +1060,30 @@ fn crashes(
             failures.push(format!("{name}: every run failed ({})", failed.join("; ")));
             continue;
         }
+        let start = if spares {
+            "the manager wakes the warm spare it keeps (a process already started, waiting \
+             with --standby), which then connects to the store and listens"
+        } else {
+            "the manager starts a new process (--no-spares), which then connects to the store \
+             and listens"
+        };
         let notes = match victim {
-            Victim::Instance(..) => {
-                "end to end: run_cluster kills the NAT instance (SIGKILL) under load and starts \
-                 a replacement; timed from the kill to the replacement listening, which \
-                 includes starting the process (the paper assumes it launched at once); the \
-                 paper's figure, latency back to normal, is the next row"
-            }
-            Victim::Root => {
-                "end to end: run_cluster kills the root process (SIGKILL) under load; timed from \
-                 the kill to the replacement root listening (process start included, so not \
+            Victim::Instance(..) => format!(
+                "end to end: run_cluster kills the NAT instance (SIGKILL) under load and reaps \
+                 it; {start}; timed from the kill to the replacement listening; the paper's \
+                 figure, latency back to normal, is the next row"
+            ),
+            Victim::Root => format!(
+                "end to end: run_cluster kills the root process (SIGKILL) under load and reaps \
+                 it; {start}; timed from the kill to the replacement root listening (not \
                  comparable with the paper's in-process figure; see the root recovery row above)"
-            }
-            Victim::Store => {
-                "end to end: run_cluster kills the chc-store process (SIGKILL) under the NAT \
-                 chain's load (one NAT, 20000 packets read as fast as the chain takes, fsync \
-                 always as in the coe store-crash scenario); timed from the kill to the \
-                 replacement store listening, i.e. process start + checkpoint load + WAL replay"
-            }
+            ),
+            Victim::Store => "end to end: run_cluster kills the chc-store process (SIGKILL) \
+                 under the NAT chain's load (one NAT, 20000 packets read as fast as the chain \
+                 takes, fsync always as in the coe store-crash scenario); timed from the kill to \
+                 the replacement store listening, i.e. process start + checkpoint load + WAL \
+                 replay (the store has no spare)"
+                .to_string(),
         };
         rows.push(Noted {
             row: Row::from_samples(
@@ -1066,7 +1096,7 @@ fn crashes(
                 target,
             ),
             notes: if failed.is_empty() {
-                notes.to_string()
+                notes
             } else {
                 format!(
                     "{notes}; {} of {reps} runs failed and are left out: {}",
@@ -1136,19 +1166,15 @@ const LOAD: f64 = 0.1;
 
 /// The NF crash row the paper reports: per-packet latency back to normal after a NAT
 /// instance is killed under load (processes, end to end).
-fn nf_crash_latency(
-    reps: usize,
-    bin_dir: &Path,
-    dir: &Path,
-    keep: bool,
-    failures: &mut Vec<String>,
-) -> Result<Option<Noted>> {
+fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Option<Noted>> {
+    let (reps, bin_dir, dir, keep, spares) = r.parts();
     let chain = nat_chain()?;
     let packets = 20_000u64;
     let trace = synth_trace(dir, "nf-latency", packets, 2_000, 256, 10.0, 17)?;
     let opts = |run_dir: &Path, rate: Option<u64>, faults: Vec<Fault>| ClusterOptions {
         faults,
         rate_pps: rate,
+        spares,
         ..nat_cluster(&chain, &trace, run_dir, bin_dir, Duration::from_secs(180))
     };
     // Capacity: the same trace without a failure, as fast as the chain takes.
@@ -1217,11 +1243,16 @@ fn nf_crash_latency(
              source sending a packet to the sink receiving it; back to normal = the first \
              window of 32 output packets, after the disruption, whose median is again within \
              twice the median before the kill ({:.0} us); peak \
-             after the kill {:.1} ms; the replacement is a new process (started, connected, \
-             then replayed to), which the paper's figure does not include (medians){}",
+             after the kill {:.1} ms; the replacement is {} (medians){}",
             LOAD * 100.0,
             median(&normal),
             median(&peak) / 1e3,
+            if spares {
+                "the manager's warm spare, woken once the killed process is reaped (it then \
+                 connects to the store, listens and is replayed to)"
+            } else {
+                "a new process started once the killed process is reaped (--no-spares)"
+            },
             if failed.is_empty() {
                 String::new()
             } else {
@@ -1287,6 +1318,7 @@ mod tests {
             flows: 4000,
             bin_dir: None,
             keep: None,
+            no_spares: false,
         };
         assert!(a.wants("move") && a.wants("store") && !a.wants("crash"));
         a.only = vec!["crash".into()];

@@ -29,6 +29,7 @@ fn run_coe(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
         seed,
         json: None,
         keep: None,
+        no_spares: false,
     })
     .unwrap_or_else(|e| panic!("{} {scenario}: {e:#}", trace.display()))
 }
@@ -302,6 +303,14 @@ fn crash_on_every_trace(scenario: &str, seed_base: u64) {
             !r.recoveries.is_empty(),
             "{name} under {scenario}: nothing was killed"
         );
+        // The store has no spare; every instance and root does.
+        for rec in &r.recoveries {
+            assert_eq!(
+                rec.spare,
+                rec.what != "Store",
+                "{name} under {scenario}: {rec:?}"
+            );
+        }
         if !r.equivalent {
             failed.push(format!(
                 "{name} (seed {seed}): {:?}",
@@ -378,6 +387,7 @@ fn unrecoverable_combinations_are_refused() {
             window: 16,
             deadline: std::time::Duration::from_secs(10),
             rate_pps: None,
+            spares: true,
         };
         match run_cluster(&o) {
             Err(ClusterError::Unrecoverable(what)) => assert!(!what.is_empty()),

@@ -37,6 +37,11 @@ enum Cmd {
         /// the root's replay before new traffic.
         #[arg(long)]
         replacement: bool,
+        /// Start as a warm spare: load, read the plan, then wait for a line on standard
+        /// input before going on (exit when the input ends). The manager keeps one ready so
+        /// that a recovery does not wait for a process to start.
+        #[arg(long)]
+        standby: bool,
     },
     /// Run the root of a multi-process chain (started by the manager).
     Root {
@@ -45,6 +50,11 @@ enum Cmd {
         /// Take over from a failed root: resume the persisted clock.
         #[arg(long)]
         recover: bool,
+        /// Start as a warm spare: load, read the plan, then wait for a line on standard
+        /// input before going on (exit when the input ends). The manager keeps one ready so
+        /// that a recovery does not wait for a process to start.
+        #[arg(long)]
+        standby: bool,
     },
     /// Check a chain file and print the compiled chain (vertices, modes, partitioning).
     Check {
@@ -163,15 +173,26 @@ fn main() -> Result<()> {
             vertex,
             index,
             replacement,
+            standby,
         } => {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
             chc_dataplane::cluster::exit_with_parent(format!("{vertex}/{index}"));
+            if standby && !chc_dataplane::cluster::wait_for_go() {
+                return Ok(());
+            }
             chc_dataplane::cluster::node::run_instance(&p, &vertex, index, replacement)
                 .map_err(anyhow::Error::msg)
         }
-        Cmd::Root { plan, recover } => {
+        Cmd::Root {
+            plan,
+            recover,
+            standby,
+        } => {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
             chc_dataplane::cluster::exit_with_parent("root".into());
+            if standby && !chc_dataplane::cluster::wait_for_go() {
+                return Ok(());
+            }
             chc_dataplane::cluster::rootproc::run_root(&p, recover).map_err(anyhow::Error::msg)
         }
         Cmd::Check { chain } => {

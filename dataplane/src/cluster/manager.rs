@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What to kill.
@@ -60,6 +60,9 @@ pub struct ClusterOptions {
     /// Send at most this many packets per second (a load below capacity, so that latency is
     /// processing and not queueing); `None` keeps the window full.
     pub rate_pps: Option<u64>,
+    /// Keep a warm spare (a started process waiting with `--standby`) for every NF instance
+    /// and the root, so that a recovery does not wait for a process to start.
+    pub spares: bool,
 }
 
 /// What happened during a cluster run.
@@ -86,6 +89,8 @@ pub struct Recovery {
     pub at_ms: f64,
     /// From the kill to the replacement serving (ms).
     pub ms: f64,
+    /// A warm spare took over (else a process started after the failure).
+    pub spare: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +144,7 @@ fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
             return true;
         }
         // A replacement's start is on the recovery's critical path: look often.
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(200));
     }
     false
 }
@@ -150,11 +155,27 @@ struct Proc {
     child: Child,
 }
 
+/// A process started ahead of a failure, waiting (`--standby`) to take over from `what`.
+struct Spare {
+    what: Victim,
+    name: String,
+    log: PathBuf,
+    child: Child,
+    go: ChildStdin,
+}
+
+/// How long after a recovery its victim gets a new spare: starting one takes CPU the
+/// replacement needs while it works through the backlog.
+const SPARE_DELAY: Duration = Duration::from_millis(200);
+
 struct Cluster<'a> {
     o: &'a ClusterOptions,
     plan: Plan,
     plan_path: PathBuf,
     procs: Vec<Proc>,
+    spares: Vec<Spare>,
+    /// Victims whose spare was used, and when to start the next.
+    spares_due: Vec<(Victim, Instant)>,
     /// Processes started so far per name (numbers the logs: a replacement's log is new).
     spawned: HashMap<String, usize>,
     report: ClusterReport,
@@ -163,17 +184,24 @@ struct Cluster<'a> {
 /// A run that ends early (an error, a missed deadline) takes its processes with it.
 impl Drop for Cluster<'_> {
     fn drop(&mut self) {
-        for p in self.procs.iter_mut() {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
+        let spares = self.spares.iter_mut().map(|s| &mut s.child);
+        for c in self.procs.iter_mut().map(|p| &mut p.child).chain(spares) {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
             }
         }
     }
 }
 
 impl<'a> Cluster<'a> {
-    fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
+    /// Starts the process for `what` (without waiting for it), its stderr in a new log.
+    fn launch(
+        &mut self,
+        what: Victim,
+        extra: &[&str],
+        stdin: Stdio,
+    ) -> Result<(String, PathBuf, Child), ClusterError> {
         let (name, mut cmd) = match what {
             Victim::Store => {
                 let mut c = Command::new(self.o.bin_dir.join("chc-store"));
@@ -219,22 +247,106 @@ impl<'a> Cluster<'a> {
         let log = self.o.run_dir.join(format!("{name}.{n}.log"));
         let f = std::fs::File::create(&log)
             .map_err(|e| ClusterError::Setup(format!("{}: {e}", log.display())))?;
-        let child = cmd.stdout(Stdio::null()).stderr(f).spawn().map_err(|e| {
-            ClusterError::Setup(format!("starting {name} ({:?}): {e}", cmd.get_program()))
-        })?;
-        let addr = match what {
+        let child = cmd
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .map_err(|e| {
+                ClusterError::Setup(format!("starting {name} ({:?}): {e}", cmd.get_program()))
+            })?;
+        Ok((name, log, child))
+    }
+
+    fn addr(&self, what: Victim) -> SocketAddr {
+        match what {
             Victim::Store => self.plan.store[0],
             Victim::Root => self.plan.root,
             Victim::Instance(vi, i) => self.plan.instances[vi][i as usize],
-        };
+        }
+    }
+
+    /// Adds a running process and waits until it listens.
+    fn started(
+        &mut self,
+        what: Victim,
+        name: String,
+        log: PathBuf,
+        child: Child,
+    ) -> Result<(), ClusterError> {
         self.procs.push(Proc {
             what,
             name: name.clone(),
             child,
         });
-        if !wait_listening(addr, Duration::from_secs(60)) {
+        if !wait_listening(self.addr(what), Duration::from_secs(60)) {
             return Err(ClusterError::Crashed(name, log));
         }
+        Ok(())
+    }
+
+    fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
+        let (name, log, child) = self.launch(what, extra, Stdio::null())?;
+        self.started(what, name, log, child)
+    }
+
+    /// The flag a process taking over from a failed `what` runs with.
+    fn takeover_flag(what: Victim) -> &'static str {
+        match what {
+            Victim::Instance(..) => "--replacement",
+            Victim::Root => "--recover",
+            Victim::Store => "",
+        }
+    }
+
+    /// Starts a spare for `what` (the store has none: its recovery is loading its data).
+    fn prepare_spare(&mut self, what: Victim) -> Result<(), ClusterError> {
+        if what == Victim::Store || self.spares.iter().any(|s| s.what == what) {
+            return Ok(());
+        }
+        let flags = [Self::takeover_flag(what), "--standby"];
+        let (name, log, mut child) = self.launch(what, &flags, Stdio::piped())?;
+        let go = child.stdin.take().expect("piped stdin");
+        self.spares.push(Spare {
+            what,
+            name,
+            log,
+            child,
+            go,
+        });
+        Ok(())
+    }
+
+    /// Starts what takes over from a failed `what`: its spare if it has a live one, else a
+    /// new process. Returns whether the spare took over.
+    fn replace(&mut self, what: Victim) -> Result<bool, ClusterError> {
+        let flag = Self::takeover_flag(what);
+        let extra: &[&str] = if flag.is_empty() { &[] } else { &[flag] };
+        if let Some(k) = self.spares.iter().position(|s| s.what == what) {
+            let mut s = self.spares.swap_remove(k);
+            self.spares_due.push((what, Instant::now() + SPARE_DELAY));
+            if writeln!(s.go, "go").is_ok() {
+                return self.started(what, s.name, s.log, s.child).map(|()| true);
+            }
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+        self.spawn(what, extra).map(|()| false)
+    }
+
+    /// Starts the spares that are due.
+    fn refill_spares(&mut self) -> Result<(), ClusterError> {
+        let now = Instant::now();
+        for (what, _) in self
+            .spares_due
+            .iter()
+            .filter(|d| d.1 <= now)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.prepare_spare(what)?;
+        }
+        self.spares_due.retain(|d| d.1 > now);
         Ok(())
     }
 
@@ -316,6 +428,8 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         plan: plan.clone(),
         plan_path,
         procs: Vec::new(),
+        spares: Vec::new(),
+        spares_due: Vec::new(),
         spawned: HashMap::new(),
         report: ClusterReport::default(),
     };
@@ -326,6 +440,12 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         }
     }
     c.spawn(Victim::Root, &[])?;
+    if o.spares {
+        let victims = c.procs.iter().map(|p| p.what).collect::<Vec<_>>();
+        for v in victims {
+            c.prepare_spare(v)?;
+        }
+    }
     // Every instance says when its input is done (after sending its last events).
     let exits: usize = o
         .chain
@@ -524,25 +644,32 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         }
         for (v, t) in std::mem::take(&mut pending_recovery) {
             busy = true;
-            match v {
-                Victim::Store => c.spawn(Victim::Store, &[])?,
+            let spare = match v {
+                Victim::Store => {
+                    c.spawn(Victim::Store, &[])?;
+                    false
+                }
                 Victim::Root => {
-                    c.spawn(Victim::Root, &["--recover"])?;
+                    let spare = c.replace(Victim::Root)?;
                     // Even with nothing new to send, the new root must get what is not
                     // acknowledged and the end of input.
                     source.reconnect(Duration::from_secs(30));
+                    spare
                 }
                 Victim::Instance(vi, i) => {
-                    c.spawn(Victim::Instance(vi, i), &["--replacement"])?;
+                    let spare = c.replace(Victim::Instance(vi, i))?;
                     source.send(&Frame::Replay(o.chain.vertices[vi].id));
+                    spare
                 }
-            }
+            };
             c.report.recoveries.push(Recovery {
                 what: format!("{v:?}"),
                 at_ms: t.duration_since(started).as_secs_f64() * 1e3,
                 ms: t.elapsed().as_secs_f64() * 1e3,
+                spare,
             });
         }
+        c.refill_spares()?;
         if input_done && unacked.is_empty() && drained && exits_done.len() >= exits {
             break;
         }
@@ -569,8 +696,15 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             let _ = p.child.kill();
         }
     }
+    for s in c.spares.iter_mut() {
+        let _ = s.child.kill();
+    }
     for p in c.procs.iter_mut() {
         let _ = p.child.wait();
+    }
+    for s in std::mem::take(&mut c.spares) {
+        let mut child = s.child;
+        let _ = child.wait();
     }
     c.report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(std::mem::take(&mut c.report))

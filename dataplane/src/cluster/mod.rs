@@ -47,6 +47,14 @@ pub fn exit_with_parent(what: String) {
         });
 }
 
+/// A warm spare waits here until the manager says go (a line on standard input) and returns
+/// true; false when its input ends first (the manager no longer needs it). The process has
+/// loaded its binary and libraries and read its plan by then, which is most of a start.
+pub fn wait_for_go() -> bool {
+    let mut line = String::new();
+    matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+}
+
 /// Where everything of one cluster run is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {

@@ -84,6 +84,12 @@ impl Outlet {
         self
     }
 
+    /// The next send tries to connect at once, even if the last try just failed: the caller
+    /// knows the peer's replacement is listening.
+    pub fn retry_now(&mut self) {
+        self.last_try = None;
+    }
+
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()
     }

@@ -262,8 +262,10 @@ pub fn run_instance(
                             }
                         }
                         Frame::Replay(target) => {
-                            // The end of a replay, passed along behind the replayed packets.
+                            // The end of a replay, passed along behind the replayed packets
+                            // (a replay is asked for once the replacement listens).
                             for d in next.iter_mut().chain(taps.iter_mut()) {
+                                d.outs.iter_mut().for_each(Outlet::retry_now);
                                 d.broadcast(&Frame::Replay(target));
                             }
                             if holding && target == v.id {

@@ -170,6 +170,8 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
                         pending[i].push(p);
                     }
                     for (i, q) in pending.iter_mut().enumerate() {
+                        // A replay is asked for once the replacement listens.
+                        outs[i].retry_now();
                         outs[i].send(&Frame::Packets(std::mem::take(q)));
                         outs[i].send(&Frame::Replay(target));
                     }
