@@ -464,6 +464,11 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         None => None,
     };
     let (rtx, rrx) = crossbeam::channel::unbounded();
+    // How many vertices are upstream of each.
+    let depth: Vec<usize> = super::ancestors(&o.chain)
+        .iter()
+        .map(|a| a.iter().filter(|&&x| x).count())
+        .collect();
     let mut source = Outlet::new(plan.root, Peer::Source)
         .with_replies(rtx)
         .caller_resends();
@@ -642,6 +647,14 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                 _ => c.procs.push(p),
             }
         }
+        // Instances that failed together get their replays downstream first: a replay passes
+        // through every instance upstream of its target, so the deepest one's takes each
+        // upstream replacement through every logged clock once and in order, and the replays
+        // for those upstream then find every clock seen.
+        pending_recovery.sort_by_key(|(v, _)| match v {
+            Victim::Instance(vi, _) => std::cmp::Reverse(depth[*vi]),
+            _ => std::cmp::Reverse(usize::MAX),
+        });
         for (v, t) in std::mem::take(&mut pending_recovery) {
             busy = true;
             let spare = match v {

@@ -242,8 +242,20 @@ pub fn run_instance(
                                 if from == Peer::Root {
                                     max_root_seq = max_root_seq.max(p.seq);
                                 }
+                                // A replay for an instance upstream of this one that failed
+                                // with it brings only the clocks the instances in between had
+                                // not seen: newer clocks than those this replacement's own
+                                // replay has yet to bring (whose shared-state updates the
+                                // failed instance may never have made). It waits, like new
+                                // traffic, until the own replay is through. Replays for this
+                                // instance or one downstream come whole, in clock order.
                                 let replay = p.meta.flags.has(MetaFlags::REPLAY);
-                                if holding && !replay {
+                                let for_upstream = chain
+                                    .vertices
+                                    .iter()
+                                    .position(|x| x.id == p.meta.clone_id)
+                                    .is_some_and(|t| anc[vi][t]);
+                                if holding && (!replay || for_upstream) {
                                     held.push(p);
                                 } else {
                                     handle!(p);
