@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use resp::RespError;
 
@@ -155,6 +155,9 @@ impl WorkerShared {
     }
 }
 
+/// How long a client waiting for a reply spins before it parks.
+pub const MAILBOX_SPIN: Duration = Duration::from_micros(100);
+
 /// Where a shard thread leaves frames for an in-process client.
 pub struct Mailbox {
     q: SegQueue<(u32, wire::ServerFrame)>,
@@ -184,14 +187,27 @@ impl Mailbox {
         self.q.pop()
     }
 
-    /// Waits up to `timeout` for a frame: spins briefly (a reply from a busy shard arrives in
-    /// microseconds), then parks.
+    /// Waits up to `timeout` for a frame: spins for up to [`MAILBOX_SPIN`] (a reply from an
+    /// in-process shard arrives in microseconds, one over loopback TCP in tens), yielding now
+    /// and then so that a reader thread sharing the core can deliver it, then parks. Being
+    /// unparked costs a blocking call another thread wake-up on top of the round trip.
     pub(crate) fn wait(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
-        for _ in 0..200 {
+        let start = Instant::now();
+        let spin = MAILBOX_SPIN.min(timeout);
+        let mut i = 0u32;
+        loop {
             if let Some(f) = self.q.pop() {
                 return Some(f);
             }
-            std::hint::spin_loop();
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(64) {
+                if start.elapsed() >= spin {
+                    break;
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         *self.waiter.lock() = Some(std::thread::current());
         self.waiting.store(true, Ordering::SeqCst);
