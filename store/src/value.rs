@@ -15,11 +15,10 @@ fn pack_list(l: &VecDeque<Bytes>) -> Bytes {
     Bytes::from(buf)
 }
 
-/// The items of a wire list's `packed` field, as slices of it (no copy). Readers take them
-/// after the list's `items`. A malformed packed tail (a bad length, an item cut short) ends the list there: what came
-/// before it is kept.
-fn unpack_list(packed: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    let mut rest = &packed[..];
+/// Where each item of a wire list's `packed` field lies in it. A malformed packed tail (a bad
+/// length, an item cut short) ends the list there: what came before it is kept.
+fn packed_ranges(packed: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut rest = packed;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
@@ -28,26 +27,19 @@ fn unpack_list(packed: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
         let len = usize::try_from(len).ok().filter(|&n| n <= rest.len())?;
         let at = packed.len() - rest.len();
         rest = &rest[len..];
-        Some(packed.slice(at..at + len))
+        Some(at..at + len)
     })
+}
+
+/// The items of a wire list's `packed` field, as slices of it (no copy). Readers take them
+/// after the list's `items`.
+fn unpack_list(packed: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    packed_ranges(packed).map(|r| packed.slice(r))
 }
 
 /// How many items [`unpack_list`] yields, without making them.
 fn packed_len(packed: &[u8]) -> usize {
-    let mut rest = packed;
-    let mut n = 0;
-    while !rest.is_empty() {
-        let Some(len) = prost::encoding::decode_varint(&mut rest)
-            .ok()
-            .and_then(|l| usize::try_from(l).ok())
-            .filter(|&l| l <= rest.len())
-        else {
-            break;
-        };
-        rest = &rest[len..];
-        n += 1;
-    }
-    n
+    packed_ranges(packed).count()
 }
 
 /// A value in the store. `Nil` is "absent".
