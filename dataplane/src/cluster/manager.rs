@@ -712,11 +712,8 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     for s in c.spares.iter_mut() {
         let _ = s.child.kill();
     }
-    for p in c.procs.iter_mut() {
-        let _ = p.child.wait();
-    }
-    for s in std::mem::take(&mut c.spares) {
-        let mut child = s.child;
+    let spares = c.spares.iter_mut().map(|s| &mut s.child);
+    for child in c.procs.iter_mut().map(|p| &mut p.child).chain(spares) {
         let _ = child.wait();
     }
     c.report.elapsed_s = started.elapsed().as_secs_f64();

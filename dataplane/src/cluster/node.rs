@@ -107,6 +107,8 @@ pub fn run_instance(
         inst.state.set_fresh(false);
     }
     let anc = ancestors(&chain);
+    // The vertex (chain index) a replay with this clone id is for.
+    let target_of = |id: u16| chain.vertices.iter().position(|x| x.id == id);
     let down = |to: usize| Down {
         outs: plan.instances[to]
             .iter()
@@ -159,7 +161,7 @@ pub fn run_instance(
         let mut p = p;
         let clock = p.meta.clock;
         let replay = p.meta.flags.has(MetaFlags::REPLAY);
-        let target = chain.vertices.iter().position(|x| x.id == p.meta.clone_id);
+        let target = target_of(p.meta.clone_id);
         let upstream_of_target = replay && target.is_some_and(|t| anc[t][vi]);
         if !upstream_of_target && seen.contains(&clock) {
             *absorbed += 1;
@@ -250,12 +252,9 @@ pub fn run_instance(
                                 // traffic, until the own replay is through. Replays for this
                                 // instance or one downstream come whole, in clock order.
                                 let replay = p.meta.flags.has(MetaFlags::REPLAY);
-                                let for_upstream = chain
-                                    .vertices
-                                    .iter()
-                                    .position(|x| x.id == p.meta.clone_id)
-                                    .is_some_and(|t| anc[vi][t]);
-                                if holding && (!replay || for_upstream) {
+                                let for_upstream =
+                                    || target_of(p.meta.clone_id).is_some_and(|t| anc[vi][t]);
+                                if holding && (!replay || for_upstream()) {
                                     held.push(p);
                                 } else {
                                     handle!(p);
