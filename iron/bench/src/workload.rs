@@ -153,9 +153,7 @@ pub fn tcp_send(targets: &[SocketAddr], flows: usize, secs: f64) -> Result<u64> 
                     while Instant::now() < end {
                         match s.write(&buf) {
                             Ok(k) => total += k as u64,
-                            Err(e)
-                                if e.kind() == std::io::ErrorKind::WouldBlock
-                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e) if waited(&e) => {}
                             Err(_) => break,
                         }
                     }
@@ -198,6 +196,14 @@ pub fn tcp_serve(l: TcpListener, secs: f64) -> Result<u64> {
     Ok(readers.into_iter().map(|h| h.join().unwrap_or(0)).sum())
 }
 
+/// A socket timeout ran out (nothing moved yet): try again.
+fn waited(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Reads `s` until it closes or `end` passes; returns the bytes read.
 fn drain(mut s: TcpStream, end: Instant) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
@@ -206,9 +212,7 @@ fn drain(mut s: TcpStream, end: Instant) -> u64 {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(k) => total += k as u64,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if waited(&e) => {}
             Err(_) => break,
         }
     }
