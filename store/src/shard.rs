@@ -83,11 +83,23 @@ pub struct Meta {
     pub log: ClockLog,
     /// The value before the oldest logged update (`None` for lists, or when nothing is logged).
     pub base: Option<Value>,
+    /// Values returned to reads "as of" a clock still in flight: a second copy of a packet
+    /// (a straggler and its clone racing, a replay) reads what the first copy read. Without
+    /// it, an update of an earlier clock by another instance that reaches the store between
+    /// the two reads makes the copies take different branches and issue different updates,
+    /// which no clock log can reconcile.
+    pub reads: ClockLog,
 }
 
 impl Meta {
     fn is_empty(&self) -> bool {
-        self.waiters.is_empty() && self.subscribers.is_empty() && self.log.is_empty()
+        self.waiters.is_empty() && self.subscribers.is_empty() && !self.has_records()
+    }
+
+    /// Whether clock-log records (of updates or of reads) are kept: the entry's key is then
+    /// in the shard's list of logged keys.
+    fn has_records(&self) -> bool {
+        !self.log.is_empty() || !self.reads.is_empty()
     }
 
     fn find(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
@@ -685,22 +697,18 @@ impl Shard {
         };
         match code {
             OpCode::OpNoop => {}
-            OpCode::OpGet => {
-                let as_of = op.flags & F_AS_OF != 0 && op.clock != 0;
-                let v = self.map.get(&k).map(|e| {
-                    let logged = e.meta().filter(|m| !m.log.is_empty());
-                    match (as_of, logged) {
-                        (true, Some(m)) => m
-                            .as_of(op.clock, op.op_index)
-                            .map_or_else(|| e.value(), Cow::Borrowed),
-                        _ => e.value(),
-                    }
-                });
-                match v {
-                    Some(v) if !v.is_nil() => reply.value = v.to_wire(),
-                    _ => reply.status = Status::NotFound as i32,
+            OpCode::OpGet if op.flags & F_AS_OF != 0 && op.clock != 0 => {
+                let v = self.read_as_of(op, k);
+                if v.is_nil() {
+                    reply.status = Status::NotFound as i32;
+                } else {
+                    reply.value = v.to_wire();
                 }
             }
+            OpCode::OpGet => match self.map.get(&k).map(|e| e.value()) {
+                Some(v) if !v.is_nil() => reply.value = v.to_wire(),
+                _ => reply.status = Status::NotFound as i32,
+            },
             OpCode::OpSet
             | OpCode::OpDel
             | OpCode::OpIncr
@@ -830,6 +838,42 @@ impl Shard {
         }
     }
 
+    /// A read "as of" a clock in flight: the value just before the packet's update
+    /// `op_index` (after its earlier ones), or what an earlier read by the same position of
+    /// the same packet returned. The first such read is logged until its clock retires.
+    fn read_as_of(&mut self, op: &wire::Op, k: KeyRef<'_>) -> Value {
+        // A read that finds nothing is logged too: the object may appear before the second
+        // copy reads it.
+        let e = self.map.or_default(&k);
+        if let Some(r) = e.meta().and_then(|m| m.reads.find(op.clock, op.op_index)) {
+            return r.result.clone();
+        }
+        let v = match e.meta().filter(|m| !m.log.is_empty()) {
+            Some(m) => m
+                .as_of(op.clock, op.op_index)
+                .map_or_else(|| e.value(), Cow::Borrowed)
+                .into_owned(),
+            None => e.value().into_owned(),
+        };
+        let m = e.meta_mut();
+        let first = !m.has_records();
+        m.reads.insert(
+            op.instance,
+            LogRec {
+                clock: op.clock,
+                op_index: op.op_index,
+                status: Status::Ok as i32,
+                result: v.clone(),
+                after: None,
+            },
+        );
+        self.stats.logged_records += 1;
+        if first {
+            self.logged.push(k.to_key());
+        }
+        v
+    }
+
     fn update(
         &mut self,
         client: ClientId,
@@ -904,7 +948,9 @@ impl Shard {
                 },
             );
             self.stats.logged_records += 1;
-            if e.meta().is_some_and(|m| m.log.len() == 1) {
+            if e.meta()
+                .is_some_and(|m| m.log.len() == 1 && m.reads.is_empty())
+            {
                 self.logged.push(k.to_key());
             }
         }
@@ -1209,7 +1255,7 @@ impl Shard {
                 }
             }
         };
-        let first = e.meta().is_none_or(|m| m.log.is_empty());
+        let first = e.meta().is_none_or(|m| !m.has_records());
         e.meta_mut().log.insert(
             op.instance,
             LogRec {
@@ -1295,8 +1341,8 @@ impl Shard {
             if m.log.is_empty() {
                 m.base = None;
             }
-            let removed = gone.removed;
-            let log_left = !m.log.is_empty();
+            let removed = gone.removed + m.reads.retire(retired, root_of).removed;
+            let log_left = m.has_records();
             e.settle();
             self.stats.logged_records = self.stats.logged_records.saturating_sub(removed as u64);
             if log_left {
