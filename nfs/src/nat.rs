@@ -1,9 +1,14 @@
 //! NAT: rewrites the client side of every connection to a public address and port.
 //!
-//! State (Table 3.12): the pool of free public ports is a list in the store (cross-flow,
-//! read/write often): a new connection pops one, a finished or idle one pushes it back. The
-//! per-connection mapping is per-flow (written once, read on every packet) and the L3/L4
-//! packet counters are cross-flow, write-mostly (non-blocking increments).
+//! State (Table 3.12): the public port pool is cross-flow, read/write often, and kept as
+//! two objects: a counter of the ports handed out from the range so far, and a list of the
+//! ports finished or idle connections gave back. A new connection takes the next port of
+//! the range while there is one, then the oldest port given back: the same order as one
+//! list filled with the whole range, but the state is a number and a short list instead of
+//! 64 512 items per address family (which an instance taking over would have to load before
+//! its first new connection). The per-connection mapping is per-flow (written once, read on
+//! every packet) and the L3/L4 packet counters are cross-flow, write-mostly (non-blocking
+//! increments).
 //!
 //! Both directions of a connection leave the NAT as seen from outside: the client endpoint
 //! is replaced by the public one in whichever direction it appears, so NFs downstream see
@@ -23,10 +28,13 @@ use bytes::Bytes;
 use chc_store::names::KeyKind;
 use std::net::IpAddr;
 
-const POOL: List<u64> = List::new(1);
+/// Ports given back, oldest first, per address family.
+const FREE: List<u64> = List::new(1);
 const CONN: Cell<FiveTuple, Bytes> = Cell::new(2);
 const PKTS: Counter<()> = Counter::new(3);
 const TCP_PKTS: Counter<()> = Counter::new(4);
+/// Ports of the range handed out so far, per address family.
+const TAKEN: Counter<u64> = Counter::new(5);
 
 /// Connection flags in a mapping.
 const FIN_CLIENT: u8 = 1;
@@ -40,6 +48,9 @@ pub struct Nat {
     public4: IpAddr,
     public6: IpAddr,
     ports: (u16, u16),
+    /// This instance's part of the range: all of it, except for traditional instances
+    /// (their pools are not shared), which each take a disjoint slice.
+    range: (u32, u32),
     internal: Vec<Prefix>,
     tcp_idle_ns: u64,
     udp_idle_ns: u64,
@@ -113,6 +124,7 @@ impl Nat {
             public4,
             public6,
             ports: (lo as u16, hi as u16),
+            range: (lo as u32, hi as u32),
             internal: cfg_prefixes(c, "nat", "internal")?,
             tcp_idle_ns: cfg_u64(c, "nat", "tcp_idle_s", 300)? * 1_000_000_000,
             udp_idle_ns: cfg_u64(c, "nat", "udp_idle_s", 60)? * 1_000_000_000,
@@ -138,6 +150,21 @@ impl Nat {
         }
     }
 
+    /// The next free public port for `fam`, or `None` when all are in use.
+    fn take_port(&self, ctx: &mut Ctx<'_>, fam: u64) -> Result<Option<u16>, NfError> {
+        let (lo, hi) = self.range;
+        let n = TAKEN.add_get(ctx, &fam, 1)?;
+        if let Some(p) = u32::try_from(n - 1).ok().and_then(|i| lo.checked_add(i)) {
+            if p <= hi {
+                return Ok(Some(p as u16));
+            }
+        }
+        Ok(match FREE.pop_front(ctx, &fam)? {
+            Some(b) if b.len() == 2 => Some(u16::from_be_bytes([b[0], b[1]])),
+            _ => None,
+        })
+    }
+
     /// Returns the connection's port to the pool. The mapping stays, marked closed, so
     /// trailing packets of the connection are still translated.
     fn close(
@@ -148,7 +175,7 @@ impl Nat {
         why: &str,
     ) -> Result<(), NfError> {
         if has_ports(key.proto) {
-            POOL.push_back(
+            FREE.push_back(
                 ctx,
                 &Self::family(key.src),
                 Bytes::copy_from_slice(&m.port.to_be_bytes()),
@@ -190,8 +217,16 @@ impl NetworkFunction for Nat {
     fn objects(&self) -> Vec<ObjectDecl> {
         vec![
             object(
-                POOL.id,
-                "nat:ports",
+                FREE.id,
+                "nat:free_ports",
+                Scope::CrossFlow,
+                Access::ReadWriteOften,
+                KeyKind::U64,
+                None,
+            ),
+            object(
+                TAKEN.id,
+                "nat:ports_taken",
                 Scope::CrossFlow,
                 Access::ReadWriteOften,
                 KeyKind::U64,
@@ -228,11 +263,12 @@ impl NetworkFunction for Nat {
         vec![PartitionKey::Flow]
     }
 
-    /// Fills the port pools. Traditional instances each get a disjoint slice of the range
-    /// (instance i of n), since their pools are not shared.
+    /// Takes this instance's part of the port range: traditional instances each get a
+    /// disjoint slice (instance i of n), since their pools are not shared. The pools start
+    /// empty: no port taken, none given back.
     fn init(&mut self, ctx: &mut Ctx<'_>, instances: u16) -> Result<(), NfError> {
         let (lo, hi) = (u32::from(self.ports.0), u32::from(self.ports.1));
-        let (lo, hi) = if ctx.state().mode() == crate::nf::Mode::Traditional && instances > 1 {
+        self.range = if ctx.state().mode() == crate::nf::Mode::Traditional && instances > 1 {
             let n = u32::from(instances);
             let span = (hi - lo + 1) / n;
             let i = u32::from(ctx.instance);
@@ -242,11 +278,6 @@ impl NetworkFunction for Nat {
         } else {
             (lo, hi)
         };
-        for fam in [4u64, 6] {
-            for p in lo..=hi {
-                POOL.push_back(ctx, &fam, Bytes::copy_from_slice(&(p as u16).to_be_bytes()))?;
-            }
-        }
         Ok(())
     }
 
@@ -290,9 +321,9 @@ impl NetworkFunction for Nat {
                     return Ok(Verdict::Drop);
                 }
                 let port = if has_ports(t.proto) {
-                    match POOL.pop_front(ctx, &Self::family(t.src))? {
-                        Some(b) if b.len() == 2 => u16::from_be_bytes([b[0], b[1]]),
-                        _ => {
+                    match self.take_port(ctx, Self::family(t.src))? {
+                        Some(p) => p,
+                        None => {
                             self.exhausted_drops += 1;
                             ctx.emit(Event::new("pool_exhausted").flow(t));
                             return Ok(Verdict::Drop);
