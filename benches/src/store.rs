@@ -386,6 +386,7 @@ fn pipelined_incr(
                 token: String::new(),
                 version: wire::PROTOCOL_VERSION,
                 supersedes: Vec::new(),
+                patient: false,
             }),
             ops: Vec::new(),
         },

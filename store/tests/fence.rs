@@ -25,12 +25,18 @@ fn store() -> Store {
 
 /// Connects as the replacement of `FAILED` in a thread; sends (time connected, value of `k`).
 fn replacement(store: &Store) -> mpsc::Receiver<(Instant, i64)> {
+    replacement_with(store, false)
+}
+
+/// As [`replacement`]; `patient` as a warm spare connects.
+fn replacement_with(store: &Store, patient: bool) -> mpsc::Receiver<(Instant, i64)> {
     let addr = store.native_addr.expect("listening");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let opts = TcpOptions {
             connect_timeout: Duration::from_secs(20),
             supersedes: vec![FAILED],
+            patient,
             ..Default::default()
         };
         let mut c = StoreClient::connect(&[addr], REPLACEMENT, opts).expect("connects");
@@ -50,6 +56,25 @@ fn failed_client(store: &Store, n: i64) -> Native {
     c
 }
 
+/// Ends the failed client's connection; the replacement is then served promptly and sees
+/// `k` = `want`, every update the failed client made.
+fn served_once_gone(failed: Native, rx: &mpsc::Receiver<(Instant, i64)>, want: i64) {
+    let gone = Instant::now();
+    drop(failed);
+    let (at, v) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("served once the connection is gone");
+    assert_eq!(
+        v, want,
+        "the replacement must see the failed client's last update"
+    );
+    assert!(
+        at.duration_since(gone) < Duration::from_secs(1),
+        "served {:?} after the end of the connection it replaces",
+        at.duration_since(gone)
+    );
+}
+
 #[test]
 fn a_replacement_is_served_after_the_failed_clients_last_operations() {
     let s = store();
@@ -62,20 +87,7 @@ fn a_replacement_is_served_after_the_failed_clients_last_operations() {
     );
     // Its last operation, sent without waiting, then its end.
     failed.send_ops(vec![incr("k", 10, true)]).unwrap();
-    let gone = Instant::now();
-    drop(failed);
-    let (at, v) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("served once the connection is gone");
-    assert_eq!(
-        v, 11,
-        "the replacement must see the failed client's last update"
-    );
-    assert!(
-        at.duration_since(gone) < Duration::from_secs(1),
-        "served {:?} after the end of the connection it replaces",
-        at.duration_since(gone)
-    );
+    served_once_gone(failed, &rx, 11);
     s.shutdown();
 }
 
@@ -98,6 +110,26 @@ fn a_superseded_connection_that_stays_open_is_closed_after_the_wait() {
     let f = failed.read_frame().expect("a last frame");
     assert!(f.error.contains("superseded"), "{:?}", f.error);
     assert!(failed.read_frame().is_err(), "the connection is closed");
+    s.shutdown();
+}
+
+/// A warm spare connects ahead of the failure: it waits past the deadline without closing the
+/// live client's connection, which keeps being served, and is served once that one ends.
+#[test]
+fn a_patient_replacement_waits_for_the_live_client_without_closing_it() {
+    let s = store();
+    let mut failed = failed_client(&s, 2);
+    let rx = replacement_with(&s, true);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(2600)).is_err(),
+        "a patient replacement was served while the client it replaces was live"
+    );
+    // Past the impatient deadline the live client is still served.
+    failed.send_ops(vec![incr("k", 20, true)]).unwrap();
+    failed
+        .wait_acked()
+        .expect("the live client is still served");
+    served_once_gone(failed, &rx, 22);
     s.shutdown();
 }
 

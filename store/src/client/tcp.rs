@@ -22,6 +22,10 @@ pub struct TcpOptions {
     /// Clients this one replaces (see `Hello.supersedes`): connecting waits until the
     /// store has applied everything they sent.
     pub supersedes: Vec<u64>,
+    /// Connecting waits for the superseded clients to end however long they live
+    /// (`Hello.patient`): a warm spare connects ahead of the failure. Only the first
+    /// connection waits so; a reconnection later does not.
+    pub patient: bool,
 }
 
 impl Default for TcpOptions {
@@ -30,6 +34,7 @@ impl Default for TcpOptions {
             token: None,
             connect_timeout: Duration::from_secs(5),
             supersedes: Vec::new(),
+            patient: false,
         }
     }
 }
@@ -81,6 +86,7 @@ impl TcpLinks {
                 links.push_conn(addr, local, s, h.applied_seq);
             }
         }
+        links.opts.patient = false;
         Ok((links, customs.unwrap_or_default()))
     }
 
@@ -153,14 +159,16 @@ impl TcpLinks {
                     token: self.opts.token.clone().unwrap_or_default(),
                     version: wire::PROTOCOL_VERSION,
                     supersedes: self.opts.supersedes.clone(),
+                    patient: self.opts.patient,
                 }),
                 ops: Vec::new(),
             },
             &mut b,
         );
         s.write_all(&b).map_err(io)?;
-        s.set_read_timeout(Some(self.opts.connect_timeout))
-            .map_err(io)?;
+        // A patient Hello is answered when the clients it supersedes end, which may be long.
+        let wait = (!self.opts.patient).then_some(self.opts.connect_timeout);
+        s.set_read_timeout(wait).map_err(io)?;
         let mut buf = BytesMut::new();
         let mut chunk = [0u8; 4096];
         loop {

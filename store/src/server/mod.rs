@@ -115,6 +115,8 @@ pub(crate) enum Inbound {
         leftover: Vec<u8>,
         /// Clients whose connections must be gone before this one is served.
         supersedes: Vec<ClientId>,
+        /// Wait for them without a deadline (`Hello.patient`).
+        patient: bool,
     },
     Resp {
         stream: TcpStream,
@@ -543,5 +545,6 @@ fn handshake(mut s: TcpStream, peer: SocketAddr, cfg: &StoreConfig, workers: &[A
         client: h.client_id,
         leftover,
         supersedes: h.supersedes,
+        patient: h.patient,
     });
 }

@@ -49,7 +49,8 @@ struct Fence {
     client: ClientId,
     supersedes: Vec<ClientId>,
     leftover: Vec<u8>,
-    deadline: Instant,
+    /// `None` for a patient connection (`Hello.patient`): it waits as long as they live.
+    deadline: Option<Instant>,
 }
 
 enum Sink {
@@ -232,7 +233,7 @@ impl Worker {
         if self.wal.is_some() {
             t = t.min(Duration::from_millis(200));
         }
-        if !self.fences.is_empty() {
+        if self.fences.iter().any(|f| f.deadline.is_some()) {
             t = t.min(Duration::from_millis(1));
         }
         t.max(Duration::from_millis(1))
@@ -269,7 +270,8 @@ impl Worker {
                     client,
                     leftover,
                     supersedes,
-                } => self.add_native(stream, client, leftover, supersedes),
+                    patient,
+                } => self.add_native(stream, client, leftover, supersedes, patient),
                 Inbound::Resp { stream, client } => self.add_resp(stream, client),
                 Inbound::Call {
                     call,
@@ -347,6 +349,7 @@ impl Worker {
         client: ClientId,
         leftover: Vec<u8>,
         supersedes: Vec<ClientId>,
+        patient: bool,
     ) {
         let t = self.register(stream, Kind::Native { client });
         let Some(t) = t else { return };
@@ -362,7 +365,7 @@ impl Worker {
             client,
             supersedes,
             leftover,
-            deadline: Instant::now() + FENCE_WAIT,
+            deadline: (!patient).then(|| Instant::now() + FENCE_WAIT),
         });
         // Usually passed at once: a killed process's last operations and its end of stream
         // are in its socket already.
@@ -394,12 +397,16 @@ impl Worker {
                 continue;
             }
             // Edge-triggered readiness may not report an end of stream that arrived with the
-            // last data: look for it here.
-            for old in self.superseded(&f.supersedes, f.token) {
-                self.read_conn(old, true);
+            // last data: look for it here. A patient connection waits for a live client, whose
+            // end comes as an event of its own; reading it on every pass would cost the live
+            // connection a system call per pass for as long as the spare waits.
+            if f.deadline.is_some() {
+                for old in self.superseded(&f.supersedes, f.token) {
+                    self.read_conn(old, true);
+                }
             }
             let left = self.superseded(&f.supersedes, f.token);
-            if !left.is_empty() && now < f.deadline {
+            if !left.is_empty() && f.deadline.is_none_or(|d| now < d) {
                 self.fences.push(f);
                 continue;
             }

@@ -124,6 +124,7 @@ impl Native {
                 token: token.into(),
                 version: wire::PROTOCOL_VERSION,
                 supersedes: Vec::new(),
+                patient: false,
             }),
             ops: Vec::new(),
         })
