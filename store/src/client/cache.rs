@@ -202,7 +202,9 @@ impl StateClient {
         Self::build(vertex, instance, Mode::Traditional, objects, customs, None)
     }
 
-    /// State kept in the store in `mode`. Declares the objects' names to every shard.
+    /// State kept in the store in `mode`. Declares the objects' names to every shard (sent
+    /// without waiting: a connection's operations are applied in order, and the names only
+    /// label keys for the RESP face).
     pub fn external(
         vertex: u16,
         instance: u16,
@@ -216,7 +218,7 @@ impl StateClient {
                 store.submit_to(s, ops::declare(vertex, o.id, &o.name, o.key_kind));
             }
         }
-        store.sync()?;
+        store.flush()?;
         Ok(Self::build(
             vertex,
             instance,
