@@ -37,9 +37,12 @@ enum Cmd {
         /// the root's replay before new traffic.
         #[arg(long)]
         replacement: bool,
-        /// Start as a warm spare: load, read the plan, then wait for a line on standard
-        /// input before going on (exit when the input ends). The manager keeps one ready so
-        /// that a recovery does not wait for a process to start.
+        /// Start as a warm spare: load, read the plan, open the links to the root, the sink
+        /// and the next instances, and (with --replacement) connect to the store, which
+        /// answers once the instance it stands by for is gone; then wait for a line on
+        /// standard input before going on (exit when the input ends), and print "listening"
+        /// on standard output once it listens. The manager keeps one ready so that a
+        /// recovery does not wait for a process to start.
         #[arg(long)]
         standby: bool,
     },
@@ -51,8 +54,9 @@ enum Cmd {
         #[arg(long)]
         recover: bool,
         /// Start as a warm spare: load, read the plan, then wait for a line on standard
-        /// input before going on (exit when the input ends). The manager keeps one ready so
-        /// that a recovery does not wait for a process to start.
+        /// input before going on (exit when the input ends), and print "listening" on
+        /// standard output once it listens. The manager keeps one ready so that a recovery
+        /// does not wait for a process to start.
         #[arg(long)]
         standby: bool,
     },
@@ -177,10 +181,7 @@ fn main() -> Result<()> {
         } => {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
             chc_dataplane::cluster::exit_with_parent(format!("{vertex}/{index}"));
-            if standby && !chc_dataplane::cluster::wait_for_go() {
-                return Ok(());
-            }
-            chc_dataplane::cluster::node::run_instance(&p, &vertex, index, replacement)
+            chc_dataplane::cluster::node::run_instance(&p, &vertex, index, replacement, standby)
                 .map_err(anyhow::Error::msg)
         }
         Cmd::Root {
@@ -193,7 +194,8 @@ fn main() -> Result<()> {
             if standby && !chc_dataplane::cluster::wait_for_go() {
                 return Ok(());
             }
-            chc_dataplane::cluster::rootproc::run_root(&p, recover).map_err(anyhow::Error::msg)
+            chc_dataplane::cluster::rootproc::run_root(&p, recover, standby)
+                .map_err(anyhow::Error::msg)
         }
         Cmd::Check { chain } => {
             let c = load_chain(&chain)?;

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What to kill.
@@ -89,6 +89,9 @@ pub struct Recovery {
     pub at_ms: f64,
     /// From the kill to the replacement serving (ms).
     pub ms: f64,
+    /// When the replacement was woken or started, once the failed process was reaped (ms
+    /// since the start of the run): where a recovery starts if detection is left out.
+    pub launched_ms: f64,
     /// A warm spare took over (else a process started after the failure).
     pub spare: bool,
 }
@@ -162,6 +165,25 @@ struct Spare {
     log: PathBuf,
     child: Child,
     go: ChildStdin,
+    /// Says "listening" once it serves.
+    ready: ChildStdout,
+}
+
+/// A replacement started and not listening yet. The run goes on meanwhile (the source keeps
+/// sending, the sink keeps receiving), as traffic would.
+struct Awaited {
+    what: Victim,
+    killed: Instant,
+    launched_ms: f64,
+    spare: bool,
+    /// When it was seen listening.
+    ready: Option<Instant>,
+}
+
+/// From a thread watching a replacement start: it listens (when), or it died first.
+enum Started {
+    Listening(Victim, Instant),
+    Failed(String, PathBuf),
 }
 
 /// How long after a recovery its victim gets a new spare: starting one takes CPU the
@@ -179,6 +201,7 @@ struct Cluster<'a> {
     /// Processes started so far per name (numbers the logs: a replacement's log is new).
     spawned: HashMap<String, usize>,
     report: ClusterReport,
+    started_tx: crossbeam::channel::Sender<Started>,
 }
 
 /// A run that ends early (an error, a missed deadline) takes its processes with it.
@@ -195,12 +218,13 @@ impl Drop for Cluster<'_> {
 }
 
 impl<'a> Cluster<'a> {
-    /// Starts the process for `what` (without waiting for it), its stderr in a new log.
+    /// Starts the process for `what` (without waiting for it), its stderr in a new log; a
+    /// spare's standard input and output are pipes (its wake-up call, its "listening").
     fn launch(
         &mut self,
         what: Victim,
         extra: &[&str],
-        stdin: Stdio,
+        spare: bool,
     ) -> Result<(String, PathBuf, Child), ClusterError> {
         let (name, mut cmd) = match what {
             Victim::Store => {
@@ -247,9 +271,10 @@ impl<'a> Cluster<'a> {
         let log = self.o.run_dir.join(format!("{name}.{n}.log"));
         let f = std::fs::File::create(&log)
             .map_err(|e| ClusterError::Setup(format!("{}: {e}", log.display())))?;
+        let pipe = || if spare { Stdio::piped() } else { Stdio::null() };
         let child = cmd
-            .stdin(stdin)
-            .stdout(Stdio::null())
+            .stdin(pipe())
+            .stdout(pipe())
             .stderr(f)
             .spawn()
             .map_err(|e| {
@@ -286,8 +311,45 @@ impl<'a> Cluster<'a> {
     }
 
     fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
-        let (name, log, child) = self.launch(what, extra, Stdio::null())?;
+        let (name, log, child) = self.launch(what, extra, false)?;
         self.started(what, name, log, child)
+    }
+
+    /// Adds a replacement and watches, on a thread, for it to listen: a spare says so on its
+    /// output; a new process is probed.
+    fn started_async(
+        &mut self,
+        what: Victim,
+        name: String,
+        log: PathBuf,
+        child: Child,
+        ready: Option<ChildStdout>,
+    ) {
+        self.procs.push(Proc {
+            what,
+            name: name.clone(),
+            child,
+        });
+        let addr = self.addr(what);
+        let tx = self.started_tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("replacement-watch".into())
+            .spawn(move || {
+                let ok = match ready {
+                    Some(out) => {
+                        let mut line = String::new();
+                        let mut r = std::io::BufReader::new(out);
+                        matches!(std::io::BufRead::read_line(&mut r, &mut line), Ok(n) if n > 0)
+                            && line.starts_with("listening")
+                    }
+                    None => wait_listening(addr, Duration::from_secs(60)),
+                };
+                let _ = tx.send(if ok {
+                    Started::Listening(what, Instant::now())
+                } else {
+                    Started::Failed(name, log)
+                });
+            });
     }
 
     /// The flag a process taking over from a failed `what` runs with.
@@ -305,20 +367,23 @@ impl<'a> Cluster<'a> {
             return Ok(());
         }
         let flags = [Self::takeover_flag(what), "--standby"];
-        let (name, log, mut child) = self.launch(what, &flags, Stdio::piped())?;
+        let (name, log, mut child) = self.launch(what, &flags, true)?;
         let go = child.stdin.take().expect("piped stdin");
+        let ready = child.stdout.take().expect("piped stdout");
         self.spares.push(Spare {
             what,
             name,
             log,
             child,
             go,
+            ready,
         });
         Ok(())
     }
 
     /// Starts what takes over from a failed `what`: its spare if it has a live one, else a
-    /// new process. Returns whether the spare took over.
+    /// new process; does not wait for it to listen (a [`Started`] says when). Returns whether
+    /// the spare took over.
     fn replace(&mut self, what: Victim) -> Result<bool, ClusterError> {
         let flag = Self::takeover_flag(what);
         let extra: &[&str] = if flag.is_empty() { &[] } else { &[flag] };
@@ -326,12 +391,15 @@ impl<'a> Cluster<'a> {
             let mut s = self.spares.swap_remove(k);
             self.spares_due.push((what, Instant::now() + SPARE_DELAY));
             if writeln!(s.go, "go").is_ok() {
-                return self.started(what, s.name, s.log, s.child).map(|()| true);
+                self.started_async(what, s.name, s.log, s.child, Some(s.ready));
+                return Ok(true);
             }
             let _ = s.child.kill();
             let _ = s.child.wait();
         }
-        self.spawn(what, extra).map(|()| false)
+        let (name, log, child) = self.launch(what, extra, false)?;
+        self.started_async(what, name, log, child, None);
+        Ok(false)
     }
 
     /// Starts the spares that are due.
@@ -423,6 +491,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     }
     let sink = Inbox::bind(plan.sink)
         .map_err(|e| ClusterError::Setup(format!("sink {}: {e}", plan.sink)))?;
+    let (started_tx, started_rx) = crossbeam::channel::unbounded();
     let mut c = Cluster {
         o,
         plan: plan.clone(),
@@ -432,6 +501,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         spares_due: Vec::new(),
         spawned: HashMap::new(),
         report: ClusterReport::default(),
+        started_tx,
     };
     c.spawn(Victim::Store, &[])?;
     for (vi, v) in o.chain.vertices.iter().enumerate() {
@@ -490,6 +560,8 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     let mut faults: VecDeque<Fault> = faults.into();
     // Pending recoveries: (what, killed at).
     let mut pending_recovery: Vec<(Victim, Instant)> = Vec::new();
+    // Replacements started, in the order their replays are asked for.
+    let mut awaited: VecDeque<Awaited> = VecDeque::new();
     let mut buf = Vec::new();
     let deadline = o.deadline;
     loop {
@@ -657,41 +729,71 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         });
         for (v, t) in std::mem::take(&mut pending_recovery) {
             busy = true;
-            let spare = match v {
-                Victim::Store => {
-                    c.spawn(Victim::Store, &[])?;
-                    false
-                }
-                Victim::Root => {
-                    let spare = c.replace(Victim::Root)?;
-                    // Even with nothing new to send, the new root must get what is not
-                    // acknowledged and the end of input.
-                    source.reconnect(Duration::from_secs(30));
-                    spare
-                }
-                Victim::Instance(vi, i) => {
-                    let spare = c.replace(Victim::Instance(vi, i))?;
-                    source.send(&Frame::Replay(o.chain.vertices[vi].id));
-                    spare
-                }
-            };
-            c.report.recoveries.push(Recovery {
-                what: format!("{v:?}"),
-                at_ms: t.duration_since(started).as_secs_f64() * 1e3,
-                ms: t.elapsed().as_secs_f64() * 1e3,
+            let launched_ms = started.elapsed().as_secs_f64() * 1e3;
+            let spare = c.replace(v)?;
+            awaited.push_back(Awaited {
+                what: v,
+                killed: t,
+                launched_ms,
                 spare,
+                ready: None,
+            });
+        }
+        while let Ok(s) = started_rx.try_recv() {
+            busy = true;
+            match s {
+                Started::Listening(v, at) => {
+                    if let Some(a) = awaited
+                        .iter_mut()
+                        .find(|a| a.what == v && a.ready.is_none())
+                    {
+                        a.ready = Some(at);
+                    }
+                }
+                Started::Failed(name, log) => return Err(ClusterError::Crashed(name, log)),
+            }
+        }
+        // Replays in the order the recoveries were sorted in: a replacement listening early
+        // waits for those before it.
+        while let Some(at) = awaited.front().and_then(|a| a.ready) {
+            let a = awaited.pop_front().expect("front");
+            match a.what {
+                Victim::Store => {}
+                // Even with nothing new to send, the new root must get what is not
+                // acknowledged and the end of input.
+                Victim::Root => {
+                    source.reconnect(Duration::from_secs(30));
+                }
+                Victim::Instance(vi, _) => source.send(&Frame::Replay(o.chain.vertices[vi].id)),
+            }
+            c.report.recoveries.push(Recovery {
+                what: format!("{:?}", a.what),
+                at_ms: a.killed.duration_since(started).as_secs_f64() * 1e3,
+                ms: at.duration_since(a.killed).as_secs_f64() * 1e3,
+                launched_ms: a.launched_ms,
+                spare: a.spare,
             });
         }
         c.refill_spares()?;
-        if input_done && unacked.is_empty() && drained && exits_done.len() >= exits {
+        if input_done
+            && unacked.is_empty()
+            && drained
+            && exits_done.len() >= exits
+            && awaited.is_empty()
+        {
             break;
         }
         if started.elapsed() > deadline {
             return Err(ClusterError::Timeout(deadline));
         }
         if !busy {
-            // Paced, the sink's clock is part of the measurement: look again sooner.
-            let idle = if o.rate_pps.is_some() { 50 } else { 500 };
+            // Paced, the sink's clock is part of the measurement, and a replacement's replay
+            // is on a recovery's critical path: look again sooner.
+            let idle = if o.rate_pps.is_some() || !awaited.is_empty() {
+                50
+            } else {
+                500
+            };
             std::thread::sleep(Duration::from_micros(idle));
         }
     }

@@ -25,6 +25,7 @@ pub mod rootproc;
 
 use crate::config::Chain;
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -53,6 +54,14 @@ pub fn exit_with_parent(what: String) {
 pub fn wait_for_go() -> bool {
     let mut line = String::new();
     matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+}
+
+/// A woken spare tells the manager it listens (one line on its standard output, which the
+/// manager reads; quicker than being probed).
+pub fn say_listening() {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening");
+    let _ = out.flush();
 }
 
 /// Where everything of one cluster run is.

@@ -90,6 +90,16 @@ impl Outlet {
         self.last_try = None;
     }
 
+    /// Connects now if not connected (a warm spare opens its links before it is woken);
+    /// a failure leaves the next send free to try again at once.
+    pub fn connect_now(&mut self) -> bool {
+        let ok = self.stream.is_some() || self.connect();
+        if !ok {
+            self.last_try = None;
+        }
+        ok
+    }
+
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()
     }

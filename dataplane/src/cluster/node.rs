@@ -55,12 +55,16 @@ pub const BATCH_FRAMES: usize = 64;
 /// The most per-flow state (bytes of values per store shard) a replacement loads in one go.
 const PRELOAD_LIMIT: usize = 8 << 20;
 
-/// Runs instance `index` of vertex `vertex` until its senders are done.
+/// Runs instance `index` of vertex `vertex` until its senders are done. A `standby` process
+/// (a warm spare) first does what needs neither the store nor its address (the chain, its
+/// links to the root, the sink and the next instances, which are all up), waits for the
+/// manager's go ([`super::wait_for_go`]) and says "listening" on its output once it listens.
 pub fn run_instance(
     plan: &Plan,
     vertex: &str,
     index: u16,
     replacement: bool,
+    standby: bool,
 ) -> Result<(), String> {
     let chain = plan.chain()?;
     let vi = chain
@@ -75,37 +79,6 @@ pub fn run_instance(
         .and_then(|a| a.get(index as usize))
         .ok_or_else(|| format!("vertex {vertex} has no instance {index}"))?;
     let me = Peer::Instance(v.id, index);
-    let client = if v.mode == chc_store::client::cache::Mode::Traditional {
-        None
-    } else {
-        let base = (u64::from(v.id) << 32) | u64::from(index) << 16;
-        let id = base | u64::from(replacement);
-        let opts = TcpOptions {
-            token: None,
-            connect_timeout: Duration::from_secs(30),
-            // The store serves a replacement once the failed instance's last operations are
-            // applied (an earlier replacement of the same instance had the same id).
-            supersedes: if replacement {
-                vec![base, base | 1]
-            } else {
-                Vec::new()
-            },
-        };
-        let mut c =
-            StoreClient::connect(&plan.store, id, opts).map_err(|e| format!("store: {e}"))?;
-        c.call_timeout = Duration::from_secs(60);
-        Some(c)
-    };
-    // One-time initialisation: every traditional instance (its state is its own), else the
-    // first instance (shared state), never a replacement.
-    let init =
-        v.mode == chc_store::client::cache::Mode::Traditional || (!replacement && index == 0);
-    let mut inst = NfInstance::with_client(&v, index, client, init)?;
-    // Listening tells the manager the instance is ready: its state is initialised.
-    let inbox = Inbox::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
-    if replacement {
-        inst.state.set_fresh(false);
-    }
     let anc = ancestors(&chain);
     // The vertex (chain index) a replay with this clone id is for.
     let target_of = |id: u16| chain.vertices.iter().position(|x| x.id == id);
@@ -122,6 +95,68 @@ pub fn run_instance(
     let mut taps: Vec<Down> = v.taps.iter().map(|&t| down(t)).collect();
     let mut root = Outlet::new(plan.root, me);
     let mut sink = Outlet::new(plan.sink, me);
+    let connect_store = |patient: bool| -> Result<Option<StoreClient>, String> {
+        if v.mode == chc_store::client::cache::Mode::Traditional {
+            return Ok(None);
+        }
+        let base = (u64::from(v.id) << 32) | u64::from(index) << 16;
+        let id = base | u64::from(replacement);
+        let opts = TcpOptions {
+            token: None,
+            connect_timeout: Duration::from_secs(30),
+            // The store serves a replacement once the failed instance's last operations are
+            // applied (an earlier replacement of the same instance had the same id).
+            supersedes: if replacement {
+                vec![base, base | 1]
+            } else {
+                Vec::new()
+            },
+            patient,
+        };
+        let mut c =
+            StoreClient::connect(&plan.store, id, opts).map_err(|e| format!("store: {e}"))?;
+        c.call_timeout = Duration::from_secs(60);
+        Ok(Some(c))
+    };
+    // One-time initialisation: every traditional instance (its state is its own), else the
+    // first instance (shared state), never a replacement.
+    let init =
+        v.mode == chc_store::client::cache::Mode::Traditional || (!replacement && index == 0);
+    let build = |client| NfInstance::with_client(&v, index, client, init);
+    let mut inst = if standby {
+        let links = next
+            .iter_mut()
+            .chain(taps.iter_mut())
+            .flat_map(|d| d.outs.iter_mut());
+        for o in links.chain([&mut root, &mut sink]) {
+            o.connect_now();
+        }
+        // A spare for a replacement connects to the store now: the store answers once the
+        // instance it stands by for is gone and every operation it sent is applied, so after
+        // a failure its state client is ready, or nearly, when the go comes.
+        let inst = if replacement {
+            Some(build(connect_store(true)?)?)
+        } else {
+            None
+        };
+        if !super::wait_for_go() {
+            return Ok(());
+        }
+        match inst {
+            Some(i) => i,
+            None => build(connect_store(false)?)?,
+        }
+    } else {
+        build(connect_store(false)?)?
+    };
+    // Listening tells the manager the instance is ready: its state is initialised.
+    let inbox = Inbox::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    if standby {
+        super::say_listening();
+    }
+    if replacement {
+        inst.state.set_fresh(false);
+    }
     eprintln!(
         "chc-dataplane: {vertex}/{index} listening on {}{}",
         inbox.addr,
@@ -134,6 +169,8 @@ pub fn run_instance(
     // A replacement processes replayed packets first and holds the rest back.
     let mut holding = replacement;
     let mut held: Vec<LinkPkt> = Vec::new();
+    // Clocks of the new (not replayed) packets held.
+    let mut held_new: HashSet<u64> = HashSet::new();
     let mut replay_done_from: HashSet<Peer> = HashSet::new();
     let mut max_root_seq = 0u64;
     // Connections from a root still open, and a new root's question held until the old
@@ -255,7 +292,24 @@ pub fn run_instance(
                                 let for_upstream =
                                     || target_of(p.meta.clone_id).is_some_and(|t| anc[vi][t]);
                                 if holding && (!replay || for_upstream()) {
+                                    if !replay {
+                                        held_new.insert(p.meta.clock);
+                                    }
                                     held.push(p);
+                                } else if holding
+                                    && held_new.contains(&p.meta.clock)
+                                    && target_of(p.meta.clone_id) == Some(vi)
+                                {
+                                    // Its own replay brings a packet that also came to this
+                                    // replacement as new, so the failed instance never had
+                                    // it: it is processed as new, in its place in the replay
+                                    // (the copy held is then absorbed), instead of on a
+                                    // replay's slow path (reads as of its clock, each a
+                                    // round trip to the store). Replays for an instance
+                                    // downstream go on as replays, to keep their order.
+                                    let mut p = p;
+                                    p.meta.flags.0 &= !MetaFlags::REPLAY;
+                                    handle!(p);
                                 } else {
                                     handle!(p);
                                 }
@@ -300,6 +354,7 @@ pub fn run_instance(
                                     }
                                     holding = false;
                                     root.send(&Frame::ReplayDone(v.id));
+                                    held_new = HashSet::new();
                                     for p in std::mem::take(&mut held) {
                                         handle!(p);
                                     }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 /// window is far smaller).
 const TAKEN_SPAN: usize = 4096;
 
-pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
+/// Runs the root; a woken spare (`standby`) says "listening" on its output once it listens.
+pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String> {
     let chain = plan.chain()?;
     let cfg = RootConfig {
         root_id: chain.root.id,
@@ -29,6 +30,9 @@ pub fn run_root(plan: &Plan, recover: bool) -> Result<(), String> {
         persist_every: chain.root.persist_every,
     };
     let inbox = Inbox::bind(plan.root).map_err(|e| format!("listening on {}: {e}", plan.root))?;
+    if standby {
+        super::say_listening();
+    }
     let opts = TcpOptions {
         token: None,
         connect_timeout: Duration::from_secs(30),
