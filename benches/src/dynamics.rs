@@ -210,7 +210,7 @@ pub fn run_dynamics(a: &DynamicsArgs) -> Result<serde_json::Value> {
         for n in crashes(&r, &mut rep.failures)? {
             rep.push(n);
         }
-        if let Some(n) = nf_crash_latency(&r, &mut rep.failures)? {
+        for n in nf_crash_latency(&r, &mut rep.failures)? {
             rep.push(n);
         }
     }
@@ -1062,7 +1062,9 @@ fn crashes(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Vec<Noted>> {
         }
         let start = if spares {
             "the manager wakes the warm spare it keeps (a process already started, waiting \
-             with --standby), which then connects to the store and listens"
+             with --standby; an instance's spare has its links open and its store connection \
+             made, answered by the store once the killed instance is gone), which then \
+             listens and says so"
         } else {
             "the manager starts a new process (--no-spares), which then connects to the store \
              and listens"
@@ -1111,14 +1113,15 @@ fn crashes(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Vec<Noted>> {
 }
 
 /// When per-packet latency is back to normal after a failure at `kill_ms`, from a run's
-/// latency series ((ms since start, µs) per output packet, in output order). Latency is
-/// judged over windows of `WINDOW` consecutive output packets: the disruption starts with the
-/// first window after the failure whose median is above twice the median before it, and
-/// ends with the first window after that whose median is back below; later noise on a shared
-/// machine does not count. Returns (ms from the failure to the end of that window, or 0
-/// without a disruption; median before in µs; peak after in µs).
+/// latency series ((ms since start, µs) per output packet, in output order). As in the
+/// paper's Fig 3.19, latency is judged over windows of 500 µs, here laid from the failure on:
+/// the disruption starts with the first window whose median is above twice the median before
+/// the failure, or that has no output at all, and ends with the first window after that whose
+/// median is back below; later noise on a shared machine does not count. Returns (ms from the
+/// failure to the end of that window, or 0 without a disruption; median before in µs; peak
+/// after in µs), or `None` with too little before the failure or no recovery in the series.
 pub fn back_to_normal(series: &[(f64, f64)], kill_ms: f64) -> Option<(f64, f64, f64)> {
-    const WINDOW: usize = 32;
+    const WINDOW_MS: f64 = 0.5;
     // The first tenth is warm-up (connections being set up, caches filling).
     let warm = series.len() / 10;
     let before: Vec<f64> = series[warm..]
@@ -1126,19 +1129,29 @@ pub fn back_to_normal(series: &[(f64, f64)], kill_ms: f64) -> Option<(f64, f64, 
         .take_while(|s| s.0 < kill_ms)
         .map(|s| s.1)
         .collect();
-    if before.len() < WINDOW {
+    if before.len() < 32 {
         return None;
     }
     let normal = median(&before);
     let after = &series[warm + before.len()..];
     let peak = after.iter().map(|s| s.1).fold(0.0, f64::max);
-    let slow = |w: &[(f64, f64)]| median(&w.iter().map(|s| s.1).collect::<Vec<_>>()) > 2.0 * normal;
-    let mut windows = after.windows(WINDOW);
-    if !windows.any(slow) {
-        return Some((0.0, normal, peak));
+    let end = after.last()?.0;
+    let (mut i, mut disrupted) = (0, false);
+    for k in 0.. {
+        let hi = kill_ms + f64::from(k + 1) * WINDOW_MS;
+        if hi - WINDOW_MS > end {
+            break;
+        }
+        let j = i + after[i..].partition_point(|s| s.0 < hi);
+        let w: Vec<f64> = after[i..j].iter().map(|s| s.1).collect();
+        i = j;
+        if w.is_empty() || median(&w) > 2.0 * normal {
+            disrupted = true;
+        } else if disrupted {
+            return Some((hi - kill_ms, normal, peak));
+        }
     }
-    let back = windows.find(|w| !slow(w))?;
-    Some((back[WINDOW - 1].0 - kill_ms, normal, peak))
+    (!disrupted).then_some((0.0, normal, peak))
 }
 
 /// Writes a run's per-packet latency series (and its failures' times) for plotting.
@@ -1165,8 +1178,10 @@ fn write_series(path: &Path, r: &ClusterReport) -> Result<()> {
 const LOAD: f64 = 0.1;
 
 /// The NF crash row the paper reports: per-packet latency back to normal after a NAT
-/// instance is killed under load (processes, end to end).
-fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Option<Noted>> {
+/// instance is killed under load (processes, end to end). Two rows: from the replacement's
+/// launch, as the paper counts (it assumes the failover container is launched at once), and
+/// from the kill, with the wait for the killed process to be reaped.
+fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Vec<Noted>> {
     let (reps, bin_dir, dir, keep, spares) = r.parts();
     let chain = nat_chain()?;
     let packets = 20_000u64;
@@ -1186,8 +1201,8 @@ fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Opti
     };
     let capacity = r.latency.len() as f64 / (span_ms / 1e3);
     let rate = (capacity * LOAD).max(1.0) as u64;
-    let (mut ms, mut normal, mut peak, mut failed) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ms, mut launch, mut normal, mut peak, mut failed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..reps {
         let run_dir = dir.join(format!("cluster-nf-latency-{i}"));
         let fault = Fault {
@@ -1199,13 +1214,12 @@ fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Opti
             write_series(&run_dir.join("latency.csv"), r)?;
         }
         match run {
-            Ok(r) => match r
-                .recoveries
-                .first()
-                .and_then(|rec| back_to_normal(&r.latency, rec.at_ms))
-            {
-                Some((m, n, p)) => {
+            Ok(r) => match r.recoveries.first().and_then(|rec| {
+                back_to_normal(&r.latency, rec.at_ms).map(|b| (b, rec.launched_ms - rec.at_ms))
+            }) {
+                Some(((m, n, p), reaped)) => {
                     ms.push(m);
+                    launch.push((m - reaped).max(0.0));
                     normal.push(n);
                     peak.push(p);
                 }
@@ -1224,42 +1238,75 @@ fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Opti
             "NF crash latency: every run failed ({})",
             failed.join("; ")
         ));
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    Ok(Some(Noted {
-        row: Row::from_samples(
-            "NF crash: per-packet latency back to normal (processes, paced load)",
-            "ms",
-            &ms,
-            &[PAPER_NF_MS],
-            "CHC paper, §3.6.3 R6 (latency back to normal 4.5 ms after an NF crash, 30 % load)",
-            Better::Lower,
-            2.0 / PAPER_NF_MS,
-        ),
-        notes: format!(
-            "every component its own process; the NAT instance is killed (SIGKILL) after a \
-             third of the output at {rate} pkt/s ({:.0} % of the {capacity:.0} pkt/s the same \
-             trace ran at unpaced without a failure; the paper used 30 %); latency from the \
-             source sending a packet to the sink receiving it; back to normal = the first \
-             window of 32 output packets, after the disruption, whose median is again within \
-             twice the median before the kill ({:.0} us); peak \
-             after the kill {:.1} ms; the replacement is {} (medians){}",
-            LOAD * 100.0,
-            median(&normal),
-            median(&peak) / 1e3,
-            if spares {
-                "the manager's warm spare, woken once the killed process is reaped (it then \
-                 connects to the store, listens and is replayed to)"
-            } else {
-                "a new process started once the killed process is reaped (--no-spares)"
-            },
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!("; {} runs failed: {}", failed.len(), failed.join("; "))
-            }
-        ),
-    }))
+    let how = format!(
+        "every component its own process; the NAT instance is killed (SIGKILL) after a third \
+         of the output at {rate} pkt/s ({:.0} % of the {capacity:.0} pkt/s the same trace ran \
+         at unpaced without a failure; the paper used 30 %); latency from the source sending a \
+         packet to the sink receiving it; back to normal = the end of the first 500 us window \
+         (laid from the kill on, as the paper's 500 us averages), after the disruption, whose \
+         median is again within twice the median before the kill ({:.0} us); a window without \
+         output counts as disrupted; peak after the kill {:.1} ms; the replacement is {} \
+         (medians){}",
+        LOAD * 100.0,
+        median(&normal),
+        median(&peak) / 1e3,
+        if spares {
+            "the manager's warm spare, woken once the killed process is reaped (its links \
+             and its store connection are ready by then; it listens and is replayed to, while \
+             the source keeps sending)"
+        } else {
+            "a new process started once the killed process is reaped (--no-spares)"
+        },
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; {} runs failed: {}", failed.len(), failed.join("; "))
+        }
+    );
+    let paper = "CHC paper, §3.6.3 R6 (latency back to normal 4.5 ms after an NF crash, 30 % load)";
+    Ok(vec![
+        Noted {
+            row: Row::from_samples(
+                "NF crash: per-packet latency back to normal from the replacement's launch \
+                 (processes, paced load)",
+                "ms",
+                &launch,
+                &[PAPER_NF_MS],
+                paper,
+                Better::Lower,
+                2.0 / PAPER_NF_MS,
+            ),
+            notes: format!(
+                "counted, as the paper does (it assumes the failover container is launched at \
+                 once), from the moment the replacement is woken, which is after the killed \
+                 process is reaped; {how}"
+            ),
+        },
+        Noted {
+            row: Row::from_samples(
+                "NF crash: per-packet latency back to normal from the kill (processes, paced \
+                 load)",
+                "ms",
+                &ms,
+                &[PAPER_NF_MS],
+                paper,
+                Better::Lower,
+                2.0 / PAPER_NF_MS,
+            ),
+            notes: format!(
+                "the row above plus the wait for the kernel to reap the killed process (median \
+                 {:.2} ms here), which the paper's figure leaves out; {how}",
+                median(
+                    &ms.iter()
+                        .zip(&launch)
+                        .map(|(a, b)| a - b)
+                        .collect::<Vec<f64>>()
+                )
+            ),
+        },
+    ])
 }
 
 #[cfg(test)]
@@ -1269,11 +1316,11 @@ mod tests {
 
     #[test]
     fn latency_is_back_to_normal_when_the_slow_stretch_ends() {
-        // 1 ms per packet, 100 us latency; a kill at 500 ms; packets slow until 530 ms.
-        let series: Vec<(f64, f64)> = (0..1000)
+        // A packet every 0.1 ms, 100 us latency; a kill at 500 ms; packets slow until 503 ms.
+        let series: Vec<(f64, f64)> = (0..10_000)
             .map(|i| {
-                let at = i as f64;
-                let us = if (500.0..530.0).contains(&at) {
+                let at = f64::from(i) / 10.0;
+                let us = if (500.0..503.0).contains(&at) {
                     20_000.0
                 } else {
                     100.0
@@ -1284,19 +1331,27 @@ mod tests {
         let (ms, normal, peak) = back_to_normal(&series, 500.0).unwrap();
         assert_eq!(normal, 100.0);
         assert_eq!(peak, 20_000.0);
-        // The first window with a normal median again ends past the slow stretch, within a
-        // window of its end.
-        assert!((30.0..=30.0 + 32.0).contains(&ms), "{ms}");
+        // The first 500 us window from the kill on with a normal median again: [503, 503.5).
+        assert!((ms - 3.5).abs() < 1e-9, "{ms}");
         // Noise long after the recovery does not count.
         let mut noisy = series.clone();
-        for s in &mut noisy[800..840] {
+        for s in &mut noisy[8000..8040] {
             s.1 = 9_000.0;
         }
         assert_eq!(back_to_normal(&noisy, 500.0).unwrap().0, ms);
+        // No output at all for 2 ms is a disruption too, even with fast packets on either side.
+        let gap: Vec<(f64, f64)> = series
+            .iter()
+            .filter(|s| !(500.0..502.0).contains(&s.0))
+            .map(|s| (s.0, 100.0))
+            .collect();
+        assert!((back_to_normal(&gap, 500.0).unwrap().0 - 2.5).abs() < 1e-9);
         // Nothing slow: back at once.
-        let calm: Vec<(f64, f64)> = (0..1000).map(|i| (i as f64, 100.0)).collect();
+        let calm: Vec<(f64, f64)> = (0..10_000).map(|i| (f64::from(i) / 10.0, 100.0)).collect();
         assert_eq!(back_to_normal(&calm, 500.0).unwrap().0, 0.0);
-        assert!(back_to_normal(&calm[..20], 10.0).is_none());
+        assert!(back_to_normal(&calm[..20], 1.0).is_none());
+        // Still slow when the series ends: no recovery to report.
+        assert!(back_to_normal(&series[..5020], 500.0).is_none());
     }
 
     #[test]
