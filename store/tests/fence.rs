@@ -133,6 +133,35 @@ fn a_patient_replacement_waits_for_the_live_client_without_closing_it() {
     s.shutdown();
 }
 
+/// A patient connection broken while it waits (the store went away) is not made again: a
+/// store that comes back may not know yet the clients it supersedes and would let it through
+/// while they live. Connecting fails at once instead of retrying.
+#[test]
+fn a_patient_replacement_whose_store_goes_away_fails_instead_of_retrying() {
+    let s = store();
+    let addr = s.native_addr.expect("listening");
+    let _failed = failed_client(&s, 1);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = TcpOptions {
+            connect_timeout: Duration::from_secs(20),
+            supersedes: vec![FAILED],
+            patient: true,
+            ..Default::default()
+        };
+        let _ = tx.send(StoreClient::connect(&[addr], REPLACEMENT, opts).is_ok());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    s.shutdown();
+    let connected = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("connecting ends soon after the store is gone");
+    assert!(
+        !connected,
+        "a patient connection was made without its fence"
+    );
+}
+
 #[test]
 fn clients_that_supersede_nobody_connected_are_not_held() {
     let s = store();

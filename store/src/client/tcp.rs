@@ -24,7 +24,8 @@ pub struct TcpOptions {
     pub supersedes: Vec<u64>,
     /// Connecting waits for the superseded clients to end however long they live
     /// (`Hello.patient`): a warm spare connects ahead of the failure. Only the first
-    /// connection waits so; a reconnection later does not.
+    /// connection waits so; a reconnection later does not, and a patient connection that
+    /// breaks while it waits is not made again (connecting fails).
     pub patient: bool,
 }
 
@@ -37,6 +38,15 @@ impl Default for TcpOptions {
             patient: false,
         }
     }
+}
+
+/// What a handshake brings: the stream, the shard's Hello reply, and whatever the shard sent
+/// behind it (for the reader: a client that takes over a failed one's client id gets its
+/// subscriptions' pushes from the moment it is served).
+struct Handshake {
+    stream: TcpStream,
+    hello: wire::HelloReply,
+    rest: BytesMut,
 }
 
 struct Conn {
@@ -75,37 +85,31 @@ impl TcpLinks {
         let mut customs = None;
         for &addr in addrs {
             let base = links.conns.len() as u32;
-            let (s, hello) = links.handshake(addr, 0, base)?;
-            let n = hello.shards;
+            let h = links.handshake(addr, 0, base)?;
+            let n = h.hello.shards;
             if customs.is_none() {
-                customs = Some(hello.custom_ops.clone());
+                customs = Some(h.hello.custom_ops.clone());
             }
-            links.push_conn(addr, 0, s, hello.applied_seq);
+            links.push_conn(addr, 0, h);
             for local in 1..n {
-                let (s, h) = links.handshake(addr, local, base + local)?;
-                links.push_conn(addr, local, s, h.applied_seq);
+                let h = links.handshake(addr, local, base + local)?;
+                links.push_conn(addr, local, h);
             }
         }
         links.opts.patient = false;
         Ok((links, customs.unwrap_or_default()))
     }
 
-    fn push_conn(
-        &mut self,
-        addr: SocketAddr,
-        local_shard: u32,
-        stream: TcpStream,
-        applied_seq: u64,
-    ) {
+    fn push_conn(&mut self, addr: SocketAddr, local_shard: u32, h: Handshake) {
         let broken = Arc::new(AtomicBool::new(false));
         let global = self.conns.len() as u32;
-        self.spawn_reader(&stream, global, broken.clone());
+        self.spawn_reader(&h.stream, global, broken.clone(), h.rest);
         self.conns.push(Conn {
             addr,
             local_shard,
-            stream: Some(stream),
+            stream: Some(h.stream),
             broken,
-            applied_seq,
+            applied_seq: h.hello.applied_seq,
         });
     }
 
@@ -122,13 +126,17 @@ impl TcpLinks {
         addr: SocketAddr,
         local: u32,
         global: u32,
-    ) -> Result<(TcpStream, wire::HelloReply), ClientError> {
+    ) -> Result<Handshake, ClientError> {
         let deadline = Instant::now() + self.opts.connect_timeout;
         let mut delay = Duration::from_millis(10);
         loop {
             match self.try_handshake(addr, local) {
                 Ok(x) => return Ok(x),
                 Err(e @ ClientError::Refused(_)) => return Err(e),
+                // A patient connection that broke while it waited (the store restarted) is
+                // not made again: the new store may not know yet the clients it supersedes,
+                // which would let it through while they live.
+                Err(e) if self.opts.patient => return Err(e),
                 Err(e) => {
                     if Instant::now() + delay > deadline {
                         return Err(ClientError::Unavailable(format!(
@@ -142,11 +150,7 @@ impl TcpLinks {
         }
     }
 
-    fn try_handshake(
-        &self,
-        addr: SocketAddr,
-        local: u32,
-    ) -> Result<(TcpStream, wire::HelloReply), ClientError> {
+    fn try_handshake(&self, addr: SocketAddr, local: u32) -> Result<Handshake, ClientError> {
         let io = |e: std::io::Error| ClientError::Unavailable(e.to_string());
         let mut s = TcpStream::connect_timeout(&addr, self.opts.connect_timeout).map_err(io)?;
         s.set_nodelay(true).map_err(io)?;
@@ -177,18 +181,17 @@ impl TcpLinks {
                     if !f.error.is_empty() {
                         return Err(ClientError::Refused(f.error));
                     }
-                    let Some(h) = f.hello else {
+                    let Some(hello) = f.hello else {
                         return Err(ClientError::Unavailable(
                             "server did not answer the Hello".into(),
                         ));
                     };
                     s.set_read_timeout(None).map_err(io)?;
-                    if !buf.is_empty() {
-                        return Err(ClientError::Unavailable(
-                            "unexpected data after the Hello reply".into(),
-                        ));
-                    }
-                    return Ok((s, h));
+                    return Ok(Handshake {
+                        stream: s,
+                        hello,
+                        rest: buf,
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -205,7 +208,7 @@ impl TcpLinks {
         }
     }
 
-    fn spawn_reader(&self, s: &TcpStream, global: u32, broken: Arc<AtomicBool>) {
+    fn spawn_reader(&self, s: &TcpStream, global: u32, broken: Arc<AtomicBool>, rest: BytesMut) {
         let Ok(mut s) = s.try_clone() else {
             broken.store(true, Ordering::SeqCst);
             return;
@@ -214,13 +217,10 @@ impl TcpLinks {
         let _ = std::thread::Builder::new()
             .name(format!("store-rx-{global}"))
             .spawn(move || {
-                let mut buf = BytesMut::with_capacity(256 * 1024);
+                let mut buf = rest;
+                buf.reserve(256 * 1024);
                 let mut chunk = vec![0u8; 256 * 1024];
                 loop {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
                     loop {
                         match wire::take_frame::<wire::ServerFrame>(
                             &mut buf,
@@ -240,6 +240,10 @@ impl TcpLinks {
                                 return;
                             }
                         }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
                 broken.store(true, Ordering::SeqCst);
@@ -283,14 +287,14 @@ impl TcpLinks {
             let c = &self.conns[shard as usize];
             (c.addr, c.local_shard)
         };
-        let (s, h) = self.handshake(addr, local, shard)?;
+        let h = self.handshake(addr, local, shard)?;
         let broken = Arc::new(AtomicBool::new(false));
-        self.spawn_reader(&s, shard, broken.clone());
+        self.spawn_reader(&h.stream, shard, broken.clone(), h.rest);
         let c = &mut self.conns[shard as usize];
-        c.stream = Some(s);
+        c.stream = Some(h.stream);
         c.broken = broken;
-        c.applied_seq = h.applied_seq;
-        Ok(h.applied_seq)
+        c.applied_seq = h.hello.applied_seq;
+        Ok(h.hello.applied_seq)
     }
 }
 
