@@ -405,6 +405,17 @@ impl<'a> Cluster<'a> {
     /// Starts the spares that are due.
     fn refill_spares(&mut self) -> Result<(), ClusterError> {
         let now = Instant::now();
+        // A spare that exited (its patient store connection broke when the store failed)
+        // is started again a little later.
+        let mut k = 0;
+        while k < self.spares.len() {
+            if matches!(self.spares[k].child.try_wait(), Ok(Some(_))) {
+                let s = self.spares.swap_remove(k);
+                self.spares_due.push((s.what, now + SPARE_DELAY));
+            } else {
+                k += 1;
+            }
+        }
         for (what, _) in self
             .spares_due
             .iter()

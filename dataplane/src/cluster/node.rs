@@ -135,7 +135,15 @@ pub fn run_instance(
         // instance it stands by for is gone and every operation it sent is applied, so after
         // a failure its state client is ready, or nearly, when the go comes.
         let inst = if replacement {
-            Some(build(connect_store(true)?)?)
+            match connect_store(true) {
+                Ok(c) => Some(build(c)?),
+                Err(e) => {
+                    // The store went away while this spare stood by: it cannot tell any more
+                    // when the instance is gone. The manager starts another spare.
+                    eprintln!("chc-dataplane: {vertex}/{index}: spare retired: {e}");
+                    return Ok(());
+                }
+            }
         } else {
             None
         };
