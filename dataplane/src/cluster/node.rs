@@ -56,9 +56,11 @@ pub const BATCH_FRAMES: usize = 64;
 const PRELOAD_LIMIT: usize = 8 << 20;
 
 /// Runs instance `index` of vertex `vertex` until its senders are done. A `standby` process
-/// (a warm spare) first does what needs neither the store nor its address (the chain, its
-/// links to the root, the sink and the next instances, which are all up), waits for the
-/// manager's go ([`super::wait_for_go`]) and says "listening" on its output once it listens.
+/// (a warm spare) first does what does not need its own address: the chain, its links to the
+/// root, the sink and the next instances (which are all up), and for a replacement its store
+/// connection and NF instance (the store answers once the instance it stands by for is gone).
+/// Then it waits for the manager's go ([`super::wait_for_go`]) and says "listening" on its
+/// output once it listens.
 pub fn run_instance(
     plan: &Plan,
     vertex: &str,
