@@ -72,6 +72,20 @@ pub struct LogRec {
     pub after: Option<Value>,
 }
 
+impl LogRec {
+    /// A successful `op`'s result, without the value after it (a read, a non-deterministic
+    /// value).
+    fn answer(op: &wire::Op, result: Value) -> Self {
+        LogRec {
+            clock: op.clock,
+            op_index: op.op_index,
+            status: Status::Ok as i32,
+            result,
+            after: None,
+        }
+    }
+}
+
 /// Rarely present parts of an entry, kept in its cold part.
 #[derive(Default, Debug)]
 pub struct Meta {
@@ -104,6 +118,19 @@ impl Meta {
 
     fn find(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
         self.log.find(clock, op_index)
+    }
+
+    /// Logs `rec`, issued by `instance`, in the log `which` picks (updates or reads); returns
+    /// whether it is the entry's first record, whose key then joins the shard's logged keys.
+    fn record(
+        &mut self,
+        which: fn(&mut Meta) -> &mut ClockLog,
+        instance: u32,
+        rec: LogRec,
+    ) -> bool {
+        let first = !self.has_records();
+        which(self).insert(instance, rec);
+        first
     }
 
     /// The value as it was just before update `op_index` of clock `clock` (after the same
@@ -855,18 +882,9 @@ impl Shard {
                 .into_owned(),
             None => e.value().into_owned(),
         };
-        let m = e.meta_mut();
-        let first = !m.has_records();
-        m.reads.insert(
-            op.instance,
-            LogRec {
-                clock: op.clock,
-                op_index: op.op_index,
-                status: Status::Ok as i32,
-                result: v.clone(),
-                after: None,
-            },
-        );
+        let first =
+            e.meta_mut()
+                .record(|m| &mut m.reads, op.instance, LogRec::answer(op, v.clone()));
         self.stats.logged_records += 1;
         if first {
             self.logged.push(k.to_key());
@@ -937,20 +955,15 @@ impl Shard {
             if let Some(b) = base {
                 m.base = b;
             }
-            m.log.insert(
-                op.instance,
-                LogRec {
-                    clock: op.clock,
-                    op_index: op.op_index,
-                    status: status as i32,
-                    result,
-                    after,
-                },
-            );
+            let rec = LogRec {
+                clock: op.clock,
+                op_index: op.op_index,
+                status: status as i32,
+                result,
+                after,
+            };
             self.stats.logged_records += 1;
-            if e.meta()
-                .is_some_and(|m| m.log.len() == 1 && m.reads.is_empty())
-            {
+            if m.record(|m| &mut m.log, op.instance, rec) {
                 self.logged.push(k.to_key());
             }
         }
@@ -1255,17 +1268,9 @@ impl Shard {
                 }
             }
         };
-        let first = e.meta().is_none_or(|m| !m.has_records());
-        e.meta_mut().log.insert(
-            op.instance,
-            LogRec {
-                clock: op.clock,
-                op_index: op.op_index,
-                status: Status::Ok as i32,
-                result: v.clone(),
-                after: None,
-            },
-        );
+        let first = e
+            .meta_mut()
+            .record(|m| &mut m.log, op.instance, LogRec::answer(op, v.clone()));
         self.stats.logged_records += 1;
         if first {
             self.logged.push(k.to_key());
