@@ -136,6 +136,8 @@ mod tests {
                 instance: 1,
                 op_index: 0,
                 flags: OpFlag::FlagNonblocking as u32,
+                more_clocks: vec![100, 101],
+                more_op_index: vec![0, 2],
             }],
         }
     }

@@ -57,6 +57,7 @@ const RECENT_REPLIES: usize = 1024;
 
 const F_NONBLOCKING: u32 = OpFlag::FlagNonblocking as u32;
 const F_COUNTED: u32 = OpFlag::FlagCounted as u32;
+const F_FOLLOWED: u32 = OpFlag::FlagFollowed as u32;
 const F_WANT_TS: u32 = OpFlag::FlagWantTs as u32;
 const F_AS_OF: u32 = OpFlag::FlagAsOf as u32;
 
@@ -638,12 +639,16 @@ impl Shard {
                 }
                 continue;
             }
-            let reply = self.apply_op(client, op, now_ns, out);
+            let reply = if op.more_clocks.is_empty() && op.more_op_index.is_empty() {
+                self.apply_op(client, op, now_ns, out)
+            } else {
+                self.apply_folded(client, op, now_ns, out)
+            };
             if op.seq != 0 {
                 cs.applied_seq = op.seq;
             }
             if op.clock != 0 {
-                cs.last_clock = op.clock;
+                cs.last_clock = op.more_clocks.last().copied().unwrap_or(op.clock);
             }
             if blocking {
                 if is_update(op.code) {
@@ -668,6 +673,8 @@ impl Shard {
     fn quick_incr(&mut self, client: ClientId, op: &wire::Op, hash: u64) -> bool {
         if op.code != OpCode::OpIncr as i32
             || op.clock != 0
+            || !op.more_clocks.is_empty()
+            || !op.more_op_index.is_empty()
             || op.per_flow
             || op.vertex > 0xFFFF
             || op.object > 0xFFFF
@@ -696,6 +703,60 @@ impl Shard {
         }
         self.wal_record(client, op, &Value::Nil);
         true
+    }
+
+    /// Applies a non-blocking increment that carries further packets' increments of the same
+    /// key (`Op.more_clocks`): each one exactly as if it had come as its own operation. Only
+    /// clocked, non-blocking increments may be folded; anything else is refused whole.
+    fn apply_folded(
+        &mut self,
+        client: ClientId,
+        op: &wire::Op,
+        now_ns: u64,
+        out: &mut Outputs,
+    ) -> wire::Reply {
+        let foldable = op.code == OpCode::OpIncr as i32
+            && op.flags & F_NONBLOCKING != 0
+            && op.clock != 0
+            && op.more_clocks.len() == op.more_op_index.len()
+            && !op.more_clocks.contains(&0);
+        if !foldable {
+            let reply = wire::Reply {
+                seq: op.seq,
+                ..Default::default()
+            };
+            return self.bad(reply);
+        }
+        let mut one = wire::Op {
+            seq: op.seq,
+            code: op.code,
+            vertex: op.vertex,
+            object: op.object,
+            per_flow: op.per_flow,
+            sub: op.sub.clone(),
+            num: op.num,
+            instance: op.instance,
+            ..Default::default()
+        };
+        let more = op.more_clocks.iter().zip(&op.more_op_index);
+        let all = std::iter::once((&op.clock, &op.op_index)).chain(more);
+        let last = op.more_clocks.len();
+        let mut reply = None;
+        for (i, (&clock, &op_index)) in all.enumerate() {
+            if i > 0 {
+                self.stats.ops += 1;
+            }
+            one.clock = clock;
+            one.op_index = op_index;
+            one.flags = if i < last {
+                op.flags | F_FOLLOWED
+            } else {
+                op.flags & !F_FOLLOWED
+            };
+            let r = self.apply_op(client, &one, now_ns, out);
+            reply.get_or_insert(r);
+        }
+        reply.expect("at least the carrier's own clock")
     }
 
     fn apply_op(
@@ -1502,7 +1563,7 @@ impl Shard {
             // sequence number is re-applied only if it advances.
             let mut cs = self.clients.remove(&rec.client).unwrap_or_default();
             let _ = self.apply_op(rec.client, &op, 0, &mut out);
-            if op.seq > cs.applied_seq {
+            if op.seq > cs.applied_seq && op.flags & F_FOLLOWED == 0 {
                 cs.applied_seq = op.seq;
             }
             if op.clock != 0 {
@@ -1707,6 +1768,7 @@ fn rec_op(r: &OpRec, seq: u64) -> wire::Op {
         instance: r.instance,
         op_index: r.op_index,
         flags: r.flags,
+        ..Default::default()
     }
 }
 

@@ -929,6 +929,25 @@ impl StateClient {
         if self.clock != 0 {
             self.vector ^= update_id(self.instance, obj, idx);
         }
+        // The NF-side log keeps one entry per sequence number, so folding is for stores that
+        // are not recovered from it.
+        if code == OpCode::OpIncr && !self.log_shared && self.clock != 0 {
+            let k = KeyRef {
+                vertex: self.vertex,
+                object: obj,
+                per_flow,
+                sub,
+            };
+            let flags = flags | OpFlag::FlagNonblocking as u32;
+            let (instance, clock) = (u32::from(self.instance), self.clock);
+            if self
+                .store_mut()
+                .fold_incr(k, num, flags, instance, clock, idx)
+                .is_some()
+            {
+                return;
+            }
+        }
         let op = wire::Op {
             code: code as i32,
             vertex: u32::from(self.vertex),

@@ -18,7 +18,7 @@ mod tcp;
 
 use crate::server::{Inbound, Mailbox, Store, WorkerShared};
 use crate::shard::ClientId;
-use chc_proto::wire::{self, OpFlag, PushKind, Status};
+use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub struct ClientStats {
     pub blocking_calls: u64,
     pub retransmits: u64,
     pub reconnects: u64,
+    /// Increments folded into an earlier operation ([`StoreClient::submit_incr`]).
+    pub folded: u64,
 }
 
 /// What arrived from a shard without being asked for: callbacks, handovers, commits.
@@ -68,6 +70,8 @@ struct ShardLink {
     outstanding: VecDeque<wire::Op>,
     /// The last sequence number sent.
     sent: u64,
+    /// Updates in `pending`, counting those folded into another operation.
+    queued: usize,
     /// [`StoreClient::flush_coalesced`] held the pending batch back once.
     held: bool,
     acked: u64,
@@ -102,6 +106,12 @@ pub struct StoreClient {
 }
 
 const F_NONBLOCKING: u32 = OpFlag::FlagNonblocking as u32;
+/// How far back in a shard's unsent batch [`StoreClient::submit_incr`] looks for the key.
+const FOLD_WINDOW: usize = 8;
+/// Most increments one operation carries.
+const FOLD_MAX: usize = 1024;
+/// Room made for folded increments at the first fold (a burst's worth).
+const FOLD_RESERVE: usize = 32;
 const F_RETRANSMIT: u32 = OpFlag::FlagRetransmit as u32;
 
 impl StoreClient {
@@ -160,6 +170,7 @@ impl StoreClient {
                     pending: Vec::new(),
                     outstanding: VecDeque::new(),
                     sent: 0,
+                    queued: 0,
                     held: false,
                     acked: 0,
                     last_progress: now,
@@ -219,8 +230,84 @@ impl StoreClient {
         op.seq = l.next_seq;
         l.next_seq += 1;
         l.pending.push(op);
+        l.queued += 1;
         self.stats.ops += 1;
         l.next_seq - 1
+    }
+
+    /// Queues a non-blocking increment made for a packet (`op.clock` set), folded into an
+    /// earlier one where [`StoreClient::fold_incr`] can. Returns (shard, sequence number of
+    /// the operation that carries it).
+    pub fn submit_incr(&mut self, mut op: wire::Op) -> (u32, u64) {
+        op.flags |= F_NONBLOCKING;
+        if op.code == OpCode::OpIncr as i32 {
+            let k = crate::key::KeyRef {
+                vertex: op.vertex as u16,
+                object: op.object as u16,
+                per_flow: op.per_flow,
+                sub: &op.sub,
+            };
+            if let Some(at) =
+                self.fold_incr(k, op.num, op.flags, op.instance, op.clock, op.op_index)
+            {
+                return at;
+            }
+        }
+        self.submit(op)
+    }
+
+    /// Folds a packet's non-blocking increment of `k` by `num` into the last unsent operation
+    /// on that key, when that one is an increment by the same amount from the same instance
+    /// with the same flags and a clock (`Op.more_clocks`). The shard applies each folded
+    /// increment as its own operation, in order, so nothing changes but the cost: a counter
+    /// every packet bumps takes one operation per batch instead of one per packet. That other
+    /// keys' operations queued in between are overtaken does not matter: the store orders
+    /// operations per key, and this key has none in between. Nothing is built or hashed
+    /// here; `None` means the caller queues the increment as its own operation. Returns
+    /// (shard, sequence number of the operation that carries it).
+    pub fn fold_incr(
+        &mut self,
+        k: crate::key::KeyRef<'_>,
+        num: i64,
+        flags: u32,
+        instance: u32,
+        clock: u64,
+        op_index: u32,
+    ) -> Option<(u32, u64)> {
+        if clock == 0 || flags & F_NONBLOCKING == 0 {
+            return None;
+        }
+        // A key lives on one shard: the first shard whose recent operations touch it decides.
+        for (shard, l) in self.links.iter_mut().enumerate() {
+            let Some(q) = l.pending.iter_mut().rev().take(FOLD_WINDOW).find(|q| {
+                q.object == u32::from(k.object)
+                    && q.vertex == u32::from(k.vertex)
+                    && q.per_flow == k.per_flow
+                    && crate::key::same_bytes(&q.sub, k.sub)
+            }) else {
+                continue;
+            };
+            let foldable = q.code == OpCode::OpIncr as i32
+                && q.num == num
+                && q.flags == flags
+                && q.instance == instance
+                && q.clock != 0
+                && q.more_clocks.len() < FOLD_MAX;
+            if !foldable {
+                return None;
+            }
+            if q.more_clocks.is_empty() {
+                q.more_clocks.reserve(FOLD_RESERVE);
+                q.more_op_index.reserve(FOLD_RESERVE);
+            }
+            q.more_clocks.push(clock);
+            q.more_op_index.push(op_index);
+            l.queued += 1;
+            self.stats.ops += 1;
+            self.stats.folded += 1;
+            return Some((shard as u32, q.seq));
+        }
+        None
     }
 
     /// Queues a non-blocking operation (no reply, only an acknowledgement).
@@ -248,7 +335,7 @@ impl StoreClient {
             if l.pending.is_empty() {
                 continue;
             }
-            if l.held || l.pending.len() >= min {
+            if l.held || l.queued >= min {
                 self.flush_shard(s as u32)?;
             } else {
                 l.held = true;
@@ -260,6 +347,7 @@ impl StoreClient {
     fn flush_shard(&mut self, shard: u32) -> Result<(), ClientError> {
         let l = &mut self.links[shard as usize];
         l.held = false;
+        l.queued = 0;
         if l.pending.is_empty() {
             return Ok(());
         }

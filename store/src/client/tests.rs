@@ -116,3 +116,29 @@ fn coalesced_flushes_hold_small_batches_for_one_call() {
     c.flush_coalesced(4).unwrap();
     assert_eq!(c.stats.batches, batches + 3, "nothing left to send");
 }
+
+/// A packet counter's increments from several packets travel as one operation, and the store
+/// applies, logs and reports each of them as if it had come alone.
+#[test]
+fn clocked_increments_of_one_key_fold_into_one_operation() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut c = store.client(1);
+    let k = ObjKey::shared(1, 3, Vec::new());
+    let other = ObjKey::shared(1, 4, Vec::new());
+    let clocked = |op: wire::Op, clock: u64, op_index: u32| wire::Op {
+        clock,
+        op_index,
+        instance: 2,
+        ..op
+    };
+    for clock in 1..=40u64 {
+        c.submit_incr(clocked(k.incr(1), clock, 0));
+        c.submit_incr(clocked(other.incr(1), clock, 1));
+    }
+    assert_eq!(c.links[0].pending.len(), 2, "one operation per key");
+    assert_eq!(c.links[0].queued, 80);
+    assert_eq!(c.stats.folded, 78);
+    c.sync().unwrap();
+    assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(40)));
+    assert_eq!(c.call(other.get()).unwrap().value, Some(WV::int(40)));
+}

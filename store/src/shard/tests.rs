@@ -1031,3 +1031,159 @@ fn entries_stay_small() {
     assert_eq!(std::mem::size_of::<Entry>(), 16);
     assert_eq!(std::mem::size_of::<(Key, Entry)>(), 48);
 }
+
+/// An increment carrying further packets' increments (`more_clocks`) leaves the shard exactly
+/// as the separate increments would: the same values, clock-log records (reads as of a clock),
+/// duplicate suppression per clock, commit notifications, acknowledgement and WAL.
+#[test]
+fn folded_increments_match_separate_ones() {
+    let (mut folded, mut separate) = (shard(), shard());
+    let clocks: Vec<u64> = (1..=12).collect();
+    let counted = |clock: u64, seq: u64| wire::Op {
+        seq,
+        clock,
+        op_index: (clock % 3) as u32,
+        instance: 3,
+        flags: F_COUNTED | F_NONBLOCKING,
+        ..incr("pkts", 2)
+    };
+    for s in [&mut folded, &mut separate] {
+        s.set_durable(true);
+        let sub = wire::Op {
+            code: OpCode::OpSubscribeCommits as i32,
+            ..Default::default()
+        };
+        run(s, 100, vec![sub]);
+        // A clone already applied clock 5 (its replay got there first).
+        run(s, 7, vec![counted(5, 1)]);
+    }
+    let mut carrier = counted(clocks[0], 1);
+    carrier.more_clocks = clocks[1..].to_vec();
+    carrier.more_op_index = clocks[1..].iter().map(|c| (c % 3) as u32).collect();
+    let f = run(&mut folded, 2, vec![carrier.clone()]);
+    let ops = clocks.iter().map(|&c| counted(c, c)).collect();
+    let s = run(&mut separate, 2, ops);
+    assert!(f.replies.is_empty() && s.replies.is_empty());
+    let ids = |o: &Outputs| -> Vec<(u64, u32)> {
+        o.commits.iter().map(|(_, c)| (c.clock, c.id)).collect()
+    };
+    assert_eq!(
+        ids(&f).len(),
+        11,
+        "clock 5 was a duplicate: no second commit"
+    );
+    assert_eq!(ids(&f), ids(&s));
+    assert_eq!(folded.stats.duplicates_suppressed, 1);
+    assert_eq!(dump(&folded), dump(&separate));
+    assert_eq!(dump(&folded)[0].1, Value::Int(24));
+    // Every clock has its own record: a replay reads what each packet saw.
+    for clock in [1, 5, 6, 12] {
+        let as_of = |s: &mut Shard| {
+            let mut g = op(OpCode::OpGet, "pkts");
+            g.clock = clock;
+            g.op_index = (clock % 3) as u32;
+            g.flags = F_AS_OF;
+            one(s, 9, g).value
+        };
+        assert_eq!(as_of(&mut folded), as_of(&mut separate), "as of {clock}");
+    }
+    // The whole carrier is one sequence number: sent again, nothing is applied twice.
+    assert_eq!(f.acked, 1);
+    carrier.flags |= OpFlag::FlagRetransmit as u32;
+    run(&mut folded, 2, vec![carrier]);
+    assert_eq!(dump(&folded)[0].1, Value::Int(24));
+    // The WAL replays to the same state.
+    let (t, _) = replayed(&mut folded);
+    assert_eq!(dump(&t), dump(&folded));
+}
+
+/// Only clocked, non-blocking increments may carry more clocks; anything else is refused
+/// whole and changes nothing.
+#[test]
+fn malformed_folded_operations_are_refused_whole() {
+    let mut s = shard();
+    let base = wire::Op {
+        clock: 1,
+        more_clocks: vec![2, 3],
+        more_op_index: vec![0, 0],
+        ..incr("pkts", 1)
+    };
+    let bad = [
+        // Blocking: there would be one reply for three updates.
+        base.clone(),
+        wire::Op {
+            flags: F_NONBLOCKING,
+            more_op_index: vec![0],
+            ..base.clone()
+        },
+        wire::Op {
+            flags: F_NONBLOCKING,
+            code: OpCode::OpSet as i32,
+            ..base.clone()
+        },
+        wire::Op {
+            flags: F_NONBLOCKING,
+            more_clocks: vec![2, 0],
+            ..base.clone()
+        },
+        wire::Op {
+            flags: F_NONBLOCKING,
+            clock: 0,
+            ..base.clone()
+        },
+    ];
+    for (i, o) in bad.into_iter().enumerate() {
+        let r = run(&mut s, 1, vec![o]);
+        assert!(
+            r.replies
+                .iter()
+                .all(|r| r.status == Status::BadRequest as i32),
+            "case {i}"
+        );
+        assert_eq!(s.stats.bad_requests, i as u64 + 1, "case {i}");
+    }
+    assert!(dump(&s).is_empty(), "nothing was applied");
+}
+
+/// A write-ahead log torn between the records of one folded increment does not count the
+/// operation as applied: the client sends it again, and the clocks that made it are not
+/// applied twice.
+#[test]
+fn a_wal_torn_inside_a_folded_increment_has_it_sent_again() {
+    let mut s = shard();
+    s.set_durable(true);
+    let carrier = wire::Op {
+        seq: 1,
+        clock: 10,
+        more_clocks: vec![11, 12, 13],
+        more_op_index: vec![0, 0, 0],
+        instance: 3,
+        flags: F_COUNTED | F_NONBLOCKING,
+        ..incr("pkts", 1)
+    };
+    run(&mut s, 2, vec![carrier.clone()]);
+    assert_eq!(s.applied_seq(2), 1);
+    let mut wal = Vec::new();
+    s.take_wal(&mut wal);
+    let mut r = chc_proto::records::FrameReader::new(&wal);
+    let recs: Vec<_> = std::iter::from_fn(|| r.next_wal()).collect();
+    assert_eq!(recs.len(), 4, "one record per clock");
+    // Only the first two records survived.
+    let mut t = shard();
+    for rec in &recs[..2] {
+        t.replay_wal_record(rec);
+    }
+    assert_eq!(t.applied_seq(2), 0, "the operation is not complete");
+    run(&mut t, 2, vec![carrier]);
+    assert_eq!(t.applied_seq(2), 1);
+    assert_eq!(dump(&t), dump(&s));
+    assert_eq!(dump(&t)[0].1, Value::Int(4));
+    assert_eq!(t.stats.duplicates_suppressed, 2);
+    // The whole log replays to the operation applied.
+    let mut u = shard();
+    for rec in &recs {
+        u.replay_wal_record(rec);
+    }
+    assert_eq!(u.applied_seq(2), 1);
+    assert_eq!(dump(&u), dump(&s));
+}
