@@ -5,6 +5,7 @@
 use super::link::{self, Frame, Peer};
 use crossbeam::channel::{self, Receiver, Sender};
 use parking_lot::Mutex;
+use rustix::net::RecvFlags;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -156,7 +157,19 @@ impl Outlet {
             return false;
         };
         if self.replies.is_some() {
-            return !self.closed.load(Ordering::Relaxed);
+            // The reply reader may not have seen the end yet: it wakes later than this runs
+            // (a root's replay written into a connection whose instance died and was reaped
+            // just before was lost that way). The socket is looked at without taking
+            // anything and without blocking; its blocking mode, which the reader shares,
+            // stays as it is.
+            if self.closed.load(Ordering::Relaxed) {
+                return false;
+            }
+            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+            return match rustix::net::recv(s, &mut [0u8; 1], flags) {
+                Ok((n, _)) => n > 0,
+                Err(e) => e == rustix::io::Errno::AGAIN,
+            };
         }
         if s.set_nonblocking(true).is_err() {
             return false;
@@ -355,5 +368,43 @@ impl Drop for Inbox {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that closed is seen as gone before the reply reader gets to say so (a write
+    /// would otherwise go into the dead connection and be lost), and a live peer is not: its
+    /// replies keep arriving through the reader, whose blocking socket the look does not touch.
+    #[test]
+    fn a_closed_peer_is_seen_before_the_reply_reader_reports_it() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (tx, rx) = channel::unbounded();
+        let mut o = Outlet::new(l.local_addr().unwrap(), Peer::Root).with_replies(tx);
+        assert!(o.connect_now());
+        let (mut peer, _) = l.accept().unwrap();
+        assert!(o.peer_alive(), "connected and quiet");
+        let mut b = Vec::new();
+        link::encode(&Frame::ReplayDone(7), &mut b);
+        peer.write_all(&b).unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(
+            got,
+            In::Frame {
+                frame: Frame::ReplayDone(7),
+                ..
+            }
+        ));
+        assert!(o.peer_alive(), "the reader still blocks and reads");
+        drop(peer);
+        // Wait for the reader to see the end, then act as if it had not yet.
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            In::Closed { .. }
+        ));
+        o.closed = Arc::new(AtomicBool::new(false));
+        assert!(!o.peer_alive());
     }
 }
