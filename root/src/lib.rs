@@ -56,8 +56,9 @@ pub struct Logged {
     pub ts_ns: u64,
 }
 
-/// One slot of the ring. A slot keeps its packet buffer when it is freed, so a full ring
-/// stamps without allocating.
+/// One slot of the ring. A freed slot's packet buffer goes to the root's pool of spare
+/// buffers, and the next packet stamped takes the buffer freed last, so the ring stamps
+/// without allocating and copies into memory still in cache.
 #[derive(Debug, Default)]
 struct Entry {
     /// The clock logged here; meaningful only while `live`.
@@ -104,6 +105,11 @@ pub struct Root {
     live: usize,
     /// Counter value that must be persisted before it is exceeded.
     persisted: u64,
+    /// Buffers of freed slots, the last freed on top. A slot that kept its own buffer would
+    /// make every stamp copy into the slot the counter reaches, cycling through the whole
+    /// ring: one packet waiting long for a commit grows the ring, and the copies then walk
+    /// megabytes of cold memory (1500-byte packets took 40 % longer per packet that way).
+    spare: Vec<Vec<u8>>,
     pub stats: RootStats,
 }
 
@@ -121,6 +127,7 @@ impl Root {
             ring: (0..first).map(|_| Entry::default()).collect(),
             live: 0,
             persisted: 0,
+            spare: Vec::new(),
             stats: RootStats::default(),
         }
     }
@@ -196,12 +203,17 @@ impl Root {
         let clock = self.clock_of(self.counter);
         let i = (self.counter & self.mask()) as usize;
         self.counter += 1;
+        let buf = self.spare.pop();
         let e = &mut self.ring[i];
         e.clock = clock;
         e.live = true;
         e.weight = 0;
         e.xor = 0;
         e.waived = false;
+        if let Some(b) = buf {
+            // The slot's own buffer went to the pool when it was freed.
+            e.pkt.data = b;
+        }
         e.pkt.data.clear();
         e.pkt.data.extend_from_slice(data);
         e.pkt.wire_len = wire_len;
@@ -263,6 +275,7 @@ impl Root {
             return Settled::Pending;
         }
         e.live = false;
+        self.spare.push(std::mem::take(&mut e.pkt.data));
         self.live -= 1;
         self.stats.deleted += 1;
         // Retire the settled prefix; each counter is passed once.
@@ -391,6 +404,29 @@ mod tests {
         assert_eq!(r.get(d).unwrap().data, b"dd");
         assert_eq!(r.ring.len(), 2, "the freed slot was reused");
         assert_eq!(r.stats.high_water, 2);
+    }
+
+    /// One packet held for long makes the ring grow past the packets in flight; stamping
+    /// still copies into the buffer freed last, not into the buffer of whichever slot the
+    /// counter reaches.
+    #[test]
+    fn stamps_reuse_the_buffer_freed_last() {
+        let mut r = root(1 << 16);
+        let _held = r.admit(&[0u8; 1500], 1500, 0).unwrap();
+        let first = r.admit(&[1u8; 1500], 1500, 0).unwrap();
+        let mut buf = r.get(first).unwrap().data.as_ptr();
+        r.on_delete(first, FULL, 0);
+        for i in 0..5000u32 {
+            let c = r.admit(&[i as u8; 1500], 1500, 0).unwrap();
+            let data = &r.get(c).unwrap().data;
+            assert_eq!(data.as_ptr(), buf, "packet {i} copied into another buffer");
+            assert_eq!(data[..], [i as u8; 1500][..]);
+            buf = data.as_ptr();
+            r.on_delete(c, FULL, 0);
+        }
+        assert!(r.ring.len() > 4096, "the held packet kept the ring growing");
+        assert_eq!(r.in_flight(), 1);
+        assert!(r.spare.len() <= 2);
     }
 
     #[test]
