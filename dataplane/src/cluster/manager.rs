@@ -15,9 +15,10 @@ use nfs::packet::{Packet, Shape};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to kill.
@@ -126,11 +127,22 @@ pub fn default_bin_dir() -> PathBuf {
 
 /// Distinct free loopback addresses (the probes stay bound until all are chosen, so the OS
 /// cannot hand the same port out twice).
-struct Ports(Vec<TcpListener>);
+///
+/// Each run takes its ports on a loopback address of its own (127.0.0.0/8 is all loopback).
+/// The probes are released before the processes bind, and two runs at once on 127.0.0.1
+/// could be handed the same port in between. One run's store then failed to bind while its
+/// instances connected to the other run's store, and both runs hung.
+struct Ports(Vec<TcpListener>, IpAddr);
 
 impl Ports {
+    fn new() -> Ports {
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        Ports(Vec::new(), run_address(std::process::id(), run))
+    }
+
     fn take(&mut self) -> Result<SocketAddr, ClusterError> {
-        let l = TcpListener::bind("127.0.0.1:0")
+        let l = TcpListener::bind((self.1, 0))
             .map_err(|e| ClusterError::Setup(format!("no free port: {e}")))?;
         let a = l
             .local_addr()
@@ -138,6 +150,14 @@ impl Ports {
         self.0.push(l);
         Ok(a)
     }
+}
+
+/// A loopback address for run `run` of process `pid`, other than 127.0.0.1 and never with
+/// an octet 0 or 255.
+fn run_address(pid: u32, run: u32) -> IpAddr {
+    let v = (pid.wrapping_mul(64).wrapping_add(run % 64)) % (254 * 254 * 254);
+    let o = |x: u32| (1 + x % 254) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, o(v / (254 * 254)), o(v / 254), o(v)))
 }
 
 fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
@@ -304,10 +324,21 @@ impl<'a> Cluster<'a> {
             name: name.clone(),
             child,
         });
-        if !wait_listening(self.addr(what), Duration::from_secs(60)) {
-            return Err(ClusterError::Crashed(name, log));
+        // A process that exits first (a port taken, a bad plan) fails the run at once, with
+        // its log, instead of after the whole wait.
+        let addr = self.addr(what);
+        let end = Instant::now() + Duration::from_secs(60);
+        let child = &mut self.procs.last_mut().expect("just pushed").child;
+        while Instant::now() < end {
+            if !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        Ok(())
+        Err(ClusterError::Crashed(name, log))
     }
 
     fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
@@ -450,7 +481,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         std::fs::remove_dir_all(&store_dir)
             .map_err(|e| ClusterError::Setup(format!("{}: {e}", store_dir.display())))?;
     }
-    let mut ports = Ports(Vec::new());
+    let mut ports = Ports::new();
     let plan = Plan {
         chain_toml: o.chain_toml.clone(),
         store: vec![ports.take()?],
@@ -831,4 +862,34 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     }
     c.report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(std::mem::take(&mut c.report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs at once (other processes, or several in one process) get loopback addresses of
+    /// their own, which the machine accepts, so their ports cannot meet.
+    #[test]
+    fn runs_take_ports_on_loopback_addresses_of_their_own() {
+        let mut seen = HashSet::new();
+        for pid in [1u32, 2, 4242, 4_194_303] {
+            for run in 0..64 {
+                let IpAddr::V4(a) = run_address(pid, run) else {
+                    panic!("not IPv4");
+                };
+                let o = a.octets();
+                assert_eq!(o[0], 127);
+                assert!(o[1..].iter().all(|&x| x != 0 && x != 255), "{a}");
+                assert!(seen.insert(a), "{a} twice");
+            }
+        }
+        let mut p = Ports::new();
+        let (a, b) = (p.take().unwrap(), p.take().unwrap());
+        assert_ne!(a.ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(a.ip(), b.ip());
+        assert_ne!(a.port(), b.port());
+        let q = Ports::new().take().unwrap();
+        assert_ne!(q.ip(), a.ip(), "a second run in this process");
+    }
 }
