@@ -268,7 +268,10 @@ mod tests {
     #[test]
     fn thread_cpu_moves_with_work() {
         if let Some(t0) = thread_cpu() {
-            spin(200);
+            // The kernel brings a running thread's total up to date at a tick or a switch,
+            // not when it is read: a few milliseconds of work can fall between two ticks.
+            // 50 ms of wall time spans several ticks at any HZ, or a switch under load.
+            spin_for(0.05);
             let t1 = thread_cpu().unwrap();
             assert!(t1.0 > t0.0 && t1.1 >= t0.1);
         }
