@@ -51,7 +51,7 @@ pub struct ClientStats {
     pub blocking_calls: u64,
     pub retransmits: u64,
     pub reconnects: u64,
-    /// Increments folded into an earlier operation ([`StoreClient::submit_incr`]).
+    /// Increments folded into an earlier operation ([`StoreClient::fold_incr`]).
     pub folded: u64,
 }
 
@@ -106,13 +106,13 @@ pub struct StoreClient {
 }
 
 const F_NONBLOCKING: u32 = OpFlag::FlagNonblocking as u32;
-/// How far back in a shard's unsent batch [`StoreClient::submit_incr`] looks for the key.
+const F_RETRANSMIT: u32 = OpFlag::FlagRetransmit as u32;
+/// How far back in a shard's unsent batch [`StoreClient::fold_incr`] looks for the key.
 const FOLD_WINDOW: usize = 8;
 /// Most increments one operation carries.
 const FOLD_MAX: usize = 1024;
 /// Room made for folded increments at the first fold (a burst's worth).
 const FOLD_RESERVE: usize = 32;
-const F_RETRANSMIT: u32 = OpFlag::FlagRetransmit as u32;
 
 impl StoreClient {
     pub(crate) fn in_process(store: &Store, id: ClientId) -> Self {
