@@ -34,7 +34,8 @@ use chc_dataplane::cluster::link::{Frame, Peer};
 use chc_dataplane::cluster::manager::{
     default_bin_dir, run_cluster, ClusterError, ClusterOptions, ClusterReport, Fault, Victim,
 };
-use chc_dataplane::cluster::net::{In, Inbox, Outlet};
+use chc_dataplane::cluster::net::{recv_spinning, In, Inbox, Outlet};
+use chc_dataplane::cluster::rootproc::SEQ_SPIN;
 use chc_dataplane::config::Vertex;
 use chc_dataplane::instance::NfInstance;
 use chc_dataplane::pcapio::{self, Record};
@@ -674,7 +675,8 @@ fn root_recovery(reps: usize) -> Result<Noted> {
         let root = Root::recover(cfg, last);
         let built = t.elapsed();
         loop {
-            match rx.recv_timeout(Duration::from_secs(10)) {
+            // As the root process waits (`chc-dataplane root --recover`).
+            match recv_spinning(&rx, SEQ_SPIN, Duration::from_secs(10)) {
                 Ok(In::Frame {
                     frame: Frame::SeqReport(s),
                     ..

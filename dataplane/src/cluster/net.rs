@@ -371,6 +371,38 @@ impl Drop for Inbox {
     }
 }
 
+/// Receives from `rx`, spinning (and yielding now and then) for up to `spin` before blocking
+/// for the rest of `timeout`. A recovering root waits for an answer that is tens of
+/// microseconds away; being woken from a blocked receive costs one more thread wake-up, which
+/// on a loaded VM is as long again.
+pub fn recv_spinning(
+    rx: &Receiver<In>,
+    spin: Duration,
+    timeout: Duration,
+) -> Result<In, channel::RecvTimeoutError> {
+    let start = Instant::now();
+    let mut i = 0u32;
+    loop {
+        match rx.try_recv() {
+            Ok(m) => return Ok(m),
+            Err(channel::TryRecvError::Disconnected) => {
+                return Err(channel::RecvTimeoutError::Disconnected)
+            }
+            Err(channel::TryRecvError::Empty) => {}
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) {
+            if start.elapsed() >= spin.min(timeout) {
+                break;
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    rx.recv_timeout(timeout.saturating_sub(start.elapsed()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

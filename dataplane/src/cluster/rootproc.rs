@@ -7,7 +7,7 @@
 //! the source sends them again. The source holds input back meanwhile.
 
 use super::link::{Frame, LinkPkt, Peer};
-use super::net::{In, Inbox, Outlet};
+use super::net::{self, In, Inbox, Outlet};
 use super::Plan;
 use crate::split::{bucket, key_hash, Allocation};
 use chc_proto::meta::{ChcMeta, MetaFlags};
@@ -16,6 +16,9 @@ use chc_store::client::{ops, ObjKey, StoreClient, TcpOptions};
 use chc_store::Value;
 use nfs::packet::Packet;
 use std::time::{Duration, Instant};
+
+/// How long a recovering root spins for an entry instance's sequence report before it blocks.
+pub const SEQ_SPIN: Duration = Duration::from_micros(200);
 
 /// How far behind the newest ingress sequence number a repeated one may come (the source's
 /// window is far smaller).
@@ -92,7 +95,7 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
         let deadline = Instant::now() + Duration::from_secs(30);
         for (i, rx) in replies.iter().enumerate() {
             loop {
-                match rx.recv_timeout(Duration::from_millis(100)) {
+                match net::recv_spinning(rx, SEQ_SPIN, Duration::from_millis(100)) {
                     Ok(In::Frame {
                         frame: Frame::SeqReport(s),
                         ..
