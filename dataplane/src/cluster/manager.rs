@@ -160,9 +160,11 @@ fn run_address(pid: u32, run: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, o(v / (254 * 254)), o(v / 254), o(v)))
 }
 
-fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
+/// Waits until `addr` accepts connections; false after `timeout`, or as soon as `alive`
+/// says the process that should listen there is gone.
+fn wait_listening(addr: SocketAddr, timeout: Duration, mut alive: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
-    while Instant::now() < end {
+    while Instant::now() < end && alive() {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return true;
         }
@@ -327,18 +329,14 @@ impl<'a> Cluster<'a> {
         // A process that exits first (a port taken, a bad plan) fails the run at once, with
         // its log, instead of after the whole wait.
         let addr = self.addr(what);
-        let end = Instant::now() + Duration::from_secs(60);
         let child = &mut self.procs.last_mut().expect("just pushed").child;
-        while Instant::now() < end {
-            if !matches!(child.try_wait(), Ok(None)) {
-                break;
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        if wait_listening(addr, Duration::from_secs(60), || {
+            matches!(child.try_wait(), Ok(None))
+        }) {
+            Ok(())
+        } else {
+            Err(ClusterError::Crashed(name, log))
         }
-        Err(ClusterError::Crashed(name, log))
     }
 
     fn spawn(&mut self, what: Victim, extra: &[&str]) -> Result<(), ClusterError> {
@@ -373,7 +371,8 @@ impl<'a> Cluster<'a> {
                         matches!(std::io::BufRead::read_line(&mut r, &mut line), Ok(n) if n > 0)
                             && line.starts_with("listening")
                     }
-                    None => wait_listening(addr, Duration::from_secs(60)),
+                    // The child is in the manager's list of processes, not here.
+                    None => wait_listening(addr, Duration::from_secs(60), || true),
                 };
                 let _ = tx.send(if ok {
                     Started::Listening(what, Instant::now())

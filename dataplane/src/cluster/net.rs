@@ -150,36 +150,25 @@ impl Outlet {
         }
     }
 
-    /// Whether the connected peer is still there: the reply reader saw no end of stream, or
-    /// (without one) a non-blocking peek finds neither an end of stream nor an error.
+    /// Whether the connected peer is still there: the reply reader (if any) saw no end of
+    /// stream, and a look at the socket finds neither an end of stream nor an error.
     fn peer_alive(&mut self) -> bool {
         let Some(s) = self.stream.as_ref() else {
             return false;
         };
-        if self.replies.is_some() {
-            // The reply reader may not have seen the end yet: it wakes later than this runs
-            // (a root's replay written into a connection whose instance died and was reaped
-            // just before was lost that way). The socket is looked at without taking
-            // anything and without blocking; its blocking mode, which the reader shares,
-            // stays as it is.
-            if self.closed.load(Ordering::Relaxed) {
-                return false;
-            }
-            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-            return match rustix::net::recv(s, &mut [0u8; 1], flags) {
-                Ok((n, _)) => n > 0,
-                Err(e) => e == rustix::io::Errno::AGAIN,
-            };
-        }
-        if s.set_nonblocking(true).is_err() {
+        // The reply reader may not have seen the end yet: it wakes later than this runs (a
+        // root's replay written into a connection whose instance died and was reaped just
+        // before was lost that way), so the socket is looked at in any case.
+        if self.replies.is_some() && self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let alive = match s.peek(&mut [0u8; 1]) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        };
-        alive && s.set_nonblocking(false).is_ok()
+        // Without taking anything and without blocking; the socket's blocking mode, which a
+        // reply reader shares, stays as it is.
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(s, &mut [0u8; 1], flags) {
+            Ok((n, _)) => n > 0,
+            Err(e) => e == rustix::io::Errno::AGAIN,
+        }
     }
 
     fn connect(&mut self) -> bool {
@@ -371,36 +360,23 @@ impl Drop for Inbox {
     }
 }
 
-/// Receives from `rx`, spinning (and yielding now and then) for up to `spin` before blocking
-/// for the rest of `timeout`. A recovering root waits for an answer that is tens of
-/// microseconds away; being woken from a blocked receive costs one more thread wake-up, which
-/// on a loaded VM is as long again.
+/// Receives from `rx`, spinning ([`chc_store::server::spin_poll`]) for up to `spin` before
+/// blocking for the rest of `timeout`: a recovering root waits for an answer that is tens of
+/// microseconds away.
 pub fn recv_spinning(
     rx: &Receiver<In>,
     spin: Duration,
     timeout: Duration,
 ) -> Result<In, channel::RecvTimeoutError> {
     let start = Instant::now();
-    let mut i = 0u32;
-    loop {
-        match rx.try_recv() {
-            Ok(m) => return Ok(m),
-            Err(channel::TryRecvError::Disconnected) => {
-                return Err(channel::RecvTimeoutError::Disconnected)
-            }
-            Err(channel::TryRecvError::Empty) => {}
+    let got = chc_store::server::spin_poll(spin.min(timeout), || match rx.try_recv() {
+        Ok(m) => Some(Ok(m)),
+        Err(channel::TryRecvError::Disconnected) => {
+            Some(Err(channel::RecvTimeoutError::Disconnected))
         }
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(64) {
-            if start.elapsed() >= spin.min(timeout) {
-                break;
-            }
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-    rx.recv_timeout(timeout.saturating_sub(start.elapsed()))
+        Err(channel::TryRecvError::Empty) => None,
+    });
+    got.unwrap_or_else(|| rx.recv_timeout(timeout.saturating_sub(start.elapsed())))
 }
 
 #[cfg(test)]

@@ -160,6 +160,29 @@ impl WorkerShared {
 /// How long a client waiting for a reply spins before it parks.
 pub const MAILBOX_SPIN: Duration = Duration::from_micros(100);
 
+/// Calls `poll` until it gives something or `spin` has passed, yielding now and then so that
+/// a thread sharing the core (the one that delivers) can run. A waiter that blocks at once
+/// pays a thread wake-up on top of the round trip it waits for, which on a loaded VM is as
+/// long again.
+pub fn spin_poll<T>(spin: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    let mut i = 0u32;
+    loop {
+        if let Some(x) = poll() {
+            return Some(x);
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) {
+            if start.elapsed() >= spin {
+                return None;
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Where a shard thread leaves frames for an in-process client.
 pub struct Mailbox {
     q: SegQueue<(u32, wire::ServerFrame)>,
@@ -194,22 +217,8 @@ impl Mailbox {
     /// and then so that a reader thread sharing the core can deliver it, then parks. Being
     /// unparked costs a blocking call another thread wake-up on top of the round trip.
     pub(crate) fn wait(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
-        let start = Instant::now();
-        let spin = MAILBOX_SPIN.min(timeout);
-        let mut i = 0u32;
-        loop {
-            if let Some(f) = self.q.pop() {
-                return Some(f);
-            }
-            i = i.wrapping_add(1);
-            if i.is_multiple_of(64) {
-                if start.elapsed() >= spin {
-                    break;
-                }
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+        if let Some(f) = spin_poll(MAILBOX_SPIN.min(timeout), || self.q.pop()) {
+            return Some(f);
         }
         *self.waiter.lock() = Some(std::thread::current());
         self.waiting.store(true, Ordering::SeqCst);
