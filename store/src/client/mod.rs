@@ -16,7 +16,7 @@ pub mod nflog;
 pub mod ops;
 mod tcp;
 
-use crate::server::{Inbound, Mailbox, Store, WorkerShared};
+use crate::server::{Inbound, Mailbox, Store, WorkerShared, MAILBOX_SPIN};
 use crate::shard::ClientId;
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use std::collections::{HashMap, VecDeque};
@@ -98,6 +98,8 @@ pub struct StoreClient {
     customs: Vec<String>,
     replies: HashMap<(u32, u64), wire::Reply>,
     pushes: VecDeque<Pushed>,
+    /// Frames taken from the transport and not yet processed.
+    arrived: VecDeque<(u32, wire::ServerFrame)>,
     /// How long a blocking call waits before giving up.
     pub call_timeout: Duration,
     /// Initial retransmission timeout.
@@ -135,9 +137,9 @@ impl StoreClient {
         id: ClientId,
         opts: TcpOptions,
     ) -> Result<Self, ClientError> {
-        let mailbox = Arc::new(Mailbox::new());
-        let (links, customs) = tcp::TcpLinks::connect(addrs, id, opts, mailbox.clone())?;
+        let (links, customs) = tcp::TcpLinks::connect(addrs, id, opts)?;
         let shards = links.shards();
+        let mailbox = Arc::new(Mailbox::new());
         let mut c = Self::new(id, Transport::Tcp(links), mailbox, shards, customs);
         // Resume sequence numbers where the shards say this client stopped.
         if let Transport::Tcp(t) = &c.transport {
@@ -180,6 +182,7 @@ impl StoreClient {
             customs,
             replies: HashMap::new(),
             pushes: VecDeque::new(),
+            arrived: VecDeque::new(),
             call_timeout: Duration::from_secs(10),
             rto: Duration::from_millis(200),
             stats: ClientStats::default(),
@@ -460,15 +463,49 @@ impl StoreClient {
 
     /// Processes whatever has arrived, without waiting; resends timed-out operations.
     pub fn poll(&mut self) -> Result<(), ClientError> {
-        while let Some((shard, f)) = self.mailbox.try_take() {
-            self.on_frame(shard, f)?;
-        }
+        self.take_arrived()?;
         self.retransmit_due()
     }
 
-    fn wait_one(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        if let Some((shard, f)) = self.mailbox.wait(timeout) {
+    /// Processes the frames that have arrived; returns how many.
+    fn take_arrived(&mut self) -> Result<usize, ClientError> {
+        let mut n = 0;
+        if let Transport::Tcp(t) = &mut self.transport {
+            let frames = &mut self.arrived;
+            t.take_frames(|shard, f| frames.push_back((shard, f)));
+        } else {
+            while let Some(x) = self.mailbox.try_take() {
+                self.arrived.push_back(x);
+            }
+        }
+        while let Some((shard, f)) = self.arrived.pop_front() {
+            n += 1;
             self.on_frame(shard, f)?;
+        }
+        Ok(n)
+    }
+
+    fn wait_one(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        if self.take_arrived()? == 0 {
+            match &mut self.transport {
+                Transport::Tcp(t) => {
+                    // As for the in-process mailbox: a reply is microseconds away, and a
+                    // thread that blocks pays a wake-up on top.
+                    let mut got = false;
+                    crate::server::spin_poll(MAILBOX_SPIN.min(timeout), || {
+                        got = t.readable_now();
+                        got.then_some(())
+                    });
+                    if !got {
+                        t.wait_readable(timeout);
+                    }
+                }
+                Transport::InProc { .. } => {
+                    if let Some(x) = self.mailbox.wait(timeout) {
+                        self.arrived.push_back(x);
+                    }
+                }
+            }
         }
         self.poll()
     }
