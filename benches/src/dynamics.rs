@@ -30,11 +30,11 @@
 use crate::results::{median, Better, Results, Row};
 use crate::synth::{synth, Rng, SynthArgs};
 use anyhow::{bail, ensure, Context, Result};
-use chc_dataplane::cluster::link::{Frame, Peer};
+use chc_dataplane::cluster::link::{Frame, LinkPkt, Peer};
 use chc_dataplane::cluster::manager::{
     default_bin_dir, run_cluster, ClusterError, ClusterOptions, ClusterReport, Fault, Victim,
 };
-use chc_dataplane::cluster::net::{recv_spinning, In, Inbox, Outlet};
+use chc_dataplane::cluster::net::{In, Inbox, Outlet};
 use chc_dataplane::cluster::rootproc::SEQ_SPIN;
 use chc_dataplane::config::Vertex;
 use chc_dataplane::instance::NfInstance;
@@ -617,20 +617,34 @@ fn ftmb(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Vec<Noted>> {
     ])
 }
 
-/// Stands in for an entry instance's link thread: answers a root's sequence query at once.
-fn seq_responder(inbox: Inbox) {
-    std::thread::spawn(move || {
-        while let Ok(m) = inbox.rx.recv() {
-            if let In::Frame {
-                conn,
-                frame: Frame::QuerySeq,
-                ..
-            } = m
-            {
-                inbox.reply(conn, &Frame::SeqReport(12_345));
-            }
+/// Stands in for an entry instance: its inbox, whose link threads answer a sequence query
+/// themselves (as an instance's do), after an old root delivered ingress sequence numbers up
+/// to `seq` and its connection closed. Frames the instance's loop would take are dropped.
+fn entry_stand_in(seq: u64) -> Result<SocketAddr> {
+    let inbox = Inbox::bind("127.0.0.1:0".parse()?)?;
+    let addr = inbox.addr;
+    let mut old = Outlet::new(addr, Peer::Root);
+    ensure!(
+        old.wait_connected(Duration::from_secs(10)),
+        "could not reach the stand-in entry instance"
+    );
+    old.send(&Frame::Packets(vec![LinkPkt {
+        seq,
+        data: vec![0; 60],
+        ..Default::default()
+    }]));
+    drop(old);
+    // The old root's connection has ended once its packet and its end came through.
+    let mut seen = (false, false);
+    while seen != (true, true) {
+        match inbox.rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(In::Frame { .. }) => seen.0 = true,
+            Ok(In::Closed { .. }) => seen.1 = true,
+            Err(_) => bail!("the old root's connection did not come through"),
         }
-    });
+    }
+    std::thread::spawn(move || while inbox.rx.recv().is_ok() {});
+    Ok(addr)
 }
 
 fn root_recovery(reps: usize) -> Result<Noted> {
@@ -651,11 +665,8 @@ fn root_recovery(reps: usize) -> Result<Noted> {
     old.call(clock_key.set(&Value::Int(1_000_000)))?;
     // The new root's connections: to the store, and to the entry instance.
     let mut client = StoreClient::connect(&[addr], 0x7F00_0000_0002, opts)?;
-    let inbox = Inbox::bind("127.0.0.1:0".parse()?)?;
-    let entry = inbox.addr;
-    seq_responder(inbox);
-    let (tx, rx) = crossbeam::channel::unbounded();
-    let mut outlet = Outlet::new(entry, Peer::Root).with_replies(tx);
+    let entry = entry_stand_in(12_345)?;
+    let mut outlet = Outlet::new(entry, Peer::Root);
     ensure!(
         outlet.wait_connected(Duration::from_secs(10)),
         "could not reach the stand-in entry instance"
@@ -676,16 +687,13 @@ fn root_recovery(reps: usize) -> Result<Noted> {
         let built = t.elapsed();
         loop {
             // As the root process waits (`chc-dataplane root --recover`).
-            match recv_spinning(&rx, SEQ_SPIN, Duration::from_secs(10)) {
-                Ok(In::Frame {
-                    frame: Frame::SeqReport(s),
-                    ..
-                }) => {
+            match outlet.read_reply(SEQ_SPIN, Duration::from_secs(10)) {
+                Some(Frame::SeqReport(s)) => {
                     ensure!(s == 12_345, "unexpected sequence report {s}");
                     break;
                 }
-                Ok(_) => {}
-                Err(_) => bail!("the stand-in entry instance did not answer"),
+                Some(_) => {}
+                None => bail!("the stand-in entry instance did not answer"),
             }
         }
         let all = t.elapsed();
@@ -727,8 +735,9 @@ fn root_recovery(reps: usize) -> Result<Noted> {
         notes: format!(
             "the recovering root's step with its connections open (median of 50 per \
              repetition), as chc-dataplane's root takes it: the entry instance asked for its \
-             highest delivered sequence number over the chain's link protocol (answered by a \
-             stand-in that replies at once) and, while that travels, the persisted clock read \
+             highest delivered sequence number over the chain's link protocol (answered by the \
+             link thread of an instance's inbox, after an old root's connection delivered a \
+             packet and closed; the reply read by the root's own thread) and, while that travels, the persisted clock read \
              from an in-process store over loopback TCP ({:.1} us); Root::recover with a log \
              for up to 65536 packets ({:.1} us); the rest of the wait for the sequence report \
              ({:.1} us); process start and connecting are not included (see the end-to-end \

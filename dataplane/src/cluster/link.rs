@@ -26,7 +26,7 @@ pub enum Peer {
 }
 
 /// A packet on a link.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkPkt {
     pub meta: ChcMeta,
     pub weight: u64,

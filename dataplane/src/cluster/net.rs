@@ -231,6 +231,41 @@ impl Outlet {
         true
     }
 
+    /// Waits up to `timeout` for the next frame the peer sends back, reading the socket in
+    /// this thread after spinning on it for up to `spin`: for an outlet without a reply
+    /// reader, whose thread would add a wake-up to the wait. `None`: nothing came in time, or
+    /// the connection failed (it is dropped; the next send reconnects).
+    pub fn read_reply(&mut self, spin: Duration, timeout: Duration) -> Option<Frame> {
+        debug_assert!(self.replies.is_none(), "the reply reader reads this socket");
+        let s = self.stream.as_ref()?;
+        let start = Instant::now();
+        chc_store::server::spin_poll(spin.min(timeout), || {
+            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+            match rustix::net::recv(s, &mut [0u8; 1], flags) {
+                Err(rustix::io::Errno::AGAIN) => None,
+                // Data, an end of stream or an error: the read below sees which.
+                _ => Some(()),
+            }
+        });
+        let left = timeout.saturating_sub(start.elapsed());
+        let got = s
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()
+            .and_then(|()| link::read_frame(&mut &*s).ok().flatten());
+        match got {
+            Some(f) => {
+                let _ = s.set_read_timeout(None);
+                Some(f)
+            }
+            None => {
+                // Timed out (perhaps inside a frame) or ended: the stream cannot be trusted.
+                self.stream = None;
+                self.last_try = None;
+                None
+            }
+        }
+    }
+
     /// Drops the connection (its peer was replaced) and connects to the new peer.
     pub fn reconnect(&mut self, timeout: Duration) -> bool {
         self.stream = None;
@@ -259,6 +294,25 @@ pub struct Inbox {
     stop: Arc<AtomicBool>,
 }
 
+/// What the link threads know of the roots' connections, so that a recovering root's
+/// sequence query is answered by the thread that reads it: through the instance's own loop
+/// it took two thread wake-ups more.
+#[derive(Default)]
+struct RootSeq {
+    /// Highest ingress sequence number read from any root.
+    max: u64,
+    /// Root connections whose end has not been read yet.
+    open: std::collections::HashSet<u64>,
+}
+
+impl RootSeq {
+    /// The answer to a query on `conn`, if every other root connection has ended (all it
+    /// delivered has been read, so nothing of it is still on the way).
+    fn answer(&self, conn: u64) -> Option<u64> {
+        self.open.iter().all(|&c| c == conn).then_some(self.max)
+    }
+}
+
 impl Inbox {
     pub fn bind(addr: SocketAddr) -> std::io::Result<Inbox> {
         let l = TcpListener::bind(addr)?;
@@ -266,6 +320,7 @@ impl Inbox {
         let (tx, rx) = channel::unbounded();
         let writers: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let roots: Arc<Mutex<RootSeq>> = Arc::default();
         let (w2, s2) = (writers.clone(), stop.clone());
         std::thread::Builder::new()
             .name("inbox-accept".into())
@@ -275,7 +330,7 @@ impl Inbox {
                     if s2.load(Ordering::Relaxed) {
                         return;
                     }
-                    let Ok(mut s) = s else { continue };
+                    let Ok(s) = s else { continue };
                     let _ = s.set_nodelay(true);
                     let conn = next;
                     next += 1;
@@ -284,36 +339,10 @@ impl Inbox {
                     }
                     let tx = tx.clone();
                     let w3 = w2.clone();
-                    let _ =
-                        std::thread::Builder::new()
-                            .name("inbox-read".into())
-                            .spawn(move || {
-                                let from = match link::read_frame(&mut s) {
-                                    Ok(Some(Frame::Hello(p))) => p,
-                                    _ => {
-                                        w3.lock().remove(&conn);
-                                        return;
-                                    }
-                                };
-                                loop {
-                                    match link::read_frame(&mut s) {
-                                        Ok(Some(frame)) => {
-                                            if tx.send(In::Frame { conn, from, frame }).is_err() {
-                                                return;
-                                            }
-                                        }
-                                        Ok(None) => break,
-                                        Err(e) => {
-                                            eprintln!(
-                                            "chc-dataplane: link from {from:?}: {e}; closing it"
-                                        );
-                                            break;
-                                        }
-                                    }
-                                }
-                                w3.lock().remove(&conn);
-                                let _ = tx.send(In::Closed { conn, from });
-                            });
+                    let roots = roots.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("inbox-read".into())
+                        .spawn(move || read_link(s, conn, tx, w3, roots));
                 }
             })?;
         Ok(Inbox {
@@ -360,23 +389,62 @@ impl Drop for Inbox {
     }
 }
 
-/// Receives from `rx`, spinning ([`chc_store::server::spin_poll`]) for up to `spin` before
-/// blocking for the rest of `timeout`: a recovering root waits for an answer that is tens of
-/// microseconds away.
-pub fn recv_spinning(
-    rx: &Receiver<In>,
-    spin: Duration,
-    timeout: Duration,
-) -> Result<In, channel::RecvTimeoutError> {
-    let start = Instant::now();
-    let got = chc_store::server::spin_poll(spin.min(timeout), || match rx.try_recv() {
-        Ok(m) => Some(Ok(m)),
-        Err(channel::TryRecvError::Disconnected) => {
-            Some(Err(channel::RecvTimeoutError::Disconnected))
+/// One connection's link thread: passes its frames on in order, and answers a root's
+/// sequence query itself when it can (see [`RootSeq`]).
+fn read_link(
+    mut s: TcpStream,
+    conn: u64,
+    tx: Sender<In>,
+    writers: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    roots: Arc<Mutex<RootSeq>>,
+) {
+    let from = match link::read_frame(&mut s) {
+        Ok(Some(Frame::Hello(p))) => p,
+        _ => {
+            writers.lock().remove(&conn);
+            return;
         }
-        Err(channel::TryRecvError::Empty) => None,
-    });
-    got.unwrap_or_else(|| rx.recv_timeout(timeout.saturating_sub(start.elapsed())))
+    };
+    if from == Peer::Root {
+        roots.lock().open.insert(conn);
+    }
+    loop {
+        match link::read_frame(&mut s) {
+            Ok(Some(frame)) => {
+                if from == Peer::Root {
+                    match &frame {
+                        Frame::Packets(ps) => {
+                            if let Some(hi) = ps.iter().map(|p| p.seq).max() {
+                                let mut r = roots.lock();
+                                r.max = r.max.max(hi);
+                            }
+                        }
+                        Frame::QuerySeq => {
+                            let answer = roots.lock().answer(conn);
+                            if let Some(seq) = answer {
+                                if let Some(w) = writers.lock().get_mut(&conn) {
+                                    let _ = link::write_frame(w, &Frame::SeqReport(seq));
+                                }
+                                continue;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if tx.send(In::Frame { conn, from, frame }).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("chc-dataplane: link from {from:?}: {e}; closing it");
+                break;
+            }
+        }
+    }
+    writers.lock().remove(&conn);
+    roots.lock().open.remove(&conn);
+    let _ = tx.send(In::Closed { conn, from });
 }
 
 #[cfg(test)]
@@ -414,5 +482,72 @@ mod tests {
         ));
         o.closed = Arc::new(AtomicBool::new(false));
         assert!(!o.peer_alive());
+    }
+
+    fn packet(seq: u64) -> link::LinkPkt {
+        link::LinkPkt {
+            seq,
+            data: vec![0; 60],
+            ..Default::default()
+        }
+    }
+
+    fn next(inbox: &Inbox) -> In {
+        inbox
+            .rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a frame")
+    }
+
+    /// A recovering root's sequence query is answered by the link thread with the highest
+    /// sequence number any root delivered, but only once every other root connection has
+    /// ended; while one is open the query goes to the instance's loop as before.
+    #[test]
+    fn a_sequence_query_is_answered_by_the_link_once_older_roots_are_gone() {
+        let inbox = Inbox::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut old = Outlet::new(inbox.addr, Peer::Root);
+        assert!(old.connect_now());
+        old.send(&Frame::Packets(vec![packet(7), packet(9), packet(8)]));
+        assert!(matches!(
+            next(&inbox),
+            In::Frame {
+                frame: Frame::Packets(_),
+                ..
+            }
+        ));
+        // The old root still connected: the query is the loop's to answer.
+        let mut new = Outlet::new(inbox.addr, Peer::Root);
+        assert!(new.connect_now());
+        new.send(&Frame::QuerySeq);
+        assert!(matches!(
+            next(&inbox),
+            In::Frame {
+                frame: Frame::QuerySeq,
+                ..
+            }
+        ));
+        // (Nothing comes: the reader gives the connection up, which closes it.)
+        assert!(new
+            .read_reply(Duration::ZERO, Duration::from_millis(50))
+            .is_none());
+        // Both ends read, a new query is answered at once, and never reaches the loop.
+        drop(old);
+        for _ in 0..2 {
+            assert!(matches!(
+                next(&inbox),
+                In::Closed {
+                    from: Peer::Root,
+                    ..
+                }
+            ));
+        }
+        let mut new = Outlet::new(inbox.addr, Peer::Root);
+        assert!(new.connect_now());
+        new.send(&Frame::QuerySeq);
+        assert_eq!(
+            new.read_reply(Duration::from_micros(200), Duration::from_secs(5)),
+            Some(Frame::SeqReport(9))
+        );
+        assert!(inbox.rx.recv_timeout(Duration::from_millis(50)).is_err());
     }
 }

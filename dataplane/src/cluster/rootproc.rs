@@ -7,7 +7,7 @@
 //! the source sends them again. The source holds input back meanwhile.
 
 use super::link::{Frame, LinkPkt, Peer};
-use super::net::{self, In, Inbox, Outlet};
+use super::net::{In, Inbox, Outlet};
 use super::Plan;
 use crate::split::{bucket, key_hash, Allocation};
 use chc_proto::meta::{ChcMeta, MetaFlags};
@@ -55,14 +55,11 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
     subscribe(&mut store)?;
     let entry = chain.entry;
     let n = plan.instances[entry].len();
-    // Each entry instance answers on its own channel (only recovery reads them).
-    let (mut outs, replies): (Vec<Outlet>, Vec<_>) = plan.instances[entry]
+    // Only recovery reads what entry instances send back, in this thread.
+    let mut outs: Vec<Outlet> = plan.instances[entry]
         .iter()
-        .map(|a| {
-            let (tx, rx) = crossbeam::channel::unbounded();
-            (Outlet::new(*a, Peer::Root).with_replies(tx), rx)
-        })
-        .unzip();
+        .map(|a| Outlet::new(*a, Peer::Root))
+        .collect();
     let alloc = Allocation::even(n as u16);
     let key = chain.vertices[entry].partition;
     if recover {
@@ -93,20 +90,24 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
     let mut skip = vec![0u64; n];
     if recover {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for (i, rx) in replies.iter().enumerate() {
+        for (i, o) in outs.iter_mut().enumerate() {
             loop {
-                match net::recv_spinning(rx, SEQ_SPIN, Duration::from_millis(100)) {
-                    Ok(In::Frame {
-                        frame: Frame::SeqReport(s),
-                        ..
-                    }) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match o.read_reply(SEQ_SPIN, left) {
+                    Some(Frame::SeqReport(s)) => {
                         skip[i] = s;
                         break;
                     }
-                    _ if Instant::now() > deadline => {
+                    Some(_) => {}
+                    None if Instant::now() >= deadline => {
                         return Err(format!("entry instance {i} did not report"))
                     }
-                    _ => {}
+                    None => {
+                        // The connection failed: ask the instance (or its replacement) again.
+                        if o.wait_connected(left) {
+                            o.send(&Frame::QuerySeq);
+                        }
+                    }
                 }
             }
         }
