@@ -15,8 +15,9 @@ pub use generated::*;
 
 /// Protocol version spoken by this build, sent in [`Hello::version`]; the store refuses
 /// any other. 2: lists travel in `List.packed`, which a version-1 reader would take for
-/// empty lists.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// empty lists. 3: an increment may carry further packets' clocks (`Op.more_clocks`), which a
+/// version-2 store would ignore, applying one increment where the client counted several.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default limit on one frame (bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;

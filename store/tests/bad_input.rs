@@ -188,3 +188,41 @@ fn with_a_token_both_ports_refuse_unauthenticated_clients() {
     assert_eq!(r.cmd(&["AUTH", "s3cret"]), Reply::Simple("OK".into()));
     assert_eq!(r.get_int("n"), 5, "the refused commands changed nothing");
 }
+
+/// A client of an older protocol version is refused with the reason, not served: a version-2
+/// client and a version-3 store (or the other way round) would disagree on what an increment
+/// carrying further packets' clocks means, and one side would count wrong without a word.
+#[test]
+fn a_client_of_another_protocol_version_is_refused() {
+    use chc_proto::wire;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(&dir.path().join("data"), &[]);
+    for version in [wire::PROTOCOL_VERSION - 1, wire::PROTOCOL_VERSION + 1] {
+        let mut b = bytes::BytesMut::new();
+        wire::put_frame(
+            &wire::ClientFrame {
+                hello: Some(wire::Hello {
+                    client_id: 9,
+                    version,
+                    ..Default::default()
+                }),
+                ops: Vec::new(),
+            },
+            &mut b,
+        );
+        let mut got = bytes::BytesMut::from(&send_raw(p.native, &b).expect("closed")[..]);
+        let f = wire::take_frame::<wire::ServerFrame>(&mut got, wire::DEFAULT_MAX_FRAME)
+            .expect("a frame")
+            .expect("a whole frame");
+        assert!(
+            f.error
+                .contains(&format!("protocol version {version} not supported")),
+            "{}",
+            f.error
+        );
+    }
+    // The current version is served.
+    let mut c = Native::connect(p.native, 9, 0, "").expect("accepted");
+    c.send_ops(vec![incr("n", 1, false)]).unwrap();
+    c.wait_acked().unwrap();
+}
