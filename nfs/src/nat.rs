@@ -3,10 +3,17 @@
 //! State (Table 3.12): the public port pool is cross-flow, read/write often, and kept as
 //! two objects: a counter of the ports handed out from the range so far, and a list of the
 //! ports finished or idle connections gave back. A new connection takes the next port of
-//! the range while there is one, then the oldest port given back: the same order as one
-//! list filled with the whole range, but the state is a number and a short list instead of
-//! 64 512 items per address family (which an instance taking over would have to load before
-//! its first new connection). The per-connection mapping is per-flow (written once, read on
+//! the range while there is one, from the top down, then the oldest port given back: the
+//! same order as one list filled with the whole range, but the state is a number and a short
+//! list instead of 64 512 items per address family (which an instance taking over would have
+//! to load before its first new connection).
+//!
+//! From the top down, because downstream a split by client host tells the client of a
+//! connection by its higher port (a packet alone does not say who initiated it): public
+//! ports handed out from the bottom of the range (1024, 1025, ...) were lower than the
+//! server's port of every connection to a service above them (IRC on 6667, a passive FTP
+//! data port), so such a connection was split by its server, away from its client's other
+//! connections and its client's state at a port-scan detector. The per-connection mapping is per-flow (written once, read on
 //! every packet) and the L3/L4 packet counters are cross-flow, write-mostly (non-blocking
 //! increments).
 //!
@@ -150,12 +157,13 @@ impl Nat {
         }
     }
 
-    /// The next free public port for `fam`, or `None` when all are in use.
+    /// The next free public port for `fam` (the range from the top down, then the ports given
+    /// back, oldest first), or `None` when all are in use.
     fn take_port(&self, ctx: &mut Ctx<'_>, fam: u64) -> Result<Option<u16>, NfError> {
         let (lo, hi) = self.range;
         let n = TAKEN.add_get(ctx, &fam, 1)?;
-        if let Some(p) = u32::try_from(n - 1).ok().and_then(|i| lo.checked_add(i)) {
-            if p <= hi {
+        if let Some(p) = u32::try_from(n - 1).ok().and_then(|i| hi.checked_sub(i)) {
+            if p >= lo {
                 return Ok(Some(p as u16));
             }
         }

@@ -88,18 +88,18 @@ fn nat_translates_both_directions_and_recycles_ports() {
     let c = tuple("10.0.0.5", 40000, "93.184.216.34", 80);
     let (v, out) = h.run(&c, SYN, b"", 1);
     assert_eq!(v, Verdict::Forward);
-    assert_eq!(parsed(out), tuple("203.0.113.9", 5000, "93.184.216.34", 80));
+    assert_eq!(parsed(out), tuple("203.0.113.9", 5001, "93.184.216.34", 80));
     let (_, out) = h.run(&c.reversed(), SYN | ACK, b"", 1);
-    assert_eq!(parsed(out), tuple("93.184.216.34", 80, "203.0.113.9", 5000));
+    assert_eq!(parsed(out), tuple("93.184.216.34", 80, "203.0.113.9", 5001));
     // A second connection gets the other port; a third finds the pool empty.
     let c2 = tuple("10.0.0.6", 40001, "93.184.216.34", 80);
-    assert_eq!(parsed(h.run(&c2, SYN, b"", 1).1).sport, 5001);
+    assert_eq!(parsed(h.run(&c2, SYN, b"", 1).1).sport, 5000);
     let c3 = tuple("10.0.0.7", 40002, "93.184.216.34", 80);
     assert_eq!(h.run(&c3, SYN, b"", 1).0, Verdict::Drop);
     // FIN from both sides returns the first port; the third connection can now get it.
     h.run(&c, FIN | ACK, b"", 2);
     h.run(&c.reversed(), FIN | ACK, b"", 2);
-    assert_eq!(parsed(h.run(&c3, SYN, b"", 3).1).sport, 5000);
+    assert_eq!(parsed(h.run(&c3, SYN, b"", 3).1).sport, 5001);
     assert_eq!(
         h.kinds(),
         [
@@ -122,17 +122,41 @@ fn nat_takes_the_range_first_then_returned_ports_oldest_first() {
     let close = |h: &mut Harness, t: &FiveTuple, at: u64| {
         h.run(t, RST, b"", at);
     };
-    assert_eq!(open(&mut h, &c[0], 1), 5000);
+    assert_eq!(open(&mut h, &c[0], 1), 5002);
     assert_eq!(open(&mut h, &c[1], 1), 5001);
     close(&mut h, &c[0], 2);
     // The range is not used up yet: its last port comes before the one given back.
-    assert_eq!(open(&mut h, &c[2], 3), 5002);
-    assert_eq!(open(&mut h, &c[3], 3), 5000);
+    assert_eq!(open(&mut h, &c[2], 3), 5000);
+    assert_eq!(open(&mut h, &c[3], 3), 5002);
     close(&mut h, &c[2], 4);
     close(&mut h, &c[1], 4);
-    // Given back 5002, then 5001: handed out in that order.
-    assert_eq!(open(&mut h, &c[4], 5), 5002);
+    // Given back 5000, then 5001: handed out in that order.
+    assert_eq!(open(&mut h, &c[4], 5), 5000);
     assert_eq!(open(&mut h, &c[5], 5), 5001);
+}
+
+/// With the default pool, a translated connection's public port is above its server's port
+/// even for services on high ports, so a split by client host (which takes the endpoint with
+/// the higher port for the client) keeps it with its client's other connections.
+#[test]
+fn nat_public_ports_stay_above_server_ports() {
+    let mut h = Harness::new("nat", "");
+    for (i, server_port) in [80u16, 6667, 12345, 63988].into_iter().enumerate() {
+        let c = tuple(
+            &format!("10.0.0.{}", i + 1),
+            40000,
+            "93.184.216.34",
+            server_port,
+        );
+        let out = parsed(h.run(&c, SYN, b"", 1).1);
+        assert!(
+            nfs::nf::client_is_src(&out),
+            "{out:?}: the initiator's public port {} is not above the server's",
+            out.sport
+        );
+        let back = parsed(h.run(&c.reversed(), SYN | ACK, b"", 1).1);
+        assert!(!nfs::nf::client_is_src(&back), "{back:?}");
+    }
 }
 
 #[test]
