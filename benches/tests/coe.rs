@@ -410,3 +410,53 @@ fn unrecoverable_combinations_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A move is marked by every splitter in front of the vertex, including those of instances
+/// that have no traffic yet (the spare a later scale-out of the upstream vertex starts).
+/// Before, such a splitter marked a move only when it routed its next packet, so the old
+/// instance waited for a mark that never came, the new one held the moved flows' packets,
+/// and once the root's log was full the input stopped for good (`scale-out` on
+/// echo-connections.pcap with seeds 2 and 4 hung that way).
+#[test]
+fn a_move_completes_while_an_upstream_spare_has_no_traffic() {
+    use chc_dataplane::{run, Chain, RunOptions, ScaleAction, ScaleStep};
+    let t = traces_dir().join("echo-connections.pcap");
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    run(&RunOptions {
+        events: Some(p("ideal.jsonl")),
+        ..RunOptions::new(Chain::paper(), t.clone(), p("ideal.pcap"))
+    })
+    .unwrap();
+    // The detector's spare starts only near the end of the trace's 82 582 packets, more
+    // than the root's log (65 536) after the balancer's move: a move that waited for it
+    // would stop the input for good.
+    let step = |after_packets, vertex: &str| ScaleStep {
+        after_packets,
+        vertex: vertex.into(),
+        action: ScaleAction::Out,
+        handover: true,
+    };
+    let opts = RunOptions {
+        events: Some(p("run.jsonl")),
+        scaling: vec![step(2_000, "lb"), step(80_000, "portscan")],
+        ..RunOptions::new(Chain::paper(), t, p("run.pcap"))
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(&opts).map(|s| s.moves.len()));
+    });
+    let moves = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the run stalled: a move waited for a mark from an idle splitter")
+        .unwrap();
+    assert!(moves >= 2, "both scale-outs moved flows ({moves} moves)");
+    let r = chc_bench::coe::compare(
+        &p("ideal.pcap"),
+        &p("ideal.jsonl"),
+        &p("run.pcap"),
+        &p("run.jsonl"),
+    )
+    .unwrap();
+    assert!(r.equivalent, "not equivalent: {:?}", r.differences);
+}

@@ -43,6 +43,8 @@ const RACE: Duration = Duration::from_millis(500);
 pub const BATCH: usize = 32;
 /// Batches an instance's input channel holds.
 const CHANNEL_BATCHES: usize = 256;
+/// How often an instance without input looks for moves to mark downstream.
+const ORDERS_IDLE_CHECK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -552,7 +554,19 @@ impl Instance {
     fn run(mut self) -> InstanceStats {
         let mut eofs = 0;
         let mut b = Burst::default();
-        while let Ok(msg) = self.rx.recv() {
+        loop {
+            // Moves published for the vertices downstream are marked (handover steps 1 and
+            // 2) at once, not at the next packet this instance routes: the old instance
+            // waits for the "last" mark of every splitter in front of it, spares and idle
+            // instances included, and a splitter without traffic would never send it.
+            for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
+                d.follow_orders();
+            }
+            let msg = match self.rx.recv_timeout(ORDERS_IDLE_CHECK) {
+                Ok(m) => m,
+                Err(channel::RecvTimeoutError::Timeout) => continue,
+                Err(channel::RecvTimeoutError::Disconnected) => break,
+            };
             match msg {
                 ToInstance::Batch(batch) if self.discarding => {
                     for p in batch {
