@@ -8,6 +8,8 @@
 # replays it with every process's log.
 # CHC_BENCH=PATH runs a copy of chc-bench (its chc-dataplane and chc-store next to it), so
 # that a rebuild meanwhile does not swap binaries under a running loop.
+# A run that takes longer than CHC_RUN_TIMEOUT seconds (default 300) is stopped and counted
+# as not equivalent (listed as "hung"), so one stalled run does not stop the sweep.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 trace=${1:-../shared/traces/mixed.pcap}
@@ -15,12 +17,19 @@ runs=${2:-100}
 shift 2 2>/dev/null || shift $#
 scenarios=${*:-nf-crash root-crash store-crash correlated}
 bin=${CHC_BENCH:-${CARGO_TARGET_DIR:-target}/release/chc-bench}
+limit=${CHC_RUN_TIMEOUT:-300}
 [ -x "$bin" ] || cargo build -q --release -p chc-bench -p chc-dataplane -p chc-store
 for s in $scenarios; do
   ok=0
   failed=""
+  hung=""
   for seed in $(seq 1 "$runs"); do
-    if "$bin" coe --trace "$trace" --scenario "$s" --seed "$seed" 2>/dev/null | head -1 | grep -q '^EQUIVALENT'; then
+    out=$(timeout -k 10 "$limit" "$bin" coe --trace "$trace" --scenario "$s" --seed "$seed" 2>/dev/null)
+    rc=$?
+    first=${out%%$'\n'*}
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      hung="$hung $seed"
+    elif [[ $first == EQUIVALENT* ]]; then
       ok=$((ok + 1))
     else
       failed="$failed $seed"
@@ -28,5 +37,5 @@ for s in $scenarios; do
     printf '\r%s: %d/%d' "$s" "$seed" "$runs" >&2
   done
   printf '\r' >&2
-  echo "$s on $(basename "$trace"): $ok of $runs equivalent${failed:+ (failed seeds:$failed)}"
+  echo "$s on $(basename "$trace"): $ok of $runs equivalent${failed:+ (failed seeds:$failed)}${hung:+ (hung seeds, stopped after ${limit}s:$hung)}"
 done
