@@ -737,8 +737,9 @@ fn root_recovery(reps: usize) -> Result<Noted> {
              repetition), as chc-dataplane's root takes it: the entry instance asked for its \
              highest delivered sequence number over the chain's link protocol (answered by the \
              link thread of an instance's inbox, after an old root's connection delivered a \
-             packet and closed; the reply read by the root's own thread) and, while that travels, the persisted clock read \
-             from an in-process store over loopback TCP ({:.1} us); Root::recover with a log \
+             packet and closed; the reply read by the root's own thread) and, while that \
+             travels, the persisted clock read from an in-process store over loopback TCP \
+             ({:.1} us); Root::recover with a log \
              for up to 65536 packets ({:.1} us); the rest of the wait for the sequence report \
              ({:.1} us); process start and connecting are not included (see the end-to-end \
              root row)",

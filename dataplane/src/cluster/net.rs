@@ -162,11 +162,8 @@ impl Outlet {
         if self.replies.is_some() && self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        // Without taking anything and without blocking; the socket's blocking mode, which a
-        // reply reader shares, stays as it is.
-        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-        match rustix::net::recv(s, &mut [0u8; 1], flags) {
-            Ok((n, _)) => n > 0,
+        match peek(s) {
+            Ok(n) => n > 0,
             Err(e) => e == rustix::io::Errno::AGAIN,
         }
     }
@@ -239,13 +236,10 @@ impl Outlet {
         debug_assert!(self.replies.is_none(), "the reply reader reads this socket");
         let s = self.stream.as_ref()?;
         let start = Instant::now();
-        chc_store::server::spin_poll(spin.min(timeout), || {
-            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-            match rustix::net::recv(s, &mut [0u8; 1], flags) {
-                Err(rustix::io::Errno::AGAIN) => None,
-                // Data, an end of stream or an error: the read below sees which.
-                _ => Some(()),
-            }
+        chc_store::server::spin_poll(spin.min(timeout), || match peek(s) {
+            Err(rustix::io::Errno::AGAIN) => None,
+            // Data, an end of stream or an error: the read below sees which.
+            _ => Some(()),
         });
         let left = timeout.saturating_sub(start.elapsed());
         let got = s
@@ -284,6 +278,12 @@ impl Outlet {
         }
         false
     }
+}
+
+/// Bytes waiting on `s` (0: the peer closed), without taking any and without blocking; the
+/// socket's blocking mode, which a reply reader may share, stays as it is.
+fn peek(s: &TcpStream) -> rustix::io::Result<usize> {
+    rustix::net::recv(s, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT).map(|(n, _)| n)
 }
 
 /// Accepts connections on one address and merges what arrives.

@@ -486,25 +486,22 @@ impl StoreClient {
     }
 
     fn wait_one(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        if self.take_arrived()? == 0 {
-            match &mut self.transport {
-                Transport::Tcp(t) => {
-                    // As for the in-process mailbox: a reply is microseconds away, and a
-                    // thread that blocks pays a wake-up on top.
-                    let mut got = false;
-                    crate::server::spin_poll(MAILBOX_SPIN.min(timeout), || {
-                        got = t.readable_now();
-                        got.then_some(())
-                    });
-                    if !got {
-                        t.wait_readable(timeout);
-                    }
-                }
-                Transport::InProc { .. } => {
-                    if let Some(x) = self.mailbox.wait(timeout) {
-                        self.arrived.push_back(x);
-                    }
-                }
+        if matches!(self.transport, Transport::InProc { .. }) {
+            if let Some(x) = self.mailbox.wait(timeout) {
+                self.arrived.push_back(x);
+            }
+            return self.poll();
+        }
+        // As for the in-process mailbox: a reply is microseconds away, and a thread that
+        // blocks pays a wake-up on top. The spin reads the sockets themselves.
+        let mut taken = Ok(0);
+        crate::server::spin_poll(MAILBOX_SPIN.min(timeout), || {
+            taken = self.take_arrived();
+            (!matches!(taken, Ok(0))).then_some(())
+        });
+        if taken? == 0 {
+            if let Transport::Tcp(t) = &mut self.transport {
+                t.wait_readable(timeout);
             }
         }
         self.poll()

@@ -266,17 +266,8 @@ impl TcpLinks {
         }
     }
 
-    /// Whether a connection has something to read or ended, without waiting.
-    pub fn readable_now(&mut self) -> bool {
-        self.poll_conns(Duration::ZERO)
-    }
-
     /// Blocks until a connection has something to read or ended, or `timeout` passes.
     pub fn wait_readable(&mut self, timeout: Duration) {
-        self.poll_conns(timeout);
-    }
-
-    fn poll_conns(&mut self, timeout: Duration) -> bool {
         let mut fds: Vec<PollFd<'_>> = self
             .conns
             .iter()
@@ -284,14 +275,9 @@ impl TcpLinks {
             .filter_map(|c| c.stream.as_ref())
             .map(|s| PollFd::new(s, PollFlags::IN))
             .collect();
-        if fds.is_empty() {
-            return false;
+        if !fds.is_empty() {
+            let _ = rustix::event::poll(&mut fds, Some(&timespec(timeout)));
         }
-        let t = Timespec {
-            tv_sec: timeout.as_secs() as _,
-            tv_nsec: timeout.subsec_nanos() as _,
-        };
-        rustix::event::poll(&mut fds, Some(&t)).is_ok_and(|n| n > 0)
     }
 
     pub fn send(&mut self, shard: u32, ops: Vec<wire::Op>) -> Result<(), ClientError> {
@@ -317,10 +303,7 @@ impl TcpLinks {
                     // a full socket is waited out reading, never blocked on.
                     let readable = {
                         let mut fds = [PollFd::new(s, PollFlags::IN | PollFlags::OUT)];
-                        let t = Timespec {
-                            tv_sec: 0,
-                            tv_nsec: 20_000_000,
-                        };
+                        let t = timespec(Duration::from_millis(20));
                         let _ = rustix::event::poll(&mut fds, Some(&t));
                         fds[0].revents().contains(PollFlags::IN)
                     };
@@ -374,4 +357,12 @@ impl Drop for TcpLinks {
             }
         }
     }
+}
+
+/// `d` as poll(2) takes it (saturating: no wait here is anywhere near the limit).
+fn timespec(d: Duration) -> Timespec {
+    Timespec::try_from(d).unwrap_or(Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    })
 }
