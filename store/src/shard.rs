@@ -240,6 +240,17 @@ impl Entry {
         }
     }
 
+    /// Starts fetching the boxed part, if any, without waiting for it (see
+    /// `Shard::release_many`).
+    #[inline]
+    fn prefetch_cold(&self) {
+        if let Slot::Cold { cold, .. } = &self.slot {
+            let p = (&**cold as *const Cold).cast::<u8>();
+            table::prefetch(p);
+            table::prefetch(p.wrapping_add(std::mem::size_of::<Cold>() - 1));
+        }
+    }
+
     fn cold(&self) -> Option<&Cold> {
         match &self.slot {
             Slot::Cold { cold, .. } => Some(cold),
@@ -1122,7 +1133,8 @@ impl Shard {
         reply: &mut wire::Reply,
         out: &mut Outputs,
     ) {
-        match self.release_one(k, || op.sub.clone(), op.instance, op.seq, out) {
+        let hash = self.map.hash(k);
+        match self.release_one(hash, k, || op.sub.clone(), op.instance, op.seq, out) {
             Released::NotOwner => reply.status = Status::NotOwner as i32,
             Released::Freed => self.wal_record(0, op, &Value::Nil),
             Released::Absent | Released::Granted => {}
@@ -1156,10 +1168,29 @@ impl Shard {
             per_flow: true,
             sub: &keys[r],
         };
+        // Every key's slot is fetched first, together (a handover releases about a thousand
+        // keys at once, each a table miss); the releases then find them in the cache.
+        let map = &self.map;
+        let hashes: Vec<u64> = packed::iter(&keys)
+            .flatten()
+            .map(|(object, r)| {
+                let h = map.hash(key(object, r));
+                map.touch(h);
+                h
+            })
+            .collect();
+        // Then the boxed part of each (a flow's byte-string value), which a release reads to
+        // see whether anything is left once the owner is gone.
+        for ((object, r), &hash) in packed::iter(&keys).flatten().zip(&hashes) {
+            if let Some(e) = self.map.get_hashed(hash, &key(object, r)) {
+                e.prefetch_cold();
+            }
+        }
         let (mut moved, mut freed) = (0i64, false);
-        for (object, r) in packed::iter(&keys).flatten() {
+        for ((object, r), hash) in packed::iter(&keys).flatten().zip(hashes) {
             let sub = || keys.slice(r.clone());
-            match self.release_one(key(object, r.clone()), sub, op.instance, op.seq, out) {
+            let k = key(object, r.clone());
+            match self.release_one(hash, k, sub, op.instance, op.seq, out) {
                 Released::Freed => {
                     moved += 1;
                     freed = true;
@@ -1212,6 +1243,7 @@ impl Shard {
     /// a grant is logged here as the waiter's acquisition.
     fn release_one(
         &mut self,
+        hash: u64,
         k: KeyRef<'_>,
         sub: impl FnOnce() -> Bytes,
         instance: u32,
@@ -1219,7 +1251,7 @@ impl Shard {
         out: &mut Outputs,
     ) -> Released {
         let me = instance + 1;
-        let Some(e) = self.map.get_mut(&k) else {
+        let Some(e) = self.map.get_mut_hashed(hash, &k) else {
             // Nothing stored: nothing owned.
             return Released::Absent;
         };

@@ -19,7 +19,7 @@ use std::hash::BuildHasher;
 /// and the loop issuing it does not wait for the line.
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch(p: *const u8) {
+pub(super) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults and does not access memory in the language's sense (any
     // address is allowed); SSE is part of the x86_64 baseline.
@@ -68,10 +68,24 @@ impl Table {
             .map(|(_, e)| e)
     }
 
+    /// [`Table::get`] with `hash` = [`Table::hash`] of `k`.
+    #[inline]
+    pub fn get_hashed(&self, hash: u64, k: &KeyRef<'_>) -> Option<&Entry> {
+        self.t
+            .find(hash, |(key, _)| key.as_ref() == *k)
+            .map(|(_, e)| e)
+    }
+
     pub fn get_mut(&mut self, k: &KeyRef<'_>) -> Option<&mut Entry> {
         let h = self.hash(*k);
+        self.get_mut_hashed(h, k)
+    }
+
+    /// [`Table::get_mut`] with `hash` = [`Table::hash`] of `k`.
+    #[inline]
+    pub fn get_mut_hashed(&mut self, hash: u64, k: &KeyRef<'_>) -> Option<&mut Entry> {
         self.t
-            .find_mut(h, |(key, _)| key.as_ref() == *k)
+            .find_mut(hash, |(key, _)| key.as_ref() == *k)
             .map(|(_, e)| e)
     }
 
