@@ -116,6 +116,13 @@ impl CoreSample {
 /// How long before a refill of the period grid the window's ends are read.
 pub const LEAD: Duration = Duration::from_millis(3);
 
+/// Periods waited between this process's start and the window's. Starting it (exec, page
+/// faults, the shell around it) takes the core from the groups for tens of ms; a group left short
+/// of its quota when the window opens finishes that quota inside the window, on top of the
+/// window's own periods. With one quiet period this added 12-15 ms per window (0.2-0.3 points
+/// of a 5 s window) in the VM; with 20 it was gone (within 1 ms).
+pub const QUIET: u32 = 10;
+
 /// What `cpu-window` reports, all over the same window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Window {
@@ -314,7 +321,8 @@ fn sample(
 }
 
 /// Measures `periods` bandwidth periods (every group must have the same period), from [`LEAD`]
-/// before a refill of the period grid to the same point `periods` periods later.
+/// before a refill of the period grid, [`QUIET`] periods or more from now, to the same point
+/// `periods` periods later.
 pub fn measure(root: &Path, names: &[String], periods: u32, cpu: u32) -> Result<Window> {
     if names.is_empty() {
         bail!("no groups to measure");
@@ -330,10 +338,8 @@ pub fn measure(root: &Path, names: &[String], periods: u32, cpu: u32) -> Result<
             );
         }
     }
-    // Not the next edge: the period in which this process started (fork, exec, the shell around
-    // it) ran that work in the groups' place, and would leave them at the window's start short
-    // of their quota for it. One quiet period before the start puts both ends in the same state.
-    let start = next_edge(now() + period, period, LEAD);
+    // Not the next edge: see QUIET.
+    let start = next_edge(now() + period * QUIET, period, LEAD);
     sleep_until(start)?;
     let (g0, c0, t0, r0) = sample(&dirs, cpu)?;
     sleep_until(start + period * periods)?;
