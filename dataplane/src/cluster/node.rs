@@ -125,6 +125,7 @@ pub fn run_instance(
     let init =
         v.mode == chc_store::client::cache::Mode::Traditional || (!replacement && index == 0);
     let build = |client| NfInstance::with_client(&v, index, client, init);
+    let mut go = super::Go::TakeOver;
     let mut inst = if standby {
         let links = next
             .iter_mut()
@@ -149,9 +150,10 @@ pub fn run_instance(
         } else {
             None
         };
-        if !super::wait_for_go() {
+        let Some(g) = super::wait_for_go() else {
             return Ok(());
-        }
+        };
+        go = g;
         match inst {
             Some(i) => i,
             None => build(connect_store(false)?)?,
@@ -164,14 +166,35 @@ pub fn run_instance(
     if standby {
         super::say_listening();
     }
-    if replacement {
-        inst.state.set_fresh(false);
+    if go == super::Go::TakeOverAndReplay {
+        root.send(&Frame::Replay(v.id));
     }
     eprintln!(
         "chc-dataplane: {vertex}/{index} listening on {}{}",
         inbox.addr,
         if replacement { " (replacement)" } else { "" }
     );
+    if replacement {
+        inst.state.set_fresh(false);
+        // The store has every update the failed instance made (its connections are gone,
+        // and the store read what they still held before answering this one): its flows'
+        // state is loaded now, while the root is told to replay, instead of one store
+        // round trip per flow for the packets the replay brings. What the replay re-does
+        // goes through the store and is cached as the store has it.
+        let t = Instant::now();
+        match inst.state.preload_owned(PRELOAD_LIMIT) {
+            Ok(Some(n)) => eprintln!(
+                "chc-dataplane: {vertex}/{index}: loaded {n} flows' state in {:.2} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            ),
+            Ok(None) => eprintln!(
+                "chc-dataplane: {vertex}/{index}: flows' state over {PRELOAD_LIMIT} bytes; loading it on demand"
+            ),
+            Err(e) => eprintln!(
+                "chc-dataplane: {vertex}/{index}: loading the flows' state: {e}; loading it on demand"
+            ),
+        }
+    }
 
     let mut seen: HashSet<u64> = HashSet::new();
     let mut watermarks: HashMap<u16, u64> = HashMap::new();
@@ -346,22 +369,6 @@ pub fn run_instance(
                             if holding && target == v.id {
                                 replay_done_from.insert(from);
                                 if replay_done_from.len() >= senders {
-                                    // Every update of this instance's flows is in the store
-                                    // now: take them all at once rather than one miss per
-                                    // flow while the backlog drains.
-                                    let t = Instant::now();
-                                    match inst.state.preload_owned(PRELOAD_LIMIT) {
-                                        Ok(Some(n)) => eprintln!(
-                                            "chc-dataplane: {vertex}/{index}: loaded {n} flows' state in {:.2} ms",
-                                            t.elapsed().as_secs_f64() * 1e3
-                                        ),
-                                        Ok(None) => eprintln!(
-                                            "chc-dataplane: {vertex}/{index}: flows' state over {PRELOAD_LIMIT} bytes; loading it on demand"
-                                        ),
-                                        Err(e) => eprintln!(
-                                            "chc-dataplane: {vertex}/{index}: loading the flows' state: {e}; loading it on demand"
-                                        ),
-                                    }
                                     holding = false;
                                     root.send(&Frame::ReplayDone(v.id));
                                     held_new = HashSet::new();

@@ -305,8 +305,9 @@ impl StateClient {
     /// already), one call per shard, and from then on treats misses as "no state": a
     /// replacement instance would otherwise wait for the store on the first packet of each of
     /// its flows. Call it only when the store has every update of this instance's flows: after
-    /// the failed instance's connections are gone (`TcpOptions::supersedes`) and the replay
-    /// went through. Returns how many objects were loaded; `Ok(None)` if they exceed
+    /// the failed instance's connections are gone (`TcpOptions::supersedes`). A replay may
+    /// follow: what it re-does goes through the store and is cached as the store has it.
+    /// Returns how many objects were loaded; `Ok(None)` if they exceed
     /// `limit` bytes of values on some shard (nothing changes then: misses keep asking the
     /// store).
     pub fn preload_owned(&mut self, limit: usize) -> Result<Option<usize>, StateError> {
