@@ -191,7 +191,7 @@ fn main() -> Result<()> {
         } => {
             let p = chc_dataplane::cluster::Plan::load(&plan).map_err(anyhow::Error::msg)?;
             chc_dataplane::cluster::exit_with_parent("root".into());
-            if standby && !chc_dataplane::cluster::wait_for_go() {
+            if standby && chc_dataplane::cluster::wait_for_go().is_none() {
                 return Ok(());
             }
             chc_dataplane::cluster::rootproc::run_root(&p, recover, standby)

@@ -198,6 +198,8 @@ struct Awaited {
     killed: Instant,
     launched_ms: f64,
     spare: bool,
+    /// A woken spare that asks the root for its replay itself ([`super::Go`]).
+    replays_itself: bool,
     /// When it was seen listening.
     ready: Option<Instant>,
 }
@@ -414,13 +416,13 @@ impl<'a> Cluster<'a> {
     /// Starts what takes over from a failed `what`: its spare if it has a live one, else a
     /// new process; does not wait for it to listen (a [`Started`] says when). Returns whether
     /// the spare took over.
-    fn replace(&mut self, what: Victim) -> Result<bool, ClusterError> {
+    fn replace(&mut self, what: Victim, go: super::Go) -> Result<bool, ClusterError> {
         let flag = Self::takeover_flag(what);
         let extra: &[&str] = if flag.is_empty() { &[] } else { &[flag] };
         if let Some(k) = self.spares.iter().position(|s| s.what == what) {
             let mut s = self.spares.swap_remove(k);
             self.spares_due.push((what, Instant::now() + SPARE_DELAY));
-            if writeln!(s.go, "go").is_ok() {
+            if writeln!(s.go, "{}", go.line()).is_ok() {
                 self.started_async(what, s.name, s.log, s.child, Some(s.ready));
                 return Ok(true);
             }
@@ -768,15 +770,24 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             Victim::Instance(vi, _) => std::cmp::Reverse(depth[*vi]),
             _ => std::cmp::Reverse(usize::MAX),
         });
+        // A lone instance recovery (nothing else failed with it or is still recovering) has
+        // no replay order to keep: its spare asks the root for the replay itself.
+        let alone = pending_recovery.len() == 1 && awaited.is_empty();
         for (v, t) in std::mem::take(&mut pending_recovery) {
             busy = true;
             let launched_ms = started.elapsed().as_secs_f64() * 1e3;
-            let spare = c.replace(v)?;
+            let go = if alone && matches!(v, Victim::Instance(..)) {
+                super::Go::TakeOverAndReplay
+            } else {
+                super::Go::TakeOver
+            };
+            let spare = c.replace(v, go)?;
             awaited.push_back(Awaited {
                 what: v,
                 killed: t,
                 launched_ms,
                 spare,
+                replays_itself: spare && go == super::Go::TakeOverAndReplay,
                 ready: None,
             });
         }
@@ -805,6 +816,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
                 Victim::Root => {
                     source.reconnect(Duration::from_secs(30));
                 }
+                Victim::Instance(..) if a.replays_itself => {}
                 Victim::Instance(vi, _) => source.send(&Frame::Replay(o.chain.vertices[vi].id)),
             }
             c.report.recoveries.push(Recovery {

@@ -48,12 +48,39 @@ pub fn exit_with_parent(what: String) {
         });
 }
 
-/// A warm spare waits here until the manager says go (a line on standard input) and returns
-/// true; false when its input ends first (the manager no longer needs it). The process has
-/// loaded its binary and libraries and read its plan by then, which is most of a start.
-pub fn wait_for_go() -> bool {
+/// What the manager tells a warm spare when it wakes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Go {
+    /// Take over; the manager asks the root for the replay once the spare listens.
+    TakeOver,
+    /// Take over and ask the root for the replay as soon as listening. The manager says so
+    /// when this is the only recovery under way: there is then no order among replays to
+    /// keep (see the manager), and the request skips the hop through the manager.
+    TakeOverAndReplay,
+}
+
+impl Go {
+    fn line(self) -> &'static str {
+        match self {
+            Go::TakeOver => "go",
+            Go::TakeOverAndReplay => "go replay",
+        }
+    }
+}
+
+/// A warm spare waits here until the manager says go (a line on standard input); `None` when
+/// its input ends first (the manager no longer needs it). The process has loaded its binary
+/// and libraries and read its plan by then, which is most of a start.
+pub fn wait_for_go() -> Option<Go> {
     let mut line = String::new();
-    matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 => Some(if line.trim_end() == Go::TakeOverAndReplay.line() {
+            Go::TakeOverAndReplay
+        } else {
+            Go::TakeOver
+        }),
+        _ => None,
+    }
 }
 
 /// A woken spare tells the manager it listens (one line on its standard output, which the
