@@ -768,12 +768,21 @@ impl StateClient {
                 } else {
                     &mut self.shared
                 };
-                let c = cache.entry_ref(&k).or_insert_with(|| Cached {
-                    value: Value::Nil,
-                    version: 0,
-                });
-                let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
-                if c.value.is_nil() {
+                let (st, res, emptied) = match cache.get_mut(&k) {
+                    Some(c) => {
+                        let (st, res, _) = apply_update(&self.customs, code, &op, &mut c.value);
+                        (st, res, c.value.is_nil())
+                    }
+                    None => {
+                        let mut value = Value::Nil;
+                        let (st, res, _) = apply_update(&self.customs, code, &op, &mut value);
+                        if !value.is_nil() {
+                            cache.insert(k.to_key(), Cached { value, version: 0 });
+                        }
+                        (st, res, false)
+                    }
+                };
+                if emptied {
                     cache.remove(&k);
                 }
                 Ok((st, res))

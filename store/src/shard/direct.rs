@@ -83,6 +83,13 @@ impl Shard {
         if ops.len() < 2 {
             return;
         }
+        // Two passes: every key's control bytes are requested before any is read, then each
+        // slot is found and requested.
+        if let Some(c) = self.map.control() {
+            for &h in &self.hashes {
+                self.map.prefetch_control(c, h);
+            }
+        }
         for &h in &self.hashes {
             self.map.touch(h);
         }
