@@ -3,8 +3,9 @@
 //! A frame is `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`. Write-ahead logs and
 //! checkpoints are sequences of frames. The top bit of the length marks a *compact* WAL frame:
 //! the common operations (increments, sets, pushes, pops) are logged millions of times a second,
-//! and a fixed little-endian layout ([`CompactOp`]) costs a fraction of an rkyv serialisation
-//! while decoding to the same [`WalRecord`]. [`FrameReader`] yields records until the bytes end; a
+//! and a compact layout ([`CompactOp`]) costs a fraction of an rkyv serialisation while decoding
+//! to the same [`WalRecord`]. Compact frames are written with varint fields (the next bit of the
+//! length says so); frames of the earlier fixed little-endian layout are still read. [`FrameReader`] yields records until the bytes end; a
 //! frame that is cut short, fails its CRC or does not validate as an archive ends the sequence
 //! and is reported with its offset, so recovery can truncate the file there and never accepts a
 //! torn tail as data.
@@ -142,6 +143,33 @@ pub enum TornReason {
 
 /// Length-field bit marking a compact WAL frame.
 pub const COMPACT_BIT: u32 = 1 << 31;
+/// Length-field bit marking a compact frame in the varint layout (with [`COMPACT_BIT`]).
+pub const VARINT_BIT: u32 = 1 << 30;
+
+/// CRC of a varint compact payload. The layout is part of the checksum, so a flipped
+/// [`VARINT_BIT`] cannot make a fixed-layout payload pass for a varint one.
+fn varint_crc(payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(b"v");
+    h.update(payload);
+    h.finalize()
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// A frame's layout, from its length field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Rkyv,
+    Fixed,
+    Varint,
+}
 
 /// One operation in the compact WAL layout: everything an [`OpRec`] holds except `val2`, with
 /// `val` limited to nil, an integer or bytes, and no logged result. Operations that need more
@@ -182,12 +210,122 @@ impl CompactOp<'_> {
         sub.len() <= usize::from(u16::MAX)
     }
 
-    /// Appends this operation to `out` as one compact frame.
+    /// Appends this operation to `out` as one compact frame: every number a LEB128 varint
+    /// (signed ones zigzagged), then code, kind, key and value. Most fields are small (an
+    /// increment of 1, clock 0 outside a chain, low instance and object ids), so a frame takes
+    /// about half the bytes of the fixed layout; the WAL's write into the page cache is most
+    /// of a loaded shard's time, and it scales with those bytes.
     ///
     /// # Panics
     /// If `sub` does not fit (see [`CompactOp::fits`]) or `val` exceeds [`MAX_RECORD`]; callers
     /// check first.
     pub fn append(&self, out: &mut Vec<u8>) {
+        use prost::encoding::encode_varint;
+        assert!(Self::fits(self.sub), "compact record key too long");
+        if let CompactVal::Bytes(b) = self.val {
+            assert!(b.len() <= MAX_RECORD / 2, "compact record too large");
+        }
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        for v in [
+            self.lsn,
+            self.client,
+            self.seq,
+            zigzag(self.num),
+            self.clock,
+        ] {
+            encode_varint(v, out);
+        }
+        for v in [self.instance, self.op_index, self.flags] {
+            encode_varint(u64::from(v), out);
+        }
+        for v in [self.vertex, self.object, self.sub.len() as u16] {
+            encode_varint(u64::from(v), out);
+        }
+        out.extend_from_slice(&[self.code, self.kind()]);
+        out.extend_from_slice(self.sub);
+        match self.val {
+            CompactVal::Nil => {}
+            CompactVal::Int(i) => encode_varint(zigzag(i), out),
+            CompactVal::Bytes(b) => {
+                encode_varint(b.len() as u64, out);
+                out.extend_from_slice(b);
+            }
+        }
+        let len = out.len() - start - FRAME_HEADER;
+        assert!(len <= MAX_RECORD, "compact record too large");
+        let crc = varint_crc(&out[start + FRAME_HEADER..]);
+        out[start..start + 4]
+            .copy_from_slice(&(len as u32 | COMPACT_BIT | VARINT_BIT).to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn kind(&self) -> u8 {
+        let kind = match self.val {
+            CompactVal::Nil => 0u8,
+            CompactVal::Int(_) => 1,
+            CompactVal::Bytes(_) => 2,
+        };
+        kind | (self.per_flow as u8) << 7
+    }
+
+    /// Decodes a varint compact payload (after its CRC was checked); `None` unless it is
+    /// exactly one well-formed operation.
+    fn decode_varint(p: &[u8]) -> Option<WalRecord> {
+        use prost::encoding::decode_varint;
+        let mut b = p;
+        let mut n = || decode_varint(&mut b).ok();
+        let (lsn, client, seq, num, clock) = (n()?, n()?, n()?, unzigzag(n()?), n()?);
+        let small = |v: u64| u32::try_from(v).ok();
+        let (instance, op_index, flags) = (small(n()?)?, small(n()?)?, small(n()?)?);
+        let short = |v: u64| u16::try_from(v).ok();
+        let (vertex, object, sub_len) = (short(n()?)?, short(n()?)?, short(n()?)?);
+        let (&code, rest) = b.split_first()?;
+        let (&kind, rest) = rest.split_first()?;
+        let sub = rest.get(..usize::from(sub_len))?;
+        let mut rest = &rest[usize::from(sub_len)..];
+        let val = match kind & 0x7f {
+            0 => ValueRec::Nil,
+            1 => ValueRec::Int(unzigzag(decode_varint(&mut rest).ok()?)),
+            2 => {
+                let n = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                let v = rest.get(..n)?.to_vec();
+                rest = &rest[n..];
+                ValueRec::Bytes(v)
+            }
+            _ => return None,
+        };
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(WalRecord {
+            lsn,
+            client,
+            seq,
+            op: OpRec {
+                code: i32::from(code),
+                key: KeyRec {
+                    vertex: u32::from(vertex),
+                    object: u32::from(object),
+                    per_flow: kind & 0x80 != 0,
+                    sub: sub.to_vec(),
+                },
+                num,
+                val,
+                val2: ValueRec::Nil,
+                clock,
+                instance,
+                op_index,
+                flags,
+            },
+            result: ValueRec::Nil,
+        })
+    }
+
+    /// Appends this operation as one frame of the earlier fixed layout, which logs written
+    /// before varints hold (tests check they still read).
+    #[cfg(test)]
+    fn append_fixed(&self, out: &mut Vec<u8>) {
         assert!(Self::fits(self.sub), "compact record key too long");
         let val_len = match self.val {
             CompactVal::Nil => 0,
@@ -209,12 +347,7 @@ impl CompactOp<'_> {
         for v in [self.vertex, self.object, self.sub.len() as u16] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        let kind = match self.val {
-            CompactVal::Nil => 0u8,
-            CompactVal::Int(_) => 1,
-            CompactVal::Bytes(_) => 2,
-        };
-        out.extend_from_slice(&[self.code, kind | (self.per_flow as u8) << 7]);
+        out.extend_from_slice(&[self.code, self.kind()]);
         out.extend_from_slice(self.sub);
         match self.val {
             CompactVal::Nil => {}
@@ -228,8 +361,8 @@ impl CompactOp<'_> {
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decodes a compact payload (after its CRC was checked).
-    pub fn decode(p: &[u8]) -> Option<WalRecord> {
+    /// Decodes a fixed-layout compact payload (after its CRC was checked).
+    fn decode_fixed(p: &[u8]) -> Option<WalRecord> {
         let fixed = p.get(..COMPACT_FIXED)?;
         let u64_at = |i: usize| u64::from_le_bytes(fixed[i..i + 8].try_into().expect("8"));
         let u32_at = |i: usize| u32::from_le_bytes(fixed[i..i + 4].try_into().expect("4"));
@@ -343,8 +476,8 @@ impl<'a> FrameReader<'a> {
         self.torn.as_ref()
     }
 
-    /// The next frame's payload after its length and CRC were checked: (compact, payload).
-    fn next_frame(&mut self) -> Option<(bool, &'a [u8])> {
+    /// The next frame's payload after its length and CRC were checked, with its layout.
+    fn next_frame(&mut self) -> Option<(Layout, &'a [u8])> {
         if self.torn.is_some() || self.pos == self.data.len() {
             return None;
         }
@@ -359,8 +492,18 @@ impl<'a> FrameReader<'a> {
         }
         let raw = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let compact = raw & COMPACT_BIT != 0;
-        let len = (raw & !COMPACT_BIT) as usize;
+        let layout = match (raw & COMPACT_BIT != 0, raw & VARINT_BIT != 0) {
+            (false, false) => Layout::Rkyv,
+            (true, false) => Layout::Fixed,
+            (true, true) => Layout::Varint,
+            // An implausible length, like any other above MAX_RECORD.
+            (false, true) => Layout::Rkyv,
+        };
+        let flags = match layout {
+            Layout::Varint => COMPACT_BIT | VARINT_BIT,
+            Layout::Fixed | Layout::Rkyv => COMPACT_BIT,
+        };
+        let len = (raw & !flags) as usize;
         if len == 0 || len > MAX_RECORD {
             self.torn = Some(fail(TornReason::BadLength(len)));
             return None;
@@ -373,11 +516,15 @@ impl<'a> FrameReader<'a> {
             return None;
         }
         let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        if crc32fast::hash(payload) != crc {
+        let sum = match layout {
+            Layout::Varint => varint_crc(payload),
+            Layout::Rkyv | Layout::Fixed => crc32fast::hash(payload),
+        };
+        if sum != crc {
             self.torn = Some(fail(TornReason::Crc));
             return None;
         }
-        Some((compact, payload))
+        Some((layout, payload))
     }
 
     fn invalid(&mut self) {
@@ -396,8 +543,8 @@ impl<'a> FrameReader<'a> {
         T::Archived: for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, RkyvError>>
             + Deserialize<T, rkyv::api::high::HighDeserializer<RkyvError>>,
     {
-        let (compact, payload) = self.next_frame()?;
-        if compact {
+        let (layout, payload) = self.next_frame()?;
+        if layout != Layout::Rkyv {
             self.invalid();
             return None;
         }
@@ -417,13 +564,15 @@ impl<'a> FrameReader<'a> {
 
     /// The next write-ahead log record, from an rkyv or a compact frame.
     pub fn next_wal(&mut self) -> Option<WalRecord> {
-        let (compact, payload) = self.next_frame()?;
-        let rec = if compact {
-            CompactOp::decode(payload)
-        } else {
-            self.aligned.clear();
-            self.aligned.extend_from_slice(payload);
-            rkyv::from_bytes::<WalRecord, RkyvError>(&self.aligned).ok()
+        let (layout, payload) = self.next_frame()?;
+        let rec = match layout {
+            Layout::Varint => CompactOp::decode_varint(payload),
+            Layout::Fixed => CompactOp::decode_fixed(payload),
+            Layout::Rkyv => {
+                self.aligned.clear();
+                self.aligned.extend_from_slice(payload);
+                rkyv::from_bytes::<WalRecord, RkyvError>(&self.aligned).ok()
+            }
         };
         match rec {
             Some(r) => {
@@ -566,14 +715,18 @@ mod tests {
         (c, rec)
     }
 
-    /// rkyv and compact frames interleaved, as a WAL holds them.
+    /// rkyv and compact frames (both layouts) interleaved, as a WAL holds them.
     fn mixed(n: u64) -> (Vec<u8>, Vec<usize>, Vec<WalRecord>) {
         let mut w = FrameWriter::new();
         let (mut out, mut ends, mut recs) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
-            if i % 2 == 0 {
+            if i % 3 != 2 {
                 let (c, r) = compact(i);
-                c.append(&mut out);
+                if i % 3 == 0 {
+                    c.append(&mut out);
+                } else {
+                    c.append_fixed(&mut out);
+                }
                 recs.push(r);
             } else {
                 w.append(&rec(i), &mut out).unwrap();
@@ -609,6 +762,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn varint_frames_carry_any_field_values(
+            lsn in any::<u64>(), client in any::<u64>(), seq in any::<u64>(), num in any::<i64>(),
+            clock in any::<u64>(), instance in any::<u32>(), op_index in any::<u32>(),
+            flags in any::<u32>(), vertex in any::<u16>(), object in any::<u16>(),
+            code in any::<u8>(), per_flow in any::<bool>(),
+            sub in proptest::collection::vec(any::<u8>(), 0..64),
+            int in any::<i64>(), bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            which in 0u8..3,
+        ) {
+            let val = match which {
+                0 => CompactVal::Nil,
+                1 => CompactVal::Int(int),
+                _ => CompactVal::Bytes(&bytes),
+            };
+            let c = CompactOp {
+                lsn, client, seq, code, vertex, object, per_flow, sub: &sub, num, val, clock,
+                instance, op_index, flags,
+            };
+            let (mut varint, mut fixed) = (Vec::new(), Vec::new());
+            c.append(&mut varint);
+            c.append_fixed(&mut fixed);
+            let a = FrameReader::new(&varint).next_wal();
+            let b = FrameReader::new(&fixed).next_wal();
+            prop_assert!(a.is_some());
+            prop_assert_eq!(a, b);
+        }
+
         #[test]
         fn a_flipped_byte_is_never_accepted_as_different_data(pos in 0usize..10_000, bit in 0u8..8) {
             let (mut bytes, _) = encode_all(5);
