@@ -37,6 +37,8 @@ pub(crate) const WAKER: Token = Token(0);
 const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
 /// Stop reading from a connection whose unsent replies exceed this.
 const WBUF_HIGH: usize = 64 << 20;
+/// How many commands of a RESP pipeline have their keys looked up ahead (`process_resp`).
+const PIPELINE_TOUCH: usize = 64;
 /// How long a superseding connection waits for the connections it replaces to end before
 /// they are closed by force. The manager kills a failed instance before it starts the
 /// replacement, so their end is normally already on its way.
@@ -115,6 +117,8 @@ pub(crate) struct Worker {
     wal_scratch: Vec<u8>,
     scratch: Vec<u8>,
     args: Vec<Range<usize>>,
+    /// Where the keys of a pipeline's commands are in the read buffer (see `process_resp`).
+    keys: Vec<Range<usize>>,
     dirty_conns: Vec<Token>,
     /// Results of calls other shards' RESP connections made here, held until this pass's
     /// WAL append: the other shard acknowledges to its client as soon as it has them.
@@ -157,6 +161,7 @@ impl Worker {
             wal_scratch: Vec::new(),
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
+            keys: Vec::new(),
             dirty_conns: Vec::new(),
             call_results: Vec::new(),
             fences: Vec::new(),
@@ -581,6 +586,27 @@ impl Worker {
         };
         let mut pos = 0;
         let mut args = std::mem::take(&mut self.args);
+        // A pipeline's keys are looked up together before its commands run (see
+        // `Shard::touch_plain`): with many keys each command's lookup misses the cache.
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        let mut p = 0;
+        for _ in 0..PIPELINE_TOUCH {
+            match resp::parse(&c.rbuf[p..], &mut args) {
+                Ok(Some(n)) => {
+                    if let Some(k) = args.get(1) {
+                        keys.push(p + k.start..p + k.end);
+                    }
+                    p += n;
+                }
+                _ => break,
+            }
+        }
+        if keys.len() > 1 {
+            self.shard
+                .touch_plain(keys.iter().map(|r| &c.rbuf[r.clone()]));
+        }
+        self.keys = keys;
         while !c.closing {
             match resp::parse(&c.rbuf[pos..], &mut args) {
                 Ok(Some(n)) => {

@@ -95,6 +95,32 @@ impl Shard {
         }
     }
 
+    /// [`Shard::touch`] for the plain keys of a pipeline of RESP commands, which are applied
+    /// one by one as they are parsed: their lookups are started together first.
+    pub fn touch_plain<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
+        self.hashes.clear();
+        let map = &self.map;
+        self.hashes.extend(keys.map(|sub| {
+            map.hash(KeyRef {
+                vertex: 0,
+                object: 0,
+                per_flow: false,
+                sub,
+            })
+        }));
+        if self.hashes.len() < 2 {
+            return;
+        }
+        if let Some(c) = self.map.control() {
+            for &h in &self.hashes {
+                self.map.prefetch_control(c, h);
+            }
+        }
+        for &h in &self.hashes {
+            self.map.touch(h);
+        }
+    }
+
     /// Reads a value for a client without a sequence number (RESP GET and friends).
     pub fn direct_get(&mut self, k: KeyRef<'_>) -> Option<Cow<'_, Value>> {
         self.stats.ops += 1;
