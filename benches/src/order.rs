@@ -63,8 +63,11 @@ pub struct OrderArgs {
     /// Background packets (a synthetic trace the signatures are spread through).
     #[arg(long, default_value_t = 20_000)]
     pub background: u64,
-    /// Background packets between two packets of a planted host.
-    #[arg(long, default_value_t = 4)]
+    /// Background packets between two packets of a planted host. At the default rate one
+    /// background packet puts 100 µs between a host's packets, which the delays' 50 µs spread
+    /// can reorder; with wider spacing only queueing behind a slowed instance can, and
+    /// whether it does depends on how fast the rest of the chain runs.
+    #[arg(long, default_value_t = 1)]
     pub spacing: usize,
     /// Packets per second admitted (a load the slowed instances keep up with, so queues stay
     /// short and reordering comes from the delays, not from backlog).
