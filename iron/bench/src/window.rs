@@ -241,54 +241,24 @@ fn period_of(dir: &Path) -> Result<Duration> {
     Ok(Duration::from_micros(us))
 }
 
-/// Linux's `struct timespec` on 64-bit targets and `CLOCK_MONOTONIC` / `TIMER_ABSTIME`
-/// (include/uapi/linux/time.h): the clock of the kernel's CFS period timers, which `Instant`
+/// CLOCK_MONOTONIC since boot: the clock of the kernel's CFS period timers, which `Instant`
 /// uses too but does not expose.
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-const CLOCK_MONOTONIC: i32 = 1;
-const TIMER_ABSTIME: i32 = 1;
-const EINTR: i32 = 4;
-
-// FFI to the C library std links anyway (the project allows unsafe for FFI only), rather than a
-// crate for two calls.
-#[allow(unsafe_code)]
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    fn clock_nanosleep(clock: i32, flags: i32, req: *const Timespec, rem: *mut Timespec) -> i32;
-}
-
-/// CLOCK_MONOTONIC since boot.
-#[allow(unsafe_code)]
 fn now() -> Duration {
-    let mut t = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a live timespec; CLOCK_MONOTONIC cannot fail.
-    let rc = unsafe { clock_gettime(CLOCK_MONOTONIC, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Sleeps until `at` on CLOCK_MONOTONIC.
-#[allow(unsafe_code)]
 fn sleep_until(at: Duration) -> Result<()> {
-    let ts = Timespec {
+    let ts = rustix::time::Timespec {
         tv_sec: at.as_secs() as i64,
         tv_nsec: i64::from(at.subsec_nanos()),
     };
     loop {
-        // SAFETY: a valid clock id, a pointer to a live timespec, no remainder (absolute sleep).
-        // clock_nanosleep returns the error number instead of setting errno.
-        match unsafe { clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, std::ptr::null_mut()) }
-        {
-            0 => return Ok(()),
-            EINTR => continue,
-            e => bail!("clock_nanosleep: {}", std::io::Error::from_raw_os_error(e)),
+        match rustix::thread::clock_nanosleep_absolute(rustix::thread::ClockId::Monotonic, &ts) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => bail!("clock_nanosleep: {e}"),
         }
     }
 }
