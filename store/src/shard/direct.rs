@@ -83,8 +83,12 @@ impl Shard {
         if ops.len() < 2 {
             return;
         }
-        // Two passes: every key's control bytes are requested before any is read, then each
-        // slot is found and requested.
+        self.touch_hashes();
+    }
+
+    /// Two passes over `self.hashes`: every key's control bytes are requested before any is
+    /// read, then each slot is found and requested.
+    fn touch_hashes(&self) {
         if let Some(c) = self.map.control() {
             for &h in &self.hashes {
                 self.map.prefetch_control(c, h);
@@ -111,14 +115,7 @@ impl Shard {
         if self.hashes.len() < 2 {
             return;
         }
-        if let Some(c) = self.map.control() {
-            for &h in &self.hashes {
-                self.map.prefetch_control(c, h);
-            }
-        }
-        for &h in &self.hashes {
-            self.map.touch(h);
-        }
+        self.touch_hashes();
     }
 
     /// Reads a value for a client without a sequence number (RESP GET and friends).
