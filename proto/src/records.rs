@@ -5,10 +5,10 @@
 //! the common operations (increments, sets, pushes, pops) are logged millions of times a second,
 //! and a compact layout ([`CompactOp`]) costs a fraction of an rkyv serialisation while decoding
 //! to the same [`WalRecord`]. Compact frames are written with varint fields (the next bit of the
-//! length says so); frames of the earlier fixed little-endian layout are still read. [`FrameReader`] yields records until the bytes end; a
-//! frame that is cut short, fails its CRC or does not validate as an archive ends the sequence
-//! and is reported with its offset, so recovery can truncate the file there and never accepts a
-//! torn tail as data.
+//! length says so); frames of the earlier fixed little-endian layout are still read.
+//! [`FrameReader`] yields records until the bytes end; a frame that is cut short, fails its CRC
+//! or does not validate as an archive ends the sequence and is reported with its offset, so
+//! recovery can truncate the file there and never accepts a torn tail as data.
 
 use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
@@ -222,9 +222,6 @@ impl CompactOp<'_> {
     pub fn append(&self, out: &mut Vec<u8>) {
         use prost::encoding::encode_varint;
         assert!(Self::fits(self.sub), "compact record key too long");
-        if let CompactVal::Bytes(b) = self.val {
-            assert!(b.len() <= MAX_RECORD / 2, "compact record too large");
-        }
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
         for v in [
@@ -492,18 +489,14 @@ impl<'a> FrameReader<'a> {
         }
         let raw = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let layout = match (raw & COMPACT_BIT != 0, raw & VARINT_BIT != 0) {
-            (false, false) => Layout::Rkyv,
-            (true, false) => Layout::Fixed,
-            (true, true) => Layout::Varint,
-            // An implausible length, like any other above MAX_RECORD.
-            (false, true) => Layout::Rkyv,
+        // VARINT_BIT without COMPACT_BIT stays in the length: implausible, like any other
+        // length above MAX_RECORD.
+        let (layout, len) = match (raw & COMPACT_BIT != 0, raw & VARINT_BIT != 0) {
+            (false, _) => (Layout::Rkyv, raw),
+            (true, false) => (Layout::Fixed, raw & !COMPACT_BIT),
+            (true, true) => (Layout::Varint, raw & !(COMPACT_BIT | VARINT_BIT)),
         };
-        let flags = match layout {
-            Layout::Varint => COMPACT_BIT | VARINT_BIT,
-            Layout::Fixed | Layout::Rkyv => COMPACT_BIT,
-        };
-        let len = (raw & !flags) as usize;
+        let len = len as usize;
         if len == 0 || len > MAX_RECORD {
             self.torn = Some(fail(TornReason::BadLength(len)));
             return None;
