@@ -1169,16 +1169,13 @@ impl Shard {
             sub: &keys[r],
         };
         // Every key's slot is fetched first, together (a handover releases about a thousand
-        // keys at once, each a table miss); the releases then find them in the cache.
-        let map = &self.map;
+        // keys at once, each a table miss); the releases then find them in the cache. The
+        // batch's own hashes (`self.hashes`) are still in use by the operations after this one.
         let hashes: Vec<u64> = packed::iter(&keys)
             .flatten()
-            .map(|(object, r)| {
-                let h = map.hash(key(object, r));
-                map.touch(h);
-                h
-            })
+            .map(|(object, r)| self.map.hash(key(object, r)))
             .collect();
+        self.touch_all(&hashes);
         // Then the boxed part of each (a flow's byte-string value), which a release reads to
         // see whether anything is left once the owner is gone.
         for ((object, r), &hash) in packed::iter(&keys).flatten().zip(&hashes) {

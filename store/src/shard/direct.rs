@@ -83,18 +83,18 @@ impl Shard {
         if ops.len() < 2 {
             return;
         }
-        self.touch_hashes();
+        self.touch_all(&self.hashes);
     }
 
-    /// Two passes over `self.hashes`: every key's control bytes are requested before any is
-    /// read, then each slot is found and requested.
-    fn touch_hashes(&self) {
+    /// Two passes over the keys with these hashes: every key's control bytes are requested
+    /// before any is read, then each slot is found and requested.
+    pub(super) fn touch_all(&self, hashes: &[u64]) {
         if let Some(c) = self.map.control() {
-            for &h in &self.hashes {
+            for &h in hashes {
                 self.map.prefetch_control(c, h);
             }
         }
-        for &h in &self.hashes {
+        for &h in hashes {
             self.map.touch(h);
         }
     }
@@ -115,7 +115,7 @@ impl Shard {
         if self.hashes.len() < 2 {
             return;
         }
-        self.touch_hashes();
+        self.touch_all(&self.hashes);
     }
 
     /// Reads a value for a client without a sequence number (RESP GET and friends).
