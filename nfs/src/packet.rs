@@ -238,6 +238,7 @@ pub struct Packet<'a> {
 
 impl<'a> Packet<'a> {
     /// Parses `data`. Never fails: problems are reported in `hdr.shape`.
+    #[inline]
     pub fn parse(data: &'a mut [u8], wire_len: usize, ts_ns: u64) -> Packet<'a> {
         let hdr = parse_headers(data);
         let captured = data.len();
@@ -454,6 +455,7 @@ fn be16(d: &[u8], o: usize) -> u16 {
     u16::from_be_bytes([d[o], d[o + 1]])
 }
 
+#[inline(always)]
 fn parse_headers(d: &[u8]) -> Headers {
     let mut h = Headers::default();
     if d.len() < ETH_HLEN {
@@ -482,6 +484,7 @@ fn parse_headers(d: &[u8]) -> Headers {
     h
 }
 
+#[inline(always)]
 fn parse_v4(d: &[u8], h: &mut Headers) {
     let o = h.l3;
     if d.len() < o + 20 {
