@@ -227,6 +227,8 @@ struct Source {
     telemetry: Arc<dyn telemetry::Source>,
     seen_drops: u64,
     polls: u32,
+    /// Whether the chain rewrites headers, so each packet needs its template's back.
+    rewrites: bool,
 }
 
 impl Source {
@@ -266,8 +268,10 @@ impl Source {
     fn step(&mut self) {
         let mut b = std::mem::replace(&mut self.burst, Burst::with_capacity(0));
         self.rx.rx_burst(&mut b);
-        for m in b.iter_mut() {
-            self.restore(m);
+        if self.rewrites {
+            for m in b.iter_mut() {
+                self.restore(m);
+            }
         }
         self.burst = b;
         self.send();
@@ -317,6 +321,7 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
         telemetry: telemetry.clone(),
         seen_drops: 0,
         polls: 0,
+        rewrites: kind != "empty",
     };
     src.top_up();
     dp.attach_hook(Box::new(move || src.step()));
