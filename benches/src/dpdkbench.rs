@@ -10,9 +10,10 @@
 //!   detector) on lcore 1 (CPU 1): in on `net_ring0`, out on `net_ring1`. Like testpmd's
 //!   `--tx-first` loop, the traffic runs round on that one lcore: a source called in every
 //!   iteration of the chain's loop takes the chain's output from `net_ring1`, gives each
-//!   packet the headers of the next template (the NAT and the load balancer rewrote them)
-//!   and sends it into `net_ring0` again, keeping 128 packets in flight. Its work counts
-//!   against us. The templates are 1024 TCP connections, both directions, with original
+//!   packet the headers of the next template when the chain rewrites headers (the NAT and
+//!   the load balancer do; the empty chain does not, so its packets go round unchanged, as
+//!   testpmd's do) and sends it into `net_ring0` again, keeping 128 packets in flight. Its
+//!   work counts against us. The templates are 1024 TCP connections, both directions, with original
 //!   addresses, as a bump in the wire sees them. The chain's store runs in the same
 //!   process, as shard threads the EAL does not pin: they stand for the store hosts of a
 //!   deployment and do not share the lcore's CPU (their work is not in the lcore's cycles,
