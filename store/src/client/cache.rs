@@ -980,6 +980,37 @@ impl StateClient {
         self.send(per_flow, op, true);
     }
 
+    /// An increment of an NF-local integer (traditional mode: counters every packet
+    /// bumps), done in place with no operation built. Only the case whose outcome is
+    /// plain (an existing integer that does not overflow) is taken here; every other one
+    /// (a new key, another type, overflow) returns false and goes through
+    /// [`apply_update`], so both give the same results.
+    fn local_incr(&mut self, obj: u16, sub: &[u8], by: i64) -> Result<bool, StateError> {
+        let (strat, scope, _) = self.obj(obj)?;
+        if strat != Strategy::Local {
+            return Ok(false);
+        }
+        let k = self.key_ref(obj, scope, sub);
+        let cache = if k.per_flow {
+            &mut self.flows
+        } else {
+            &mut self.shared
+        };
+        let Some(c) = cache.get_mut(&k) else {
+            return Ok(false);
+        };
+        let Value::Int(i) = &mut c.value else {
+            return Ok(false);
+        };
+        let Some(n) = i.checked_add(by) else {
+            return Ok(false);
+        };
+        *i = n;
+        self.stats.ops += 1;
+        self.stats.local_ops += 1;
+        Ok(true)
+    }
+
     fn obj_op(&self, obj: u16, sub: &[u8], code: OpCode) -> Result<wire::Op, StateError> {
         let (_, scope, _) = self.obj(obj)?;
         Ok(self.key(obj, scope, sub).op(code))
@@ -1008,6 +1039,9 @@ impl StateClient {
     pub fn incr(&mut self, obj: u16, sub: &[u8], by: i64) -> Result<(), StateError> {
         if let Some(per_flow) = self.blind_remote(obj)? {
             self.queue_blind(obj, per_flow, sub, OpCode::OpIncr, by, None);
+            return Ok(());
+        }
+        if self.local_incr(obj, sub, by)? {
             return Ok(());
         }
         let mut op = self.obj_op(obj, sub, OpCode::OpIncr)?;

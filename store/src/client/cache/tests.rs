@@ -680,3 +680,34 @@ fn get_with_reads_what_get_reads() {
     assert!(t.get_with(CNT, b"x", Value::is_nil).unwrap());
     assert_eq!(t.stats.local_ops, 3);
 }
+
+/// Local (traditional) increments change an integer in place; every other case keeps the
+/// store's rules: a new key starts from 0, an overflow or a non-integer leaves the value.
+#[test]
+fn local_increments_follow_the_stores_rules() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut e = external(&store, 17, 0);
+    let mut t = StateClient::local(17, 0, &specs(), CustomOps::builtin());
+    for s in [&mut t, &mut e] {
+        s.begin_packet(ops::clock(1, 1), false);
+        s.incr(PF, b"a", 5).unwrap();
+        s.incr(PF, b"a", -2).unwrap();
+        s.set(PF, b"max", Value::Int(i64::MAX - 1)).unwrap();
+        s.incr(PF, b"max", 5).unwrap();
+        s.incr(PF, b"max", 1).unwrap();
+        s.set(PF, b"text", Value::Bytes(Bytes::from_static(b"x")))
+            .unwrap();
+        s.incr(PF, b"text", 1).unwrap();
+        s.end_packet();
+        s.sync().unwrap();
+    }
+    for s in [&mut t, &mut e] {
+        assert_eq!(s.get(PF, b"a").unwrap(), Value::Int(3));
+        assert_eq!(s.get(PF, b"max").unwrap(), Value::Int(i64::MAX));
+        assert_eq!(
+            s.get(PF, b"text").unwrap(),
+            Value::Bytes(Bytes::from_static(b"x"))
+        );
+    }
+    assert_eq!(t.stats.local_ops, t.stats.ops, "all of them local");
+}
