@@ -33,6 +33,7 @@ use crate::packet::{tcp_flags, FiveTuple, Packet, PROTO_TCP, PROTO_UDP};
 use crate::util::{cfg_ip, cfg_prefixes, cfg_u64, check_keys, Prefix};
 use bytes::Bytes;
 use chc_store::names::KeyKind;
+use chc_store::Value;
 use std::net::IpAddr;
 
 /// Ports given back, oldest first, per address family.
@@ -305,7 +306,10 @@ impl NetworkFunction for Nat {
             self.udp_idle_ns
         };
         let flags = pkt.tcp_flags().unwrap_or(0);
-        let mut m = CONN.get(ctx, &key)?.and_then(|b| Mapping::decode(&b));
+        let mut m = CONN.read(ctx, &key, |v| match v {
+            Value::Bytes(b) => Mapping::decode(b),
+            _ => None,
+        })?;
         if let Some(mut old) = m {
             let idle_out = u64::from(now_s.saturating_sub(old.last_seen_s)) * 1_000_000_000 > idle;
             if old.flags & CLOSED != 0 {

@@ -368,6 +368,21 @@ impl<K: StateKey, V: StateValue> Cell<K, V> {
         Ok(ctx.state.get_with(self.id, &b[..n], V::from_value)?)
     }
 
+    /// Reads the value through `f`, which sees it where it is held (the cache or the NF's
+    /// local table) instead of a copy: for a record decoded on every packet, such as a NAT's
+    /// mapping, this saves cloning it (a reference count, and for a fresh value an
+    /// allocation to share it) and dropping the clone.
+    pub fn read<R>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        k: &K,
+        f: impl FnOnce(&Value) -> Option<R>,
+    ) -> Result<Option<R>, NfError> {
+        let mut b = [0u8; 40];
+        let n = k.write_key(&mut b);
+        Ok(ctx.state.get_with(self.id, &b[..n], f)?)
+    }
+
     pub fn set(&self, ctx: &mut Ctx<'_>, k: &K, v: &V) -> Result<(), NfError> {
         let mut b = [0u8; 40];
         let n = k.write_key(&mut b);
