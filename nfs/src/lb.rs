@@ -168,7 +168,7 @@ impl NetworkFunction for Lb {
         };
         let key = t.canonical();
         let flags = pkt.tcp_flags().unwrap_or(0);
-        let mut known = CONN.get(ctx, &key)?.and_then(|b| Assignment::decode(&b));
+        let mut known = CONN.read_bytes(ctx, &key, Assignment::decode)?;
         let new_syn = flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
         if known.is_some_and(|a| a.flags & CLOSED != 0 && new_syn) {
             // A new connection on the tuple of a finished one.

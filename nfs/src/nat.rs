@@ -33,7 +33,6 @@ use crate::packet::{tcp_flags, FiveTuple, Packet, PROTO_TCP, PROTO_UDP};
 use crate::util::{cfg_ip, cfg_prefixes, cfg_u64, check_keys, Prefix};
 use bytes::Bytes;
 use chc_store::names::KeyKind;
-use chc_store::Value;
 use std::net::IpAddr;
 
 /// Ports given back, oldest first, per address family.
@@ -306,10 +305,7 @@ impl NetworkFunction for Nat {
             self.udp_idle_ns
         };
         let flags = pkt.tcp_flags().unwrap_or(0);
-        let mut m = CONN.read(ctx, &key, |v| match v {
-            Value::Bytes(b) => Mapping::decode(b),
-            _ => None,
-        })?;
+        let mut m = CONN.read_bytes(ctx, &key, Mapping::decode)?;
         if let Some(mut old) = m {
             let idle_out = u64::from(now_s.saturating_sub(old.last_seen_s)) * 1_000_000_000 > idle;
             if old.flags & CLOSED != 0 {

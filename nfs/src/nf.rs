@@ -423,6 +423,22 @@ impl<K: StateKey, V: StateValue> Cell<K, V> {
     }
 }
 
+impl<K: StateKey> Cell<K, Bytes> {
+    /// [`Cell::read`] of a byte record: `f` gets the bytes (a value of another type reads
+    /// as absent, as [`StateValue::from_value`] has it).
+    pub fn read_bytes<R>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        k: &K,
+        f: impl FnOnce(&[u8]) -> Option<R>,
+    ) -> Result<Option<R>, NfError> {
+        self.read(ctx, k, |v| match v {
+            Value::Bytes(b) => f(b),
+            _ => None,
+        })
+    }
+}
+
 /// A typed counter keyed by `K`.
 pub struct Counter<K> {
     pub id: u16,
