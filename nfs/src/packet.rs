@@ -315,25 +315,32 @@ impl<'a> Packet<'a> {
         if !matches!(self.hdr.shape, Shape::Ip | Shape::Fragment) {
             return false;
         }
-        let (off, len) = match (self.hdr.ipv6, ip) {
-            (false, IpAddr::V4(_)) => (self.hdr.l3 + if src { 12 } else { 16 }, 4),
-            (true, IpAddr::V6(_)) => (self.hdr.l3 + if src { 8 } else { 24 }, 16),
+        // A NAT rewrites an address in every packet: fixed-size copies, no calls.
+        match (self.hdr.ipv6, ip) {
+            (false, IpAddr::V4(a)) => {
+                self.replace_addr(self.hdr.l3 + if src { 12 } else { 16 }, a.octets())
+            }
+            (true, IpAddr::V6(a)) => {
+                self.replace_addr(self.hdr.l3 + if src { 8 } else { 24 }, a.octets())
+            }
             _ => return false,
-        };
-        // On the stack: a NAT rewrites an address in every packet.
-        let mut new = [0u8; 16];
-        match ip {
-            IpAddr::V4(a) => new[..4].copy_from_slice(&a.octets()),
-            IpAddr::V6(a) => new.copy_from_slice(&a.octets()),
         }
-        let new = &new[..len];
-        let mut old = [0u8; 16];
-        old[..len].copy_from_slice(&self.data[off..off + len]);
-        let old = &old[..len];
-        self.data[off..off + len].copy_from_slice(new);
+        if src {
+            self.hdr.src = ip;
+        } else {
+            self.hdr.dst = ip;
+        }
+        true
+    }
+
+    /// Writes the address `new` at `off` and fixes the IPv4 and L4 checksums over it.
+    fn replace_addr<const N: usize>(&mut self, off: usize, new: [u8; N]) {
+        let mut old = [0u8; N];
+        old.copy_from_slice(&self.data[off..off + N]);
+        self.data[off..off + N].copy_from_slice(&new);
         if !self.hdr.ipv6 {
             let c = self.hdr.l3 + 10;
-            csum_replace(&mut self.data[c..c + 2], old, new);
+            csum_replace(&mut self.data[c..c + 2], &old, &new);
         }
         // The pseudo-header covers addresses: fix TCP/UDP/ICMPv6 checksums (not ICMPv4).
         if let Some(c) = self.l4_csum_off() {
@@ -343,19 +350,13 @@ impl<'a> Packet<'a> {
                     && self.data[c] == 0
                     && self.data[c + 1] == 0;
                 if !udp_zero {
-                    csum_replace(&mut self.data[c..c + 2], old, new);
+                    csum_replace(&mut self.data[c..c + 2], &old, &new);
                     if self.hdr.proto == PROTO_UDP && self.data[c] == 0 && self.data[c + 1] == 0 {
                         self.data[c..c + 2].copy_from_slice(&[0xff, 0xff]);
                     }
                 }
             }
         }
-        if src {
-            self.hdr.src = ip;
-        } else {
-            self.hdr.dst = ip;
-        }
-        true
     }
 
     /// Rewrites the source port (TCP/UDP); fixes the L4 checksum.
