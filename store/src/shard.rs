@@ -18,7 +18,7 @@ use crate::names::{KeyKind, Names};
 use crate::value::Value;
 use bytes::Bytes;
 use chc_proto::records::{
-    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, TsRec, WalRecord,
+    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, RunWriter, TsRec, WalRecord,
 };
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use hashbrown::HashMap;
@@ -481,6 +481,9 @@ pub struct Shard {
     track_dirty: bool,
     dirty: Vec<Key>,
     wal: FrameWriter,
+    /// Compact records go into `wal_buf` as runs; the open run is finished before anything
+    /// else is appended to `wal_buf` and before the bytes are taken.
+    run: RunWriter,
     wal_buf: Vec<u8>,
     lsn: u64,
     rng: u64,
@@ -509,6 +512,7 @@ impl Shard {
             track_dirty: false,
             dirty: Vec::new(),
             wal: FrameWriter::new(),
+            run: RunWriter::new(),
             wal_buf: Vec::new(),
             lsn: 0,
             rng: 0x853c_49e6_748f_ea9b ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -547,6 +551,7 @@ impl Shard {
 
     /// Takes the write-ahead log bytes produced since the last call.
     pub fn take_wal(&mut self, into: &mut Vec<u8>) {
+        self.run.finish(&mut self.wal_buf);
         into.append(&mut self.wal_buf);
     }
 
@@ -1408,6 +1413,7 @@ impl Shard {
             op: op_rec(op),
             result: result.to_rec(),
         };
+        self.run.finish(&mut self.wal_buf);
         // Records are small and bounded by the frame limit; failure here is a bug.
         self.wal
             .append(&rec, &mut self.wal_buf)

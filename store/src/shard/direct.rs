@@ -223,7 +223,7 @@ impl Shard {
         }
         if self.durable {
             self.lsn += 1;
-            CompactOp {
+            let rec = CompactOp {
                 lsn: self.lsn,
                 client,
                 seq: 0,
@@ -238,8 +238,8 @@ impl Shard {
                 instance: 0,
                 op_index: 0,
                 flags: 0,
-            }
-            .append(&mut self.wal_buf);
+            };
+            self.run.push(&rec, &mut self.wal_buf);
         }
         result
     }
@@ -263,7 +263,7 @@ impl Shard {
             Some(Kind::List(_)) => return false,
         };
         self.lsn += 1;
-        CompactOp {
+        let rec = CompactOp {
             lsn: self.lsn,
             client,
             seq: op.seq,
@@ -278,8 +278,8 @@ impl Shard {
             instance: op.instance,
             op_index: op.op_index,
             flags: op.flags,
-        }
-        .append(&mut self.wal_buf);
+        };
+        self.run.push(&rec, &mut self.wal_buf);
         true
     }
 }
