@@ -119,6 +119,8 @@ pub(crate) struct Worker {
     args: Vec<Range<usize>>,
     /// Where the keys of a pipeline's commands are in the read buffer (see `process_resp`).
     keys: Vec<Range<usize>>,
+    /// The native frame being applied (see `process_native`).
+    frame: wire::ClientFrame,
     dirty_conns: Vec<Token>,
     /// Results of calls other shards' RESP connections made here, held until this pass's
     /// WAL append: the other shard acknowledges to its client as soon as it has them.
@@ -162,6 +164,7 @@ impl Worker {
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
             keys: Vec::new(),
+            frame: wire::ClientFrame::default(),
             dirty_conns: Vec::new(),
             call_results: Vec::new(),
             fences: Vec::new(),
@@ -553,31 +556,33 @@ impl Worker {
     }
 
     fn process_native(&mut self, t: Token) {
-        loop {
-            let Some(c) = self.conns.get_mut(&t) else {
-                return;
-            };
+        // One frame value for every frame: its operations vector is reused.
+        let mut frame = std::mem::take(&mut self.frame);
+        while let Some(c) = self.conns.get_mut(&t) {
             let Kind::Native { client } = c.kind else {
-                return;
+                break;
             };
             if c.closing {
-                return;
+                break;
             }
-            match wire::take_frame::<wire::ClientFrame>(&mut c.rbuf, self.cfg.max_frame) {
-                Ok(Some(frame)) => {
+            match wire::take_client_frame(&mut c.rbuf, self.cfg.max_frame, &mut frame) {
+                Ok(true) => {
                     if frame.hello.is_some() {
                         self.close(t, Some("unexpected second Hello".into()));
-                        return;
+                        break;
                     }
                     self.apply(client, &frame.ops);
                 }
-                Ok(None) => return,
+                Ok(false) => break,
                 Err(e) => {
                     self.close(t, Some(format!("bad frame: {e}")));
-                    return;
+                    break;
                 }
             }
         }
+        // Release the keys' references to the read buffer, which can then be reused.
+        frame.ops.clear();
+        self.frame = frame;
     }
 
     fn process_resp(&mut self, t: Token) {
