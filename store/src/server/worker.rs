@@ -119,6 +119,9 @@ pub(crate) struct Worker {
     args: Vec<Range<usize>>,
     /// Where the keys of a pipeline's commands are in the read buffer (see `process_resp`).
     keys: Vec<Range<usize>>,
+    /// Commands of a pipeline parsed ahead: (length, end of their arguments in `pre_args`).
+    pre: Vec<(usize, usize)>,
+    pre_args: Vec<Range<usize>>,
     /// The native frame being applied (see `process_native`).
     frame: wire::ClientFrame,
     dirty_conns: Vec<Token>,
@@ -164,6 +167,8 @@ impl Worker {
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
             keys: Vec::new(),
+            pre: Vec::new(),
+            pre_args: Vec::new(),
             frame: wire::ClientFrame::default(),
             dirty_conns: Vec::new(),
             call_results: Vec::new(),
@@ -593,8 +598,14 @@ impl Worker {
         let mut args = std::mem::take(&mut self.args);
         // A pipeline's keys are looked up together before its commands run (see
         // `Shard::touch_plain`): with many keys each command's lookup misses the cache.
+        // The commands parsed for that are kept (length, end of their arguments in
+        // `pre_args`) and not parsed again.
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
+        let mut pre = std::mem::take(&mut self.pre);
+        pre.clear();
+        let mut pre_args = std::mem::take(&mut self.pre_args);
+        pre_args.clear();
         let mut p = 0;
         for _ in 0..PIPELINE_TOUCH {
             match resp::parse(&c.rbuf[p..], &mut args) {
@@ -602,6 +613,8 @@ impl Worker {
                     if let Some(k) = args.get(1) {
                         keys.push(p + k.start..p + k.end);
                     }
+                    pre_args.extend_from_slice(&args);
+                    pre.push((n, pre_args.len()));
                     p += n;
                 }
                 _ => break,
@@ -612,8 +625,19 @@ impl Worker {
                 .touch_plain(keys.iter().map(|r| &c.rbuf[r.clone()]));
         }
         self.keys = keys;
+        let mut next = 0;
         while !c.closing {
-            match resp::parse(&c.rbuf[pos..], &mut args) {
+            let parsed = match pre.get(next) {
+                Some(&(n, end)) => {
+                    let start = next.checked_sub(1).map_or(0, |i| pre[i].1);
+                    args.clear();
+                    args.extend_from_slice(&pre_args[start..end]);
+                    Ok(Some(n))
+                }
+                None => resp::parse(&c.rbuf[pos..], &mut args),
+            };
+            next += 1;
+            match parsed {
                 Ok(Some(n)) => {
                     let direct = match &c.kind {
                         Kind::Resp {
@@ -670,6 +694,8 @@ impl Worker {
         }
         let _ = c.rbuf.split_to(pos);
         self.args = args;
+        self.pre = pre;
+        self.pre_args = pre_args;
         self.conns.insert(t, c);
         self.mark_dirty(t);
     }
