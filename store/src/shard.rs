@@ -359,6 +359,33 @@ impl Entry {
         }
     }
 
+    /// Replaces a byte-string value by `v` of the same length in its own buffer, when no one
+    /// else holds that buffer (a checkpoint being written may): no allocation and no free
+    /// of the old value, which with many keys is a cache miss of its own. Returns false,
+    /// having changed nothing, when that is not possible.
+    fn overwrite_bytes(&mut self, v: &[u8]) -> bool {
+        let Slot::Cold { cold, .. } = &mut self.slot else {
+            return false;
+        };
+        let Value::Bytes(b) = &mut cold.value else {
+            return false;
+        };
+        if b.len() != v.len() || v.is_empty() {
+            return false;
+        }
+        match std::mem::take(b).try_into_mut() {
+            Ok(mut m) => {
+                m.copy_from_slice(v);
+                *b = m.freeze();
+                true
+            }
+            Err(shared) => {
+                *b = shared;
+                false
+            }
+        }
+    }
+
     /// Applies `f` to the value, keeping the layout settled whatever `f` does.
     fn with_value<R>(&mut self, f: impl FnOnce(&mut Value) -> R) -> R {
         let mut v = self.take_value();

@@ -149,7 +149,9 @@ impl Shard {
         self.stats.updates += 1;
         let (result, num, val) = match op {
             DirectOp::Set(v) => {
-                e.set_value(Value::Bytes(Bytes::copy_from_slice(v)));
+                if !e.overwrite_bytes(v) {
+                    e.set_value(Value::Bytes(Bytes::copy_from_slice(v)));
+                }
                 (Direct::Ok, 0, CompactVal::Bytes(v))
             }
             DirectOp::Incr(n) => {
@@ -312,6 +314,52 @@ mod tests {
             per_flow: false,
             sub: s.as_bytes(),
         }
+    }
+
+    /// A SET of a same-length value reuses the value's buffer only while no checkpoint
+    /// snapshot shares it: a snapshot keeps the value it was taken with.
+    #[test]
+    fn a_same_length_set_reuses_the_buffer_unless_a_snapshot_holds_it() {
+        let mut s = shard();
+        let c = 1 << 63 | 5;
+        let ptr = |s: &Shard| match s.get(key("k")).map(|e| e.value().into_owned()) {
+            Some(Value::Bytes(b)) => (b.as_ptr(), b),
+            other => panic!("not bytes: {other:?}"),
+        };
+        assert_eq!(
+            s.apply_direct(c, key("k"), DirectOp::Set(b"aaa")),
+            Direct::Ok
+        );
+        let (p0, _) = ptr(&s);
+        assert_eq!(
+            s.apply_direct(c, key("k"), DirectOp::Set(b"bbb")),
+            Direct::Ok
+        );
+        let (p1, v1) = ptr(&s);
+        assert_eq!(&v1[..], b"bbb");
+        drop(v1);
+        assert_eq!(p0, p1, "a unique buffer is overwritten in place");
+        let delta = s.take_delta();
+        assert_eq!(
+            s.apply_direct(c, key("k"), DirectOp::Set(b"ccc")),
+            Direct::Ok
+        );
+        let (p2, v2) = ptr(&s);
+        assert_eq!(&v2[..], b"ccc");
+        assert_ne!(p2, p1, "a shared buffer is left alone");
+        let snap = delta
+            .iter()
+            .find_map(|(_, e)| e.as_ref())
+            .expect("snapshot");
+        assert_eq!(snap.value, Value::Bytes(Bytes::from_static(b"bbb")));
+        // Other lengths take a new buffer; the log replays to the same state.
+        assert_eq!(
+            s.apply_direct(c, key("k"), DirectOp::Set(b"dddd")),
+            Direct::Ok
+        );
+        assert_eq!(&ptr(&s).1[..], b"dddd");
+        let (t, _) = replayed(&mut s);
+        assert_eq!(dump(&t), dump(&s));
     }
 
     /// The direct path answers as the general path does, and its WAL replays to the same state.
