@@ -251,6 +251,17 @@ impl Entry {
         }
     }
 
+    /// Starts fetching a byte-string value's bytes, when the entry holds one (its boxed
+    /// part should be in the cache by now, see [`Entry::prefetch_cold`]).
+    #[inline]
+    fn prefetch_bytes(&self) {
+        if let Slot::Cold { cold, .. } = &self.slot {
+            if let Value::Bytes(b) = &cold.value {
+                table::prefetch(b.as_ptr());
+            }
+        }
+    }
+
     fn cold(&self) -> Option<&Cold> {
         match &self.slot {
             Slot::Cold { cold, .. } => Some(cold),

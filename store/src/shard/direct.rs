@@ -100,22 +100,35 @@ impl Shard {
     }
 
     /// [`Shard::touch`] for the plain keys of a pipeline of RESP commands, which are applied
-    /// one by one as they are parsed: their lookups are started together first.
-    pub fn touch_plain<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
+    /// one by one as they are parsed: their lookups are started together first. Two more
+    /// passes then request what the slots point to: each boxed part, then each byte-string
+    /// value's bytes (a SET or GET of a string on a large table otherwise waits for three
+    /// misses in a row: the slot, the box and the bytes).
+    pub fn touch_plain<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]> + Clone) {
         self.hashes.clear();
         let map = &self.map;
-        self.hashes.extend(keys.map(|sub| {
-            map.hash(KeyRef {
-                vertex: 0,
-                object: 0,
-                per_flow: false,
-                sub,
-            })
-        }));
+        let key = |sub| KeyRef {
+            vertex: 0,
+            object: 0,
+            per_flow: false,
+            sub,
+        };
+        self.hashes
+            .extend(keys.clone().map(|sub| map.hash(key(sub))));
         if self.hashes.len() < 2 {
             return;
         }
         self.touch_all(&self.hashes);
+        for (sub, &h) in keys.clone().zip(&self.hashes) {
+            if let Some(e) = map.get_hashed(h, &key(sub)) {
+                e.prefetch_cold();
+            }
+        }
+        for (sub, &h) in keys.zip(&self.hashes) {
+            if let Some(e) = map.get_hashed(h, &key(sub)) {
+                e.prefetch_bytes();
+            }
+        }
     }
 
     /// Reads a value for a client without a sequence number (RESP GET and friends).
