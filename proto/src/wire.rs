@@ -64,6 +64,123 @@ pub fn take_frame<M: Message + Default>(
         .map_err(|e| FrameError::Decode(e.to_string()))
 }
 
+/// [`take_frame`] for a [`ClientFrame`], decoded into `frame` (whose `ops` vector is reused:
+/// no allocation per frame). Returns `Ok(false)` when more bytes are needed.
+///
+/// A frame whose operations carry only scalar fields and `sub` (what clients send nearly
+/// always) is decoded by hand, without prost's per-field dispatch and without growing a new
+/// vector; anything else (a Hello, values, folded clocks, unknown or repeated-in-other-form
+/// fields, anything malformed) is decoded by prost, so the result is prost's in every case.
+pub fn take_client_frame(
+    buf: &mut BytesMut,
+    max: usize,
+    frame: &mut ClientFrame,
+) -> Result<bool, FrameError> {
+    let (len, prefix) = match peek_varint(buf) {
+        Some(Ok(v)) => v,
+        Some(Err(())) => return Err(FrameError::BadLength),
+        None => return Ok(false),
+    };
+    if len > max as u64 {
+        return Err(FrameError::TooLarge {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max,
+        });
+    }
+    let len = len as usize;
+    if buf.len() < prefix + len {
+        return Ok(false);
+    }
+    buf.advance(prefix);
+    let payload = buf.split_to(len).freeze();
+    decode_client_frame(payload, frame)
+        .map(|()| true)
+        .map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+/// Decodes a [`ClientFrame`] payload into `frame`, as `ClientFrame::decode` would; see
+/// [`take_client_frame`].
+pub fn decode_client_frame(
+    payload: bytes::Bytes,
+    frame: &mut ClientFrame,
+) -> Result<(), prost::DecodeError> {
+    frame.hello = None;
+    frame.ops.clear();
+    if decode_plain_ops(&payload, &mut frame.ops).is_none() {
+        frame.ops.clear();
+        frame.merge(payload)?;
+    }
+    Ok(())
+}
+
+/// The hand decoder of [`decode_client_frame`]: `None` (leaving `ops` partly filled) for
+/// anything it does not take, which is then left to prost.
+fn decode_plain_ops(payload: &bytes::Bytes, ops: &mut Vec<Op>) -> Option<()> {
+    /// prost's varint decoder behind a one-byte fast path (most fields are small).
+    #[inline(always)]
+    fn decode_varint(b: &mut &[u8]) -> Result<u64, prost::DecodeError> {
+        match b.first() {
+            Some(&x) if x < 0x80 => {
+                *b = &b[1..];
+                Ok(u64::from(x))
+            }
+            _ => prost::encoding::decode_varint(b),
+        }
+    }
+    let whole: &[u8] = payload;
+    let mut b = whole;
+    while !b.is_empty() {
+        // Field 2 (ops), length-delimited: key 0x12.
+        if b[0] != 0x12 {
+            return None;
+        }
+        b = &b[1..];
+        let n = usize::try_from(decode_varint(&mut b).ok()?).ok()?;
+        let mut m = b.get(..n)?;
+        b = &b[n..];
+        // Filled in place: an `Op` is ~200 bytes, not worth building and moving.
+        ops.push(Op::default());
+        let op = ops.last_mut()?;
+        while !m.is_empty() {
+            let key = decode_varint(&mut m).ok()?;
+            // Field numbers 1-15 with their declared wire types only.
+            if key > 0x7f {
+                return None;
+            }
+            let (tag, wire_type) = (key >> 3, key & 7);
+            if tag == 6 {
+                if wire_type != 2 {
+                    return None;
+                }
+                let n = usize::try_from(decode_varint(&mut m).ok()?).ok()?;
+                let sub = m.get(..n)?;
+                let start = sub.as_ptr() as usize - whole.as_ptr() as usize;
+                op.sub = payload.slice(start..start + n);
+                m = &m[n..];
+                continue;
+            }
+            if wire_type != 0 {
+                return None;
+            }
+            let v = decode_varint(&mut m).ok()?;
+            match tag {
+                1 => op.seq = v,
+                2 => op.code = v as i32,
+                3 => op.vertex = v as u32,
+                4 => op.object = v as u32,
+                5 => op.per_flow = v != 0,
+                7 => op.num = ((v >> 1) as i64) ^ -((v & 1) as i64),
+                10 => op.clock = v,
+                11 => op.instance = v as u32,
+                12 => op.op_index = v as u32,
+                13 => op.flags = v as u32,
+                _ => return None,
+            }
+        }
+    }
+    Some(())
+}
+
 /// Appends `msg` to `out` as one frame.
 pub fn put_frame<M: Message>(msg: &M, out: &mut BytesMut) {
     let len = msg.encoded_len();
@@ -161,6 +278,105 @@ mod tests {
         }
         assert_eq!(got, vec![f.clone(), f]);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn client_frames_decode_as_prost_decodes_them() {
+        let mut plain = sample_frame();
+        plain.ops[0].more_clocks.clear();
+        plain.ops[0].more_op_index.clear();
+        plain.ops.push(Op {
+            seq: u64::MAX,
+            code: -1,
+            num: i64::MIN,
+            sub: bytes::Bytes::from_static(b""),
+            ..Default::default()
+        });
+        let mut with_val = plain.clone();
+        with_val.ops[1].val = Some(Value::int(4));
+        let with_hello = ClientFrame {
+            hello: Some(Hello {
+                client_id: 9,
+                ..Default::default()
+            }),
+            ops: plain.ops.clone(),
+        };
+        let mut frame = ClientFrame::default();
+        for f in [
+            plain,
+            with_val,
+            sample_frame(),
+            with_hello,
+            ClientFrame::default(),
+        ] {
+            let mut wire = BytesMut::new();
+            put_frame(&f, &mut wire);
+            put_frame(&f, &mut wire);
+            for _ in 0..2 {
+                assert!(take_client_frame(&mut wire, DEFAULT_MAX_FRAME, &mut frame).unwrap());
+                assert_eq!(frame, f);
+            }
+            assert!(!take_client_frame(&mut wire, DEFAULT_MAX_FRAME, &mut frame).unwrap());
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes: the same frame or the same refusal as prost.
+        #[test]
+        fn any_client_frame_payload_decodes_as_prost_decodes_it(
+            ops in proptest::collection::vec(
+                (proptest::collection::vec(0u8..44, 0..8), proptest::collection::vec(proptest::arbitrary::any::<u64>(), 8)),
+                0..4),
+            noise in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..40),
+            at in proptest::arbitrary::any::<usize>(),
+        ) {
+            // Mostly operations of the fields the hand decoder takes, some with any field
+            // number below 20 (unknown and non-plain ones), sometimes raw noise spliced in.
+            let mut payload = Vec::new();
+            for (fields, vals) in &ops {
+                let mut m = Vec::new();
+                for (i, &f) in fields.iter().enumerate() {
+                    let f = match f {
+                        0..24 => [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 6][usize::from(f % 12)],
+                        _ => f - 24,
+                    };
+                    let v = vals[i % vals.len()];
+                    match f {
+                        6 | 8 | 9 | 14 | 15 => {
+                            m.push((f << 3) | 2);
+                            let n = (v % 5) as usize;
+                            m.push(n as u8);
+                            m.extend(std::iter::repeat_n(0x08, n));
+                        }
+                        _ => {
+                            m.push((f << 3) & 0x7f);
+                            prost::encoding::encode_varint(v >> (v % 64), &mut m);
+                        }
+                    }
+                }
+                payload.push(0x12);
+                prost::encoding::encode_varint(m.len() as u64, &mut payload);
+                payload.extend_from_slice(&m);
+            }
+            if noise.len() > 30 {
+                let at = at % (payload.len() + 1);
+                payload.splice(at..at, noise.iter().copied());
+            }
+            let payload = bytes::Bytes::from(payload);
+            let want = ClientFrame::decode(payload.clone());
+            let mut got = ClientFrame {
+                hello: Some(Hello::default()),
+                ops: vec![Op { seq: 1, ..Default::default() }],
+            };
+            let r = decode_client_frame(payload, &mut got);
+            match want {
+                Ok(w) => {
+                    proptest::prop_assert!(r.is_ok());
+                    proptest::prop_assert_eq!(got, w);
+                }
+                Err(_) => proptest::prop_assert!(r.is_err()),
+            }
+        }
     }
 
     #[test]

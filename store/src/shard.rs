@@ -18,7 +18,7 @@ use crate::names::{KeyKind, Names};
 use crate::value::Value;
 use bytes::Bytes;
 use chc_proto::records::{
-    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, TsRec, WalRecord,
+    CheckpointRecord, ClockLogRec, FrameWriter, KeyRec, OpRec, RunWriter, TsRec, WalRecord,
 };
 use chc_proto::wire::{self, OpCode, OpFlag, PushKind, Status};
 use hashbrown::HashMap;
@@ -251,6 +251,17 @@ impl Entry {
         }
     }
 
+    /// Starts fetching a byte-string value's bytes, when the entry holds one (its boxed
+    /// part should be in the cache by now, see [`Entry::prefetch_cold`]).
+    #[inline]
+    fn prefetch_bytes(&self) {
+        if let Slot::Cold { cold, .. } = &self.slot {
+            if let Value::Bytes(b) = &cold.value {
+                table::prefetch(b.as_ptr());
+            }
+        }
+    }
+
     fn cold(&self) -> Option<&Cold> {
         match &self.slot {
             Slot::Cold { cold, .. } => Some(cold),
@@ -356,6 +367,33 @@ impl Entry {
             (_, Value::Nil) => self.set_inline(None),
             (_, Value::Int(i)) => self.set_inline(Some(i)),
             (_, v) => self.cold_mut().value = v,
+        }
+    }
+
+    /// Replaces a byte-string value by `v` of the same length in its own buffer, when no one
+    /// else holds that buffer (a checkpoint being written may): no allocation and no free
+    /// of the old value, which with many keys is a cache miss of its own. Returns false,
+    /// having changed nothing, when that is not possible.
+    fn overwrite_bytes(&mut self, v: &[u8]) -> bool {
+        let Slot::Cold { cold, .. } = &mut self.slot else {
+            return false;
+        };
+        let Value::Bytes(b) = &mut cold.value else {
+            return false;
+        };
+        if b.len() != v.len() || v.is_empty() {
+            return false;
+        }
+        match std::mem::take(b).try_into_mut() {
+            Ok(mut m) => {
+                m.copy_from_slice(v);
+                *b = m.freeze();
+                true
+            }
+            Err(shared) => {
+                *b = shared;
+                false
+            }
         }
     }
 
@@ -481,6 +519,9 @@ pub struct Shard {
     track_dirty: bool,
     dirty: Vec<Key>,
     wal: FrameWriter,
+    /// Compact records go into `wal_buf` as runs; the open run is finished before anything
+    /// else is appended to `wal_buf` and before the bytes are taken.
+    run: RunWriter,
     wal_buf: Vec<u8>,
     lsn: u64,
     rng: u64,
@@ -509,6 +550,7 @@ impl Shard {
             track_dirty: false,
             dirty: Vec::new(),
             wal: FrameWriter::new(),
+            run: RunWriter::new(),
             wal_buf: Vec::new(),
             lsn: 0,
             rng: 0x853c_49e6_748f_ea9b ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -547,6 +589,7 @@ impl Shard {
 
     /// Takes the write-ahead log bytes produced since the last call.
     pub fn take_wal(&mut self, into: &mut Vec<u8>) {
+        self.run.finish(&mut self.wal_buf);
         into.append(&mut self.wal_buf);
     }
 
@@ -1408,6 +1451,7 @@ impl Shard {
             op: op_rec(op),
             result: result.to_rec(),
         };
+        self.run.finish(&mut self.wal_buf);
         // Records are small and bounded by the frame limit; failure here is a bug.
         self.wal
             .append(&rec, &mut self.wal_buf)

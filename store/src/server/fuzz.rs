@@ -44,7 +44,18 @@ pub fn native_frames(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     let mut out = Outputs::default();
     let mut i = 0u64;
-    while let Ok(Some(f)) = wire::take_frame::<wire::ClientFrame>(&mut buf, MAX_FRAME) {
+    let mut f = wire::ClientFrame::default();
+    loop {
+        // The server's decoder takes what prost takes and decodes it the same.
+        let mut copy = buf.clone();
+        match (
+            wire::take_client_frame(&mut buf, MAX_FRAME, &mut f),
+            wire::take_frame::<wire::ClientFrame>(&mut copy, MAX_FRAME),
+        ) {
+            (Ok(true), Ok(Some(g))) => assert_eq!(f, g, "decoded unlike prost"),
+            (Ok(false), Ok(None)) | (Err(_), Err(_)) => break,
+            (a, b) => panic!("decoder disagrees with prost: {a:?} vs {b:?}"),
+        }
         out.clear();
         s.apply_batch(1 + i % 2, &f.ops, 1_000_000 + i, &mut out);
         i += 1;

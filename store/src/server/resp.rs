@@ -96,13 +96,33 @@ fn read_line_int(buf: &[u8], from: usize) -> Option<(Option<i64>, usize)> {
     if end + 1 >= buf.len() {
         return None;
     }
-    let v = std::str::from_utf8(&buf[from..end])
-        .ok()
-        .and_then(|s| s.parse().ok());
+    let v = parse_i64(&buf[from..end]);
     if buf[end + 1] != b'\n' {
         return Some((None, end + 2));
     }
     Some((v, end + 2))
+}
+
+/// `str::parse::<i64>` on bytes (an optional sign, then at least one digit, no overflow),
+/// without the UTF-8 check and the general parser for the short numbers RESP headers hold.
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        // Empty, or long enough to overflow: the standard parser decides.
+        return std::str::from_utf8(s).ok()?.parse().ok();
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(d - b'0');
+    }
+    Some(if neg { -v } else { v })
 }
 
 fn parse_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Result<Option<usize>, RespError> {
@@ -393,10 +413,6 @@ fn err(s: &str) -> Plan {
     let mut out = Vec::new();
     enc::error(&mut out, s);
     Plan::Now(out)
-}
-
-fn parse_i64(a: &[u8]) -> Option<i64> {
-    std::str::from_utf8(a).ok()?.parse().ok()
 }
 
 /// Plans one command. `args[0]` is the command name.
@@ -874,6 +890,44 @@ mod tests {
     fn p(s: &[u8]) -> Result<Parsed, RespError> {
         let mut a = Vec::new();
         parse(s, &mut a).map(|o| o.map(|n| (n, a.iter().map(|r| s[r.clone()].to_vec()).collect())))
+    }
+
+    #[test]
+    fn header_numbers_parse_like_str_parse() {
+        let cases: [&[u8]; 16] = [
+            b"0",
+            b"7",
+            b"-7",
+            b"+7",
+            b"",
+            b"-",
+            b"+",
+            b"12a",
+            b" 1",
+            b"1 ",
+            b"--1",
+            b"999999999999999999",
+            b"9223372036854775807",
+            b"9223372036854775808",
+            b"-9223372036854775808",
+            b"00000000000000000000001",
+        ];
+        for c in cases {
+            let want = std::str::from_utf8(c)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok());
+            assert_eq!(parse_i64(c), want, "{:?}", String::from_utf8_lossy(c));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_number_parses_like_str_parse(
+            s in proptest::collection::vec(proptest::sample::select(b"+-0123456789x".to_vec()), 0..22),
+        ) {
+            let want = std::str::from_utf8(&s).ok().and_then(|t| t.parse::<i64>().ok());
+            proptest::prop_assert_eq!(parse_i64(&s), want);
+        }
     }
 
     #[test]

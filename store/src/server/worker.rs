@@ -119,6 +119,11 @@ pub(crate) struct Worker {
     args: Vec<Range<usize>>,
     /// Where the keys of a pipeline's commands are in the read buffer (see `process_resp`).
     keys: Vec<Range<usize>>,
+    /// Commands of a pipeline parsed ahead: (length, end of their arguments in `pre_args`).
+    pre: Vec<(usize, usize)>,
+    pre_args: Vec<Range<usize>>,
+    /// The native frame being applied (see `process_native`).
+    frame: wire::ClientFrame,
     dirty_conns: Vec<Token>,
     /// Results of calls other shards' RESP connections made here, held until this pass's
     /// WAL append: the other shard acknowledges to its client as soon as it has them.
@@ -162,6 +167,9 @@ impl Worker {
             scratch: vec![0; 256 * 1024],
             args: Vec::new(),
             keys: Vec::new(),
+            pre: Vec::new(),
+            pre_args: Vec::new(),
+            frame: wire::ClientFrame::default(),
             dirty_conns: Vec::new(),
             call_results: Vec::new(),
             fences: Vec::new(),
@@ -553,31 +561,33 @@ impl Worker {
     }
 
     fn process_native(&mut self, t: Token) {
-        loop {
-            let Some(c) = self.conns.get_mut(&t) else {
-                return;
-            };
+        // One frame value for every frame: its operations vector is reused.
+        let mut frame = std::mem::take(&mut self.frame);
+        while let Some(c) = self.conns.get_mut(&t) {
             let Kind::Native { client } = c.kind else {
-                return;
+                break;
             };
             if c.closing {
-                return;
+                break;
             }
-            match wire::take_frame::<wire::ClientFrame>(&mut c.rbuf, self.cfg.max_frame) {
-                Ok(Some(frame)) => {
+            match wire::take_client_frame(&mut c.rbuf, self.cfg.max_frame, &mut frame) {
+                Ok(true) => {
                     if frame.hello.is_some() {
                         self.close(t, Some("unexpected second Hello".into()));
-                        return;
+                        break;
                     }
                     self.apply(client, &frame.ops);
                 }
-                Ok(None) => return,
+                Ok(false) => break,
                 Err(e) => {
                     self.close(t, Some(format!("bad frame: {e}")));
-                    return;
+                    break;
                 }
             }
         }
+        // Release the keys' references to the read buffer, which can then be reused.
+        frame.ops.clear();
+        self.frame = frame;
     }
 
     fn process_resp(&mut self, t: Token) {
@@ -588,8 +598,14 @@ impl Worker {
         let mut args = std::mem::take(&mut self.args);
         // A pipeline's keys are looked up together before its commands run (see
         // `Shard::touch_plain`): with many keys each command's lookup misses the cache.
+        // The commands parsed for that are kept (length, end of their arguments in
+        // `pre_args`) and not parsed again.
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
+        let mut pre = std::mem::take(&mut self.pre);
+        pre.clear();
+        let mut pre_args = std::mem::take(&mut self.pre_args);
+        pre_args.clear();
         let mut p = 0;
         for _ in 0..PIPELINE_TOUCH {
             match resp::parse(&c.rbuf[p..], &mut args) {
@@ -597,6 +613,8 @@ impl Worker {
                     if let Some(k) = args.get(1) {
                         keys.push(p + k.start..p + k.end);
                     }
+                    pre_args.extend_from_slice(&args);
+                    pre.push((n, pre_args.len()));
                     p += n;
                 }
                 _ => break,
@@ -607,8 +625,19 @@ impl Worker {
                 .touch_plain(keys.iter().map(|r| &c.rbuf[r.clone()]));
         }
         self.keys = keys;
+        let mut next = 0;
         while !c.closing {
-            match resp::parse(&c.rbuf[pos..], &mut args) {
+            let parsed = match pre.get(next) {
+                Some(&(n, end)) => {
+                    let start = next.checked_sub(1).map_or(0, |i| pre[i].1);
+                    args.clear();
+                    args.extend_from_slice(&pre_args[start..end]);
+                    Ok(Some(n))
+                }
+                None => resp::parse(&c.rbuf[pos..], &mut args),
+            };
+            next += 1;
+            match parsed {
                 Ok(Some(n)) => {
                     let direct = match &c.kind {
                         Kind::Resp {
@@ -665,6 +694,8 @@ impl Worker {
         }
         let _ = c.rbuf.split_to(pos);
         self.args = args;
+        self.pre = pre;
+        self.pre_args = pre_args;
         self.conns.insert(t, c);
         self.mark_dirty(t);
     }
