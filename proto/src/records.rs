@@ -190,6 +190,23 @@ fn unzigzag(v: u64) -> i64 {
     (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
+/// The value of a compact record (single or in a run): its kind's low bits say which, and
+/// `b` is advanced past it.
+fn compact_value(kind: u8, b: &mut &[u8]) -> Option<ValueRec> {
+    use prost::encoding::decode_varint;
+    Some(match kind & 0x7f {
+        0 => ValueRec::Nil,
+        1 => ValueRec::Int(unzigzag(decode_varint(b).ok()?)),
+        2 => {
+            let n = usize::try_from(decode_varint(b).ok()?).ok()?;
+            let v = b.get(..n)?.to_vec();
+            *b = &b[n..];
+            ValueRec::Bytes(v)
+        }
+        _ => return None,
+    })
+}
+
 /// A frame's layout, from its length field.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -309,17 +326,7 @@ impl CompactOp<'_> {
         let (&kind, rest) = rest.split_first()?;
         let sub = rest.get(..usize::from(sub_len))?;
         let mut rest = &rest[usize::from(sub_len)..];
-        let val = match kind & 0x7f {
-            0 => ValueRec::Nil,
-            1 => ValueRec::Int(unzigzag(decode_varint(&mut rest).ok()?)),
-            2 => {
-                let n = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-                let v = rest.get(..n)?.to_vec();
-                rest = &rest[n..];
-                ValueRec::Bytes(v)
-            }
-            _ => return None,
-        };
+        let val = compact_value(kind, &mut rest)?;
         if !rest.is_empty() {
             return None;
         }
@@ -656,17 +663,7 @@ fn decode_run(p: &[u8], into: &mut std::collections::VecDeque<WalRecord>) -> Opt
         let sub_len = usize::from(short(n()?)?);
         let sub = b.get(..sub_len)?.to_vec();
         b = &b[sub_len..];
-        let val = match f.kind & 0x7f {
-            0 => ValueRec::Nil,
-            1 => ValueRec::Int(unzigzag(decode_varint(&mut b).ok()?)),
-            2 => {
-                let n = usize::try_from(decode_varint(&mut b).ok()?).ok()?;
-                let v = b.get(..n)?.to_vec();
-                b = &b[n..];
-                ValueRec::Bytes(v)
-            }
-            _ => return None,
-        };
+        let val = compact_value(f.kind, &mut b)?;
         into.push_back(WalRecord {
             lsn: first_lsn.checked_add(i)?,
             client,

@@ -42,6 +42,17 @@ pub fn take_frame<M: Message + Default>(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<M>, FrameError> {
+    let Some(payload) = take_payload(buf, max)? else {
+        return Ok(None);
+    };
+    M::decode(payload)
+        .map(Some)
+        .map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+/// The payload of the next length-prefixed frame in `buf`, taken out of it; `None` when
+/// more bytes are needed. A length above `max` is an error before anything is buffered.
+fn take_payload(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, FrameError> {
     let (len, prefix) = match peek_varint(buf) {
         Some(Ok(v)) => v,
         Some(Err(())) => return Err(FrameError::BadLength),
@@ -58,10 +69,7 @@ pub fn take_frame<M: Message + Default>(
         return Ok(None);
     }
     buf.advance(prefix);
-    let payload = buf.split_to(len).freeze();
-    M::decode(payload)
-        .map(Some)
-        .map_err(|e| FrameError::Decode(e.to_string()))
+    Ok(Some(buf.split_to(len).freeze()))
 }
 
 /// [`take_frame`] for a [`ClientFrame`], decoded into `frame` (whose `ops` vector is reused:
@@ -76,23 +84,9 @@ pub fn take_client_frame(
     max: usize,
     frame: &mut ClientFrame,
 ) -> Result<bool, FrameError> {
-    let (len, prefix) = match peek_varint(buf) {
-        Some(Ok(v)) => v,
-        Some(Err(())) => return Err(FrameError::BadLength),
-        None => return Ok(false),
-    };
-    if len > max as u64 {
-        return Err(FrameError::TooLarge {
-            len: usize::try_from(len).unwrap_or(usize::MAX),
-            max,
-        });
-    }
-    let len = len as usize;
-    if buf.len() < prefix + len {
+    let Some(payload) = take_payload(buf, max)? else {
         return Ok(false);
-    }
-    buf.advance(prefix);
-    let payload = buf.split_to(len).freeze();
+    };
     decode_client_frame(payload, frame)
         .map(|()| true)
         .map_err(|e| FrameError::Decode(e.to_string()))
