@@ -154,21 +154,27 @@ pub const VARINT_BIT: u32 = 1 << 30;
 /// [`MAX_RECORD`] and stops there instead of misreading the frame.
 pub const RUN_BIT: u32 = 1 << 29;
 
-/// CRC of a varint compact payload. The layout is part of the checksum, so a flipped
-/// [`VARINT_BIT`] cannot make a fixed-layout payload pass for a varint one.
-fn varint_crc(payload: &[u8]) -> u32 {
+/// CRC of a varint compact payload (`tag` b"v") or a run payload (b"r"). The layout is part
+/// of the checksum, so a flipped [`VARINT_BIT`] or [`RUN_BIT`] cannot make one layout's
+/// payload pass for another's.
+fn layout_crc(tag: &[u8; 1], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(b"v");
+    h.update(tag);
     h.update(payload);
     h.finalize()
 }
 
-/// CRC of a run payload; like [`varint_crc`], the layout is part of the checksum.
-fn run_crc(payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(b"r");
-    h.update(payload);
-    h.finalize()
+/// Fills in the header of the frame that starts at `start` and runs to the end of `out`:
+/// its length with the layout's `bits`, and the CRC of its payload under `tag`.
+///
+/// # Panics
+/// If the payload exceeds [`MAX_RECORD`].
+fn seal_frame(out: &mut [u8], start: usize, bits: u32, tag: &[u8; 1]) {
+    let len = out.len() - start - FRAME_HEADER;
+    assert!(len <= MAX_RECORD, "compact record too large");
+    let crc = layout_crc(tag, &out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(len as u32 | bits).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Appends `v` as a LEB128 varint (what `prost::encoding::encode_varint` writes, without its
@@ -188,6 +194,18 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// Appends a compact record's value (the inverse of [`compact_value`]).
+fn put_compact_value(out: &mut Vec<u8>, val: CompactVal<'_>) {
+    match val {
+        CompactVal::Nil => {}
+        CompactVal::Int(i) => put_varint(out, zigzag(i)),
+        CompactVal::Bytes(b) => {
+            put_varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+    }
 }
 
 /// The value of a compact record (single or in a run): its kind's low bits say which, and
@@ -265,7 +283,6 @@ impl CompactOp<'_> {
     /// If `sub` does not fit (see [`CompactOp::fits`]) or `val` exceeds [`MAX_RECORD`]; callers
     /// check first.
     pub fn append(&self, out: &mut Vec<u8>) {
-        use prost::encoding::encode_varint;
         assert!(Self::fits(self.sub), "compact record key too long");
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER]);
@@ -276,30 +293,18 @@ impl CompactOp<'_> {
             zigzag(self.num),
             self.clock,
         ] {
-            encode_varint(v, out);
+            put_varint(out, v);
         }
         for v in [self.instance, self.op_index, self.flags] {
-            encode_varint(u64::from(v), out);
+            put_varint(out, u64::from(v));
         }
         for v in [self.vertex, self.object, self.sub.len() as u16] {
-            encode_varint(u64::from(v), out);
+            put_varint(out, u64::from(v));
         }
         out.extend_from_slice(&[self.code, self.kind()]);
         out.extend_from_slice(self.sub);
-        match self.val {
-            CompactVal::Nil => {}
-            CompactVal::Int(i) => encode_varint(zigzag(i), out),
-            CompactVal::Bytes(b) => {
-                encode_varint(b.len() as u64, out);
-                out.extend_from_slice(b);
-            }
-        }
-        let len = out.len() - start - FRAME_HEADER;
-        assert!(len <= MAX_RECORD, "compact record too large");
-        let crc = varint_crc(&out[start + FRAME_HEADER..]);
-        out[start..start + 4]
-            .copy_from_slice(&(len as u32 | COMPACT_BIT | VARINT_BIT).to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        put_compact_value(out, self.val);
+        seal_frame(out, start, COMPACT_BIT | VARINT_BIT, b"v");
     }
 
     fn kind(&self) -> u8 {
@@ -572,14 +577,7 @@ impl RunWriter {
         out[m] = mask;
         put_varint(out, op.sub.len() as u64);
         out.extend_from_slice(op.sub);
-        match op.val {
-            CompactVal::Nil => {}
-            CompactVal::Int(i) => put_varint(out, zigzag(i)),
-            CompactVal::Bytes(b) => {
-                put_varint(out, b.len() as u64);
-                out.extend_from_slice(b);
-            }
-        }
+        put_compact_value(out, op.val);
         *p = RunFields {
             seq: op.seq,
             code: op.code,
@@ -599,12 +597,7 @@ impl RunWriter {
         let Some(start) = self.open.take() else {
             return;
         };
-        let len = out.len() - start - FRAME_HEADER;
-        assert!(len <= MAX_RECORD, "compact run too large");
-        let crc = run_crc(&out[start + FRAME_HEADER..]);
-        out[start..start + 4]
-            .copy_from_slice(&(len as u32 | COMPACT_BIT | VARINT_BIT | RUN_BIT).to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        seal_frame(out, start, COMPACT_BIT | VARINT_BIT | RUN_BIT, b"r");
     }
 
     /// Whether a run is open (its frame is not finished yet).
@@ -801,8 +794,8 @@ impl<'a> FrameReader<'a> {
         }
         let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
         let sum = match layout {
-            Layout::Varint => varint_crc(payload),
-            Layout::Run => run_crc(payload),
+            Layout::Varint => layout_crc(b"v", payload),
+            Layout::Run => layout_crc(b"r", payload),
             Layout::Rkyv | Layout::Fixed => crc32fast::hash(payload),
         };
         if sum != crc {
