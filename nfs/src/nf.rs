@@ -363,9 +363,7 @@ impl<K: StateKey, V: StateValue> Cell<K, V> {
     }
 
     pub fn get(&self, ctx: &mut Ctx<'_>, k: &K) -> Result<Option<V>, NfError> {
-        let mut b = [0u8; 40];
-        let n = k.write_key(&mut b);
-        Ok(ctx.state.get_with(self.id, &b[..n], V::from_value)?)
+        self.read(ctx, k, V::from_value)
     }
 
     /// Reads the value through `f`, which sees it where it is held (the cache or the NF's

@@ -991,12 +991,7 @@ impl StateClient {
             return Ok(false);
         }
         let k = self.key_ref(obj, scope, sub);
-        let cache = if k.per_flow {
-            &mut self.flows
-        } else {
-            &mut self.shared
-        };
-        let Some(c) = cache.get_mut(&k) else {
+        let Some(c) = self.cache_mut(k.per_flow).get_mut(&k) else {
             return Ok(false);
         };
         let Value::Int(i) = &mut c.value else {
