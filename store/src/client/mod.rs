@@ -74,6 +74,10 @@ struct ShardLink {
     queued: usize,
     /// [`StoreClient::flush_coalesced`] held the pending batch back once.
     held: bool,
+    /// Most increments one operation of this link carried in the last batches: a new
+    /// carrier makes room for as many, so it does not grow (reallocate and copy) while a
+    /// batch fills.
+    fold_room: usize,
     acked: u64,
     last_progress: Instant,
     rto: Duration,
@@ -90,6 +94,9 @@ pub struct StoreClient {
     transport: Transport,
     mailbox: Arc<Mailbox>,
     links: Vec<ShardLink>,
+    /// (shard, index in its unsent batch) of the last fold per object id modulo
+    /// [`FOLD_HINTS`]: a guess, checked before use.
+    fold_hints: [(usize, usize); FOLD_HINTS],
     /// Whether sent operations are kept for retransmission. A TCP connection can fail with
     /// batches in it; the in-process transport hands each batch to the shard thread's
     /// channel, which loses nothing while the shard runs, so it keeps no copies (copying
@@ -113,8 +120,10 @@ const F_RETRANSMIT: u32 = OpFlag::FlagRetransmit as u32;
 const FOLD_WINDOW: usize = 8;
 /// Most increments one operation carries.
 const FOLD_MAX: usize = 1024;
-/// Room made for folded increments at the first fold (a burst's worth).
+/// Room made for folded increments at a link's first fold (a burst's worth).
 const FOLD_RESERVE: usize = 32;
+/// Keys whose last fold [`StoreClient::fold_incr`] remembers (by object id).
+const FOLD_HINTS: usize = 4;
 
 impl StoreClient {
     pub(crate) fn in_process(store: &Store, id: ClientId) -> Self {
@@ -166,6 +175,7 @@ impl StoreClient {
             keeps_copies: matches!(transport, Transport::Tcp(_)),
             transport,
             mailbox,
+            fold_hints: [(usize::MAX, 0); FOLD_HINTS],
             links: (0..shards)
                 .map(|_| ShardLink {
                     next_seq: 1,
@@ -174,6 +184,7 @@ impl StoreClient {
                     sent: 0,
                     queued: 0,
                     held: false,
+                    fold_room: FOLD_RESERVE,
                     acked: 0,
                     last_progress: now,
                     rto: Duration::from_millis(200),
@@ -280,37 +291,62 @@ impl StoreClient {
         if clock == 0 || flags & F_NONBLOCKING == 0 {
             return None;
         }
+        let same = |q: &wire::Op| {
+            q.object == u32::from(k.object)
+                && q.vertex == u32::from(k.vertex)
+                && q.per_flow == k.per_flow
+                && crate::key::same_bytes(&q.sub, k.sub)
+        };
+        // The last operation on the key among a shard's last FOLD_WINDOW unsent ones. Where
+        // this key's last fold went is tried first: a counter every packet bumps is found
+        // there, or just behind, without a pass over the shards.
+        let hint = usize::from(k.object) % FOLD_HINTS;
+        let (hs, hi) = self.fold_hints[hint];
+        let hinted = self.links.get(hs).and_then(|l| {
+            let n = l.pending.len();
+            (hi < n && n - hi <= FOLD_WINDOW && same(&l.pending[hi]))
+                .then(|| hi + l.pending[hi..].iter().rposition(same).unwrap_or(0))
+                .map(|i| (hs, i))
+        });
         // A key lives on one shard: the first shard whose recent operations touch it decides.
-        for (shard, l) in self.links.iter_mut().enumerate() {
-            let Some(q) = l.pending.iter_mut().rev().take(FOLD_WINDOW).find(|q| {
-                q.object == u32::from(k.object)
-                    && q.vertex == u32::from(k.vertex)
-                    && q.per_flow == k.per_flow
-                    && crate::key::same_bytes(&q.sub, k.sub)
-            }) else {
-                continue;
-            };
-            let foldable = q.code == OpCode::OpIncr as i32
-                && q.num == num
-                && q.flags == flags
-                && q.instance == instance
-                && q.clock != 0
-                && q.more_clocks.len() < FOLD_MAX;
-            if !foldable {
-                return None;
-            }
-            if q.more_clocks.is_empty() {
-                q.more_clocks.reserve(FOLD_RESERVE);
-                q.more_op_index.reserve(FOLD_RESERVE);
-            }
-            q.more_clocks.push(clock);
-            q.more_op_index.push(op_index);
-            l.queued += 1;
-            self.stats.ops += 1;
-            self.stats.folded += 1;
-            return Some((shard as u32, q.seq));
+        let (shard, i) = hinted.or_else(|| {
+            self.links.iter().enumerate().find_map(|(s, l)| {
+                let n = l.pending.len();
+                let from = n.saturating_sub(FOLD_WINDOW);
+                l.pending[from..]
+                    .iter()
+                    .rposition(same)
+                    .map(|i| (s, from + i))
+            })
+        })?;
+        self.fold_hints[hint] = (shard, i);
+        let l = &mut self.links[shard];
+        let q = &mut l.pending[i];
+        let foldable = q.code == OpCode::OpIncr as i32
+            && q.num == num
+            && q.flags == flags
+            && q.instance == instance
+            && q.clock != 0
+            && q.more_clocks.len() < FOLD_MAX;
+        if !foldable {
+            return None;
         }
-        None
+        if q.more_clocks.is_empty() {
+            if q.more_clocks.capacity() == 0 {
+                if let Some((c, i)) = self.mailbox.take_spent_folds() {
+                    (q.more_clocks, q.more_op_index) = (c, i);
+                }
+            }
+            q.more_clocks.reserve(l.fold_room);
+            q.more_op_index.reserve(l.fold_room);
+        }
+        q.more_clocks.push(clock);
+        q.more_op_index.push(op_index);
+        l.fold_room = l.fold_room.max(q.more_clocks.len());
+        l.queued += 1;
+        self.stats.ops += 1;
+        self.stats.folded += 1;
+        Some((shard as u32, q.seq))
     }
 
     /// Queues a non-blocking operation (no reply, only an acknowledgement).
@@ -357,7 +393,14 @@ impl StoreClient {
         // The batch leaves with its buffer; the next one starts at this one's size rather
         // than growing again from nothing.
         let n = l.pending.len();
-        let batch = std::mem::replace(&mut l.pending, Vec::with_capacity(n));
+        let next = match self.mailbox.take_spent() {
+            Some(mut v) => {
+                v.reserve(n);
+                v
+            }
+            None => Vec::with_capacity(n),
+        };
+        let batch = std::mem::replace(&mut l.pending, next);
         if l.sent == l.acked {
             l.last_progress = Instant::now();
         }

@@ -17,7 +17,7 @@ use crate::wal::{self, FsyncPolicy, WalWriter};
 use bytes::BytesMut;
 use chc_proto::wire;
 use crossbeam::channel::{self, Receiver, Sender};
-use crossbeam::queue::SegQueue;
+use crossbeam::queue::{ArrayQueue, SegQueue};
 use mio::{Poll, Waker};
 use parking_lot::{Mutex, RwLock};
 use std::io::{Read, Write};
@@ -183,11 +183,23 @@ pub fn spin_poll<T>(spin: Duration, mut poll: impl FnMut() -> Option<T>) -> Opti
     }
 }
 
+/// Spent batch buffers a mailbox keeps for its client (a few batches are in flight at once).
+const SPENT_BATCHES: usize = 8;
+/// Spent folded-increment lists a mailbox keeps (a batch carries one per folded counter).
+const SPENT_FOLDS: usize = 32;
+
 /// Where a shard thread leaves frames for an in-process client.
 pub struct Mailbox {
     q: SegQueue<(u32, wire::ServerFrame)>,
     waiting: AtomicBool,
     waiter: Mutex<Option<Thread>>,
+    /// Batch buffers the shards are done with, emptied, for the client's next batches; and
+    /// the lists of folded increments' clocks and operation indexes out of them. A buffer
+    /// freed by a shard's thread and allocated again by the client's takes the allocator's
+    /// slow path every time (its free went to the other thread's cache), once per batch and
+    /// per folded counter on a per-packet path.
+    spent: ArrayQueue<Vec<wire::Op>>,
+    spent_folds: ArrayQueue<(Vec<u64>, Vec<u32>)>,
 }
 
 impl Mailbox {
@@ -196,7 +208,36 @@ impl Mailbox {
             q: SegQueue::new(),
             waiting: AtomicBool::new(false),
             waiter: Mutex::new(None),
+            spent: ArrayQueue::new(SPENT_BATCHES),
+            spent_folds: ArrayQueue::new(SPENT_FOLDS),
         }
+    }
+
+    /// Takes back a batch the shard has applied (see `spent`); what does not fit is freed.
+    pub(crate) fn give_back(&self, mut ops: Vec<wire::Op>) {
+        for op in &mut ops {
+            if op.more_clocks.capacity() > 0 && !self.spent_folds.is_full() {
+                let (mut c, mut i) = (
+                    std::mem::take(&mut op.more_clocks),
+                    std::mem::take(&mut op.more_op_index),
+                );
+                c.clear();
+                i.clear();
+                let _ = self.spent_folds.push((c, i));
+            }
+        }
+        ops.clear();
+        let _ = self.spent.push(ops);
+    }
+
+    /// An empty batch buffer a shard gave back, if any.
+    pub(crate) fn take_spent(&self) -> Option<Vec<wire::Op>> {
+        self.spent.pop()
+    }
+
+    /// Empty lists for a folded increment's clocks and operation indexes, if any came back.
+    pub(crate) fn take_spent_folds(&self) -> Option<(Vec<u64>, Vec<u32>)> {
+        self.spent_folds.pop()
     }
 
     pub(crate) fn deliver(&self, shard: u32, frame: wire::ServerFrame) {

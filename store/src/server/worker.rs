@@ -268,9 +268,10 @@ impl Worker {
                 } => {
                     if !matches!(self.sinks.get(&client), Some(Sink::Mailbox(m)) if Arc::ptr_eq(m, &mailbox))
                     {
-                        self.sinks.insert(client, Sink::Mailbox(mailbox));
+                        self.sinks.insert(client, Sink::Mailbox(mailbox.clone()));
                     }
                     self.apply(client, &ops);
+                    mailbox.give_back(ops);
                 }
                 Inbound::Detach { client } => {
                     if matches!(self.sinks.get(&client), Some(Sink::Mailbox(_))) {
