@@ -117,6 +117,24 @@ fn coalesced_flushes_hold_small_batches_for_one_call() {
     assert_eq!(c.stats.batches, batches + 3, "nothing left to send");
 }
 
+/// `op` as instance 2's update number `op_index` for the packet of `clock`.
+fn clocked(op: wire::Op, clock: u64, op_index: u32) -> wire::Op {
+    wire::Op {
+        clock,
+        op_index,
+        instance: 2,
+        ..op
+    }
+}
+
+/// Each packet of `clocks` increments `a`, then `b`, as a packet's two counters.
+fn bump_both(c: &mut StoreClient, a: &ObjKey, b: &ObjKey, clocks: std::ops::RangeInclusive<u64>) {
+    for clock in clocks {
+        c.submit_incr(clocked(a.incr(1), clock, 0));
+        c.submit_incr(clocked(b.incr(1), clock, 1));
+    }
+}
+
 /// A packet counter's increments from several packets travel as one operation, and the store
 /// applies, logs and reports each of them as if it had come alone.
 #[test]
@@ -125,16 +143,7 @@ fn clocked_increments_of_one_key_fold_into_one_operation() {
     let mut c = store.client(1);
     let k = ObjKey::shared(1, 3, Vec::new());
     let other = ObjKey::shared(1, 4, Vec::new());
-    let clocked = |op: wire::Op, clock: u64, op_index: u32| wire::Op {
-        clock,
-        op_index,
-        instance: 2,
-        ..op
-    };
-    for clock in 1..=40u64 {
-        c.submit_incr(clocked(k.incr(1), clock, 0));
-        c.submit_incr(clocked(other.incr(1), clock, 1));
-    }
+    bump_both(&mut c, &k, &other, 1..=40);
     assert_eq!(c.links[0].pending.len(), 2, "one operation per key");
     assert_eq!(c.links[0].queued, 80);
     assert_eq!(c.stats.folded, 78);
@@ -151,11 +160,7 @@ fn applied_batches_come_back_empty_for_the_next_ones() {
     let mut c = store.client(1);
     let k = ObjKey::shared(1, 3, Vec::new());
     for clock in 1..=5u64 {
-        c.submit_incr(wire::Op {
-            clock,
-            instance: 2,
-            ..k.incr(1)
-        });
+        c.submit_incr(clocked(k.incr(1), clock, 0));
     }
     c.sync().unwrap();
     let batch = c.mailbox.take_spent().expect("the batch came back");
@@ -179,21 +184,9 @@ fn an_increment_never_folds_ahead_of_a_later_operation_on_its_key() {
     // Objects 3 and 3 + FOLD_HINTS share a hint.
     let k = ObjKey::shared(1, 3, Vec::new());
     let other = ObjKey::shared(1, 3 + FOLD_HINTS as u16, Vec::new());
-    let clocked = |op: wire::Op, clock: u64, op_index: u32| wire::Op {
-        clock,
-        op_index,
-        instance: 2,
-        ..op
-    };
-    for clock in 1..=10u64 {
-        c.submit_incr(clocked(k.incr(1), clock, 0));
-        c.submit_incr(clocked(other.incr(1), clock, 1));
-    }
+    bump_both(&mut c, &k, &other, 1..=10);
     c.submit_nonblocking(clocked(k.set(&Value::Int(100)), 11, 0));
-    for clock in 12..=20u64 {
-        c.submit_incr(clocked(k.incr(1), clock, 0));
-        c.submit_incr(clocked(other.incr(1), clock, 1));
-    }
+    bump_both(&mut c, &k, &other, 12..=20);
     // k's carrier, other's carrier, the set, k's new carrier.
     assert_eq!(c.links[0].pending.len(), 4);
     assert_eq!(c.links[0].pending[1].more_clocks.len(), 18);
