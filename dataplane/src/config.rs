@@ -30,11 +30,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("reading {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: {msg}")]
     Parse { path: String, msg: String },
     #[error("chain: {0}")]
@@ -253,7 +250,7 @@ impl Chain {
     pub fn load(path: &Path) -> Result<Chain, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         Chain::parse(&text, &path.display().to_string())
     }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a pcap file ({why})")]
     NotPcap { path: PathBuf, why: String },
@@ -48,7 +48,7 @@ impl Reader {
     pub fn open(path: &Path) -> Result<Reader, PcapError> {
         let io = |source| PcapError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         let mut f = File::open(path).map_err(io)?;
         let mut magic = [0u8; 4];
@@ -161,7 +161,7 @@ impl Writer {
     pub fn create(path: &Path, snaplen: u32) -> Result<Writer, PcapError> {
         let io = |source| PcapError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         let f = File::create(path).map_err(io)?;
         let header = PcapHeader {
@@ -174,7 +174,7 @@ impl Writer {
             PcapWriter::with_header(BufWriter::with_capacity(1 << 20, f), header).map_err(|e| {
                 PcapError::Io {
                     path: path.to_path_buf(),
-                    source: std::io::Error::other(e.to_string()),
+                    cause: std::io::Error::other(e.to_string()),
                 }
             })?;
         Ok(Writer {
@@ -192,7 +192,7 @@ impl Writer {
         );
         self.inner.write_packet(&p).map_err(|e| PcapError::Io {
             path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            cause: std::io::Error::other(e.to_string()),
         })?;
         self.written += 1;
         Ok(())
@@ -202,7 +202,10 @@ impl Writer {
         let n = self.written;
         let path = self.path.clone();
         let mut w = self.inner.into_writer();
-        std::io::Write::flush(&mut w).map_err(|source| PcapError::Io { path, source })?;
+        std::io::Write::flush(&mut w).map_err(|source| PcapError::Io {
+            path,
+            cause: source,
+        })?;
         Ok(n)
     }
 }

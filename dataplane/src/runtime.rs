@@ -54,10 +54,10 @@ pub enum RunError {
     Store(String),
     #[error("{0}")]
     Nf(String),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {cause}")]
     Events {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0} packets never settled at the root (missing deletes or commits)")]
     Unsettled(usize),
@@ -1098,7 +1098,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
                     |source| RunError::Events {
                         path: p.clone(),
-                        source,
+                        cause: source,
                     },
                 )?)),
                 None => None,
@@ -1118,7 +1118,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                             for l in lines {
                                 writeln!(f, "{l}").map_err(|source| RunError::Events {
                                     path: events_path.clone().unwrap_or_default(),
-                                    source,
+                                    cause: source,
                                 })?;
                             }
                         }
@@ -1128,7 +1128,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             if let Some(mut f) = ev {
                 f.flush().map_err(|source| RunError::Events {
                     path: events_path.clone().unwrap_or_default(),
-                    source,
+                    cause: source,
                 })?;
             }
             Ok((w.finish()?, nev))

@@ -34,10 +34,10 @@ pub const PACING: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "{path}: checkpoint is damaged at byte {offset} ({reason}); refusing to start from it"
@@ -72,7 +72,12 @@ pub fn load(
     let data = match fs::read(&p) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(CheckpointError::Io { path: p, source }),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: p,
+                cause: source,
+            })
+        }
     };
     let mut r = FrameReader::new(&data);
     let mut recs = Vec::new();
@@ -277,7 +282,10 @@ fn write(
     let tmp = dir.join(format!("ckpt-{shard}.tmp"));
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| CheckpointError::Io { path: p, source }
+        move |source| CheckpointError::Io {
+            path: p,
+            cause: source,
+        }
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut f = File::create(&tmp).map_err(io(&tmp))?;

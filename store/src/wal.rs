@@ -58,10 +58,10 @@ impl std::fmt::Display for FsyncPolicy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "{path}: corrupt record at byte {offset} ({reason}) with later segments after it; \
@@ -77,7 +77,7 @@ pub enum WalError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     move |source| WalError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

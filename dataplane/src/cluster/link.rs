@@ -66,12 +66,20 @@ pub enum Frame {
     Drained,
 }
 
+/// The I/O error is said in the message, not chained as a source as well (it would be
+/// printed twice).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("link I/O: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("bad frame: {0}")]
     Bad(String),
+}
+
+impl From<io::Error> for LinkError {
+    fn from(e: io::Error) -> Self {
+        LinkError::Io(e)
+    }
 }
 
 fn put_u16(b: &mut Vec<u8>, v: u16) {

@@ -36,11 +36,8 @@ const MAX_FRAME: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("control channel {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("control channel {addr}: {cause}")]
+    Io { addr: String, cause: std::io::Error },
     #[error("control channel: {0}")]
     Protocol(String),
     #[error("control channel {addr}: {what} within {waited:?}")]
@@ -187,7 +184,7 @@ impl RootControl {
     ) -> Result<RootControl, ControlError> {
         let io = |source| ControlError::Io {
             addr: addr.to_string(),
-            source,
+            cause: source,
         };
         let listener = TcpListener::bind(addr).map_err(io)?;
         listener.set_nonblocking(true).map_err(io)?;
@@ -383,7 +380,7 @@ impl PeerControl {
     ) -> Result<PeerControl, ControlError> {
         let io = |source| ControlError::Io {
             addr: addr.to_string(),
-            source,
+            cause: source,
         };
         let start = Instant::now();
         let stream = loop {

@@ -108,11 +108,8 @@ pub enum DpdkError {
     Nf(String),
     #[error("{0}")]
     Config(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("{0} packets never settled at the root (missing deletes or commits)")]
     Unsettled(usize),
     #[error("{0} input packets were lost by the input port (no mbuf)")]
@@ -572,7 +569,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|source| DpdkError::Io {
                 what: format!("creating {}", p.display()),
-                source,
+                cause: source,
             })?,
         )))),
         None => None,
@@ -799,7 +796,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         Some(addr) => Some(
             telemetry::Server::start(addr, view.clone()).map_err(|source| DpdkError::Io {
                 what: format!("telemetry on {addr}"),
-                source,
+                cause: source,
             })?,
         ),
         None => None,
@@ -1115,7 +1112,7 @@ fn fix_pcap_times(
     w.finish()?;
     std::fs::rename(&tmp, path).map_err(|source| DpdkError::Io {
         what: format!("replacing {}", path.display()),
-        source,
+        cause: source,
     })
 }
 

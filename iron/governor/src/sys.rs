@@ -8,11 +8,11 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SysError {
-    #[error("writing {value:?} to {path}: {source}")]
+    #[error("writing {value:?} to {path}: {cause}")]
     Write {
         path: String,
         value: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{cmd}: {msg}")]
     Command { cmd: String, msg: String },
@@ -36,7 +36,7 @@ impl Exec for Real {
         std::fs::write(path, value).map_err(|source| SysError::Write {
             path: path.display().to_string(),
             value: value.to_string(),
-            source,
+            cause: source,
         })
     }
 

@@ -90,12 +90,12 @@ pub enum StoreError {
     Wal(#[from] wal::WalError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -392,12 +392,18 @@ impl Store {
             next_client: AtomicU64::new(1),
         };
         if let Some(addr) = cfg.listen {
-            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind { addr, source })?;
+            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind {
+                addr,
+                cause: source,
+            })?;
             store.native_addr = Some(l.local_addr()?);
             store.spawn_acceptor(l, false)?;
         }
         if let Some(addr) = cfg.resp {
-            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind { addr, source })?;
+            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind {
+                addr,
+                cause: source,
+            })?;
             store.resp_addr = Some(l.local_addr()?);
             store.spawn_acceptor(l, true)?;
         }

@@ -1,0 +1,56 @@
+//! What a user sees when `chc-dataplane run` cannot start: one message naming the file and
+//! why, the system's reason said once (not again as a separate cause), and a failure exit.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chc-dataplane"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_chain_file_is_named_with_its_reason_once() {
+    let d = tempfile::tempdir().unwrap();
+    let chain = d.path().join("no-such-chain.toml");
+    let out = d.path().join("out.pcap");
+    let input = d.path().join("in.pcap");
+    std::fs::write(&input, b"").unwrap();
+    let (ok, err) = run(&[
+        "run",
+        "--chain",
+        chain.to_str().unwrap(),
+        "--pcap-in",
+        input.to_str().unwrap(),
+        "--pcap-out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a missing chain file must fail the run");
+    assert!(err.contains(chain.to_str().unwrap()), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
+fn an_input_that_is_not_a_pcap_file_is_named_with_its_reason_once() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("garbage.pcap");
+    std::fs::write(&input, b"not a capture at all").unwrap();
+    let out = d.path().join("out.pcap");
+    let (ok, err) = run(&[
+        "run",
+        "--pcap-in",
+        input.to_str().unwrap(),
+        "--pcap-out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "an input that is not a pcap file must fail the run");
+    assert!(err.contains("garbage.pcap"), "{err}");
+    assert_eq!(err.matches("not a pcap file").count(), 1, "{err}");
+}
