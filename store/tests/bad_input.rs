@@ -226,3 +226,21 @@ fn a_client_of_another_protocol_version_is_refused() {
     c.send_ops(vec![incr("n", 1, false)]).unwrap();
     c.wait_acked().unwrap();
 }
+
+/// A data directory that cannot be made (a file is in the way) stops the start with an error
+/// that names it, instead of an anonymous system error.
+#[test]
+fn a_data_directory_that_cannot_be_made_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("taken");
+    std::fs::write(&file, b"").unwrap();
+    let cfg = chc_store::server::StoreConfig {
+        data_dir: Some(file.clone()),
+        ..chc_store::server::StoreConfig::in_memory(1)
+    };
+    let err = match chc_store::server::Store::start(cfg) {
+        Ok(_) => panic!("a file as the data directory must stop the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+}

@@ -90,6 +90,11 @@ pub enum StoreError {
     Wal(#[from] wal::WalError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("data directory {}: {cause}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
     #[error("binding {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
@@ -314,7 +319,10 @@ impl Store {
             let mut shard = Shard::new(id, cfg.shards, cfg.customs.clone(), names.clone());
             let mut report = wal::RecoveryReport::default();
             if let Some(dir) = &cfg.data_dir {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(|cause| StoreError::DataDir {
+                    path: dir.clone(),
+                    cause,
+                })?;
                 if let Some(recs) = checkpoint::load(dir, id, cfg.shards)? {
                     for r in recs {
                         shard.load_checkpoint_record(r);
