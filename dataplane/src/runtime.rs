@@ -1546,25 +1546,7 @@ fn summarize(
     elapsed: Duration,
 ) -> Summary {
     let mut hist = histogram();
-    let mut vertices: Vec<VertexSummary> = chain
-        .vertices
-        .iter()
-        .map(|v| VertexSummary {
-            name: v.name.clone(),
-            nf: v.nf.clone(),
-            mode: v.mode.to_string(),
-            parallelism: v.parallelism,
-            partition: format!("{:?}", v.partition).to_lowercase(),
-            packets_in: 0,
-            packets_out: 0,
-            dropped: 0,
-            fragments: 0,
-            errors: 0,
-            state_ops: 0,
-            remote_calls: 0,
-            per_instance_in: vec![0; v.parallelism as usize],
-        })
-        .collect();
+    let mut vertices: Vec<VertexSummary> = chain.vertices.iter().map(VertexSummary::of).collect();
     let mut moves: Vec<MoveSummary> = Vec::new();
     for s in inst {
         for m in &s.moves {

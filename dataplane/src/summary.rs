@@ -20,6 +20,27 @@ pub struct VertexSummary {
     pub per_instance_in: Vec<u64>,
 }
 
+impl VertexSummary {
+    /// Vertex `v` before any counts are added.
+    pub fn of(v: &crate::config::Vertex) -> VertexSummary {
+        VertexSummary {
+            name: v.name.clone(),
+            nf: v.nf.clone(),
+            mode: v.mode.to_string(),
+            parallelism: v.parallelism,
+            partition: format!("{:?}", v.partition).to_lowercase(),
+            packets_in: 0,
+            packets_out: 0,
+            dropped: 0,
+            fragments: 0,
+            errors: 0,
+            state_ops: 0,
+            remote_calls: 0,
+            per_instance_in: vec![0; v.parallelism as usize],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub packets_read: u64,

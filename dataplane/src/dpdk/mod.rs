@@ -1118,25 +1118,7 @@ fn fix_pcap_times(
 
 fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Summary {
     let mut hist = histogram();
-    let mut vertices: Vec<VertexSummary> = chain
-        .vertices
-        .iter()
-        .map(|v| VertexSummary {
-            name: v.name.clone(),
-            nf: v.nf.clone(),
-            mode: v.mode.to_string(),
-            parallelism: v.parallelism,
-            partition: format!("{:?}", v.partition).to_lowercase(),
-            packets_in: 0,
-            packets_out: 0,
-            dropped: 0,
-            fragments: 0,
-            errors: 0,
-            state_ops: 0,
-            remote_calls: 0,
-            per_instance_in: vec![0; v.parallelism as usize],
-        })
-        .collect();
+    let mut vertices: Vec<VertexSummary> = chain.vertices.iter().map(VertexSummary::of).collect();
     let mut s = Summary {
         packets_read: 0,
         malformed_dropped: 0,
