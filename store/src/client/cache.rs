@@ -1053,38 +1053,34 @@ impl StateClient {
     }
 
     pub fn push_back(&mut self, obj: u16, sub: &[u8], item: Bytes) -> Result<(), StateError> {
-        if let Some(per_flow) = self.blind_remote(obj)? {
-            let item = Some(wire::Value::bytes(item));
-            self.queue_blind(obj, per_flow, sub, OpCode::OpPushBack, 0, item);
-            return Ok(());
-        }
-        let mut op = self.obj_op(obj, sub, OpCode::OpPushBack)?;
-        op.val = Some(wire::Value::bytes(item));
-        self.update(obj, sub, op, false).map(|_| ())
+        self.push(obj, sub, item, OpCode::OpPushBack)
     }
 
     pub fn push_front(&mut self, obj: u16, sub: &[u8], item: Bytes) -> Result<(), StateError> {
+        self.push(obj, sub, item, OpCode::OpPushFront)
+    }
+
+    pub fn pop_front(&mut self, obj: u16, sub: &[u8]) -> Result<Option<Bytes>, StateError> {
+        self.pop(obj, sub, OpCode::OpPopFront)
+    }
+
+    pub fn pop_back(&mut self, obj: u16, sub: &[u8]) -> Result<Option<Bytes>, StateError> {
+        self.pop(obj, sub, OpCode::OpPopBack)
+    }
+
+    fn push(&mut self, obj: u16, sub: &[u8], item: Bytes, code: OpCode) -> Result<(), StateError> {
         if let Some(per_flow) = self.blind_remote(obj)? {
             let item = Some(wire::Value::bytes(item));
-            self.queue_blind(obj, per_flow, sub, OpCode::OpPushFront, 0, item);
+            self.queue_blind(obj, per_flow, sub, code, 0, item);
             return Ok(());
         }
-        let mut op = self.obj_op(obj, sub, OpCode::OpPushFront)?;
+        let mut op = self.obj_op(obj, sub, code)?;
         op.val = Some(wire::Value::bytes(item));
         self.update(obj, sub, op, false).map(|_| ())
     }
 
-    pub fn pop_front(&mut self, obj: u16, sub: &[u8]) -> Result<Option<Bytes>, StateError> {
-        let op = self.obj_op(obj, sub, OpCode::OpPopFront)?;
-        let (st, v) = self.update(obj, sub, op, true)?;
-        Ok(match (st, v) {
-            (Status::Ok, Value::Bytes(b)) => Some(b),
-            _ => None,
-        })
-    }
-
-    pub fn pop_back(&mut self, obj: u16, sub: &[u8]) -> Result<Option<Bytes>, StateError> {
-        let op = self.obj_op(obj, sub, OpCode::OpPopBack)?;
+    fn pop(&mut self, obj: u16, sub: &[u8], code: OpCode) -> Result<Option<Bytes>, StateError> {
+        let op = self.obj_op(obj, sub, code)?;
         let (st, v) = self.update(obj, sub, op, true)?;
         Ok(match (st, v) {
             (Status::Ok, Value::Bytes(b)) => Some(b),
