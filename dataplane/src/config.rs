@@ -248,9 +248,9 @@ pub const PAPER_CHAIN: &str = include_str!("../../examples/chains/paper.toml");
 
 impl Chain {
     pub fn load(path: &Path) -> Result<Chain, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            cause: source,
+            cause,
         })?;
         Chain::parse(&text, &path.display().to_string())
     }

@@ -46,9 +46,9 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, PcapError> {
-        let io = |source| PcapError::Io {
+        let io = |cause| PcapError::Io {
             path: path.to_path_buf(),
-            cause: source,
+            cause,
         };
         let mut f = File::open(path).map_err(io)?;
         let mut magic = [0u8; 4];
@@ -159,9 +159,9 @@ pub struct Writer {
 impl Writer {
     /// Creates `path` with nanosecond timestamps and the given snap length.
     pub fn create(path: &Path, snaplen: u32) -> Result<Writer, PcapError> {
-        let io = |source| PcapError::Io {
+        let io = |cause| PcapError::Io {
             path: path.to_path_buf(),
-            cause: source,
+            cause,
         };
         let f = File::create(path).map_err(io)?;
         let header = PcapHeader {
@@ -202,10 +202,7 @@ impl Writer {
         let n = self.written;
         let path = self.path.clone();
         let mut w = self.inner.into_writer();
-        std::io::Write::flush(&mut w).map_err(|source| PcapError::Io {
-            path,
-            cause: source,
-        })?;
+        std::io::Write::flush(&mut w).map_err(|cause| PcapError::Io { path, cause })?;
         Ok(n)
     }
 }

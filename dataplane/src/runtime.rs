@@ -1096,9 +1096,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             let mut w = pcapio::Writer::create(&output, snaplen)?;
             let mut ev = match &events_path {
                 Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-                    |source| RunError::Events {
+                    |cause| RunError::Events {
                         path: p.clone(),
-                        cause: source,
+                        cause,
                     },
                 )?)),
                 None => None,
@@ -1116,9 +1116,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                         nev += lines.len() as u64;
                         if let Some(f) = ev.as_mut() {
                             for l in lines {
-                                writeln!(f, "{l}").map_err(|source| RunError::Events {
+                                writeln!(f, "{l}").map_err(|cause| RunError::Events {
                                     path: events_path.clone().unwrap_or_default(),
-                                    cause: source,
+                                    cause,
                                 })?;
                             }
                         }
@@ -1126,9 +1126,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 }
             }
             if let Some(mut f) = ev {
-                f.flush().map_err(|source| RunError::Events {
+                f.flush().map_err(|cause| RunError::Events {
                     path: events_path.clone().unwrap_or_default(),
-                    cause: source,
+                    cause,
                 })?;
             }
             Ok((w.finish()?, nev))

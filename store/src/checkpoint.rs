@@ -72,12 +72,7 @@ pub fn load(
     let data = match fs::read(&p) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                path: p,
-                cause: source,
-            })
-        }
+        Err(cause) => return Err(CheckpointError::Io { path: p, cause }),
     };
     let mut r = FrameReader::new(&data);
     let mut recs = Vec::new();
@@ -282,10 +277,7 @@ fn write(
     let tmp = dir.join(format!("ckpt-{shard}.tmp"));
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| CheckpointError::Io {
-            path: p,
-            cause: source,
-        }
+        move |cause| CheckpointError::Io { path: p, cause }
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut f = File::create(&tmp).map_err(io(&tmp))?;

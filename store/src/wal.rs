@@ -75,9 +75,9 @@ pub enum WalError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Io {
+    move |cause| WalError::Io {
         path: path.to_path_buf(),
-        cause: source,
+        cause,
     }
 }
 

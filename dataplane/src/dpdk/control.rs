@@ -182,9 +182,9 @@ impl RootControl {
         inbox: Arc<Inbox>,
         watermark: Arc<AtomicU64>,
     ) -> Result<RootControl, ControlError> {
-        let io = |source| ControlError::Io {
+        let io = |cause| ControlError::Io {
             addr: addr.to_string(),
-            cause: source,
+            cause,
         };
         let listener = TcpListener::bind(addr).map_err(io)?;
         listener.set_nonblocking(true).map_err(io)?;
@@ -378,9 +378,9 @@ impl PeerControl {
         mut store: Box<dyn PeerStore>,
         timeout: Duration,
     ) -> Result<PeerControl, ControlError> {
-        let io = |source| ControlError::Io {
+        let io = |cause| ControlError::Io {
             addr: addr.to_string(),
-            cause: source,
+            cause,
         };
         let start = Instant::now();
         let stream = loop {

@@ -567,9 +567,9 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     }
     let events = match &opts.events {
         Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(|source| DpdkError::Io {
+            std::fs::File::create(p).map_err(|cause| DpdkError::Io {
                 what: format!("creating {}", p.display()),
-                cause: source,
+                cause,
             })?,
         )))),
         None => None,
@@ -794,9 +794,9 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     });
     let server = match &opts.telemetry {
         Some(addr) => Some(
-            telemetry::Server::start(addr, view.clone()).map_err(|source| DpdkError::Io {
+            telemetry::Server::start(addr, view.clone()).map_err(|cause| DpdkError::Io {
                 what: format!("telemetry on {addr}"),
-                cause: source,
+                cause,
             })?,
         ),
         None => None,
@@ -1110,9 +1110,9 @@ fn fix_pcap_times(
         w.write(*ts, *wire_len, &r.data)?;
     }
     w.finish()?;
-    std::fs::rename(&tmp, path).map_err(|source| DpdkError::Io {
+    std::fs::rename(&tmp, path).map_err(|cause| DpdkError::Io {
         what: format!("replacing {}", path.display()),
-        cause: source,
+        cause,
     })
 }
 

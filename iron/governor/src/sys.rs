@@ -33,10 +33,10 @@ pub struct Real;
 
 impl Exec for Real {
     fn write(&mut self, path: &Path, value: &str) -> Result<(), SysError> {
-        std::fs::write(path, value).map_err(|source| SysError::Write {
+        std::fs::write(path, value).map_err(|cause| SysError::Write {
             path: path.display().to_string(),
             value: value.to_string(),
-            cause: source,
+            cause,
         })
     }
 

@@ -400,18 +400,12 @@ impl Store {
             next_client: AtomicU64::new(1),
         };
         if let Some(addr) = cfg.listen {
-            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind {
-                addr,
-                cause: source,
-            })?;
+            let l = TcpListener::bind(addr).map_err(|cause| StoreError::Bind { addr, cause })?;
             store.native_addr = Some(l.local_addr()?);
             store.spawn_acceptor(l, false)?;
         }
         if let Some(addr) = cfg.resp {
-            let l = TcpListener::bind(addr).map_err(|source| StoreError::Bind {
-                addr,
-                cause: source,
-            })?;
+            let l = TcpListener::bind(addr).map_err(|cause| StoreError::Bind { addr, cause })?;
             store.resp_addr = Some(l.local_addr()?);
             store.spawn_acceptor(l, true)?;
         }
