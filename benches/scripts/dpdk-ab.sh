@@ -18,22 +18,22 @@ trap 'rm -f "$out"' EXIT
 for r in $(seq "$rounds"); do
   for b in "$@"; do
     line=$("$b" dpdk trial --chain "$chain" --size "$size" --seconds 2 2>/dev/null | tail -1)
-    printf '%s\t%s\n' "$b" "$line" >>"$out"
-    python3 - "$b" "$line" <<'PY'
+    # One trial's figures, printed and kept (tab-separated) for the medians.
+    python3 - "$b" "$line" <<'PY' | tee -a "$out" | cut -f4
 import json, sys
 d = json.loads(sys.argv[2])
 cyc = d["tsc_hz"] * d["cpu_seconds"] / d["packets"]
-print(f"{sys.argv[1]:<40} {d['mpps']:7.2f} Mpps {cyc:8.1f} cycles/pkt  p50 {d['p50_us']:.2f} us")
+print(f"{sys.argv[1]}\t{d['mpps']}\t{cyc}\t"
+      f"{sys.argv[1]:<40} {d['mpps']:7.2f} Mpps {cyc:8.1f} cycles/pkt  p50 {d['p50_us']:.2f} us")
 PY
   done
 done
 python3 - "$out" <<'PY'
-import json, statistics, sys
+import statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    b, j = line.rstrip("\n").split("\t", 1)
-    d = json.loads(j)
-    runs.setdefault(b, []).append((d["mpps"], d["tsc_hz"] * d["cpu_seconds"] / d["packets"]))
+    b, mpps, cyc, _ = line.split("\t", 3)
+    runs.setdefault(b, []).append((float(mpps), float(cyc)))
 print("medians:")
 for b, v in runs.items():
     print(f"{b:<40} {statistics.median(x[0] for x in v):7.2f} Mpps "

@@ -390,8 +390,8 @@ impl StoreClient {
         if l.pending.is_empty() {
             return Ok(());
         }
-        // The batch leaves with its buffer; the next one starts at this one's size rather
-        // than growing again from nothing.
+        // The batch leaves with its buffer; the next one starts in a buffer a shard gave back
+        // (in process), or at this one's size rather than growing again from nothing.
         let n = l.pending.len();
         let next = match self.mailbox.take_spent() {
             Some(mut v) => {
