@@ -70,6 +70,14 @@ impl ClockLog {
         })
     }
 
+    /// The (clock, op index) of the newest record, whoever issued it.
+    pub fn newest(&self) -> Option<(u64, u32)> {
+        self.runs
+            .iter()
+            .filter_map(|run| run.recs.back().map(|r| (r.clock, r.op_index)))
+            .max()
+    }
+
     /// The newest record before (clock, op_index) in clock order.
     pub fn before(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
         self.runs
