@@ -74,6 +74,9 @@ struct ShardLink {
     queued: usize,
     /// [`StoreClient::flush_coalesced`] held the pending batch back once.
     held: bool,
+    /// In process: a batch reached the shard while it slept, and it is woken when this many
+    /// more calls of [`StoreClient::flush_coalesced`] have passed (0: no wake-up owed).
+    wake_in: u8,
     /// Most increments one operation of this link carried in the last batches: a new
     /// carrier makes room for as many, so it does not grow (reallocate and copy) while a
     /// batch fills.
@@ -124,6 +127,9 @@ const FOLD_MAX: usize = 1024;
 const FOLD_RESERVE: usize = 32;
 /// Keys whose last fold [`StoreClient::fold_incr`] remembers (by object id).
 const FOLD_HINTS: usize = 4;
+/// Calls of [`StoreClient::flush_coalesced`] after which a sleeping shard that a batch was
+/// sent to quietly is woken.
+const WAKE_AFTER: u8 = 32;
 
 impl StoreClient {
     pub(crate) fn in_process(store: &Store, id: ClientId) -> Self {
@@ -184,6 +190,7 @@ impl StoreClient {
                     sent: 0,
                     queued: 0,
                     held: false,
+                    wake_in: 0,
                     fold_room: FOLD_RESERVE,
                     acked: 0,
                     last_progress: now,
@@ -355,7 +362,7 @@ impl StoreClient {
         self.submit(op)
     }
 
-    /// Sends every queued operation.
+    /// Sends every queued operation (and wakes every shard that has some).
     pub fn flush(&mut self) -> Result<(), ClientError> {
         for s in 0..self.links.len() as u32 {
             self.flush_shard(s)?;
@@ -363,19 +370,40 @@ impl StoreClient {
         Ok(())
     }
 
+    /// Wakes shard `s` if a batch sent quietly is waiting for it.
+    fn pay_wake(&mut self, s: usize) {
+        if std::mem::take(&mut self.links[s].wake_in) == 0 {
+            return;
+        }
+        if let Transport::InProc { workers } = &self.transport {
+            workers[s].wake();
+        }
+    }
+
     /// Sends the queued operations of each shard that has at least `min` of them, or whose
     /// batch the previous call held back. A caller that flushes once per burst of packets
     /// then sends fewer, larger batches (each one costs it a system call to wake the shard,
     /// and the shard a wake-up), and no operation waits for more than one extra burst.
     /// Operations on one shard still go in the order they were queued.
+    ///
+    /// In process, a batch that finds its shard asleep does not wake it at once either: the
+    /// wake-up (a system call, and on a VM an interrupt to another vCPU, a large part of a
+    /// DPDK lcore's time per batch) comes [`WAKE_AFTER`] calls later, when the shard takes
+    /// that batch and the ones sent meanwhile together. Nothing waits on these operations;
+    /// anything that does ([`StoreClient::flush`], a call, a sync) wakes the shard at once.
     pub fn flush_coalesced(&mut self, min: usize) -> Result<(), ClientError> {
         for s in 0..self.links.len() {
+            match self.links[s].wake_in {
+                0 => {}
+                1 => self.pay_wake(s),
+                _ => self.links[s].wake_in -= 1,
+            }
             let l = &mut self.links[s];
             if l.pending.is_empty() {
                 continue;
             }
             if l.held || l.queued >= min {
-                self.flush_shard(s as u32)?;
+                self.flush_shard_with(s as u32, true)?;
             } else {
                 l.held = true;
             }
@@ -383,7 +411,17 @@ impl StoreClient {
         Ok(())
     }
 
+    /// Sends shard `shard`'s queued operations and wakes it if it sleeps with any (also
+    /// with batches sent quietly before): whoever calls this may wait for them next.
     fn flush_shard(&mut self, shard: u32) -> Result<(), ClientError> {
+        self.flush_shard_with(shard, false)?;
+        self.pay_wake(shard as usize);
+        Ok(())
+    }
+
+    /// Sends shard `shard`'s queued operations; `quietly`: see
+    /// [`StoreClient::flush_coalesced`].
+    fn flush_shard_with(&mut self, shard: u32, quietly: bool) -> Result<(), ClientError> {
         let l = &mut self.links[shard as usize];
         l.held = false;
         l.queued = 0;
@@ -409,17 +447,26 @@ impl StoreClient {
             l.outstanding.extend(batch.iter().cloned());
         }
         self.stats.batches += 1;
-        self.send(shard, batch)
+        self.send(shard, batch, quietly)
     }
 
-    fn send(&mut self, shard: u32, ops: Vec<wire::Op>) -> Result<(), ClientError> {
+    fn send(&mut self, shard: u32, ops: Vec<wire::Op>, quietly: bool) -> Result<(), ClientError> {
         match &mut self.transport {
             Transport::InProc { workers } => {
-                workers[shard as usize].send(Inbound::Batch {
+                let w = &workers[shard as usize];
+                let m = Inbound::Batch {
                     client: self.id,
                     ops,
                     mailbox: self.mailbox.clone(),
-                });
+                };
+                let l = &mut self.links[shard as usize];
+                if !quietly {
+                    w.send(m);
+                    // Woken if asleep: it takes the batches sent quietly before too.
+                    l.wake_in = 0;
+                } else if w.send_quietly(m) && l.wake_in == 0 {
+                    l.wake_in = WAKE_AFTER;
+                }
                 Ok(())
             }
             Transport::Tcp(t) => t.send(shard, ops),
@@ -627,7 +674,7 @@ impl StoreClient {
         self.stats.retransmits += ops.len() as u64;
         l.last_progress = Instant::now();
         l.rto = (l.rto * 2).min(Duration::from_secs(5));
-        self.send(shard, ops)
+        self.send(shard, ops, false)
     }
 
     fn retransmit_due(&mut self) -> Result<(), ClientError> {

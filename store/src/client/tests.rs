@@ -253,3 +253,58 @@ proptest::proptest! {
         }
     }
 }
+
+/// Waits (without sending anything, so without waking the shard) until every operation
+/// sent is acknowledged; returns how long that took, or `None` past `limit`.
+fn acked_within(c: &mut StoreClient, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while c.unacked() > 0 {
+        c.poll().unwrap();
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+    Some(t.elapsed())
+}
+
+/// A batch that `flush_coalesced` sends to a sleeping shard does not wake it at once, but the
+/// wake-up it owes is paid: after `WAKE_AFTER` more calls, by the next `flush`, or by a wait
+/// for the reply to an operation in it; never left to the shard's idle timeout (half a
+/// second for an in-memory store).
+#[test]
+fn a_batch_sent_quietly_wakes_the_shard_soon_after() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let limit = Duration::from_millis(300);
+    for (id, how) in ["more calls", "flush", "wait for a reply"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = store.client(id as u64 + 1);
+        let k = ObjKey::shared(1, 3, Vec::new());
+        // The shard falls asleep with nothing to do.
+        std::thread::sleep(Duration::from_millis(30));
+        c.submit_nonblocking(k.incr(1));
+        let seq = c.submit_to(0, k.get());
+        c.flush_coalesced(1).unwrap();
+        assert_eq!(c.unacked(), 2);
+        let t = Instant::now();
+        match how {
+            "more calls" => {
+                for _ in 0..WAKE_AFTER {
+                    c.flush_coalesced(1).unwrap();
+                }
+            }
+            "flush" => c.flush().unwrap(),
+            _ => {
+                let r = c.wait_reply(0, seq).unwrap();
+                assert_eq!(r.value, Some(WV::int(id as i64 + 1)));
+            }
+        }
+        let left = limit.saturating_sub(t.elapsed());
+        assert!(
+            acked_within(&mut c, left).is_some(),
+            "not applied within {limit:?} (woken by {how})"
+        );
+    }
+}

@@ -156,6 +156,18 @@ pub(crate) struct WorkerShared {
 impl WorkerShared {
     pub(crate) fn send(&self, m: Inbound) {
         let _ = self.tx.send(m);
+        self.wake();
+    }
+
+    /// Queues `m` without waking the thread; returns whether it sleeps, so that the caller
+    /// owes it a [`WorkerShared::wake`].
+    pub(crate) fn send_quietly(&self, m: Inbound) -> bool {
+        let _ = self.tx.send(m);
+        self.sleeping.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the thread if it sleeps (it then takes everything queued).
+    pub(crate) fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
