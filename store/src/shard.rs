@@ -786,35 +786,14 @@ impl Shard {
         if let Some(reply) = self.apply_folded_quick(client, op, hash, out) {
             return reply;
         }
-        let mut one = wire::Op {
-            seq: op.seq,
-            code: op.code,
-            vertex: op.vertex,
-            object: op.object,
-            per_flow: op.per_flow,
-            sub: op.sub.clone(),
-            num: op.num,
-            instance: op.instance,
-            ..Default::default()
-        };
-        let more = op.more_clocks.iter().zip(&op.more_op_index);
-        let all = std::iter::once((&op.clock, &op.op_index)).chain(more);
-        let last = op.more_clocks.len();
         let mut reply = None;
-        for (i, (&clock, &op_index)) in all.enumerate() {
+        for_each_folded(op, |i, one| {
             if i > 0 {
                 self.stats.ops += 1;
             }
-            one.clock = clock;
-            one.op_index = op_index;
-            one.flags = if i < last {
-                op.flags | F_FOLLOWED
-            } else {
-                op.flags & !F_FOLLOWED
-            };
-            let r = self.apply_op(client, &one, now_ns, out);
+            let r = self.apply_op(client, one, now_ns, out);
             reply.get_or_insert(r);
-        }
+        });
         reply.expect("at least the carrier's own clock")
     }
 
@@ -914,27 +893,7 @@ impl Shard {
         }
         self.mark_dirty(k);
         if self.durable {
-            let mut one = wire::Op {
-                seq: op.seq,
-                code: op.code,
-                vertex: op.vertex,
-                object: op.object,
-                per_flow: op.per_flow,
-                sub: op.sub.clone(),
-                num: op.num,
-                instance: op.instance,
-                ..Default::default()
-            };
-            let last = op.more_clocks.len();
-            for (i, (clock, op_index)) in clocks.clone().enumerate() {
-                (one.clock, one.op_index) = (clock, op_index);
-                one.flags = if i < last {
-                    op.flags | F_FOLLOWED
-                } else {
-                    op.flags & !F_FOLLOWED
-                };
-                self.wal_record(client, &one, &Value::Nil);
-            }
+            for_each_folded(op, |_, one| self.wal_record(client, one, &Value::Nil));
         }
         if op.flags & F_COUNTED != 0 {
             let mut sub = None;
@@ -1817,6 +1776,34 @@ fn snapshot(e: &Entry) -> CheckpointEntry {
 /// its commit notification): `instance << 16 | object`, rotated by the update's index within
 /// the packet. The rotation keeps two updates of one object by one packet from cancelling
 /// out in the XOR (plain ids would XOR to zero and hide a lost update).
+/// Calls `f` with each operation a folded increment stands for, in order: the carrier's
+/// fields with each of its clocks and op indexes, `F_FOLLOWED` on all but the last.
+fn for_each_folded(op: &wire::Op, mut f: impl FnMut(usize, &wire::Op)) {
+    let mut one = wire::Op {
+        seq: op.seq,
+        code: op.code,
+        vertex: op.vertex,
+        object: op.object,
+        per_flow: op.per_flow,
+        sub: op.sub.clone(),
+        num: op.num,
+        instance: op.instance,
+        ..Default::default()
+    };
+    let more = op.more_clocks.iter().zip(&op.more_op_index);
+    let all = std::iter::once((&op.clock, &op.op_index)).chain(more);
+    let last = op.more_clocks.len();
+    for (i, (&clock, &op_index)) in all.enumerate() {
+        (one.clock, one.op_index) = (clock, op_index);
+        one.flags = if i < last {
+            op.flags | F_FOLLOWED
+        } else {
+            op.flags & !F_FOLLOWED
+        };
+        f(i, &one);
+    }
+}
+
 pub fn update_id(instance: u16, object: u16, op_index: u32) -> u32 {
     (u32::from(instance) << 16 | u32::from(object)).rotate_left(op_index & 31)
 }
