@@ -735,12 +735,7 @@ impl Shard {
         {
             return false;
         }
-        let k = KeyRef {
-            vertex: op.vertex as u16,
-            object: op.object as u16,
-            per_flow: false,
-            sub: &op.sub,
-        };
+        let k = shared_key(op);
         let e = self.map.or_default_hashed(hash, k);
         // Anything in the cold part (metadata, a byte string that may hold a decimal) takes
         // the general path.
@@ -827,12 +822,7 @@ impl Shard {
             }
             prev = p;
         }
-        let k = KeyRef {
-            vertex: op.vertex as u16,
-            object: op.object as u16,
-            per_flow: false,
-            sub: &op.sub,
-        };
+        let k = shared_key(op);
         let e = self.map.or_default_hashed(hash, k);
         let before = match e.inline() {
             Ok(v) => v,
@@ -1776,6 +1766,16 @@ fn snapshot(e: &Entry) -> CheckpointEntry {
 /// its commit notification): `instance << 16 | object`, rotated by the update's index within
 /// the packet. The rotation keeps two updates of one object by one packet from cancelling
 /// out in the XOR (plain ids would XOR to zero and hide a lost update).
+/// The key of an operation on a shared object whose ids were checked to fit.
+fn shared_key(op: &wire::Op) -> KeyRef<'_> {
+    KeyRef {
+        vertex: op.vertex as u16,
+        object: op.object as u16,
+        per_flow: false,
+        sub: &op.sub,
+    }
+}
+
 /// Calls `f` with each operation a folded increment stands for, in order: the carrier's
 /// fields with each of its clocks and op indexes, `F_FOLLOWED` on all but the last.
 fn for_each_folded(op: &wire::Op, mut f: impl FnMut(usize, &wire::Op)) {
