@@ -810,17 +810,14 @@ impl Shard {
             return None;
         }
         let first = (op.clock, op.op_index);
-        let mut prev = first;
-        for p in op
-            .more_clocks
-            .iter()
-            .copied()
-            .zip(op.more_op_index.iter().copied())
-        {
-            if p <= prev {
-                return None;
-            }
-            prev = p;
+        let clocks = std::iter::once(first).chain(
+            op.more_clocks
+                .iter()
+                .copied()
+                .zip(op.more_op_index.iter().copied()),
+        );
+        if !clocks.clone().is_sorted_by(|a, b| a < b) {
+            return None;
         }
         let k = shared_key(op);
         let e = self.map.or_default_hashed(hash, k);
@@ -832,28 +829,22 @@ impl Shard {
                 _ => return None,
             },
         };
-        if let Some(m) = e.meta() {
-            if !m.subscribers.is_empty() || m.log.newest().is_some_and(|n| n >= first) {
-                return None;
+        let (had_records, log_was_empty) = match e.meta() {
+            Some(m) if !m.subscribers.is_empty() || m.log.newest().is_some_and(|n| n >= first) => {
+                return None
             }
-        }
+            Some(m) => (m.has_records(), m.log.is_empty()),
+            None => (false, true),
+        };
         let n = op.more_clocks.len() as i64 + 1;
         // The values in between lie between the first and the last: checking the total
         // checks every step.
         let cur = before.unwrap_or(0);
         cur.checked_add(op.num.checked_mul(n)?)?;
-        let had_records = e.meta().is_some_and(|m| m.has_records());
-        let log_was_empty = e.meta().is_none_or(|m| m.log.is_empty());
         let c = e.cold_mut();
         if log_was_empty {
             c.meta.base = Some(before.map_or(Value::Nil, Value::Int));
         }
-        let clocks = std::iter::once(first).chain(
-            op.more_clocks
-                .iter()
-                .copied()
-                .zip(op.more_op_index.iter().copied()),
-        );
         let mut v = cur;
         for (clock, op_index) in clocks.clone() {
             v += op.num;
@@ -1762,10 +1753,6 @@ fn snapshot(e: &Entry) -> CheckpointEntry {
     }
 }
 
-/// The 32-bit id a counted update contributes to its packet's update vector (and reports in
-/// its commit notification): `instance << 16 | object`, rotated by the update's index within
-/// the packet. The rotation keeps two updates of one object by one packet from cancelling
-/// out in the XOR (plain ids would XOR to zero and hide a lost update).
 /// The key of an operation on a shared object whose ids were checked to fit.
 fn shared_key(op: &wire::Op) -> KeyRef<'_> {
     KeyRef {
@@ -1804,6 +1791,10 @@ fn for_each_folded(op: &wire::Op, mut f: impl FnMut(usize, &wire::Op)) {
     }
 }
 
+/// The 32-bit id a counted update contributes to its packet's update vector (and reports in
+/// its commit notification): `instance << 16 | object`, rotated by the update's index within
+/// the packet. The rotation keeps two updates of one object by one packet from cancelling
+/// out in the XOR (plain ids would XOR to zero and hide a lost update).
 pub fn update_id(instance: u16, object: u16, op_index: u32) -> u32 {
     (u32::from(instance) << 16 | u32::from(object)).rotate_left(op_index & 31)
 }

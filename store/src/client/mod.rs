@@ -362,7 +362,7 @@ impl StoreClient {
         self.submit(op)
     }
 
-    /// Sends every queued operation (and wakes every shard that has some).
+    /// Sends every queued operation and wakes each shard asleep with some of them.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         for s in 0..self.links.len() as u32 {
             self.flush_shard(s)?;

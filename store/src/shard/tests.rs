@@ -1032,6 +1032,16 @@ fn entries_stay_small() {
     assert_eq!(std::mem::size_of::<(Key, Entry)>(), 48);
 }
 
+/// Makes `s` write a WAL and send client 100 the commit notifications of root 0.
+fn logging_with_commits(s: &mut Shard) {
+    s.set_durable(true);
+    let sub = wire::Op {
+        code: OpCode::OpSubscribeCommits as i32,
+        ..Default::default()
+    };
+    run(s, 100, vec![sub]);
+}
+
 /// An increment carrying further packets' increments (`more_clocks`) leaves the shard exactly
 /// as the separate increments would: the same values, clock-log records (reads as of a clock),
 /// duplicate suppression per clock, commit notifications, acknowledgement and WAL.
@@ -1048,12 +1058,7 @@ fn folded_increments_match_separate_ones() {
         ..incr("pkts", 2)
     };
     for s in [&mut folded, &mut separate] {
-        s.set_durable(true);
-        let sub = wire::Op {
-            code: OpCode::OpSubscribeCommits as i32,
-            ..Default::default()
-        };
-        run(s, 100, vec![sub]);
+        logging_with_commits(s);
         // A clone already applied clock 5 (its replay got there first).
         run(s, 7, vec![counted(5, 1)]);
     }
@@ -1239,12 +1244,7 @@ proptest::proptest! {
         let mut seq = (0u64, 0u64);
         let mut seen = Vec::new();
         for s in [&mut folded, &mut separate] {
-            s.set_durable(true);
-            let sub = wire::Op {
-                code: OpCode::OpSubscribeCommits as i32,
-                ..Default::default()
-            };
-            run(s, 100, vec![sub]);
+            logging_with_commits(s);
             // The counter exists before the first packet's increment.
             run(s, 2, vec![incr("pkts", 5)]);
         }
