@@ -1331,8 +1331,9 @@ impl Shard {
         reply.value = Value::Int(moved).to_wire();
     }
 
-    /// Every per-flow object of `op.vertex` that `op.instance` owns, with its value. Cost is
-    /// a pass over the shard (as OP_REASSIGN_OWNER), paid once per replacement instance.
+    /// Every per-flow object of `op.vertex` that `op.instance` owns, with its value, and the
+    /// newest clock `op.instance` has logged on the vertex's objects. Cost is a pass over the
+    /// shard (as OP_REASSIGN_OWNER), paid once per replacement instance.
     fn scan_owned(&mut self, op: &wire::Op, reply: &mut wire::Reply) {
         if op.vertex > 0xFFFF {
             self.stats.bad_requests += 1;
@@ -1341,8 +1342,19 @@ impl Shard {
         }
         let (vertex, me, limit) = (op.vertex as u16, op.instance + 1, op.num.max(0) as usize);
         let mut bytes = 0usize;
+        let mut overflow = false;
         for (key, e) in self.map.iter() {
-            if !(key.per_flow && key.vertex == vertex && e.owner() == me) || e.value_is_nil() {
+            if key.vertex != vertex {
+                continue;
+            }
+            if let Some(m) = e.meta() {
+                let newest = m
+                    .log
+                    .newest_of(op.instance)
+                    .max(m.reads.newest_of(op.instance));
+                reply.newest_clock = reply.newest_clock.max(newest.unwrap_or(0));
+            }
+            if overflow || !(key.per_flow && e.owner() == me) || e.value_is_nil() {
                 continue;
             }
             let value = e.value();
@@ -1351,7 +1363,8 @@ impl Shard {
             if limit > 0 && bytes > limit {
                 reply.owned.clear();
                 reply.status = Status::Overflow as i32;
-                return;
+                overflow = true;
+                continue;
             }
             reply.owned.push(wire::Owned {
                 object: u32::from(key.object),

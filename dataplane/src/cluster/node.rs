@@ -174,6 +174,10 @@ pub fn run_instance(
         inbox.addr,
         if replacement { " (replacement)" } else { "" }
     );
+    // The newest clock the failed instance left a trace of in the store: a replayed packet
+    // with a newer clock never reached it (or left the state as it was), so it is processed
+    // as new, without a replay's reads as of its clock (each a round trip to the store).
+    let mut newest_logged = u64::MAX;
     if replacement {
         inst.state.set_fresh(false);
         // The store has every update the failed instance made (its connections are gone,
@@ -183,13 +187,18 @@ pub fn run_instance(
         // goes through the store and is cached as the store has it.
         let t = Instant::now();
         match inst.state.preload_owned(PRELOAD_LIMIT) {
-            Ok(Some(n)) => eprintln!(
-                "chc-dataplane: {vertex}/{index}: loaded {n} flows' state in {:.2} ms",
-                t.elapsed().as_secs_f64() * 1e3
-            ),
-            Ok(None) => eprintln!(
-                "chc-dataplane: {vertex}/{index}: flows' state over {PRELOAD_LIMIT} bytes; loading it on demand"
-            ),
+            Ok(p) => {
+                newest_logged = p.newest_clock;
+                match p.flows {
+                    Some(n) => eprintln!(
+                        "chc-dataplane: {vertex}/{index}: loaded {n} flows' state in {:.2} ms",
+                        t.elapsed().as_secs_f64() * 1e3
+                    ),
+                    None => eprintln!(
+                        "chc-dataplane: {vertex}/{index}: flows' state over {PRELOAD_LIMIT} bytes; loading it on demand"
+                    ),
+                }
+            }
             Err(e) => eprintln!(
                 "chc-dataplane: {vertex}/{index}: loading the flows' state: {e}; loading it on demand"
             ),
@@ -204,6 +213,7 @@ pub fn run_instance(
     let mut held: Vec<LinkPkt> = Vec::new();
     // Clocks of the new (not replayed) packets held.
     let mut held_new: HashSet<u64> = HashSet::new();
+    let mut replayed_as_new = 0u64;
     let mut replay_done_from: HashSet<Peer> = HashSet::new();
     let mut max_root_seq = 0u64;
     // Connections from a root still open, and a new root's question held until the old
@@ -330,18 +340,22 @@ pub fn run_instance(
                                     }
                                     held.push(p);
                                 } else if holding
-                                    && held_new.contains(&p.meta.clock)
+                                    && (held_new.contains(&p.meta.clock)
+                                        || p.meta.clock > newest_logged)
                                     && target_of(p.meta.clone_id) == Some(vi)
                                 {
-                                    // Its own replay brings a packet that also came to this
-                                    // replacement as new, so the failed instance never had
-                                    // it: it is processed as new, in its place in the replay
-                                    // (the copy held is then absorbed), instead of on a
-                                    // replay's slow path (reads as of its clock, each a
-                                    // round trip to the store). Replays for an instance
-                                    // downstream go on as replays, to keep their order.
+                                    // Its own replay brings a packet that the failed instance
+                                    // never had (it also came to this replacement as new), or
+                                    // that left no trace in the store (nothing logged for its
+                                    // clock or a newer one): it is processed as new, in its
+                                    // place in the replay (a copy held is then absorbed),
+                                    // instead of on a replay's slow path (reads as of its
+                                    // clock, each a round trip to the store). Replays for an
+                                    // instance downstream go on as replays, to keep their
+                                    // order.
                                     let mut p = p;
                                     p.meta.flags.0 &= !MetaFlags::REPLAY;
+                                    replayed_as_new += 1;
                                     handle!(p);
                                 } else {
                                     handle!(p);
@@ -371,6 +385,10 @@ pub fn run_instance(
                                 if replay_done_from.len() >= senders {
                                     holding = false;
                                     root.send(&Frame::ReplayDone(v.id));
+                                    eprintln!(
+                                        "chc-dataplane: {vertex}/{index}: replay through; {replayed_as_new} replayed packets were new here, {} held",
+                                        held.len()
+                                    );
                                     held_new = HashSet::new();
                                     for p in std::mem::take(&mut held) {
                                         handle!(p);

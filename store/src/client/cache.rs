@@ -152,6 +152,17 @@ struct Obj {
     exclusive: bool,
 }
 
+/// What [`StateClient::preload_owned`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preloaded {
+    /// Per-flow objects loaded into the cache; `None` when they were over the limit.
+    pub flows: Option<usize>,
+    /// The newest clock this instance id has logged updates or reads for in the store (0:
+    /// none). A replacement's predecessor made no store operation for any newer clock, so a
+    /// replayed packet with a newer clock never reached it, or left no trace in the state.
+    pub newest_clock: u64,
+}
+
 /// Counters of state access.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct StateStats {
@@ -307,24 +318,33 @@ impl StateClient {
     /// its flows. Call it only when the store has every update of this instance's flows: after
     /// the failed instance's connections are gone (`TcpOptions::supersedes`). A replay may
     /// follow: what it re-does goes through the store and is cached as the store has it.
-    /// Returns how many objects were loaded; `Ok(None)` if they exceed
-    /// `limit` bytes of values on some shard (nothing changes then: misses keep asking the
-    /// store).
-    pub fn preload_owned(&mut self, limit: usize) -> Result<Option<usize>, StateError> {
+    /// Returns how many objects were loaded (`None` if they exceed `limit` bytes of values
+    /// on some shard: nothing is loaded then, and misses keep asking the store), and the
+    /// newest clock this instance id has logged in the store.
+    pub fn preload_owned(&mut self, limit: usize) -> Result<Preloaded, StateError> {
         if self.store.is_none() || self.mode == Mode::Traditional {
-            return Ok(Some(0));
+            return Ok(Preloaded {
+                flows: Some(0),
+                newest_clock: 0,
+            });
         }
         let (vertex, instance) = (self.vertex, self.instance);
         let s = self.store_mut();
         let mut found = Vec::new();
+        let (mut newest_clock, mut overflow) = (0, false);
         for shard in 0..s.shards() {
             let r = s.call_shard(shard, ops::scan_owned(vertex, instance, limit))?;
-            if r.status == Status::Overflow as i32 {
-                return Ok(None);
-            }
+            newest_clock = newest_clock.max(r.newest_clock);
+            overflow |= r.status == Status::Overflow as i32;
             found.push(r);
         }
         self.stats.remote_calls += found.len() as u64;
+        if overflow {
+            return Ok(Preloaded {
+                flows: None,
+                newest_clock,
+            });
+        }
         let mut n = 0;
         for r in found {
             for o in r.owned {
@@ -349,7 +369,10 @@ impl StateClient {
             }
         }
         self.fresh = true;
-        Ok(Some(n))
+        Ok(Preloaded {
+            flows: Some(n),
+            newest_clock,
+        })
     }
 
     pub fn store(&mut self) -> Option<&mut StoreClient> {
@@ -662,6 +685,7 @@ impl StateClient {
             op.clock = self.clock;
             // After this packet's own earlier updates, before its later ones.
             op.op_index = self.op_index;
+            op.instance = u32::from(self.instance);
             op.flags |= OpFlag::FlagAsOf as u32;
             self.stats.remote_calls += 1;
             let r = self.store_mut().call(op)?;
@@ -1149,6 +1173,7 @@ impl StateClient {
         let idx = self.op_index;
         self.op_index += 1;
         let mut op = ops::nondet(self.vertex, self.clock, idx, kind);
+        op.instance = u32::from(self.instance);
         if self.replay {
             op.flags |= F_REPLAY;
             let r = self.store_mut().call(op)?;

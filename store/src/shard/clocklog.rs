@@ -78,6 +78,16 @@ impl ClockLog {
             .max()
     }
 
+    /// The newest clock that `instance` logged here, counting records restored from a
+    /// checkpoint (their issuer is unknown) as possibly its own.
+    pub fn newest_of(&self, instance: u32) -> Option<u64> {
+        self.runs
+            .iter()
+            .filter(|run| run.instance == instance || run.instance == RESTORED)
+            .filter_map(|run| run.recs.back().map(|r| r.clock))
+            .max()
+    }
+
     /// The newest record before (clock, op_index) in clock order.
     pub fn before(&self, clock: u64, op_index: u32) -> Option<&LogRec> {
         self.runs

@@ -795,6 +795,58 @@ fn scan(instance: u32, limit: i64) -> wire::Op {
     }
 }
 
+/// A replacement learns the newest clock its instance id left in the vertex's clock logs
+/// (updates, reads as of a clock, shared or per-flow), not another instance's or vertex's
+/// clocks, and not retired ones.
+#[test]
+fn scan_owned_reports_the_newest_clock_the_instance_logged() {
+    let mut s = shard();
+    let clocked = |mut o: wire::Op, clock: u64| {
+        o.clock = clock;
+        o
+    };
+    assert_eq!(
+        one(&mut s, 11, scan(1, 0)).newest_clock,
+        0,
+        "nothing logged"
+    );
+    one(&mut s, 11, clocked(pf_incr("f1", 1, 1), 5));
+    let shared = wire::Op {
+        instance: 1,
+        ..incr("shared", 1)
+    };
+    one(&mut s, 11, clocked(shared, 9));
+    assert_eq!(one(&mut s, 11, scan(1, 0)).newest_clock, 9);
+    // Another instance of the vertex, and another vertex, further on.
+    one(&mut s, 12, clocked(pf_incr("g", 2, 1), 20));
+    let other_vertex = wire::Op {
+        vertex: 3,
+        ..clocked(pf_incr("h", 1, 1), 30)
+    };
+    one(&mut s, 11, other_vertex);
+    assert_eq!(one(&mut s, 11, scan(1, 0)).newest_clock, 9);
+    assert_eq!(one(&mut s, 12, scan(2, 0)).newest_clock, 20);
+    // A read as of a clock is logged too: a replay went that far.
+    let mut g = clocked(op(OpCode::OpGet, "shared"), 12);
+    g.flags = F_AS_OF;
+    g.instance = 1;
+    one(&mut s, 11, g);
+    assert_eq!(one(&mut s, 11, scan(1, 0)).newest_clock, 12);
+    // Retired clocks leave no trace; the limit does not hide the clock.
+    let mut r = op(OpCode::OpRetireClocks, "");
+    r.num = 10;
+    run(&mut s, 1, vec![r]);
+    assert_eq!(one(&mut s, 11, scan(1, 0)).newest_clock, 12);
+    let mut r = op(OpCode::OpRetireClocks, "");
+    r.num = 13;
+    run(&mut s, 1, vec![r]);
+    assert_eq!(one(&mut s, 11, scan(1, 0)).newest_clock, 0);
+    one(&mut s, 11, clocked(pf_incr("f2", 1, 1), 40));
+    let r = one(&mut s, 11, scan(1, 1));
+    assert_eq!(r.status, Status::Overflow as i32);
+    assert_eq!(r.newest_clock, 40);
+}
+
 /// A replacement reads back exactly the per-flow objects its instance owns: not another
 /// instance's, not another vertex's, not shared ones, not released ones.
 #[test]

@@ -518,14 +518,23 @@ fn preload_owned_takes_the_instances_flows_at_once() {
             .unwrap();
         failed.end_packet();
     }
+    // The other instance is further on; its clocks are not the failed instance's.
+    other.begin_packet(ops::clock(1, 90), false);
     other.set(PF, b"theirs", Value::Int(-1)).unwrap();
+    other.end_packet();
     failed.sync().unwrap();
     other.sync().unwrap();
     drop(failed);
 
     let mut r = external(&store, 6, 0);
     r.set_fresh(false);
-    assert_eq!(r.preload_owned(0).unwrap(), Some(50));
+    assert_eq!(
+        r.preload_owned(0).unwrap(),
+        Preloaded {
+            flows: Some(50),
+            newest_clock: ops::clock(1, 50)
+        }
+    );
     let calls = r.stats.remote_calls;
     for f in 0..50u32 {
         assert_eq!(
@@ -542,7 +551,7 @@ fn preload_owned_takes_the_instances_flows_at_once() {
     // Past the limit nothing is loaded and misses keep asking the store.
     let mut small = external(&store, 6, 0);
     small.set_fresh(false);
-    assert_eq!(small.preload_owned(16).unwrap(), None);
+    assert_eq!(small.preload_owned(16).unwrap().flows, None);
     assert_eq!(small.get(PF, &7u32.to_be_bytes()).unwrap(), Value::Int(7));
     assert!(small.stats.remote_calls > 0);
 }
