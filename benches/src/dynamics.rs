@@ -35,6 +35,7 @@ use chc_dataplane::cluster::manager::{
     default_bin_dir, run_cluster, ClusterError, ClusterOptions, ClusterReport, Fault, Victim,
 };
 use chc_dataplane::cluster::net::{In, Inbox, Outlet};
+use chc_dataplane::cluster::node::BATCH_FRAMES;
 use chc_dataplane::cluster::rootproc::SEQ_SPIN;
 use chc_dataplane::config::Vertex;
 use chc_dataplane::instance::NfInstance;
@@ -617,11 +618,12 @@ fn ftmb(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Vec<Noted>> {
     ])
 }
 
-/// Stands in for an entry instance: its inbox, whose link threads answer a sequence query
-/// themselves (as an instance's do), after an old root delivered ingress sequence numbers up
-/// to `seq` and its connection closed. Frames the instance's loop would take are dropped.
+/// Stands in for an idle entry instance: a thread waiting on its inbox, which answers a
+/// sequence query as it reads it (as an instance's does), after an old root delivered ingress
+/// sequence numbers up to `seq` and its connection closed. Frames the instance's loop would
+/// take are dropped.
 fn entry_stand_in(seq: u64) -> Result<SocketAddr> {
-    let inbox = Inbox::bind("127.0.0.1:0".parse()?)?;
+    let mut inbox = Inbox::bind("127.0.0.1:0".parse()?)?;
     let addr = inbox.addr;
     let mut old = Outlet::new(addr, Peer::Root);
     ensure!(
@@ -637,13 +639,19 @@ fn entry_stand_in(seq: u64) -> Result<SocketAddr> {
     // The old root's connection has ended once its packet and its end came through.
     let mut seen = (false, false);
     while seen != (true, true) {
-        match inbox.rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(In::Frame { .. }) => seen.0 = true,
-            Ok(In::Closed { .. }) => seen.1 = true,
-            Err(_) => bail!("the old root's connection did not come through"),
+        match inbox.recv_timeout(Duration::from_secs(10)) {
+            Some(In::Frame { .. }) => seen.0 = true,
+            Some(In::Closed { .. }) => seen.1 = true,
+            None => bail!("the old root's connection did not come through"),
         }
     }
-    std::thread::spawn(move || while inbox.rx.recv().is_ok() {});
+    // As an instance's loop waits (`chc-dataplane instance`).
+    std::thread::spawn(move || {
+        while inbox
+            .recv_batch(Duration::from_millis(20), BATCH_FRAMES)
+            .is_some()
+        {}
+    });
     Ok(addr)
 }
 
@@ -735,9 +743,10 @@ fn root_recovery(reps: usize) -> Result<Noted> {
         notes: format!(
             "the recovering root's step with its connections open (median of 50 per \
              repetition), as chc-dataplane's root takes it: the entry instance asked for its \
-             highest delivered sequence number over the chain's link protocol (answered by the \
-             link thread of an instance's inbox, after an old root's connection delivered a \
-             packet and closed; the reply read by the root's own thread) and, while that \
+             highest delivered sequence number over the chain's link protocol (answered by an \
+             idle instance's inbox as it reads the question, in the thread that waits on it, \
+             after an old root's connection delivered a packet and closed; the reply read by \
+             the root's own thread) and, while that \
              travels, the persisted clock read from an in-process store over loopback TCP \
              ({:.1} us); Root::recover with a log \
              for up to 65536 packets ({:.1} us); the rest of the wait for the sequence report \

@@ -309,6 +309,24 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, LinkError> {
     decode(&body).map(Some)
 }
 
+/// Where the frame that holds byte `pos` of `buf`, a run of encoded frames, starts and ends:
+/// `(pos, pos)` at a boundary; the end is `buf.len()` when the lengths run past it.
+pub fn frame_around(buf: &[u8], pos: usize) -> (usize, usize) {
+    let mut at = 0;
+    while at < buf.len() && at < pos {
+        let Some(len) = buf.get(at..at + 4) else {
+            return (at, buf.len());
+        };
+        let n = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let end = at.saturating_add(4 + n);
+        if end > pos {
+            return (at, end.min(buf.len()));
+        }
+        at = end;
+    }
+    (at.min(buf.len()), at.min(buf.len()))
+}
+
 pub fn write_frame(w: &mut impl Write, f: &Frame) -> Result<(), LinkError> {
     let mut b = Vec::new();
     encode(f, &mut b);
@@ -348,6 +366,29 @@ mod tests {
             Frame::ReplayDone(3),
             Frame::Drained,
         ]
+    }
+
+    /// The cut a reconnecting outlet makes: the end of the frame holding a byte.
+    #[test]
+    fn frame_around_finds_the_frame_holding_a_byte() {
+        let mut b = Vec::new();
+        let mut ends = vec![0];
+        for f in frames() {
+            encode(&f, &mut b);
+            ends.push(b.len());
+        }
+        for pos in 0..=b.len() {
+            let want = if ends.contains(&pos) {
+                (pos, pos)
+            } else {
+                let i = ends.iter().position(|&e| e > pos).unwrap();
+                (ends[i - 1], ends[i])
+            };
+            assert_eq!(frame_around(&b, pos), want, "at {pos}");
+        }
+        // Lengths that run past the end stop at the end.
+        assert_eq!(frame_around(&[9, 9, 9, 9, 1], 2), (0, 5));
+        assert_eq!(frame_around(&[1, 0], 1), (0, 2));
     }
 
     #[test]

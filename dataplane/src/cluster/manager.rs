@@ -532,7 +532,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             ));
         }
     }
-    let sink = Inbox::bind(plan.sink)
+    let mut sink = Inbox::bind(plan.sink)
         .map_err(|e| ClusterError::Setup(format!("sink {}: {e}", plan.sink)))?;
     let (started_tx, started_rx) = crossbeam::channel::unbounded();
     let mut c = Cluster {
@@ -692,7 +692,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         }
         // Egress.
         let mut deletes = Vec::new();
-        while let Ok(m) = sink.rx.try_recv() {
+        while let Some(m) = sink.try_recv() {
             busy = true;
             let In::Frame { from, frame, .. } = m else {
                 continue;
@@ -847,7 +847,8 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             } else {
                 500
             };
-            std::thread::sleep(Duration::from_micros(idle));
+            // The sink's frames end the wait at once (they are what is timed).
+            sink.wait_for_input(Duration::from_micros(idle));
         }
     }
     writer.finish()?;

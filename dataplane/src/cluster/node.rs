@@ -52,6 +52,11 @@ impl Down {
 /// one flush of state, deletes, outputs and links).
 pub const BATCH_FRAMES: usize = 64;
 
+/// How long an instance waits for input when it has nothing else to do.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How long it waits while an outlet holds frames its peer has not taken yet.
+pub const LEFTOVER_WAIT: Duration = Duration::from_micros(100);
+
 /// The most per-flow state (bytes of values per store shard) a replacement loads in one go.
 const PRELOAD_LIMIT: usize = 8 << 20;
 
@@ -162,7 +167,7 @@ pub fn run_instance(
         build(connect_store(false)?)?
     };
     // Listening tells the manager the instance is ready: its state is initialised.
-    let inbox = Inbox::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    let mut inbox = Inbox::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
     if standby {
         super::say_listening();
     }
@@ -298,7 +303,8 @@ pub fn run_instance(
             )
         };
     }
-    while let Some(msgs) = inbox.recv_batch(Duration::from_millis(20), BATCH_FRAMES) {
+    let mut wait = IDLE_WAIT;
+    while let Some(msgs) = inbox.recv_batch(wait, BATCH_FRAMES) {
         let mut finish = false;
         for m in msgs {
             // The frame may pass the packets handled so far on (a watermark or an end of
@@ -435,10 +441,22 @@ pub fn run_instance(
         }
         if !outputs.is_empty() {
             sink.send(&Frame::Packets(std::mem::take(&mut outputs)));
+        } else {
+            sink.flush();
         }
         for d in next.iter_mut().chain(taps.iter_mut()) {
             d.flush();
         }
+        // What a slow peer did not take yet is offered again soon.
+        let left = root.pending()
+            + sink.pending()
+            + next
+                .iter()
+                .chain(taps.iter())
+                .flat_map(|d| d.outs.iter())
+                .map(Outlet::pending)
+                .sum::<usize>();
+        wait = if left > 0 { LEFTOVER_WAIT } else { IDLE_WAIT };
         // All senders are done: tell the downstream instances and the manager (who waits
         // for every instance, so no event is still on the way when it stops). The instance
         // keeps serving: a replacement downstream may need a replay through it, and a root

@@ -32,7 +32,8 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
         log_limit: chain.root.log_limit,
         persist_every: chain.root.persist_every,
     };
-    let inbox = Inbox::bind(plan.root).map_err(|e| format!("listening on {}: {e}", plan.root))?;
+    let mut inbox =
+        Inbox::bind(plan.root).map_err(|e| format!("listening on {}: {e}", plan.root))?;
     if standby {
         super::say_listening();
     }
@@ -131,8 +132,14 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
         usize::from(alloc.instance(bucket(key_hash(&pk, key)))) % n
     };
     loop {
+        // What a slow instance did not take yet is offered again soon.
+        let wait = if outs.iter().any(|o| o.pending() > 0) {
+            super::node::LEFTOVER_WAIT
+        } else {
+            Duration::from_millis(2)
+        };
         let msgs = inbox
-            .recv_batch(Duration::from_millis(2), super::node::BATCH_FRAMES)
+            .recv_batch(wait, super::node::BATCH_FRAMES)
             .unwrap_or_default();
         for m in msgs {
             let In::Frame { conn, from, frame } = m else {
