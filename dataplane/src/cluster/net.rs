@@ -774,6 +774,54 @@ mod tests {
         inbox.recv_timeout(Duration::from_secs(5)).expect("a frame")
     }
 
+    /// Garbage on one connection (a bad length, an undecodable body, no hello) closes that
+    /// connection and nothing else: the inbox keeps serving the others.
+    #[test]
+    fn garbage_on_one_connection_closes_only_that_one() {
+        let mut inbox = Inbox::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut good = Outlet::new(inbox.addr, Peer::Sink);
+        assert!(good.connect_now());
+        let mut hello = Vec::new();
+        link::encode(&Frame::Hello(Peer::Source), &mut hello);
+        for junk in [
+            [hello.clone(), vec![0, 0, 0, 0]].concat(),
+            [hello.clone(), vec![0xff, 0xff, 0xff, 0x7f, 1]].concat(),
+            [hello.clone(), vec![3, 0, 0, 0, 0xee, 0xee, 0xee]].concat(),
+            vec![5, 0, 0, 0, 1, 2, 3, 4, 5],
+        ] {
+            let mut bad = TcpStream::connect(inbox.addr).unwrap();
+            bad.write_all(&junk).unwrap();
+            good.send(&Frame::Packets(vec![packet(1)]));
+            // The good frame comes through; the bad connection, if it said hello, ends.
+            let mut got_packets = false;
+            let mut closed_bad = false;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !(got_packets && (closed_bad || junk[..4] == [5, 0, 0, 0])) {
+                assert!(Instant::now() < deadline, "nothing came for {junk:?}");
+                match inbox.recv_timeout(Duration::from_millis(100)) {
+                    Some(In::Frame {
+                        from: Peer::Sink,
+                        frame: Frame::Packets(_),
+                        ..
+                    }) => got_packets = true,
+                    Some(In::Closed {
+                        from: Peer::Source, ..
+                    }) => closed_bad = true,
+                    Some(other) => panic!("unexpected {other:?}"),
+                    None => {}
+                }
+            }
+            // The inbox closed the bad connection: its peer reads the end.
+            let mut b = [0u8; 1];
+            bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            match bad.read(&mut b) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("the bad connection was left open: {other:?}"),
+            }
+        }
+    }
+
     /// A recovering root's sequence query is answered by the inbox as it reads it, with the
     /// highest sequence number any root delivered, but only once every other root connection
     /// has ended; while one is open the query goes to the instance's loop as before.
