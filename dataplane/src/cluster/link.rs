@@ -292,6 +292,15 @@ pub fn decode(body: &[u8]) -> Result<Frame, LinkError> {
     Ok(f)
 }
 
+/// The body length a frame's 4-byte header announces; an empty or oversize frame is bad.
+fn body_len(header: [u8; 4]) -> Result<usize, LinkError> {
+    let n = u32::from_le_bytes(header) as usize;
+    if n == 0 || n > MAX_FRAME {
+        return Err(LinkError::Bad(format!("frame length {n}")));
+    }
+    Ok(n)
+}
+
 /// Reads one frame; `Ok(None)` on a clean end of stream.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, LinkError> {
     let mut len = [0u8; 4];
@@ -300,13 +309,22 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, LinkError> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let n = u32::from_le_bytes(len) as usize;
-    if n == 0 || n > MAX_FRAME {
-        return Err(LinkError::Bad(format!("frame length {n}")));
-    }
-    let mut body = vec![0u8; n];
+    let mut body = vec![0u8; body_len(len)?];
     r.read_exact(&mut body)?;
     decode(&body).map(Some)
+}
+
+/// The frame at the start of `buf` and how many bytes it took; `Ok(None)` while the bytes
+/// so far end before it does (a frame split across reads).
+pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, LinkError> {
+    let Some(header) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let n = body_len(header.try_into().expect("4 bytes"))?;
+    match buf.get(4..4 + n) {
+        Some(body) => Ok(Some((decode(body)?, 4 + n))),
+        None => Ok(None),
+    }
 }
 
 /// Where the frame that holds byte `pos` of `buf`, a run of encoded frames, starts and ends:
@@ -366,6 +384,44 @@ mod tests {
             Frame::ReplayDone(3),
             Frame::Drained,
         ]
+    }
+
+    /// What an inbox reads arrives in pieces: every prefix of a run of frames gives the whole
+    /// frames in it and waits for the rest; a bad length is an error, not a wait.
+    #[test]
+    fn next_frame_takes_whole_frames_and_waits_for_the_rest() {
+        let mut b = Vec::new();
+        for f in frames() {
+            encode(&f, &mut b);
+        }
+        for cut in 0..=b.len() {
+            let (mut at, mut got) = (0, Vec::new());
+            while let Some((f, used)) = next_frame(&b[at..cut]).unwrap() {
+                got.push(f);
+                at += used;
+            }
+            let mut again = Vec::new();
+            for f in &got {
+                encode(f, &mut again);
+            }
+            assert_eq!(again, b[..at], "at cut {cut}");
+            // What is left is less than a header, or a frame that runs past the cut.
+            assert!(
+                cut - at < 4 || at + 4 + body_len(b[at..at + 4].try_into().unwrap()).unwrap() > cut
+            );
+        }
+        assert_eq!(got_all(&b), frames());
+        assert!(next_frame(&[0, 0, 0, 0]).is_err());
+        assert!(next_frame(&[0xff, 0xff, 0xff, 0x7f]).is_err());
+    }
+
+    fn got_all(mut b: &[u8]) -> Vec<Frame> {
+        let mut v = Vec::new();
+        while let Some((f, used)) = next_frame(b).unwrap() {
+            v.push(f);
+            b = &b[used..];
+        }
+        v
     }
 
     /// The cut a reconnecting outlet makes: the end of the frame holding a byte.

@@ -334,6 +334,7 @@ pub struct Inbox {
     ready: VecDeque<In>,
     roots: RootSeq,
     scratch: Vec<u8>,
+    ready_tokens: Vec<mio::Token>,
 }
 
 /// One accepted connection.
@@ -384,6 +385,7 @@ impl Inbox {
             ready: VecDeque::new(),
             roots: RootSeq::default(),
             scratch: vec![0u8; 256 << 10],
+            ready_tokens: Vec::new(),
         })
     }
 
@@ -437,9 +439,7 @@ impl Inbox {
     /// replies for a second loses them).
     pub fn reply(&mut self, conn: u64, f: &Frame) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            let mut b = Vec::new();
-            link::encode(f, &mut b);
-            write_patiently(&mut c.stream, &b);
+            write_patiently(&mut c.stream, f);
         }
     }
 
@@ -451,14 +451,19 @@ impl Inbox {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<mio::Token> = self.events.iter().map(|e| e.token()).collect();
-        for t in ready {
+        // The tokens are copied out (reading a connection needs `self`) into a vector kept
+        // from poll to poll.
+        let mut ready = std::mem::take(&mut self.ready_tokens);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| e.token()));
+        for &t in &ready {
             if t == LISTENER {
                 self.accept();
             } else {
                 self.read_conn(t.0 as u64);
             }
         }
+        self.ready_tokens = ready;
         Ok(())
     }
 
@@ -523,23 +528,13 @@ impl Inbox {
             }
         }
         let mut at = 0;
-        while c.rbuf.len() - at >= 4 {
-            let n = u32::from_le_bytes(c.rbuf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            if n == 0 || n > link::MAX_FRAME {
-                eprintln!(
-                    "chc-dataplane: link from {:?}: frame length {n}; closing it",
-                    c.from
-                );
-                end = true;
-                break;
-            }
-            if c.rbuf.len() - at - 4 < n {
-                break;
-            }
-            let body = &c.rbuf[at + 4..at + 4 + n];
-            at += 4 + n;
-            let frame = match link::decode(body) {
-                Ok(f) => f,
+        loop {
+            let frame = match link::next_frame(&c.rbuf[at..]) {
+                Ok(Some((f, used))) => {
+                    at += used;
+                    f
+                }
+                Ok(None) => break,
                 Err(e) => {
                     eprintln!("chc-dataplane: link from {:?}: {e}; closing it", c.from);
                     end = true;
@@ -571,9 +566,7 @@ impl Inbox {
                     }
                     Frame::QuerySeq => {
                         if let Some(seq) = self.roots.answer(conn) {
-                            let mut b = Vec::new();
-                            link::encode(&Frame::SeqReport(seq), &mut b);
-                            write_patiently(&mut c.stream, &b);
+                            write_patiently(&mut c.stream, &Frame::SeqReport(seq));
                             continue;
                         }
                     }
@@ -595,9 +588,12 @@ impl Inbox {
     }
 }
 
-/// Writes `b` to a non-blocking socket, waiting briefly while its buffer is full (replies are
-/// a few bytes; a peer that reads nothing for a second loses them).
-fn write_patiently(s: &mut mio::net::TcpStream, mut b: &[u8]) {
+/// Writes frame `f` to a non-blocking socket, waiting briefly while its buffer is full
+/// (replies are a few bytes; a peer that reads nothing for a second loses them).
+fn write_patiently(s: &mut mio::net::TcpStream, f: &Frame) {
+    let mut buf = Vec::new();
+    link::encode(f, &mut buf);
+    let mut b = &buf[..];
     let start = Instant::now();
     while !b.is_empty() {
         match s.write(b) {
