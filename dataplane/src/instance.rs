@@ -5,6 +5,7 @@
 use crate::config::Vertex;
 use crate::runtime::event_line;
 use chc_proto::meta::{ChcMeta, MetaFlags};
+use chc_store::bucket::BucketSet;
 use chc_store::client::cache::{Mode, StateClient};
 use chc_store::client::StoreClient;
 use chc_store::server::Store;
@@ -185,11 +186,38 @@ impl NfInstance {
     }
 
     /// Hands over the state of the buckets `moved` selects to whichever instance takes
-    /// them next; returns how many objects moved.
-    pub fn hand_over(&mut self, moved: &dyn Fn(usize) -> bool) -> usize {
+    /// them next (handover step 5). Where the store can tell every per-flow key's bucket,
+    /// the buckets are released whole and the moved flows stay cached until
+    /// [`Self::forget_moved`], which must run before this instance's next packet (after the
+    /// new instance was told: it is not waited for); otherwise the flows are dropped and
+    /// released one by one.
+    pub fn hand_over(&mut self, moved: &dyn Fn(usize) -> bool) -> HandedOver {
         let key = self.partition;
+        let set = BucketSet::from_fn(moved);
+        match self.state.release_buckets(crate::split::split_of(key), set) {
+            Ok(true) => return HandedOver::ForgetAfter,
+            Ok(false) => {}
+            Err(e) => {
+                self.note_error(e.to_string());
+                return HandedOver::Done(0);
+            }
+        }
         match self.state.evict(|k, kind| {
             crate::split::key_bucket(kind, k.sub.as_slice(), key).is_none_or(moved)
+        }) {
+            Ok(n) => HandedOver::Done(n),
+            Err(e) => {
+                self.note_error(e.to_string());
+                HandedOver::Done(0)
+            }
+        }
+    }
+
+    /// Drops the cached state of flows handed over by bucket; returns how many objects.
+    pub fn forget_moved(&mut self, moved: &dyn Fn(usize) -> bool) -> usize {
+        let key = self.partition;
+        match self.state.forget_moved(|k, kind| {
+            crate::split::key_bucket(kind, k.sub.as_slice(), key).map(moved)
         }) {
             Ok(n) => n,
             Err(e) => {
@@ -199,10 +227,26 @@ impl NfInstance {
         }
     }
 
+    /// Takes buckets moving here (before the first packet of them is processed): what this
+    /// instance handed over of them earlier, and nobody took since, is its own again.
+    pub fn take_buckets(&mut self, moved: &dyn Fn(usize) -> bool) {
+        let split = crate::split::split_of(self.partition);
+        self.state.acquire_buckets(split, BucketSet::from_fn(moved));
+    }
+
     /// Waits until the store has every operation (end of run, handovers).
     pub fn sync(&mut self) {
         if let Err(e) = self.state.sync() {
             self.note_error(e.to_string());
         }
     }
+}
+
+/// What [`NfInstance::hand_over`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandedOver {
+    /// The objects (this many) were dropped and released one by one.
+    Done(usize),
+    /// Released by bucket: [`NfInstance::forget_moved`] is still to run.
+    ForgetAfter,
 }

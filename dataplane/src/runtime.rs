@@ -12,7 +12,7 @@
 //! without an L4 header go through the chain and each NF decides (`NetworkFunction::fragment`).
 
 use crate::config::Chain;
-use crate::instance::{NfCounters, NfInstance};
+use crate::instance::{HandedOver, NfCounters, NfInstance};
 use crate::pcapio::{self, PcapError};
 use crate::split::{bucket, key_hash, Allocation, BUCKETS};
 use crate::summary::{CloneSummary, MoveSummary, Summary, VertexSummary};
@@ -613,6 +613,11 @@ impl Instance {
                 }
                 ToInstance::First(m) => {
                     let known = self.incoming.iter().any(|i| i.m.id == m.id);
+                    if !known && self.released_early.contains(&m.id) {
+                        // Handed over already: the first packet of these buckets may come
+                        // next.
+                        self.inst.take_buckets(&|b| m.has(b));
+                    }
                     if !known && !self.released_early.contains(&m.id) {
                         // Flows new here may have state in the store: misses must ask it.
                         self.inst.state.set_fresh(false);
@@ -719,13 +724,20 @@ impl Instance {
     /// instance (step 6).
     fn hand_over(&mut self, m: &Move) {
         let since = self.lasts.get(&m.id).map_or_else(Instant::now, |e| e.1);
-        let objects = if m.handover {
+        let done = if m.handover {
             self.inst.set_parallelism(m.parallelism);
             self.inst.hand_over(&|b| m.has(b))
         } else {
-            0
+            HandedOver::Done(0)
         };
         let _ = self.siblings[usize::from(m.to)].send(ToInstance::Released(m.id));
+        let handover_us = since.elapsed().as_secs_f64() * 1e6;
+        // Released by bucket: the moved flows' cached state goes now, after the new instance
+        // was told and before this one serves another packet.
+        let objects = match done {
+            HandedOver::Done(n) => n,
+            HandedOver::ForgetAfter => self.inst.forget_moved(&|b| m.has(b)),
+        };
         self.stats.moves.push(MoveSummary {
             id: m.id,
             vertex: self.inst.name.clone(),
@@ -733,7 +745,7 @@ impl Instance {
             to: m.to,
             buckets: m.buckets.iter().filter(|&&b| b).count(),
             objects,
-            handover_us: since.elapsed().as_secs_f64() * 1e6,
+            handover_us,
             held: 0,
         });
     }
@@ -745,6 +757,8 @@ impl Instance {
             return;
         };
         self.incoming[i].released = true;
+        let m = self.incoming[i].m.clone();
+        self.inst.take_buckets(&|b| m.has(b));
         let held = std::mem::take(&mut self.incoming[i].held);
         let n = held.len() as u64;
         for pkt in held {

@@ -5,13 +5,13 @@
 //! indirection table). All splitters in front of a vertex share its table, so they agree on
 //! where each flow group goes; moving a group to another instance rewrites bucket entries.
 
+use chc_store::bucket::{self, mix, v4_word, v6_word, Split};
+pub use chc_store::bucket::{bucket, BUCKETS};
 use chc_store::names::KeyKind;
 use nfs::nf::{client_is_src, PartitionKey};
 use nfs::packet::{FiveTuple, Packet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
-
-pub const BUCKETS: usize = 1024;
 
 /// Bucket -> instance for one vertex.
 #[derive(Debug)]
@@ -49,26 +49,17 @@ impl Allocation {
     }
 }
 
-fn mix(mut h: u64, v: u64) -> u64 {
-    h ^= v;
-    h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    h ^ (h >> 29)
-}
-
 fn ip_word(ip: IpAddr) -> u64 {
     match ip {
-        IpAddr::V4(a) => u64::from(u32::from(a)),
-        IpAddr::V6(a) => {
-            let v = u128::from(a);
-            (v as u64) ^ ((v >> 64) as u64).rotate_left(17)
-        }
+        IpAddr::V4(a) => v4_word(u32::from(a)),
+        IpAddr::V6(a) => v6_word(u128::from(a)),
     }
 }
 
 /// The hash of one host: a client or server split keeps all of a host's flows (and its
 /// host-keyed state) in one bucket.
 fn host_hash(ip: IpAddr) -> u64 {
-    mix(0, ip_word(ip))
+    bucket::host_hash(ip_word(ip))
 }
 
 /// A fixed hash of the packet's partition key (both directions of a connection agree).
@@ -98,56 +89,20 @@ pub fn tuple_hash(t: &FiveTuple, key: PartitionKey) -> u64 {
     }
 }
 
-pub fn bucket(hash: u64) -> usize {
-    (hash % BUCKETS as u64) as usize
-}
-
 /// The bucket a stored object's key belongs to under `key`, when its key says (a flow's
 /// five-tuple always does; a host address does under a client or server split). `None`
-/// means the object is not tied to one bucket.
+/// means the object is not tied to one bucket. The store computes the same (see
+/// [`chc_store::bucket`]), which lets a handover release whole buckets.
 pub fn key_bucket(kind: KeyKind, sub: &[u8], key: PartitionKey) -> Option<usize> {
-    match kind {
-        KeyKind::FiveTuple => match <&[u8; 13]>::try_from(sub) {
-            Ok(v4) => Some(bucket(v4_key_hash(v4, key))),
-            Err(_) => FiveTuple::from_key_bytes(sub).map(|t| bucket(tuple_hash(&t, key))),
-        },
-        KeyKind::Host if key != PartitionKey::Flow => {
-            let ip = match sub.len() {
-                4 => IpAddr::from(<[u8; 4]>::try_from(sub).ok()?),
-                16 => IpAddr::from(<[u8; 16]>::try_from(sub).ok()?),
-                _ => return None,
-            };
-            Some(bucket(host_hash(ip)))
-        }
-        _ => None,
-    }
+    bucket::key_bucket(kind, sub, split_of(key))
 }
 
-/// [`tuple_hash`] of an IPv4 five-tuple read straight from its 13 key bytes (proto, src, dst,
-/// sport, dport). A handover asks for the bucket of every cached flow, so this skips building
-/// a [`FiveTuple`] of `IpAddr`s and comparing them as enums: an IPv4 address orders and
-/// hashes as its big-endian `u32`.
-fn v4_key_hash(b: &[u8; 13], key: PartitionKey) -> u64 {
-    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let port = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
-    let (src, dst, sport, dport) = (word(1), word(5), port(9), port(11));
-    let src_is_client = if sport != dport {
-        sport > dport
-    } else {
-        src <= dst
-    };
+/// The store's code for a partition key.
+pub fn split_of(key: PartitionKey) -> Split {
     match key {
-        PartitionKey::Flow => {
-            let ((a, ap), (c, cp)) = if (src, sport) <= (dst, dport) {
-                ((src, sport), (dst, dport))
-            } else {
-                ((dst, dport), (src, sport))
-            };
-            let h = mix(mix(u64::from(a), u64::from(c)), u64::from(b[0]));
-            mix(h, u64::from(ap) << 16 | u64::from(cp))
-        }
-        PartitionKey::Client => mix(0, u64::from(if src_is_client { src } else { dst })),
-        PartitionKey::Server => mix(0, u64::from(if src_is_client { dst } else { src })),
+        PartitionKey::Flow => Split::Flow,
+        PartitionKey::Client => Split::Client,
+        PartitionKey::Server => Split::Server,
     }
 }
 
@@ -228,27 +183,37 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The store computes a key's bucket from its bytes; it must be the bucket the
+        /// splitter sends the flow's packets to.
         #[test]
-        fn v4_key_bytes_hash_like_their_tuple(
+        fn key_bytes_hash_like_their_tuple(
             proto in proptest::prelude::any::<u8>(),
-            src in proptest::prelude::any::<[u8; 4]>(),
-            dst in proptest::prelude::any::<[u8; 4]>(),
+            src in proptest::prelude::any::<[u8; 16]>(),
+            dst in proptest::prelude::any::<[u8; 16]>(),
             sport in 0u16..4,
             dport in 0u16..4,
             wide in proptest::prelude::any::<bool>(),
+            v6 in proptest::prelude::any::<bool>(),
         ) {
             // Small ports and sometimes equal addresses reach every tie-break.
             let dst = if wide { dst } else { src };
+            let ip = |a: [u8; 16]| if v6 {
+                IpAddr::from(a)
+            } else {
+                IpAddr::from(<[u8; 4]>::try_from(&a[..4]).unwrap())
+            };
             let t = FiveTuple {
                 proto,
-                src: IpAddr::from(src),
-                dst: IpAddr::from(dst),
-                sport: sport * 30000,
-                dport: dport * 30000,
+                src: ip(src),
+                dst: ip(dst),
+                sport: sport * 20000,
+                dport: dport * 20000,
             };
-            let b: [u8; 13] = t.key_bytes().try_into().unwrap();
             for k in [PartitionKey::Flow, PartitionKey::Client, PartitionKey::Server] {
-                proptest::prop_assert_eq!(v4_key_hash(&b, k), tuple_hash(&t, k));
+                proptest::prop_assert_eq!(
+                    chc_store::bucket::five_tuple_key_hash(&t.key_bytes(), split_of(k)),
+                    Some(tuple_hash(&t, k))
+                );
             }
         }
     }

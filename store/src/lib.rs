@@ -8,11 +8,14 @@
 //!
 //! - [`shard`]: the per-shard state machine (operations, ownership, callbacks, clock log,
 //!   non-deterministic values, TS).
+//! - [`bucket`]: the splitters' buckets computed from stored keys, so that a handover releases
+//!   whole buckets.
 //! - [`wal`] and [`checkpoint`]: durability and recovery of a store process.
 //! - [`server`]: shard threads, the native TCP protocol and the RESP (Redis) face.
 //! - [`client`]: the library NFs use, in-process or over TCP, with the caching strategies of
 //!   the paper's Table 3.5 and the NF-side log used to recover shared state.
 
+pub mod bucket;
 pub mod checkpoint;
 pub mod client;
 pub mod custom;

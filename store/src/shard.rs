@@ -12,6 +12,7 @@
 //! returned with `duplicate = true`. This covers clones replaying packets, failover replays
 //! and client retransmissions alike.
 
+use crate::bucket::Buckets;
 use crate::custom::CustomOps;
 use crate::key::{packed, Key, KeyRef};
 use crate::names::{KeyKind, Names};
@@ -510,6 +511,12 @@ pub struct Shard {
     /// in a handover of thousands.
     waiting: usize,
     watermarks: HashMap<u16, u64>,
+    /// Buckets whose per-flow objects an owner gave up without naming them
+    /// (`OP_RELEASE_BUCKETS`), by (vertex, owner = instance + 1). An object whose slot still
+    /// names such an owner, in such a bucket, is owned by nobody: the handover of a bucket
+    /// costs nothing per flow. A slot is brought up to date when it is next touched, and
+    /// every slot before a checkpoint takes its snapshot ([`Shard::settle_released`]).
+    released: HashMap<(u16, u32), Buckets>,
     /// Keys whose entries may hold clock-log records (may contain stale keys).
     logged: Vec<Key>,
     declarations: Vec<(u16, u16, String, u32)>,
@@ -544,6 +551,7 @@ impl Shard {
             watchers: hashbrown::HashSet::new(),
             waiting: 0,
             watermarks: HashMap::new(),
+            released: HashMap::new(),
             logged: Vec::new(),
             declarations: Vec::new(),
             durable: false,
@@ -951,8 +959,11 @@ impl Shard {
             OpCode::OpRelease => self.release(op, k, &mut reply, out),
             OpCode::OpReleaseMany => self.release_many(client, op, &mut reply, out),
             OpCode::OpScanOwned => self.scan_owned(op, &mut reply),
+            OpCode::OpReleaseBuckets => self.release_buckets(client, op, &mut reply, out),
+            OpCode::OpAcquireBuckets => self.acquire_buckets(client, op, &mut reply),
             OpCode::OpReassignOwner => {
                 let (from, to) = (op.num as u32 + 1, op.instance + 1);
+                self.settle_released();
                 let mut n = 0;
                 let mut changed = Vec::new();
                 for (key, e) in self.map.iter_mut() {
@@ -1023,6 +1034,7 @@ impl Shard {
                 }
             }
             OpCode::OpRestore => {
+                self.settle_released_key(k, op.instance + 1);
                 let v = Value::from_wire_owned(op.val.as_ref());
                 let e = self.map.or_default(&k);
                 e.with_value(|old| *old = v);
@@ -1116,6 +1128,9 @@ impl Shard {
         if !creates && !self.map.contains_key(&k) {
             reply.status = Status::NotFound as i32;
             return;
+        }
+        if k.per_flow {
+            self.settle_released_key(k, op.instance + 1);
         }
         let e = self.map.or_default(&k);
         if logged {
@@ -1233,6 +1248,7 @@ impl Shard {
             return;
         }
         let me = op.instance + 1;
+        self.settle_released_key(k, me);
         let e = self.map.or_default(&k);
         if e.owner() == 0 || e.owner() == me {
             let changed = e.owner() != me;
@@ -1331,6 +1347,161 @@ impl Shard {
         reply.value = Value::Int(moved).to_wire();
     }
 
+    /// The buckets of an `OP_RELEASE_BUCKETS` / `OP_ACQUIRE_BUCKETS`; a malformed one is
+    /// refused.
+    fn bucket_request(&mut self, op: &wire::Op, reply: &mut wire::Reply) -> Option<Buckets> {
+        let req = match op.val.as_ref().and_then(|v| v.as_bytes()) {
+            Some(b) if op.vertex <= 0xFFFF => Buckets::decode(b),
+            _ => None,
+        };
+        if req.is_none() {
+            self.stats.bad_requests += 1;
+            reply.status = Status::BadRequest as i32;
+        }
+        req
+    }
+
+    /// `OP_RELEASE_BUCKETS`: `op.instance` gives up its per-flow objects of whole buckets.
+    /// Nothing is done per object now: the buckets are remembered and the objects' slots are
+    /// read as unowned from here on. With waiters queued anywhere in the shard, the objects
+    /// are released one by one instead (a waiter must be handed the object now).
+    fn release_buckets(
+        &mut self,
+        client: ClientId,
+        op: &wire::Op,
+        reply: &mut wire::Reply,
+        out: &mut Outputs,
+    ) {
+        let Some(req) = self.bucket_request(op, reply) else {
+            return;
+        };
+        let (vertex, me) = (op.vertex as u16, op.instance + 1);
+        if self.waiting > 0 && self.replaying.is_none() {
+            let keys: Vec<Key> = self
+                .map
+                .iter()
+                .filter(|(key, e)| {
+                    key.vertex == vertex
+                        && key.per_flow
+                        && e.owner() == me
+                        && req.holds(key.object, key.sub.as_slice())
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            let mut freed = false;
+            for key in keys {
+                let hash = self.map.hash(key.as_ref());
+                let sub = || Bytes::copy_from_slice(key.sub.as_slice());
+                freed |= matches!(
+                    self.release_one(hash, key.as_ref(), sub, op.instance, op.seq, out),
+                    Released::Freed
+                );
+            }
+            if freed {
+                // Replay releases by bucket what the instance still owns then; objects
+                // granted to a waiter were logged as the waiter's acquisitions.
+                self.wal_record(client, op, &Value::Nil);
+            }
+            return;
+        }
+        match self.released.get_mut(&(vertex, me)) {
+            Some(r) if r.split == req.split && r.kinds == req.kinds => r.set.union(&req.set),
+            Some(_) => {
+                // Buckets computed another way: bring every slot up to date with the old
+                // ones before remembering the new.
+                self.settle_released();
+                self.released.insert((vertex, me), req);
+            }
+            None => {
+                self.released.insert((vertex, me), req);
+            }
+        }
+        self.wal_record(client, op, &Value::Nil);
+    }
+
+    /// `OP_ACQUIRE_BUCKETS`: `op.instance` takes buckets back; its objects there that it
+    /// released by bucket and that nobody took since are its own again.
+    fn acquire_buckets(&mut self, client: ClientId, op: &wire::Op, reply: &mut wire::Reply) {
+        let Some(req) = self.bucket_request(op, reply) else {
+            return;
+        };
+        let key = (op.vertex as u16, op.instance + 1);
+        if let Some(r) = self.released.get_mut(&key) {
+            r.set.remove_all(&req.set);
+            if r.set.is_empty() {
+                self.released.remove(&key);
+            }
+            self.wal_record(client, op, &Value::Nil);
+        }
+    }
+
+    /// Brings the slot of `k` up to date before `me` (an instance + 1) acts on it: if its
+    /// owner released the object's bucket, nobody owns it now. When `me` itself released the
+    /// bucket (it acts on a bucket it gave up without taking it back), every slot is brought
+    /// up to date, so that its claim now is not undone by its own earlier release.
+    fn settle_released_key(&mut self, k: KeyRef<'_>, me: u32) {
+        if self.released.is_empty()
+            || !k.per_flow
+            || !self.released.keys().any(|&(v, _)| v == k.vertex)
+        {
+            return;
+        }
+        if released(&self.released, k, me) {
+            self.settle_released();
+            return;
+        }
+        let owner = match self.map.get(&k) {
+            Some(e) => e.owner(),
+            None => return,
+        };
+        if !released(&self.released, k, owner) {
+            return;
+        }
+        if let Some(e) = self.map.get_mut(&k) {
+            e.set_owner(0);
+        }
+        self.mark_dirty(k);
+        self.remove_if_vacant(k);
+    }
+
+    /// Applies every bucket release to the slots it covers and forgets the releases (before
+    /// a checkpoint's snapshot, a move of every object of an instance, or a claim by an
+    /// instance of an object it released). A pass over the shard.
+    fn settle_released(&mut self) {
+        if self.released.is_empty() {
+            return;
+        }
+        let rel = std::mem::take(&mut self.released);
+        let freed: Vec<Key> = self
+            .map
+            .iter_mut()
+            .filter_map(|(key, e)| {
+                if !released(&rel, key.as_ref(), e.owner()) {
+                    return None;
+                }
+                // Released by bucket only while no waiter was queued, and a waiter queues
+                // only behind an owned object: nobody waits for these.
+                debug_assert!(e.meta().is_none_or(|m| m.waiters.is_empty()));
+                e.set_owner(0);
+                Some(key.clone())
+            })
+            .collect();
+        for key in freed {
+            self.mark_dirty(key.as_ref());
+            self.remove_if_vacant(key.as_ref());
+        }
+    }
+
+    /// The owner of `k` as the shard answers for it (`e` is its entry): instance + 1, or 0.
+    pub fn owner_of(&self, k: KeyRef<'_>, e: &Entry) -> u32 {
+        let owner = e.owner();
+        if released(&self.released, k, owner) {
+            0
+        } else {
+            owner
+        }
+    }
+
     /// Every per-flow object of `op.vertex` that `op.instance` owns, with its value, and the
     /// newest clock `op.instance` has logged on the vertex's objects. Cost is a pass over the
     /// shard (as OP_REASSIGN_OWNER), paid once per replacement instance.
@@ -1354,7 +1525,11 @@ impl Shard {
                     .max(m.reads.newest_of(op.instance));
                 reply.newest_clock = reply.newest_clock.max(newest.unwrap_or(0));
             }
-            if overflow || !(key.per_flow && e.owner() == me) || e.value_is_nil() {
+            if overflow
+                || !(key.per_flow && e.owner() == me)
+                || e.value_is_nil()
+                || released(&self.released, key.as_ref(), me)
+            {
                 continue;
             }
             let value = e.value();
@@ -1388,6 +1563,7 @@ impl Shard {
         out: &mut Outputs,
     ) -> Released {
         let me = instance + 1;
+        self.settle_released_key(k, me);
         let Some(e) = self.map.get_mut_hashed(hash, &k) else {
             // Nothing stored: nothing owned.
             return Released::Absent;
@@ -1601,6 +1777,7 @@ impl Shard {
 
     /// Takes every change since the last call, for the checkpoint writer.
     pub fn take_delta(&mut self) -> Delta {
+        self.settle_released();
         let mut delta = Vec::with_capacity(self.dirty.len());
         for key in std::mem::take(&mut self.dirty) {
             let snap = self.map.get_mut(&key.as_ref()).map(|e| {
@@ -1614,6 +1791,7 @@ impl Shard {
 
     /// Every entry, as a delta (for the first checkpoint after start).
     pub fn full_delta(&mut self) -> Delta {
+        self.settle_released();
         self.dirty.clear();
         self.map
             .iter_mut()
@@ -1743,6 +1921,15 @@ impl Shard {
         }
         self.replaying = None;
     }
+}
+
+/// Whether `owner` (an instance + 1) gave up `k` by releasing its bucket.
+fn released(rel: &HashMap<(u16, u32), Buckets>, k: KeyRef<'_>, owner: u32) -> bool {
+    if rel.is_empty() || owner == 0 || !k.per_flow {
+        return false;
+    }
+    rel.get(&(k.vertex, owner))
+        .is_some_and(|r| r.holds(k.object, k.sub))
 }
 
 fn snapshot(e: &Entry) -> CheckpointEntry {
@@ -1984,5 +2171,7 @@ fn op_key(op: &wire::Op) -> Key {
     Key::new(op.vertex as u16, op.object as u16, op.per_flow, &op.sub)
 }
 
+#[cfg(test)]
+mod bucket_tests;
 #[cfg(test)]
 mod tests;

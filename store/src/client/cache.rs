@@ -22,6 +22,7 @@
 use super::nflog::NfLog;
 use super::ops::{self, ObjKey};
 use super::{ClientError, Pushed, StoreClient};
+use crate::bucket::{BucketSet, Buckets, Split};
 use crate::custom::CustomOps;
 use crate::key::{packed, Key, KeyRef};
 use crate::names::KeyKind;
@@ -571,6 +572,125 @@ impl StateClient {
         let n = gone.len();
         self.sync()?;
         dispose(gone);
+        Ok(n)
+    }
+
+    /// The request that names this instance's buckets `set` under `split`, if every
+    /// per-flow object it keeps in the store has a bucket under `split` (see
+    /// [`crate::bucket::bucketed`]); `None` when some object's keys do not say their bucket,
+    /// which then moves object by object ([`Self::evict`]).
+    fn bucket_request(&self, split: Split, set: BucketSet) -> Option<Buckets> {
+        let mut kinds = Vec::new();
+        for o in self.objs.iter().flatten() {
+            if o.spec.scope != Scope::PerFlow || o.strategy == Strategy::Local {
+                continue;
+            }
+            if !crate::bucket::bucketed(o.spec.key_kind, split) || kinds.len() == 255 {
+                return None;
+            }
+            kinds.push((o.spec.id, o.spec.key_kind));
+        }
+        Some(Buckets { split, kinds, set })
+    }
+
+    /// Hands over the per-flow objects of whole buckets (handover step 5) without naming
+    /// them: one `OP_RELEASE_BUCKETS` per shard, queued behind this instance's earlier updates,
+    /// then a wait until the store has everything. The store then reads those objects as
+    /// owned by nobody, so the handover costs nothing per flow. Returns false, having done
+    /// nothing, when some per-flow object cannot be released by bucket under `split` (use
+    /// [`Self::evict`]). The cache still holds the moved flows: [`Self::forget_moved`] drops
+    /// them, and must run before this instance serves another packet.
+    pub fn release_buckets(&mut self, split: Split, set: BucketSet) -> Result<bool, StateError> {
+        let Some(req) = self.bucket_request(split, set) else {
+            return Ok(false);
+        };
+        let (v, instance) = (self.vertex, self.instance);
+        let Some(store) = self.store.as_mut() else {
+            // Traditional state lives only here: nothing to hand over.
+            return Ok(true);
+        };
+        for s in 0..store.shards() {
+            store.submit_to(
+                s,
+                nonblocking(ops::buckets(OpCode::OpReleaseBuckets, v, instance, &req)),
+            );
+        }
+        self.sync()?;
+        Ok(true)
+    }
+
+    /// Takes buckets back (a move to this instance, before its first packet of them): objects
+    /// of them that this instance released by bucket, and that nobody took since, are its
+    /// own again. Queued behind this instance's earlier operations; nothing to wait for.
+    pub fn acquire_buckets(&mut self, split: Split, set: BucketSet) {
+        let Some(req) = self.bucket_request(split, set) else {
+            return;
+        };
+        let (v, instance) = (self.vertex, self.instance);
+        if let Some(store) = self.store.as_mut() {
+            for s in 0..store.shards() {
+                store.submit_to(
+                    s,
+                    nonblocking(ops::buckets(OpCode::OpAcquireBuckets, v, instance, &req)),
+                );
+            }
+        }
+    }
+
+    /// Drops the cached objects of flows that moved away after [`Self::release_buckets`]
+    /// handed them over; returns how many. A per-flow key the store could not place in a
+    /// bucket (malformed for its kind) is released here one by one.
+    pub fn forget_moved(
+        &mut self,
+        mut moved: impl FnMut(&Key, KeyKind) -> Option<bool>,
+    ) -> Result<usize, StateError> {
+        let v = self.vertex;
+        let objs = &self.objs;
+        let mut lost = Vec::new();
+        let mut pick = |k: &Key, per_flow: bool| {
+            if k.vertex != v {
+                return false;
+            }
+            let Some(Some(o)) = objs.get(k.object as usize) else {
+                return false;
+            };
+            if o.strategy == Strategy::Local {
+                return false;
+            }
+            match moved(k, o.spec.key_kind) {
+                Some(m) => m,
+                None => {
+                    if per_flow {
+                        lost.push(k.clone());
+                    }
+                    true
+                }
+            }
+        };
+        let mut gone: Vec<Value> = self
+            .flows
+            .extract_if(|k, _| pick(k, true))
+            .map(|(_, c)| c.value)
+            .collect();
+        gone.extend(
+            self.shared
+                .extract_if(|k, _| pick(k, false))
+                .map(|(_, c)| c.value),
+        );
+        let n = gone.len();
+        dispose(gone);
+        if !lost.is_empty() {
+            let instance = self.instance;
+            if let Some(store) = self.store.as_mut() {
+                for k in lost {
+                    let key =
+                        ObjKey::per_flow(v, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
+                    let s = k.as_ref().shard(store.shards());
+                    store.submit_to(s, nonblocking(key.release(instance)));
+                }
+            }
+            self.sync()?;
+        }
         Ok(n)
     }
 

@@ -199,6 +199,19 @@ pub fn release_many(vertex: u16, instance: u16, keys: Bytes) -> wire::Op {
     }
 }
 
+/// Give up `instance`'s per-flow objects of `vertex` in whole buckets (send to every shard);
+/// `code` is `OpReleaseBuckets`, or `OpAcquireBuckets` to take buckets back.
+pub fn buckets(code: OpCode, vertex: u16, instance: u16, req: &crate::bucket::Buckets) -> wire::Op {
+    wire::Op {
+        code: code as i32,
+        vertex: u32::from(vertex),
+        per_flow: true,
+        instance: u32::from(instance),
+        val: Some(wire::Value::bytes(Bytes::from(req.encode()))),
+        ..Default::default()
+    }
+}
+
 /// Read every per-flow object of `vertex` owned by `instance` (send to every shard); the
 /// shard answers OVERFLOW instead when the values exceed `limit` bytes (0: no limit).
 pub fn scan_owned(vertex: u16, instance: u16, limit: usize) -> wire::Op {

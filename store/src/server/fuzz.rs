@@ -29,7 +29,13 @@ fn shard(names: Arc<RwLock<Names>>) -> Shard {
 fn dump(s: &Shard) -> Vec<(String, crate::value::Value, u32)> {
     let mut v: Vec<_> = s
         .iter()
-        .map(|(k, e)| (format!("{k:?}"), e.value().into_owned(), e.owner()))
+        .map(|(k, e)| {
+            (
+                format!("{k:?}"),
+                e.value().into_owned(),
+                s.owner_of(k.as_ref(), e),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -144,7 +150,7 @@ fn call(s: &mut Shard, names: &RwLock<Names>, c: ShardCall) -> CallResult {
             let names = names.read();
             CallResult::Keys(
                 s.iter()
-                    .map(|(k, e)| names.render(k.as_ref(), e.owner()))
+                    .map(|(k, e)| names.render(k.as_ref(), s.owner_of(k.as_ref(), e)))
                     .filter(|k| resp::glob(&p, k))
                     .map(Into::into)
                     .collect(),
@@ -156,7 +162,7 @@ fn call(s: &mut Shard, names: &RwLock<Names>, c: ShardCall) -> CallResult {
                 .iter()
                 .skip(pos as usize)
                 .take(count.min(1000) as usize)
-                .map(|(k, e)| names.render(k.as_ref(), e.owner()).into())
+                .map(|(k, e)| names.render(k.as_ref(), s.owner_of(k.as_ref(), e)).into())
                 .collect();
             CallResult::Scan { keys, next: None }
         }

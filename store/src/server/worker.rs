@@ -813,7 +813,7 @@ impl Worker {
                 CallResult::Keys(
                     self.shard
                         .iter()
-                        .map(|(k, e)| names.render(k.as_ref(), e.owner()))
+                        .map(|(k, e)| names.render(k.as_ref(), self.shard.owner_of(k.as_ref(), e)))
                         .filter(|k| resp::glob(&p, k))
                         .map(Into::into)
                         .collect(),
@@ -832,7 +832,7 @@ impl Worker {
                         next = Some(i as u64);
                         break;
                     }
-                    let r = names.render(k.as_ref(), e.owner());
+                    let r = names.render(k.as_ref(), self.shard.owner_of(k.as_ref(), e));
                     if pattern.as_ref().is_none_or(|p| resp::glob(p, &r)) {
                         keys.push(r.into());
                     }

@@ -1,7 +1,7 @@
 use super::*;
 use chc_proto::wire::Value as WV;
 
-fn shard() -> Shard {
+pub(super) fn shard() -> Shard {
     Shard::new(
         0,
         1,
@@ -25,7 +25,13 @@ pub(super) fn dump(s: &Shard) -> Vec<(String, Value, u32)> {
     let mut v: Vec<_> = s
         .map
         .iter()
-        .map(|(k, e)| (format!("{k:?}"), e.value().into_owned(), e.owner()))
+        .map(|(k, e)| {
+            (
+                format!("{k:?}"),
+                e.value().into_owned(),
+                s.owner_of(k.as_ref(), e),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -52,7 +58,7 @@ fn run(s: &mut Shard, client: ClientId, ops: Vec<wire::Op>) -> Outputs {
     out
 }
 
-fn one(s: &mut Shard, client: ClientId, o: wire::Op) -> wire::Reply {
+pub(super) fn one(s: &mut Shard, client: ClientId, o: wire::Op) -> wire::Reply {
     run(s, client, vec![o]).replies.pop().expect("a reply")
 }
 
@@ -511,7 +517,7 @@ fn owner_of(s: &Shard, sub: &str) -> Option<u32> {
         per_flow: true,
         sub: sub.as_bytes(),
     };
-    s.map.get(&k).map(|e| e.owner())
+    s.map.get(&k).map(|e| s.owner_of(k, e))
 }
 
 /// A flow's state deleted by its owner is owned by nobody: the next flow with the same key may

@@ -720,3 +720,126 @@ fn local_increments_follow_the_stores_rules() {
     }
     assert_eq!(t.stats.local_ops, t.stats.ops, "all of them local");
 }
+
+/// Flows handed over by bucket: one operation per shard whatever the number of flows, queued
+/// right behind their last updates; the new instance takes each moved flow with its final
+/// value; flows of the other buckets stay the old instance's, still cached there; the old
+/// cache drops exactly the moved flows afterwards. An object whose keys do not say their
+/// bucket makes the instance decline (it then moves object by object).
+#[test]
+fn flows_move_by_bucket_with_one_operation_per_shard() {
+    let store = Store::start(StoreConfig::in_memory(3)).unwrap();
+    let mk = |vertex, i, specs: &[ObjectSpec]| {
+        StateClient::external(
+            vertex,
+            i,
+            Mode::EoCNa,
+            specs,
+            CustomOps::builtin(),
+            store.client(store.next_client_id()),
+        )
+        .unwrap()
+    };
+    move_by_bucket(&mk, 3);
+}
+
+#[test]
+fn flows_move_by_bucket_over_tcp() {
+    use crate::client::{StoreClient, TcpOptions};
+    let store = Store::start(StoreConfig {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..StoreConfig::in_memory(2)
+    })
+    .unwrap();
+    let addr = store.native_addr.unwrap();
+    let mk = |vertex, i: u16, specs: &[ObjectSpec]| {
+        let id = 0x7CA_0000 + u64::from(vertex) * 16 + u64::from(i);
+        let c = StoreClient::connect(&[addr], id, TcpOptions::default()).unwrap();
+        StateClient::external(vertex, i, Mode::EoCNa, specs, CustomOps::builtin(), c).unwrap()
+    };
+    move_by_bucket(&mk, 2);
+}
+
+fn move_by_bucket(mk: &dyn Fn(u16, u16, &[ObjectSpec]) -> StateClient, shards: u64) {
+    use crate::bucket::{key_bucket, BucketSet, Split};
+    let tuples = vec![
+        ObjectSpec {
+            id: PF,
+            name: "t:conn".into(),
+            scope: Scope::PerFlow,
+            access: Access::ReadWriteOften,
+            key_kind: KeyKind::FiveTuple,
+        },
+        ObjectSpec {
+            id: CNT,
+            name: "t:count".into(),
+            scope: Scope::CrossFlow,
+            access: Access::WriteMostly,
+            key_kind: KeyKind::Raw,
+        },
+    ];
+    let (mut old, mut new) = (mk(12, 0, &tuples), mk(12, 1, &tuples));
+    let flows: Vec<Vec<u8>> = (0..400u16)
+        .map(|i| {
+            let mut k = vec![17, 10, 1, (i >> 8) as u8, i as u8, 8, 8, 8, 8];
+            k.extend_from_slice(&(1024 + i).to_be_bytes());
+            k.extend_from_slice(&53u16.to_be_bytes());
+            k
+        })
+        .collect();
+    let moved = |b: usize| b % 4 < 2;
+    let is_moved = |f: &[u8]| moved(key_bucket(KeyKind::FiveTuple, f, Split::Flow).unwrap());
+    for (i, f) in flows.iter().enumerate() {
+        old.begin_packet(ops::clock(1, i as u64 + 1), false);
+        old.incr(PF, f, i as i64 + 1).unwrap();
+        old.incr(CNT, b"", 1).unwrap();
+    }
+    old.sync().unwrap();
+    for (i, f) in flows.iter().enumerate() {
+        old.begin_packet(ops::clock(1, 1000 + i as u64), false);
+        old.incr(PF, f, 1).unwrap();
+    }
+    let st = old.store().unwrap().stats;
+    assert!(old
+        .release_buckets(Split::Flow, BucketSet::from_fn(moved))
+        .unwrap());
+    let after = old.store().unwrap().stats;
+    assert_eq!(
+        after.ops - st.ops,
+        shards,
+        "one release operation per shard"
+    );
+    assert_eq!(
+        old.store().unwrap().unacked(),
+        0,
+        "the release waits for the store"
+    );
+    let n_moved = flows.iter().filter(|f| is_moved(f)).count();
+    assert!(n_moved > 100 && n_moved < 300, "{n_moved}");
+    let n = old
+        .forget_moved(|k, kind| key_bucket(kind, k.sub.as_slice(), Split::Flow).map(moved))
+        .unwrap();
+    assert_eq!(n, n_moved);
+    for (i, f) in flows.iter().enumerate() {
+        let mut op = ObjKey::per_flow(12, PF, Bytes::copy_from_slice(f)).incr(1);
+        op.instance = 1;
+        let r = new.store().unwrap().call(op).unwrap();
+        if is_moved(f) {
+            assert_eq!(r.status, Status::Ok as i32);
+            assert_eq!(
+                Value::from_wire_owned(r.value.as_ref()),
+                Value::Int(i as i64 + 3),
+                "every update of the old instance came first"
+            );
+        } else {
+            assert_eq!(r.status, Status::NotOwner as i32);
+            old.begin_packet(ops::clock(1, 5000 + i as u64), false);
+            assert_eq!(old.get(PF, f).unwrap(), Value::Int(i as i64 + 2));
+        }
+    }
+    // A raw-keyed per-flow object cannot be released by bucket.
+    let mut raw = mk(13, 0, &specs());
+    assert!(!raw
+        .release_buckets(Split::Flow, BucketSet::from_fn(|_| true))
+        .unwrap());
+}
