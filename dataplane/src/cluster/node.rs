@@ -316,8 +316,15 @@ pub fn run_instance(
                     ..
                 }
             );
-            if !packets && !lines.is_empty() {
-                sink.send(&Frame::Events(std::mem::take(&mut lines)));
+            if !packets {
+                // Their state operations go to the store first, as at the end of a batch: a
+                // packet passed on (or an event sent) before its updates left this instance
+                // would outlive them if it died now, and its replay would then decide anew
+                // what the packets already out there carry.
+                inst.flush();
+                if !lines.is_empty() {
+                    sink.send(&Frame::Events(std::mem::take(&mut lines)));
+                }
             }
             match m {
                 In::Frame { conn, from, frame } => {
