@@ -1525,10 +1525,7 @@ impl Shard {
                     .max(m.reads.newest_of(op.instance));
                 reply.newest_clock = reply.newest_clock.max(newest.unwrap_or(0));
             }
-            if overflow
-                || !(key.per_flow && e.owner() == me)
-                || e.value_is_nil()
-                || released(&self.released, key.as_ref(), me)
+            if overflow || !key.per_flow || self.owner_of(key.as_ref(), e) != me || e.value_is_nil()
             {
                 continue;
             }

@@ -48,6 +48,23 @@ impl Down {
     }
 }
 
+/// Before anything can pass the packets handled so far on (the end of a batch, or a
+/// watermark or end of replay in the middle of one), their state operations go to the store
+/// and then their events to the sink.
+///
+/// State first: a packet passed on (or an event sent) before its updates left this instance
+/// would outlive them if it died now, and its replay would then decide anew what the packets
+/// already out there carry. Events before anything that can settle the packets they came
+/// with (a delete, an output, a packet passed on that the last NF outputs): a packet settled
+/// is never replayed, so events sent after it are lost for good if the instance dies in
+/// between (a replayed packet's events come again; the sink keeps one copy of each line).
+fn state_then_events(inst: &mut NfInstance, sink: &mut Outlet, lines: &mut Vec<String>) {
+    inst.flush();
+    if !lines.is_empty() {
+        sink.send(&Frame::Events(std::mem::take(lines)));
+    }
+}
+
 /// Frames an instance or the root takes from its inbox per pass of its loop (a pass ends with
 /// one flush of state, deletes, outputs and links).
 pub const BATCH_FRAMES: usize = 64;
@@ -317,14 +334,7 @@ pub fn run_instance(
                 }
             );
             if !packets {
-                // Their state operations go to the store first, as at the end of a batch: a
-                // packet passed on (or an event sent) before its updates left this instance
-                // would outlive them if it died now, and its replay would then decide anew
-                // what the packets already out there carry.
-                inst.flush();
-                if !lines.is_empty() {
-                    sink.send(&Frame::Events(std::mem::take(&mut lines)));
-                }
+                state_then_events(&mut inst, &mut sink, &mut lines);
             }
             match m {
                 In::Frame { conn, from, frame } => {
@@ -432,15 +442,7 @@ pub fn run_instance(
             }
         }
         // End of a batch: state to the store, then events, deletes, outputs, packets.
-        inst.flush();
-        // Events before anything that can settle the packets they came with (a delete, an
-        // output, a packet passed on that the last NF outputs): a packet settled is never
-        // replayed, so events sent after it are lost for good if the instance dies in
-        // between (a replayed packet's events come again; the sink keeps one copy of each
-        // line).
-        if !lines.is_empty() {
-            sink.send(&Frame::Events(std::mem::take(&mut lines)));
-        }
+        state_then_events(&mut inst, &mut sink, &mut lines);
         if !deletes.is_empty() {
             root.send(&Frame::Deletes(std::mem::take(&mut deletes)));
         } else {

@@ -535,11 +535,7 @@ impl StateClient {
         let (v, instance) = (self.vertex, self.instance);
         let shards = store.shards();
         let objs = &self.objs;
-        let mut pick = |k: &Key| {
-            k.vertex == v
-                && matches!(objs.get(k.object as usize), Some(Some(o))
-                    if o.strategy != Strategy::Local && moved(k, o.spec.key_kind))
-        };
+        let mut pick = |k: &Key| external_kind(objs, v, k).is_some_and(|kind| moved(k, kind));
         let mut lists: Vec<Vec<u8>> = vec![Vec::new(); shards as usize];
         let mut gone = Vec::new();
         for (k, c) in self.flows.extract_if(|k, _| pick(k)) {
@@ -555,8 +551,7 @@ impl StateClient {
             }
             if !packed::push(list, k.object, k.sub.as_slice()) {
                 // A key too long for the packed list goes on its own.
-                let key = ObjKey::per_flow(v, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
-                store.submit_to(s, nonblocking(key.release(instance)));
+                release_key(store, s, instance, &k);
             }
             gone.push(c.value);
         }
@@ -604,18 +599,10 @@ impl StateClient {
         let Some(req) = self.bucket_request(split, set) else {
             return Ok(false);
         };
-        let (v, instance) = (self.vertex, self.instance);
-        let Some(store) = self.store.as_mut() else {
-            // Traditional state lives only here: nothing to hand over.
-            return Ok(true);
-        };
-        for s in 0..store.shards() {
-            store.submit_to(
-                s,
-                nonblocking(ops::buckets(OpCode::OpReleaseBuckets, v, instance, &req)),
-            );
+        if self.submit_buckets(OpCode::OpReleaseBuckets, &req) {
+            self.sync()?;
         }
-        self.sync()?;
+        // Without a store (traditional state lives only here) there is nothing to hand over.
         Ok(true)
     }
 
@@ -623,18 +610,21 @@ impl StateClient {
     /// of them that this instance released by bucket, and that nobody took since, are its
     /// own again. Queued behind this instance's earlier operations; nothing to wait for.
     pub fn acquire_buckets(&mut self, split: Split, set: BucketSet) {
-        let Some(req) = self.bucket_request(split, set) else {
-            return;
-        };
-        let (v, instance) = (self.vertex, self.instance);
-        if let Some(store) = self.store.as_mut() {
-            for s in 0..store.shards() {
-                store.submit_to(
-                    s,
-                    nonblocking(ops::buckets(OpCode::OpAcquireBuckets, v, instance, &req)),
-                );
-            }
+        if let Some(req) = self.bucket_request(split, set) {
+            self.submit_buckets(OpCode::OpAcquireBuckets, &req);
         }
+    }
+
+    /// Queues a bucket request (`code`) to every shard without waiting; false without a store.
+    fn submit_buckets(&mut self, code: OpCode, req: &Buckets) -> bool {
+        let (v, instance) = (self.vertex, self.instance);
+        let Some(store) = self.store.as_mut() else {
+            return false;
+        };
+        for s in 0..store.shards() {
+            store.submit_to(s, nonblocking(ops::buckets(code, v, instance, req)));
+        }
+        true
     }
 
     /// Drops the cached objects of flows that moved away after [`Self::release_buckets`]
@@ -647,25 +637,14 @@ impl StateClient {
         let v = self.vertex;
         let objs = &self.objs;
         let mut lost = Vec::new();
-        let mut pick = |k: &Key, per_flow: bool| {
-            if k.vertex != v {
-                return false;
-            }
-            let Some(Some(o)) = objs.get(k.object as usize) else {
-                return false;
-            };
-            if o.strategy == Strategy::Local {
-                return false;
-            }
-            match moved(k, o.spec.key_kind) {
-                Some(m) => m,
-                None => {
-                    if per_flow {
-                        lost.push(k.clone());
-                    }
-                    true
+        let mut pick = |k: &Key, per_flow: bool| match external_kind(objs, v, k) {
+            None => false,
+            Some(kind) => moved(k, kind).unwrap_or_else(|| {
+                if per_flow {
+                    lost.push(k.clone());
                 }
-            }
+                true
+            }),
         };
         let mut gone: Vec<Value> = self
             .flows
@@ -683,10 +662,8 @@ impl StateClient {
             let instance = self.instance;
             if let Some(store) = self.store.as_mut() {
                 for k in lost {
-                    let key =
-                        ObjKey::per_flow(v, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
                     let s = k.as_ref().shard(store.shards());
-                    store.submit_to(s, nonblocking(key.release(instance)));
+                    release_key(store, s, instance, &k);
                 }
             }
             self.sync()?;
@@ -1322,6 +1299,21 @@ const FREE_INTERVAL_IDLE: std::time::Duration = std::time::Duration::from_secs(1
 fn nonblocking(mut op: wire::Op) -> wire::Op {
     op.flags |= OpFlag::FlagNonblocking as u32;
     op
+}
+
+/// The declared key kind of `k` if it is an object of vertex `v` kept outside this instance
+/// (any strategy but local state): those are what a handover moves.
+fn external_kind(objs: &[Option<Obj>], v: u16, k: &Key) -> Option<KeyKind> {
+    match objs.get(k.object as usize) {
+        Some(Some(o)) if k.vertex == v && o.strategy != Strategy::Local => Some(o.spec.key_kind),
+        _ => None,
+    }
+}
+
+/// Queues the release of `instance`'s ownership of per-flow object `k` on shard `s`.
+fn release_key(store: &mut StoreClient, s: u32, instance: u16, k: &Key) {
+    let key = ObjKey::per_flow(k.vertex, k.object, Bytes::copy_from_slice(k.sub.as_slice()));
+    store.submit_to(s, nonblocking(key.release(instance)));
 }
 
 /// Frees values a cache let go of. A cached list (a NAT's port pool) holds tens of thousands
