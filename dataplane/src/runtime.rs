@@ -1323,7 +1323,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             while let Some(p) = rclient.take_push() {
                 busy = true;
                 for c in p.push.commits {
-                    root.on_commit(c.clock, c.id);
+                    root.on_commits(&c);
                 }
             }
         }

@@ -17,7 +17,8 @@ pub use generated::*;
 /// any other. 2: lists travel in `List.packed`, which a version-1 reader would take for
 /// empty lists. 3: an increment may carry further packets' clocks (`Op.more_clocks`), which a
 /// version-2 store would ignore, applying one increment where the client counted several.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: the same for a run of clocks (`Op.more_run`), and commits for a run (`Commit.run`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Default limit on one frame (bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -137,8 +138,8 @@ fn decode_plain_ops(payload: &bytes::Bytes, ops: &mut Vec<Op>) -> Option<()> {
         let op = ops.last_mut()?;
         while !m.is_empty() {
             let key = decode_varint(&mut m).ok()?;
-            // Field numbers 1-15 with their declared wire types only.
-            if key > 0x7f {
+            // Field numbers 1-16 with their declared wire types only.
+            if key > 0x7f && key != 16 << 3 {
                 return None;
             }
             let (tag, wire_type) = (key >> 3, key & 7);
@@ -168,6 +169,7 @@ fn decode_plain_ops(payload: &bytes::Bytes, ops: &mut Vec<Op>) -> Option<()> {
                 11 => op.instance = v as u32,
                 12 => op.op_index = v as u32,
                 13 => op.flags = v as u32,
+                16 => op.more_run = v as u32,
                 _ => return None,
             }
         }
@@ -196,6 +198,51 @@ fn peek_varint(buf: &[u8]) -> Option<Result<(u64, usize), ()>> {
         Some(Err(()))
     } else {
         None
+    }
+}
+
+impl Op {
+    /// The (clock, op_index) of every packet's increment this operation carries: its own,
+    /// then the folded ones (`more_clocks` with `more_op_index`, or the run of `more_run`).
+    /// Lists of unequal length are cut to the shorter, as a zip would; the store refuses
+    /// such an operation before it gets here.
+    pub fn carried_clocks(&self) -> impl Iterator<Item = (u64, u32)> + Clone + '_ {
+        let (first, index, run) = (self.clock, self.op_index, u64::from(self.more_run));
+        std::iter::once((first, index))
+            .chain(
+                self.more_clocks
+                    .iter()
+                    .copied()
+                    .zip(self.more_op_index.iter().copied()),
+            )
+            .chain((1..=run).map(move |i| (first.wrapping_add(i), index)))
+    }
+
+    /// The clock of the last packet's increment the operation carries.
+    pub fn last_carried_clock(&self) -> u64 {
+        match self.more_clocks.last() {
+            _ if self.more_run > 0 => self.clock.wrapping_add(u64::from(self.more_run)),
+            Some(&c) => c,
+            None => self.clock,
+        }
+    }
+
+    /// Whether the operation carries other packets' increments besides its own.
+    pub fn is_folded(&self) -> bool {
+        self.more_run > 0 || !self.more_clocks.is_empty() || !self.more_op_index.is_empty()
+    }
+
+    /// How many packets' increments the operation carries (see [`Op::carried_clocks`]).
+    pub fn carried(&self) -> usize {
+        1 + self.more_clocks.len().min(self.more_op_index.len()) + self.more_run as usize
+    }
+}
+
+impl Commit {
+    /// Every clock this commit stands for (its own and its run's).
+    pub fn clocks(&self) -> impl Iterator<Item = u64> {
+        let first = self.clock;
+        (0..=u64::from(self.run)).map(move |i| first.wrapping_add(i))
     }
 }
 
@@ -250,6 +297,7 @@ mod tests {
                 flags: OpFlag::FlagNonblocking as u32,
                 more_clocks: vec![100, 101],
                 more_op_index: vec![0, 2],
+                more_run: 0,
             }],
         }
     }
@@ -279,6 +327,7 @@ mod tests {
         let mut plain = sample_frame();
         plain.ops[0].more_clocks.clear();
         plain.ops[0].more_op_index.clear();
+        plain.ops[0].more_run = 300;
         plain.ops.push(Op {
             seq: u64::MAX,
             code: -1,
@@ -331,7 +380,7 @@ mod tests {
                 let mut m = Vec::new();
                 for (i, &f) in fields.iter().enumerate() {
                     let f = match f {
-                        0..24 => [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 6][usize::from(f % 12)],
+                        0..24 => [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 6, 16][usize::from(f % 13)],
                         _ => f - 24,
                     };
                     let v = vals[i % vals.len()];
@@ -343,7 +392,7 @@ mod tests {
                             m.extend(std::iter::repeat_n(0x08, n));
                         }
                         _ => {
-                            m.push((f << 3) & 0x7f);
+                            prost::encoding::encode_varint(u64::from(f) << 3, &mut m);
                             prost::encoding::encode_varint(v >> (v % 64), &mut m);
                         }
                     }
@@ -371,6 +420,31 @@ mod tests {
                 Err(_) => proptest::prop_assert!(r.is_err()),
             }
         }
+    }
+
+    #[test]
+    fn an_operation_carries_its_clocks_in_order() {
+        let listed = &sample_frame().ops[0];
+        let got: Vec<_> = listed.carried_clocks().collect();
+        assert_eq!(got, vec![(99, 0), (100, 0), (101, 2)]);
+        assert_eq!(listed.carried(), 3);
+        let run = Op {
+            clock: 7,
+            op_index: 3,
+            more_run: 2,
+            ..Default::default()
+        };
+        let got: Vec<_> = run.carried_clocks().collect();
+        assert_eq!(got, vec![(7, 3), (8, 3), (9, 3)]);
+        assert_eq!(run.carried(), 3);
+        let c = Commit {
+            clock: 40,
+            id: 1,
+            run: 2,
+        };
+        assert_eq!(c.clocks().collect::<Vec<_>>(), vec![40, 41, 42]);
+        let one = Commit { run: 0, ..c };
+        assert_eq!(one.clocks().collect::<Vec<_>>(), vec![40]);
     }
 
     #[test]

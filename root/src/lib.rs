@@ -269,6 +269,14 @@ impl Root {
         self.settle(i)
     }
 
+    /// A store's commit notification: the update with its id applied for its clock and for
+    /// every clock of its run.
+    pub fn on_commits(&mut self, c: &chc_proto::wire::Commit) {
+        for clock in c.clocks() {
+            self.on_commit(clock, c.id);
+        }
+    }
+
     fn settle(&mut self, i: usize) -> Settled {
         let e = &mut self.ring[i];
         if e.weight < FULL || e.xor != 0 {

@@ -701,7 +701,7 @@ impl Shard {
                 }
                 continue;
             }
-            let reply = if op.more_clocks.is_empty() && op.more_op_index.is_empty() {
+            let reply = if !op.is_folded() {
                 self.apply_op(client, op, now_ns, out)
             } else {
                 self.apply_folded(client, op, self.hashes[i], now_ns, out)
@@ -710,7 +710,7 @@ impl Shard {
                 cs.applied_seq = op.seq;
             }
             if op.clock != 0 {
-                cs.last_clock = op.more_clocks.last().copied().unwrap_or(op.clock);
+                cs.last_clock = op.last_carried_clock();
             }
             if blocking {
                 if is_update(op.code) {
@@ -735,8 +735,7 @@ impl Shard {
     fn quick_incr(&mut self, client: ClientId, op: &wire::Op, hash: u64) -> bool {
         if op.code != OpCode::OpIncr as i32
             || op.clock != 0
-            || !op.more_clocks.is_empty()
-            || !op.more_op_index.is_empty()
+            || op.is_folded()
             || op.per_flow
             || op.vertex > 0xFFFF
             || op.object > 0xFFFF
@@ -763,8 +762,9 @@ impl Shard {
     }
 
     /// Applies a non-blocking increment that carries further packets' increments of the same
-    /// key (`Op.more_clocks`): each one exactly as if it had come as its own operation. Only
-    /// clocked, non-blocking increments may be folded; anything else is refused whole.
+    /// key (`Op.more_clocks` or `Op.more_run`): each one exactly as if it had come as its own
+    /// operation. Only clocked, non-blocking increments may be folded, a run neither with a
+    /// list nor past its root's clocks; anything else is refused whole.
     /// `hash` is the key's hash from `touch`.
     fn apply_folded(
         &mut self,
@@ -778,7 +778,13 @@ impl Shard {
             && op.flags & F_NONBLOCKING != 0
             && op.clock != 0
             && op.more_clocks.len() == op.more_op_index.len()
-            && !op.more_clocks.contains(&0);
+            && !op.more_clocks.contains(&0)
+            && (op.more_run == 0
+                || op.more_clocks.is_empty()
+                    && op
+                        .clock
+                        .checked_add(u64::from(op.more_run))
+                        .is_some_and(|last| root_of(last) == root_of(op.clock)));
         if !foldable {
             let reply = wire::Reply {
                 seq: op.seq,
@@ -818,13 +824,8 @@ impl Shard {
             return None;
         }
         let first = (op.clock, op.op_index);
-        let clocks = std::iter::once(first).chain(
-            op.more_clocks
-                .iter()
-                .copied()
-                .zip(op.more_op_index.iter().copied()),
-        );
-        if !clocks.clone().is_sorted_by(|a, b| a < b) {
+        let clocks = op.carried_clocks();
+        if op.more_run == 0 && !clocks.clone().is_sorted_by(|a, b| a < b) {
             return None;
         }
         let k = shared_key(op);
@@ -844,7 +845,7 @@ impl Shard {
             Some(m) => (m.has_records(), m.log.is_empty()),
             None => (false, true),
         };
-        let n = op.more_clocks.len() as i64 + 1;
+        let n = op.carried() as i64;
         // The values in between lie between the first and the last: checking the total
         // checks every step.
         let cur = before.unwrap_or(0);
@@ -884,7 +885,20 @@ impl Shard {
         if self.durable {
             for_each_folded(op, |_, one| self.wal_record(client, one, &Value::Nil));
         }
-        if op.flags & F_COUNTED != 0 {
+        if op.flags & F_COUNTED != 0 && op.more_run > 0 {
+            // One commit for the run: every clock of it has the same id.
+            if let Some(&to) = self.commit_subs.get(&root_of(op.clock)) {
+                let id = update_id(op.instance as u16, op.object as u16, op.op_index);
+                out.commits.push((
+                    to,
+                    wire::Commit {
+                        clock: op.clock,
+                        id,
+                        run: op.more_run,
+                    },
+                ));
+            }
+        } else if op.flags & F_COUNTED != 0 {
             let mut sub = None;
             for (clock, op_index) in clocks {
                 let root = root_of(clock);
@@ -898,7 +912,7 @@ impl Shard {
                 };
                 if let Some(to) = to {
                     let id = update_id(op.instance as u16, op.object as u16, op_index);
-                    out.commits.push((to, wire::Commit { clock, id }));
+                    out.commits.push((to, wire::Commit { clock, id, run: 0 }));
                 }
             }
         }
@@ -1233,6 +1247,7 @@ impl Shard {
                     wire::Commit {
                         clock: op.clock,
                         id: update_id(op.instance as u16, op.object as u16, op.op_index),
+                        run: 0,
                     },
                 ));
             }
@@ -1974,10 +1989,8 @@ fn for_each_folded(op: &wire::Op, mut f: impl FnMut(usize, &wire::Op)) {
         instance: op.instance,
         ..Default::default()
     };
-    let more = op.more_clocks.iter().zip(&op.more_op_index);
-    let all = std::iter::once((&op.clock, &op.op_index)).chain(more);
-    let last = op.more_clocks.len();
-    for (i, (&clock, &op_index)) in all.enumerate() {
+    let last = op.carried() - 1;
+    for (i, (clock, op_index)) in op.carried_clocks().enumerate() {
         (one.clock, one.op_index) = (clock, op_index);
         one.flags = if i < last {
             op.flags | F_FOLLOWED

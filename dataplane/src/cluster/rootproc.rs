@@ -299,7 +299,7 @@ fn settle(root: &mut Root, store: &mut StoreClient) {
     }
     while let Some(p) = store.take_push() {
         for c in p.push.commits {
-            root.on_commit(c.clock, c.id);
+            root.on_commits(&c);
         }
     }
 }

@@ -923,7 +923,9 @@ impl PeerStore for CommitForwarder {
     fn commits(&mut self, out: &mut Vec<(u64, u32)>) {
         let _ = self.client.poll();
         while let Some(p) = self.client.take_push() {
-            out.extend(p.push.commits.iter().map(|c| (c.clock, c.id)));
+            for c in &p.push.commits {
+                out.extend(c.clocks().map(|clock| (clock, c.id)));
+            }
         }
     }
     fn retire(&mut self, watermark: u64) {

@@ -688,7 +688,7 @@ impl Worker {
             }
             while let Some(p) = r.client.take_push() {
                 for c in p.push.commits {
-                    r.root.on_commit(c.clock, c.id);
+                    r.root.on_commits(&c);
                 }
             }
         }

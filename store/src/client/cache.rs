@@ -201,8 +201,39 @@ pub struct StateClient {
     /// Keep the NF-side log of shared operations (for recovering a remote store).
     log_shared: bool,
     handovers: Vec<(ObjKey, Value)>,
+    /// Counters' increments being gathered into runs before they are queued: a slot per
+    /// `object % RUN_SLOTS`, `open_runs` of them in use.
+    runs: [Option<Run>; RUN_SLOTS],
+    open_runs: u8,
     pub stats: StateStats,
 }
+
+/// Consecutive packets' blind increments of one cross-flow counter (no key bytes), gathered
+/// as one operation (`Op.more_run`) before anything is queued for the store: per packet,
+/// one comparison and one addition. Queued (closed) at the end of a burst, before anything
+/// else is queued that is not per-flow, and when a packet does not extend it.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    obj: u16,
+    first: u64,
+    more: u32,
+    op_index: u32,
+    num: i64,
+    flags: u32,
+}
+
+impl Drop for StateClient {
+    /// Open runs are queued, for the store client to send as it closes.
+    fn drop(&mut self) {
+        self.close_runs();
+    }
+}
+
+/// Counters that can gather runs at once (a packet counter and a per-protocol one are the
+/// common pair).
+const RUN_SLOTS: usize = 4;
+/// The most packets one run carries (the store client's folds stop at the same size).
+const RUN_MAX: u32 = 1024;
 
 const F_COUNTED: u32 = OpFlag::FlagCounted as u32;
 const F_REPLAY: u32 = OpFlag::FlagReplay as u32;
@@ -287,8 +318,82 @@ impl StateClient {
             nflog: NfLog::default(),
             log_shared: false,
             handovers: Vec::new(),
+            runs: [None; RUN_SLOTS],
+            open_runs: 0,
             stats: StateStats::default(),
         }
+    }
+
+    /// Adds a counter's increment to its open run, or opens one; false (nothing done) when
+    /// the increment cannot go in a run.
+    #[inline]
+    fn extend_run(&mut self, obj: u16, num: i64, flags: u32, op_index: u32) -> bool {
+        let clock = self.clock;
+        let i = usize::from(obj) % RUN_SLOTS;
+        if let Some(r) = &mut self.runs[i] {
+            let next = r.first.wrapping_add(u64::from(r.more) + 1);
+            if r.obj == obj
+                && next == clock
+                && r.op_index == op_index
+                && r.num == num
+                && r.flags == flags
+                && r.more < RUN_MAX
+                && crate::shard::root_of(clock) == crate::shard::root_of(r.first)
+            {
+                r.more += 1;
+                return true;
+            }
+            self.close_run(i);
+        }
+        self.runs[i] = Some(Run {
+            obj,
+            first: clock,
+            more: 0,
+            op_index,
+            num,
+            flags,
+        });
+        self.open_runs += 1;
+        true
+    }
+
+    /// Queues the open run in slot `i` as one operation.
+    fn close_run(&mut self, i: usize) {
+        let Some(r) = self.runs[i].take() else {
+            return;
+        };
+        self.open_runs -= 1;
+        let op = wire::Op {
+            code: OpCode::OpIncr as i32,
+            vertex: u32::from(self.vertex),
+            object: u32::from(r.obj),
+            num: r.num,
+            clock: r.first,
+            instance: u32::from(self.instance),
+            op_index: r.op_index,
+            flags: r.flags | OpFlag::FlagNonblocking as u32,
+            more_run: r.more,
+            ..Default::default()
+        };
+        if let Some(s) = self.store.as_mut() {
+            s.submit_run(op);
+        }
+    }
+
+    /// Queues every open run: before anything else on a counter, a flush or a wait.
+    #[inline]
+    fn close_runs(&mut self) {
+        if self.open_runs > 0 {
+            for i in 0..RUN_SLOTS {
+                self.close_run(i);
+            }
+        }
+    }
+
+    /// The store client, with every open run queued first.
+    fn store_opt(&mut self) -> Option<&mut StoreClient> {
+        self.close_runs();
+        self.store.as_mut()
     }
 
     pub fn mode(&self) -> Mode {
@@ -377,7 +482,7 @@ impl StateClient {
     }
 
     pub fn store(&mut self) -> Option<&mut StoreClient> {
-        self.store.as_mut()
+        self.store_opt()
     }
 
     /// Turns the NF-side log of shared operations on (needed to recover a store that can
@@ -405,7 +510,7 @@ impl StateClient {
 
     /// Sends everything queued to the store and handles what arrived (call once per burst).
     pub fn flush(&mut self) -> Result<(), StateError> {
-        if let Some(s) = self.store.as_mut() {
+        if let Some(s) = self.store_opt() {
             s.flush()?;
             s.poll()?;
         }
@@ -417,7 +522,7 @@ impl StateClient {
     /// there are fewer than `min` of them (see [`StoreClient::flush_coalesced`]): for a
     /// dataplane that calls this after every burst and waits for nothing it sent.
     pub fn flush_coalesced(&mut self, min: usize) -> Result<(), StateError> {
-        if let Some(s) = self.store.as_mut() {
+        if let Some(s) = self.store_opt() {
             s.flush_coalesced(min)?;
             s.poll()?;
         }
@@ -427,7 +532,7 @@ impl StateClient {
 
     /// Waits until the store has acknowledged every operation sent so far.
     pub fn sync(&mut self) -> Result<(), StateError> {
-        if let Some(s) = self.store.as_mut() {
+        if let Some(s) = self.store_opt() {
             s.sync()?;
         }
         self.pump();
@@ -483,6 +588,8 @@ impl StateClient {
     /// of other strategies keep no copy that exclusivity would make valid, so nothing changes
     /// for them.
     pub fn set_exclusive(&mut self, obj: u16, exclusive: bool) -> Result<(), StateError> {
+        // A run gathered under the old strategy goes before anything under the new one.
+        self.close_runs();
         let (was, strategy) = match self.objs.get_mut(obj as usize).and_then(|o| o.as_mut()) {
             Some(o) => (std::mem::replace(&mut o.exclusive, exclusive), o.strategy),
             None => return Err(StateError::UnknownObject(obj)),
@@ -528,6 +635,7 @@ impl StateClient {
         &mut self,
         mut moved: impl FnMut(&Key, KeyKind) -> bool,
     ) -> Result<usize, StateError> {
+        self.close_runs();
         let Some(store) = self.store.as_mut() else {
             // Traditional state lives only here: it cannot move.
             return Ok(0);
@@ -618,7 +726,7 @@ impl StateClient {
     /// Queues a bucket request (`code`) to every shard without waiting; false without a store.
     fn submit_buckets(&mut self, code: OpCode, req: &Buckets) -> bool {
         let (v, instance) = (self.vertex, self.instance);
-        let Some(store) = self.store.as_mut() else {
+        let Some(store) = self.store_opt() else {
             return false;
         };
         for s in 0..store.shards() {
@@ -660,7 +768,7 @@ impl StateClient {
         dispose(gone);
         if !lost.is_empty() {
             let instance = self.instance;
-            if let Some(store) = self.store.as_mut() {
+            if let Some(store) = self.store_opt() {
                 for k in lost {
                     let s = k.as_ref().shard(store.shards());
                     release_key(store, s, instance, &k);
@@ -728,7 +836,15 @@ impl StateClient {
         }
     }
 
+    /// The store client, with every open run queued first (see [`Run`]).
     fn store_mut(&mut self) -> &mut StoreClient {
+        self.close_runs();
+        self.store_raw()
+    }
+
+    /// The store client as it is: for operations on per-flow keys, which no run shares, so
+    /// the runs stay open.
+    fn store_raw(&mut self) -> &mut StoreClient {
         self.store
             .as_mut()
             .expect("external strategies have a store")
@@ -1016,7 +1132,12 @@ impl StateClient {
             op.flags |= OpFlag::FlagNonblocking as u32;
         }
         let logged = (self.log_shared && !per_flow).then(|| op.clone());
-        let (shard, seq) = self.store_mut().submit(op);
+        let store = if per_flow {
+            self.store_raw()
+        } else {
+            self.store_mut()
+        };
+        let (shard, seq) = store.submit(op);
         if let Some(mut op) = logged {
             op.seq = seq;
             self.nflog.record_update(shard, op);
@@ -1063,6 +1184,9 @@ impl StateClient {
         // The NF-side log keeps one entry per sequence number, so folding is for stores that
         // are not recovered from it.
         if code == OpCode::OpIncr && !self.log_shared && self.clock != 0 {
+            if !per_flow && sub.is_empty() && self.extend_run(obj, num, flags, idx) {
+                return;
+            }
             let k = KeyRef {
                 vertex: self.vertex,
                 object: obj,
@@ -1071,8 +1195,12 @@ impl StateClient {
             };
             let flags = flags | OpFlag::FlagNonblocking as u32;
             let (instance, clock) = (u32::from(self.instance), self.clock);
-            if self
-                .store_mut()
+            let store = if per_flow {
+                self.store_raw()
+            } else {
+                self.store_mut()
+            };
+            if store
                 .fold_incr(k, num, flags, instance, clock, idx)
                 .is_some()
             {

@@ -256,6 +256,17 @@ impl StoreClient {
         l.next_seq - 1
     }
 
+    /// Queues a non-blocking increment that carries a run of clocks (`Op.more_run`), counted
+    /// as the increments it carries.
+    pub fn submit_run(&mut self, op: wire::Op) -> (u32, u64) {
+        let more = op.more_run as usize;
+        let (shard, seq) = self.submit(op);
+        self.links[shard as usize].queued += more;
+        self.stats.ops += more as u64;
+        self.stats.folded += more as u64;
+        (shard, seq)
+    }
+
     /// Queues a non-blocking increment made for a packet (`op.clock` set), folded into an
     /// earlier one where [`StoreClient::fold_incr`] can. Returns (shard, sequence number of
     /// the operation that carries it).
@@ -279,7 +290,8 @@ impl StoreClient {
 
     /// Folds a packet's non-blocking increment of `k` by `num` into the last unsent operation
     /// on that key, when that one is an increment by the same amount from the same instance
-    /// with the same flags and a clock (`Op.more_clocks`). The shard applies each folded
+    /// with the same flags and a clock (`Op.more_run` for consecutive clocks with one index,
+    /// `Op.more_clocks` otherwise). The shard applies each folded
     /// increment as its own operation, in order, so nothing changes but the cost: a counter
     /// every packet bumps takes one operation per batch instead of one per packet. That other
     /// keys' operations queued in between are overtaken does not matter: the store orders
@@ -334,9 +346,27 @@ impl StoreClient {
             && q.flags == flags
             && q.instance == instance
             && q.clock != 0
-            && q.more_clocks.len() < FOLD_MAX;
+            && q.carried() <= FOLD_MAX;
         if !foldable {
             return None;
+        }
+        // The next clock with the same index extends a run: one number, nothing stored per
+        // packet (the clocks of consecutive packets through one instance are consecutive).
+        // A run that this clock does not extend stays as it is; the clock starts another
+        // operation, which may start another run.
+        if q.more_clocks.is_empty() {
+            let next = q.clock.checked_add(u64::from(q.more_run) + 1);
+            let same_root = crate::shard::root_of(clock) == crate::shard::root_of(q.clock);
+            if next == Some(clock) && op_index == q.op_index && same_root {
+                q.more_run += 1;
+                l.queued += 1;
+                self.stats.ops += 1;
+                self.stats.folded += 1;
+                return Some((shard as u32, q.seq));
+            }
+            if q.more_run > 0 {
+                return None;
+            }
         }
         if q.more_clocks.is_empty() {
             if q.more_clocks.capacity() == 0 {

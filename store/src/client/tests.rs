@@ -159,7 +159,8 @@ fn applied_batches_come_back_empty_for_the_next_ones() {
     let store = Store::start(StoreConfig::in_memory(1)).unwrap();
     let mut c = store.client(1);
     let k = ObjKey::shared(1, 3, Vec::new());
-    for clock in 1..=5u64 {
+    // Clocks with gaps: the folds go in lists, not in a run.
+    for clock in [1, 3, 5, 7, 9] {
         c.submit_incr(clocked(k.incr(1), clock, 0));
     }
     c.sync().unwrap();
@@ -187,10 +188,17 @@ fn an_increment_never_folds_ahead_of_a_later_operation_on_its_key() {
     bump_both(&mut c, &k, &other, 1..=10);
     c.submit_nonblocking(clocked(k.set(&Value::Int(100)), 11, 0));
     bump_both(&mut c, &k, &other, 12..=20);
-    // k's carrier, other's carrier, the set, k's new carrier.
-    assert_eq!(c.links[0].pending.len(), 4);
-    assert_eq!(c.links[0].pending[1].more_clocks.len(), 18);
-    assert_eq!(c.links[0].pending[3].more_clocks.len(), 8);
+    // k's run, other's run, the set, k's new run, other's new run (clock 11 is missing
+    // from its counts, so the first run ends).
+    let runs: Vec<_> = c.links[0]
+        .pending
+        .iter()
+        .map(|o| (o.clock, o.more_run, o.more_clocks.len()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![(1, 9, 0), (1, 9, 0), (11, 0, 0), (12, 8, 0), (12, 8, 0)]
+    );
     c.sync().unwrap();
     assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(109)));
     assert_eq!(c.call(other.get()).unwrap().value, Some(WV::int(19)));
@@ -212,9 +220,53 @@ fn a_lone_counter_does_not_fold_ahead_of_a_set() {
     }
     // The first carrier, the set, the second carrier.
     assert_eq!(c.links[0].pending.len(), 3);
-    assert_eq!(c.links[0].pending[2].more_clocks, vec![8, 9]);
+    assert_eq!(c.links[0].pending[2].more_run, 2);
+    assert!(c.links[0].pending[2].more_clocks.is_empty());
     c.sync().unwrap();
     assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(103)));
+}
+
+/// Consecutive clocks with one op index travel as a run; a clock that does not extend the
+/// run starts another operation, whose folds go in a list when their clocks have gaps or
+/// their op index changes. The store applies and reports each clock once, as if each came
+/// alone.
+#[test]
+fn consecutive_clocks_travel_as_a_run_and_the_others_in_a_list() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut c = store.client(1);
+    c.submit_to(0, ops::subscribe_commits(0));
+    let k = ObjKey::shared(1, 3, Vec::new());
+    let sent = [(1, 0), (2, 0), (3, 0), (5, 0), (6, 1), (8, 0)];
+    for (clock, index) in sent {
+        c.submit_incr(wire::Op {
+            flags: wire::OpFlag::FlagCounted as u32,
+            ..clocked(k.incr(1), clock, index)
+        });
+    }
+    let carried: Vec<_> = c.links[0]
+        .pending
+        .iter()
+        .skip(1)
+        .map(|o| (o.clock, o.more_run, o.more_clocks.clone()))
+        .collect();
+    assert_eq!(carried, vec![(1, 2, vec![]), (5, 0, vec![6, 8])]);
+    c.sync().unwrap();
+    assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(6)));
+    let mut committed = Vec::new();
+    while committed.len() < sent.len() {
+        let p = c
+            .wait_push(Duration::from_secs(5))
+            .unwrap()
+            .expect("commits");
+        for cm in &p.push.commits {
+            committed.extend(cm.clocks().map(|clock| (clock, cm.id)));
+        }
+    }
+    let want: Vec<_> = sent
+        .iter()
+        .map(|&(clock, index)| (clock, crate::shard::update_id(2, 3, index)))
+        .collect();
+    assert_eq!(committed, want);
 }
 
 proptest::proptest! {

@@ -1194,6 +1194,29 @@ fn malformed_folded_operations_are_refused_whole() {
             clock: 0,
             ..base.clone()
         },
+        // A run with a list.
+        wire::Op {
+            flags: F_NONBLOCKING,
+            more_run: 2,
+            ..base.clone()
+        },
+        // A run past its root's last clock.
+        wire::Op {
+            flags: F_NONBLOCKING,
+            clock: (1 << crate::shard::ROOT_SHIFT) - 2,
+            more_clocks: Vec::new(),
+            more_op_index: Vec::new(),
+            more_run: 2,
+            ..base.clone()
+        },
+        wire::Op {
+            flags: F_NONBLOCKING,
+            clock: u64::MAX - 1,
+            more_clocks: Vec::new(),
+            more_op_index: Vec::new(),
+            more_run: 2,
+            ..base.clone()
+        },
     ];
     for (i, o) in bad.into_iter().enumerate() {
         let r = run(&mut s, 1, vec![o]);
@@ -1262,6 +1285,14 @@ enum FoldStep {
         num: i64,
         instance: u32,
     },
+    /// The same for a run of consecutive clocks with one op index (`Op.more_run`).
+    Run {
+        first: u64,
+        more: u32,
+        op_index: u32,
+        num: i64,
+        instance: u32,
+    },
     Subscribe,
     SetBytes,
     /// Clocks below this are retired (the log may empty, and the next logged update starts
@@ -1279,6 +1310,20 @@ fn fold_step() -> impl proptest::strategy::Strategy<Value = FoldStep> {
         )
             .prop_map(|(clocks, num, instance)| FoldStep::Incr {
                 clocks,
+                num,
+                instance
+            }),
+        4 => (
+            1u64..40,
+            1u32..8,
+            0u32..3,
+            prop_oneof![Just(1i64), Just(-2), Just(i64::MAX / 4)],
+            3u32..5,
+        )
+            .prop_map(|(first, more, op_index, num, instance)| FoldStep::Run {
+                first,
+                more,
+                op_index,
                 num,
                 instance
             }),
@@ -1331,6 +1376,30 @@ proptest::proptest! {
                         .collect();
                     (run(&mut folded, 2, vec![carrier]), run(&mut separate, 2, ops))
                 }
+                FoldStep::Run { first, more, op_index, num, instance } => {
+                    let counted = |clock: u64, seq: u64| wire::Op {
+                        seq,
+                        clock,
+                        op_index: *op_index,
+                        instance: *instance,
+                        flags: F_COUNTED | F_NONBLOCKING,
+                        ..incr("pkts", *num)
+                    };
+                    let clocks = *first..=*first + u64::from(*more);
+                    seen.extend(clocks.clone().map(|c| (c, *op_index)));
+                    seq.0 += 1;
+                    let carrier = wire::Op {
+                        more_run: *more,
+                        ..counted(*first, seq.0)
+                    };
+                    let ops = clocks
+                        .map(|c| {
+                            seq.1 += 1;
+                            counted(c, seq.1)
+                        })
+                        .collect();
+                    (run(&mut folded, 2, vec![carrier]), run(&mut separate, 2, ops))
+                }
                 FoldStep::Subscribe => {
                     let o = op(OpCode::OpSubscribe, "pkts");
                     (run(&mut folded, 5, vec![o.clone()]), run(&mut separate, 5, vec![o]))
@@ -1346,8 +1415,12 @@ proptest::proptest! {
                     (run(&mut folded, 100, vec![o.clone()]), run(&mut separate, 100, vec![o]))
                 }
             };
+            // A run's one commit stands for the commit of each of its clocks.
             let commits = |o: &Outputs| -> Vec<(ClientId, u64, u32)> {
-                o.commits.iter().map(|(to, c)| (*to, c.clock, c.id)).collect()
+                o.commits
+                    .iter()
+                    .flat_map(|(to, c)| c.clocks().map(move |k| (*to, k, c.id)))
+                    .collect()
             };
             prop_assert_eq!(commits(&f), commits(&s));
             let pushes = |o: &Outputs| -> Vec<(ClientId, Option<WV>)> {
