@@ -20,6 +20,11 @@ pub use generated::*;
 /// 4: the same for a run of clocks (`Op.more_run`), and commits for a run (`Commit.run`).
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// The longest run of clocks (`Op.more_run`) a store accepts in one operation. A list of
+/// clocks is bounded by the frame's size; a run costs a few bytes whatever its length, and
+/// the store keeps a record per clock.
+pub const MAX_RUN: u32 = 1 << 16;
+
 /// Default limit on one frame (bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 

@@ -779,6 +779,7 @@ impl Shard {
             && op.clock != 0
             && op.more_clocks.len() == op.more_op_index.len()
             && !op.more_clocks.contains(&0)
+            && op.more_run <= wire::MAX_RUN
             && (op.more_run == 0
                 || op.more_clocks.is_empty()
                     && op

@@ -1209,6 +1209,14 @@ fn malformed_folded_operations_are_refused_whole() {
             more_run: 2,
             ..base.clone()
         },
+        // A run longer than any store keeps records for.
+        wire::Op {
+            flags: F_NONBLOCKING,
+            more_clocks: Vec::new(),
+            more_op_index: Vec::new(),
+            more_run: u32::MAX,
+            ..base.clone()
+        },
         wire::Op {
             flags: F_NONBLOCKING,
             clock: u64::MAX - 1,
