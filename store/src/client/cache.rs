@@ -324,10 +324,11 @@ impl StateClient {
         }
     }
 
-    /// Adds a counter's increment to its open run, or opens one; false (nothing done) when
-    /// the increment cannot go in a run.
+    /// Adds the current packet's increment of counter `obj` to the counter's open run, or
+    /// queues that run (if any) and opens another with it. The caller checked that the
+    /// increment may go in a run (blind, cross-flow, no key bytes, clocked, no NF-side log).
     #[inline]
-    fn extend_run(&mut self, obj: u16, num: i64, flags: u32, op_index: u32) -> bool {
+    fn extend_run(&mut self, obj: u16, num: i64, flags: u32, op_index: u32) {
         let clock = self.clock;
         let i = usize::from(obj) % RUN_SLOTS;
         if let Some(r) = &mut self.runs[i] {
@@ -341,7 +342,7 @@ impl StateClient {
                 && crate::shard::root_of(clock) == crate::shard::root_of(r.first)
             {
                 r.more += 1;
-                return true;
+                return;
             }
             self.close_run(i);
         }
@@ -354,7 +355,6 @@ impl StateClient {
             flags,
         });
         self.open_runs += 1;
-        true
     }
 
     /// Queues the open run in slot `i` as one operation.
@@ -1184,7 +1184,8 @@ impl StateClient {
         // The NF-side log keeps one entry per sequence number, so folding is for stores that
         // are not recovered from it.
         if code == OpCode::OpIncr && !self.log_shared && self.clock != 0 {
-            if !per_flow && sub.is_empty() && self.extend_run(obj, num, flags, idx) {
+            if !per_flow && sub.is_empty() {
+                self.extend_run(obj, num, flags, idx);
                 return;
             }
             let k = KeyRef {
