@@ -225,10 +225,10 @@ impl Op {
 
     /// The clock of the last packet's increment the operation carries.
     pub fn last_carried_clock(&self) -> u64 {
-        match self.more_clocks.last() {
-            _ if self.more_run > 0 => self.clock.wrapping_add(u64::from(self.more_run)),
-            Some(&c) => c,
-            None => self.clock,
+        if self.more_run > 0 {
+            self.clock.wrapping_add(u64::from(self.more_run))
+        } else {
+            self.more_clocks.last().copied().unwrap_or(self.clock)
         }
     }
 

@@ -46,6 +46,12 @@ pub fn root_of(clock: u64) -> u16 {
     (clock >> ROOT_SHIFT) as u16
 }
 
+/// Whether `clock` comes right after a run of clocks `first ..= first + more`, from the same
+/// root (`Op.more_run`).
+pub fn extends_run(first: u64, more: u32, clock: u64) -> bool {
+    first.checked_add(u64::from(more) + 1) == Some(clock) && root_of(clock) == root_of(first)
+}
+
 /// Object id reserved for non-deterministic values.
 pub const NONDET_OBJECT: u16 = 0xFFFF;
 

@@ -332,14 +332,12 @@ impl StateClient {
         let clock = self.clock;
         let i = usize::from(obj) % RUN_SLOTS;
         if let Some(r) = &mut self.runs[i] {
-            let next = r.first.wrapping_add(u64::from(r.more) + 1);
             if r.obj == obj
-                && next == clock
                 && r.op_index == op_index
                 && r.num == num
                 && r.flags == flags
                 && r.more < RUN_MAX
-                && crate::shard::root_of(clock) == crate::shard::root_of(r.first)
+                && crate::shard::extends_run(r.first, r.more, clock)
             {
                 r.more += 1;
                 return;
@@ -838,13 +836,15 @@ impl StateClient {
 
     /// The store client, with every open run queued first (see [`Run`]).
     fn store_mut(&mut self) -> &mut StoreClient {
-        self.close_runs();
-        self.store_raw()
+        self.store_for(false)
     }
 
-    /// The store client as it is: for operations on per-flow keys, which no run shares, so
-    /// the runs stay open.
-    fn store_raw(&mut self) -> &mut StoreClient {
+    /// The store client for an operation on a per-flow key (no run shares one, so the runs
+    /// stay open) or on a cross-flow one (every open run queued first).
+    fn store_for(&mut self, per_flow: bool) -> &mut StoreClient {
+        if !per_flow {
+            self.close_runs();
+        }
         self.store
             .as_mut()
             .expect("external strategies have a store")
@@ -1132,12 +1132,7 @@ impl StateClient {
             op.flags |= OpFlag::FlagNonblocking as u32;
         }
         let logged = (self.log_shared && !per_flow).then(|| op.clone());
-        let store = if per_flow {
-            self.store_raw()
-        } else {
-            self.store_mut()
-        };
-        let (shard, seq) = store.submit(op);
+        let (shard, seq) = self.store_for(per_flow).submit(op);
         if let Some(mut op) = logged {
             op.seq = seq;
             self.nflog.record_update(shard, op);
@@ -1196,12 +1191,8 @@ impl StateClient {
             };
             let flags = flags | OpFlag::FlagNonblocking as u32;
             let (instance, clock) = (u32::from(self.instance), self.clock);
-            let store = if per_flow {
-                self.store_raw()
-            } else {
-                self.store_mut()
-            };
-            if store
+            if self
+                .store_for(per_flow)
                 .fold_incr(k, num, flags, instance, clock, idx)
                 .is_some()
             {

@@ -354,32 +354,27 @@ impl StoreClient {
         // packet (the clocks of consecutive packets through one instance are consecutive).
         // A run that this clock does not extend stays as it is; the clock starts another
         // operation, which may start another run.
-        if q.more_clocks.is_empty() {
-            let next = q.clock.checked_add(u64::from(q.more_run) + 1);
-            let same_root = crate::shard::root_of(clock) == crate::shard::root_of(q.clock);
-            if next == Some(clock) && op_index == q.op_index && same_root {
-                q.more_run += 1;
-                l.queued += 1;
-                self.stats.ops += 1;
-                self.stats.folded += 1;
-                return Some((shard as u32, q.seq));
-            }
-            if q.more_run > 0 {
-                return None;
-            }
-        }
-        if q.more_clocks.is_empty() {
-            if q.more_clocks.capacity() == 0 {
-                if let Some((c, i)) = self.mailbox.take_spent_folds() {
-                    (q.more_clocks, q.more_op_index) = (c, i);
+        if q.more_clocks.is_empty()
+            && op_index == q.op_index
+            && crate::shard::extends_run(q.clock, q.more_run, clock)
+        {
+            q.more_run += 1;
+        } else if q.more_run > 0 {
+            return None;
+        } else {
+            if q.more_clocks.is_empty() {
+                if q.more_clocks.capacity() == 0 {
+                    if let Some((c, i)) = self.mailbox.take_spent_folds() {
+                        (q.more_clocks, q.more_op_index) = (c, i);
+                    }
                 }
+                q.more_clocks.reserve(l.fold_room);
+                q.more_op_index.reserve(l.fold_room);
             }
-            q.more_clocks.reserve(l.fold_room);
-            q.more_op_index.reserve(l.fold_room);
+            q.more_clocks.push(clock);
+            q.more_op_index.push(op_index);
+            l.fold_room = l.fold_room.max(q.more_clocks.len());
         }
-        q.more_clocks.push(clock);
-        q.more_op_index.push(op_index);
-        l.fold_room = l.fold_room.max(q.more_clocks.len());
         l.queued += 1;
         self.stats.ops += 1;
         self.stats.folded += 1;
