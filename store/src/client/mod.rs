@@ -77,6 +77,10 @@ struct ShardLink {
     /// In process: a batch reached the shard while it slept, and it is woken when this many
     /// more calls of [`StoreClient::flush_coalesced`] have passed (0: no wake-up owed).
     wake_in: u8,
+    /// In process: a batch went quietly since the shard was last woken. A shard that naps
+    /// instead of sleeping owes no wake-up for it, but whoever waits next unparks the nap
+    /// ([`StoreClient::flush_shard`]) rather than wait for its end.
+    quiet: bool,
     /// Most increments one operation of this link carried in the last batches: a new
     /// carrier makes room for as many, so it does not grow (reallocate and copy) while a
     /// batch fills.
@@ -191,6 +195,7 @@ impl StoreClient {
                     queued: 0,
                     held: false,
                     wake_in: 0,
+                    quiet: false,
                     fold_room: FOLD_RESERVE,
                     acked: 0,
                     last_progress: now,
@@ -395,9 +400,11 @@ impl StoreClient {
         Ok(())
     }
 
-    /// Wakes shard `s` if a batch sent quietly is waiting for it.
+    /// Wakes shard `s` if a batch sent quietly is waiting for it (asleep, or napping).
     fn pay_wake(&mut self, s: usize) {
-        if std::mem::take(&mut self.links[s].wake_in) == 0 {
+        let l = &mut self.links[s];
+        let owed = std::mem::take(&mut l.wake_in) != 0;
+        if !std::mem::take(&mut l.quiet) && !owed {
             return;
         }
         if let Transport::InProc { workers } = &self.transport {
@@ -489,8 +496,12 @@ impl StoreClient {
                     w.send(m);
                     // Woken if asleep: it takes the batches sent quietly before too.
                     l.wake_in = 0;
-                } else if w.send_quietly(m) && l.wake_in == 0 {
-                    l.wake_in = WAKE_AFTER;
+                    l.quiet = false;
+                } else {
+                    l.quiet = true;
+                    if w.send_quietly(m) && l.wake_in == 0 {
+                        l.wake_in = WAKE_AFTER;
+                    }
                 }
                 Ok(())
             }

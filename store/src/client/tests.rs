@@ -360,3 +360,42 @@ fn a_batch_sent_quietly_wakes_the_shard_soon_after() {
         );
     }
 }
+
+/// A shard that applied an in-process batch a moment ago naps instead of sleeping: a batch
+/// sent quietly then owes it no wake-up (no system call on the sender's per-packet path) and
+/// is still applied, by the shard looking again on its own.
+#[test]
+fn a_batch_sent_quietly_to_a_napping_shard_owes_no_wake_up() {
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut c = store.client(1);
+    let k = ObjKey::shared(1, 4, Vec::new());
+    // A busy machine may delay this thread past the shard's nap window, and the shard then
+    // sleeps; only an attempt that found it napping tests anything.
+    let mut napped = 0;
+    for _ in 0..50 {
+        c.call(k.incr(1)).unwrap();
+        // Past the short poll after a reply, inside the nap window.
+        std::thread::sleep(Duration::from_micros(200));
+        c.submit_nonblocking(k.incr(1));
+        c.flush_coalesced(1).unwrap();
+        if c.links[0].wake_in != 0 {
+            c.flush().unwrap();
+        } else {
+            napped += 1;
+            assert!(
+                acked_within(&mut c, Duration::from_millis(300)).is_some(),
+                "a batch sent to a napping shard was not applied"
+            );
+        }
+        c.sync().unwrap();
+        if napped >= 5 {
+            break;
+        }
+    }
+    assert!(
+        napped >= 5,
+        "the shard slept instead of napping ({napped} of 50)"
+    );
+    let v = c.call(k.get()).unwrap().value;
+    assert!(v.and_then(|v| v.as_int()).is_some_and(|n| n >= 10));
+}

@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,11 @@ pub(crate) struct WorkerShared {
     /// Set while the thread is (about to be) blocked in poll: only then is a wake-up needed,
     /// so a busy shard costs its senders no system call.
     sleeping: AtomicBool,
+    /// Set while the thread naps (see `worker::NAP`): it looks at its inbox again by itself
+    /// soon, so a batch nobody waits for owes it nothing; one that is waited for unparks it.
+    napping: AtomicBool,
+    /// The shard's thread, for unparking a nap.
+    thread: OnceLock<Thread>,
 }
 
 impl WorkerShared {
@@ -166,10 +171,14 @@ impl WorkerShared {
         self.sleeping.load(Ordering::SeqCst)
     }
 
-    /// Wakes the thread if it sleeps (it then takes everything queued).
+    /// Wakes the thread if it sleeps or naps (it then takes everything queued).
     pub(crate) fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
             let _ = self.waker.wake();
+        } else if self.napping.load(Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
         }
     }
 }
@@ -363,6 +372,8 @@ impl Store {
                 rx,
                 waker,
                 sleeping: AtomicBool::new(false),
+                napping: AtomicBool::new(false),
+                thread: OnceLock::new(),
             }));
             polls.push(poll);
         }

@@ -48,6 +48,14 @@ const FENCE_WAIT: Duration = Duration::from_secs(2);
 /// state after its handover, a pop after a push), and waking a sleeping thread costs more
 /// than that on a VM.
 const REPLY_SPIN: Duration = Duration::from_micros(20);
+/// How long a shard thread naps, instead of sleeping until woken, while in-process clients
+/// keep sending ([`NAP_AFTER`]). A client that sends a batch nobody waits for then owes the
+/// thread no wake-up: on a VM that is a system call and an interrupt to another vCPU, which
+/// a DPDK lcore would otherwise pay every few hundred packets. The kernel's default timer
+/// slack (50 us) comes on top; a client that waits for a reply unparks the nap.
+const NAP: Duration = Duration::from_micros(20);
+/// How long after the last batch of an in-process client the shard thread naps when idle.
+const NAP_AFTER: Duration = Duration::from_millis(1);
 
 /// A native connection held back until the connections of the clients it supersedes are
 /// gone (see `Hello.supersedes`).
@@ -113,6 +121,10 @@ pub(crate) struct Worker {
     last_ckpt: Instant,
     /// When a pass last replied to an in-process client (see [`REPLY_SPIN`]).
     replied: Option<Instant>,
+    /// When the inbox last brought an in-process client's batch (see [`NAP`]).
+    batch_at: Option<Instant>,
+    /// Whether the current pass took an in-process client's batch.
+    took_batch: bool,
     /// Shard counters at the last checkpoint: an idle shard writes none.
     ckpt_mark: (u64, u64),
     /// What taking the last checkpoint's delta cost this thread.
@@ -167,6 +179,8 @@ impl Worker {
             ckpt,
             last_ckpt: Instant::now(),
             replied: None,
+            batch_at: None,
+            took_batch: false,
             ckpt_mark: (u64::MAX, u64::MAX),
             ckpt_cost: Duration::ZERO,
             busy: Duration::ZERO,
@@ -188,6 +202,7 @@ impl Worker {
     /// Serves until shutdown; returns the shard's final counters.
     pub fn run(mut self) -> ShardStats {
         let mut events = Events::with_capacity(1024);
+        let _ = self.shared.thread.set(std::thread::current());
         loop {
             let t0 = Instant::now();
             self.now_ns = SystemTime::now()
@@ -197,11 +212,21 @@ impl Worker {
             if stop {
                 break;
             }
+            if std::mem::take(&mut self.took_batch) {
+                self.batch_at = Some(t0);
+            }
             self.busy += t0.elapsed();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.replied.is_some_and(|t| t.elapsed() < REPLY_SPIN) {
                 std::hint::spin_loop();
+                Some(Duration::ZERO)
+            } else if self.batch_at.is_some_and(|t| t.elapsed() < NAP_AFTER) {
+                self.shared.napping.store(true, Ordering::SeqCst);
+                if self.shared.rx.is_empty() {
+                    std::thread::park_timeout(NAP);
+                }
+                self.shared.napping.store(false, Ordering::SeqCst);
                 Some(Duration::ZERO)
             } else {
                 self.shared.sleeping.store(true, Ordering::SeqCst);
@@ -283,6 +308,7 @@ impl Worker {
                     }
                     self.apply(client, &ops);
                     mailbox.give_back(ops);
+                    self.took_batch = true;
                 }
                 Inbound::Detach { client } => {
                     if matches!(self.sinks.get(&client), Some(Sink::Mailbox(_))) {
