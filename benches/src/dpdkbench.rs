@@ -100,6 +100,11 @@ pub struct Trial {
     pub p50_us: f64,
     pub p99_us: f64,
     pub tsc_hz: u64,
+    /// Share of the lcore's loop cycles spent in iterations that had packets: below 1, the
+    /// chain waited (for the source's packets, or for room in the root's log).
+    pub busy_share: f64,
+    /// Packets in the root's log, the median of samples taken every 10 ms.
+    pub root_in_flight: u64,
 }
 
 impl Trial {
@@ -114,6 +119,8 @@ impl Trial {
             p50_us: v["p50_us"].as_f64().unwrap_or(0.0),
             p99_us: v["p99_us"].as_f64().unwrap_or(0.0),
             tsc_hz: v["tsc_hz"].as_u64().unwrap_or(0),
+            busy_share: v["busy_share"].as_f64().unwrap_or(0.0),
+            root_in_flight: v["root_in_flight"].as_u64().unwrap_or(0),
         })
     }
 }
@@ -330,28 +337,43 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
     let stop = dp.stop_handle();
     // The main lcore runs the chain (in `wait`); this thread measures, then stops it.
     let main_tid = std::process::id();
-    let watcher = std::thread::spawn(move || -> Result<(u64, f64, f64)> {
-        let transmitted = || {
-            telemetry
-                .figures()
-                .ports
+    let watcher = std::thread::spawn(move || -> Result<(u64, f64, f64, f64, u64)> {
+        let transmitted = |f: &telemetry::Figures| {
+            f.ports
                 .iter()
                 .find(|p| p.name == "out")
                 .map_or(0, |p| p.tx_packets)
         };
+        let cycles = |f: &telemetry::Figures| {
+            f.lcores.iter().fold((0u64, 0u64), |(b, t), l| {
+                (b + l.busy_cycles, t + l.total_cycles)
+            })
+        };
         std::thread::sleep(Duration::from_secs(1));
-        let (n0, c0, t0) = (transmitted(), thread_cpu_seconds(main_tid), Instant::now());
-        std::thread::sleep(Duration::from_secs(seconds));
-        let (n1, c1, secs) = (
-            transmitted(),
-            thread_cpu_seconds(main_tid),
-            t0.elapsed().as_secs_f64(),
-        );
+        let f0 = telemetry.figures();
+        let (c0, t0) = (thread_cpu_seconds(main_tid), Instant::now());
+        let mut in_flight = Vec::new();
+        while t0.elapsed() < Duration::from_secs(seconds) {
+            std::thread::sleep(Duration::from_millis(10));
+            in_flight.push(telemetry.figures().root_in_flight);
+        }
+        let f1 = telemetry.figures();
+        let (c1, secs) = (thread_cpu_seconds(main_tid), t0.elapsed().as_secs_f64());
         stop.stop();
-        Ok((n1 - n0, c1? - c0?, secs))
+        let ((b0, tot0), (b1, tot1)) = (cycles(&f0), cycles(&f1));
+        let busy = (b1 - b0) as f64 / ((tot1 - tot0) as f64).max(1.0);
+        in_flight.sort_unstable();
+        let median = in_flight.get(in_flight.len() / 2).copied().unwrap_or(0);
+        Ok((
+            transmitted(&f1) - transmitted(&f0),
+            c1? - c0?,
+            secs,
+            busy,
+            median,
+        ))
     });
     let summary = dp.wait()?;
-    let (packets, cpu_seconds, secs) = watcher
+    let (packets, cpu_seconds, secs, busy_share, root_in_flight) = watcher
         .join()
         .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
     Ok(Trial {
@@ -361,6 +383,8 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
         p50_us: summary.chain.latency_p50_us,
         p99_us: summary.chain.latency_p99_us,
         tsc_hz: hz,
+        busy_share,
+        root_in_flight,
     })
 }
 
@@ -398,6 +422,7 @@ pub fn run(a: &DpdkArgs) -> Result<()> {
             serde_json::json!({
                 "mpps": t.mpps, "packets": t.packets, "cpu_seconds": t.cpu_seconds,
                 "p50_us": t.p50_us, "p99_us": t.p99_us, "tsc_hz": t.tsc_hz,
+                "busy_share": t.busy_share, "root_in_flight": t.root_in_flight,
             })
         );
         return Ok(());
