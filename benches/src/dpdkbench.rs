@@ -105,6 +105,9 @@ pub struct Trial {
     pub busy_share: f64,
     /// Packets in the root's log, the median of samples taken every 10 ms.
     pub root_in_flight: u64,
+    /// CPU time of the in-process store's shard threads per packet, in TSC cycles: what
+    /// the store costs beside the lcore.
+    pub store_cycles_per_packet: f64,
 }
 
 impl Trial {
@@ -121,6 +124,7 @@ impl Trial {
             tsc_hz: v["tsc_hz"].as_u64().unwrap_or(0),
             busy_share: v["busy_share"].as_f64().unwrap_or(0.0),
             root_in_flight: v["root_in_flight"].as_u64().unwrap_or(0),
+            store_cycles_per_packet: v["store_cycles_per_packet"].as_f64().unwrap_or(0.0),
         })
     }
 }
@@ -221,6 +225,20 @@ fn thread_cpu_seconds(tid: u32) -> Result<f64> {
     let ticks: u64 = f.get(11).context("no utime")?.parse::<u64>()?
         + f.get(12).context("no stime")?.parse::<u64>()?;
     Ok(ticks as f64 / 100.0)
+}
+
+/// CPU seconds of this process's in-process store shard threads (named `shard-N`).
+fn shard_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("shard-"))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tid| thread_cpu_seconds(tid).ok())
+        .sum()
 }
 
 /// The traffic source: keeps `IN_FLIGHT` packets going round through the chain.
@@ -337,7 +355,7 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
     let stop = dp.stop_handle();
     // The main lcore runs the chain (in `wait`); this thread measures, then stops it.
     let main_tid = std::process::id();
-    let watcher = std::thread::spawn(move || -> Result<(u64, f64, f64, f64, u64)> {
+    let watcher = std::thread::spawn(move || -> Result<(u64, f64, f64, f64, u64, f64)> {
         let transmitted = |f: &telemetry::Figures| {
             f.ports
                 .iter()
@@ -351,14 +369,22 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
         };
         std::thread::sleep(Duration::from_secs(1));
         let f0 = telemetry.figures();
-        let (c0, t0) = (thread_cpu_seconds(main_tid), Instant::now());
+        let (c0, s0, t0) = (
+            thread_cpu_seconds(main_tid),
+            shard_cpu_seconds(),
+            Instant::now(),
+        );
         let mut in_flight = Vec::new();
         while t0.elapsed() < Duration::from_secs(seconds) {
             std::thread::sleep(Duration::from_millis(10));
             in_flight.push(telemetry.figures().root_in_flight);
         }
         let f1 = telemetry.figures();
-        let (c1, secs) = (thread_cpu_seconds(main_tid), t0.elapsed().as_secs_f64());
+        let (c1, s1, secs) = (
+            thread_cpu_seconds(main_tid),
+            shard_cpu_seconds(),
+            t0.elapsed().as_secs_f64(),
+        );
         stop.stop();
         let ((b0, tot0), (b1, tot1)) = (cycles(&f0), cycles(&f1));
         let busy = (b1 - b0) as f64 / ((tot1 - tot0) as f64).max(1.0);
@@ -370,12 +396,14 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
             secs,
             busy,
             median,
+            s1 - s0,
         ))
     });
     let summary = dp.wait()?;
-    let (packets, cpu_seconds, secs, busy_share, root_in_flight) = watcher
-        .join()
-        .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
+    let (packets, cpu_seconds, secs, busy_share, root_in_flight, store_seconds) =
+        watcher
+            .join()
+            .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
     Ok(Trial {
         mpps: packets as f64 / secs / 1e6,
         packets,
@@ -385,6 +413,7 @@ pub fn trial(kind: &str, size: usize, seconds: u64, log_limit: Option<usize>) ->
         tsc_hz: hz,
         busy_share,
         root_in_flight,
+        store_cycles_per_packet: store_seconds * hz as f64 / packets.max(1) as f64,
     })
 }
 
@@ -423,6 +452,7 @@ pub fn run(a: &DpdkArgs) -> Result<()> {
                 "mpps": t.mpps, "packets": t.packets, "cpu_seconds": t.cpu_seconds,
                 "p50_us": t.p50_us, "p99_us": t.p99_us, "tsc_hz": t.tsc_hz,
                 "busy_share": t.busy_share, "root_in_flight": t.root_in_flight,
+                "store_cycles_per_packet": t.store_cycles_per_packet,
             })
         );
         return Ok(());
