@@ -100,7 +100,8 @@ struct RunArgs {
     /// N packets; repeatable). Flows move with the state handover of the dissertation's
     /// Fig 3.7; the summary reports each move. NAME:clone=I@N starts a clone of straggling
     /// instance I (§3.4.3): it replays the root's log, races the straggler on a copy of its
-    /// traffic, and the slower one goes (alone, not with other steps).
+    /// traffic, and the slower one goes (alone, not with other steps). With --backend dpdk:
+    /// out and in, for a vertex whose instances all run on the root's lcore.
     #[arg(long = "scale", value_name = "NAME:out|in@N")]
     scale: Vec<String>,
     /// Admit at most this many packets per second (default: as fast as the chain takes them).
@@ -294,10 +295,26 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
         "--delay is not supported with --backend dpdk"
     );
     anyhow::ensure!(
-        a.scale.is_empty() && !a.naive_move && a.rate.is_none(),
-        "--scale and --rate run on the embedded backend only"
+        !a.naive_move && a.rate.is_none(),
+        "--naive-move and --rate run on the embedded backend only"
     );
     let mut chain = load_chain(&a.chain)?;
+    let mut scaling = Vec::new();
+    for st in &a.scale {
+        let st = parse_scale(st, true)?;
+        anyhow::ensure!(
+            chain.vertex(&st.vertex).is_some(),
+            "--scale: no vertex named {:?}",
+            st.vertex
+        );
+        anyhow::ensure!(
+            !matches!(st.action, ScaleAction::Clone(_)),
+            "--scale {}:clone runs on the embedded backend only (out and in run on DPDK too)",
+            st.vertex
+        );
+        scaling.push(st);
+    }
+    scaling.sort_by_key(|s| s.after_packets);
     if let Some(m) = &a.mode {
         chain.set_mode(m.parse().map_err(anyhow::Error::msg)?);
     }
@@ -317,6 +334,7 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     opts.telemetry = a.telemetry.clone();
     opts.pool_size = a.mbufs;
     opts.progress = a.progress;
+    opts.scaling = scaling;
     let s = dpdk::run(&opts).context("running the chain on DPDK")?;
     eprintln!("{s}");
     if let Some(p) = &a.summary_json {

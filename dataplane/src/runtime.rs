@@ -212,17 +212,37 @@ enum Ctl {
 
 /// Buckets moving from one instance of a vertex to another.
 pub struct Move {
-    id: u64,
-    from: u16,
-    to: u16,
-    buckets: Vec<bool>,
+    pub(crate) id: u64,
+    pub(crate) from: u16,
+    pub(crate) to: u16,
+    pub(crate) buckets: Vec<bool>,
     /// Instances the vertex runs once the move is done.
-    parallelism: u16,
+    pub(crate) parallelism: u16,
     handover: bool,
 }
 
 impl Move {
-    fn has(&self, b: usize) -> bool {
+    /// What the old instance of `vertex` reports of this move once it handed `objects`
+    /// over in `handover_us`.
+    pub(crate) fn handed_over(
+        &self,
+        vertex: &str,
+        objects: usize,
+        handover_us: f64,
+    ) -> MoveSummary {
+        MoveSummary {
+            id: self.id,
+            vertex: vertex.to_string(),
+            from: self.from,
+            to: self.to,
+            buckets: self.buckets.iter().filter(|&&b| b).count(),
+            objects,
+            handover_us,
+            held: 0,
+        }
+    }
+
+    pub(crate) fn has(&self, b: usize) -> bool {
         self.buckets[b % BUCKETS]
     }
 }
@@ -738,16 +758,9 @@ impl Instance {
             HandedOver::Done(n) => n,
             HandedOver::ForgetAfter => self.inst.forget_moved(&|b| m.has(b)),
         };
-        self.stats.moves.push(MoveSummary {
-            id: m.id,
-            vertex: self.inst.name.clone(),
-            from: m.from,
-            to: m.to,
-            buckets: m.buckets.iter().filter(|&&b| b).count(),
-            objects,
-            handover_us,
-            held: 0,
-        });
+        self.stats
+            .moves
+            .push(m.handed_over(&self.inst.name, objects, handover_us));
     }
 
     /// The new instance takes over (step 7): the held packets go first, in their order.
@@ -1465,7 +1478,12 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
 }
 
 /// The moves of one scaling step, applied to the manager's table of the vertex.
-fn plan_moves(st: &ScaleStep, live: &mut u16, table: &mut [u16], next_id: &mut u64) -> Vec<Move> {
+pub(crate) fn plan_moves(
+    st: &ScaleStep,
+    live: &mut u16,
+    table: &mut [u16],
+    next_id: &mut u64,
+) -> Vec<Move> {
     let mut moves = Vec::new();
     let mut add = |from: u16, to: u16, buckets: Vec<bool>, parallelism: u16| {
         if buckets.iter().any(|&b| b) {

@@ -140,26 +140,20 @@ fn every_trace_gives_the_embedded_output_and_events() {
     }
 }
 
-/// Several instances per vertex on three lcores: rings between lcores, splitters choosing
-/// instances; the outcome is the same multiset of packets and events.
-#[test]
-fn three_lcores_and_parallel_instances_give_the_same_result() {
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // Deterministic whatever the interleaving: the NAT alone allocates ports, each
-    // portscan instance keeps its own hosts' state (no load balancer, whose least-loaded
-    // choice depends on the order in which instances' outputs meet).
-    let text = r#"
+/// NAT -> portscan detector (`portscan` instances), the Trojan detector on a tap of the NAT.
+/// Deterministic whatever the interleaving: the NAT alone allocates ports, each portscan
+/// instance keeps its own hosts' state (no load balancer, whose least-loaded choice depends
+/// on the order in which instances' outputs meet). Returns the chain and its file in `dir`.
+fn nat_portscan_trojan(dir: &Path, portscan: u16) -> (Chain, PathBuf) {
+    let text = format!(
+        r#"
 [[vertex]]
 name = "nat"
 nf = "nat"
 [[vertex]]
 name = "portscan"
 nf = "portscan"
-parallelism = 3
+parallelism = {portscan}
 [[vertex]]
 name = "trojan"
 nf = "trojan"
@@ -169,11 +163,25 @@ to = "portscan"
 [[tap]]
 from = "nat"
 to = "trojan"
-"#;
-    let chain = Chain::parse(text, "parallel.toml").unwrap();
-    assert_eq!(chain.vertex("portscan").unwrap().parallelism, 3);
-    let chain_file = dir.path().join("parallel.toml");
-    std::fs::write(&chain_file, text).unwrap();
+"#
+    );
+    let chain = Chain::parse(&text, "chain.toml").unwrap();
+    assert_eq!(chain.vertex("portscan").unwrap().parallelism, portscan);
+    let file = dir.join("chain.toml");
+    std::fs::write(&file, &text).unwrap();
+    (chain, file)
+}
+
+/// Several instances per vertex on three lcores: rings between lcores, splitters choosing
+/// instances; the outcome is the same multiset of packets and events.
+#[test]
+fn three_lcores_and_parallel_instances_give_the_same_result() {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, chain_file) = nat_portscan_trojan(dir.path(), 3);
     for t in ["ftp-ipv4.pcap", "scan-nmap-vsn.pcap", "mixed.pcap"] {
         let t = traces().into_iter().find(|p| p.ends_with(t)).unwrap();
         let name = t.file_stem().unwrap().to_string_lossy().to_string();
@@ -218,6 +226,138 @@ to = "trojan"
             sorted_lines(&dev),
             "{name}: events differ"
         );
+    }
+}
+
+/// Scale-out and scale-in on the DPDK path: the portscan detector goes from two instances to
+/// three, then back to two and to one, at a quarter, half and three quarters of each trace,
+/// its flows' state handed over at each move. The output packets and events, alerts
+/// included, are those of the embedded path without any scaling: a detector instance that
+/// lost a host's state on a move would miss (or invent) an alert.
+#[test]
+fn scaling_out_and_in_keeps_the_output_and_alerts() {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, chain_file) = nat_portscan_trojan(dir.path(), 2);
+    let (mut alerts, mut moved_and_alerted) = (0, 0);
+    for t in traces() {
+        let name = t.file_stem().unwrap().to_string_lossy().to_string();
+        let n = pcapio::read_all(&t).unwrap().len();
+        let (eo, ee) = (dir.path().join("e.pcap"), dir.path().join("e.jsonl"));
+        let (dout, dev) = (dir.path().join("d.pcap"), dir.path().join("d.jsonl"));
+        embedded(chain.clone(), &t, &eo, &ee);
+        let steps = [
+            format!("portscan:out@{}", n / 4),
+            format!("portscan:in@{}", n / 2),
+            format!("portscan:in@{}", 3 * n / 4),
+        ];
+        let mut args = vec![
+            "--pcap-in",
+            t.to_str().unwrap(),
+            "--pcap-out",
+            dout.to_str().unwrap(),
+            "--events",
+            dev.to_str().unwrap(),
+        ];
+        for st in &steps {
+            args.extend(["--scale", st.as_str()]);
+        }
+        let s = dpdk_run(&args, Some(&chain_file), dir.path(), &name);
+        let portscan = s["vertices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "portscan")
+            .unwrap();
+        let busy = portscan["per_instance_in"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n.as_u64() > Some(0))
+            .count();
+        let alerted = std::fs::read_to_string(&dev).unwrap().contains("\"alert\"");
+        if busy > 1 && alerted {
+            // A host's flows went through two instances and its alert still came.
+            moved_and_alerted += 1;
+        }
+        let moves = s["moves"].as_array().unwrap();
+        assert!(
+            moves.len() >= 3,
+            "{name}: out to 3 instances, in to 2, in to 1: {moves:?}"
+        );
+        assert!(
+            sorted_records(&eo) == sorted_records(&dout),
+            "{name}: output differs from the embedded path"
+        );
+        // Which portscan instance raised an event depends on where its host was then.
+        let events = without_instance(&ee, "portscan");
+        assert_eq!(
+            events,
+            without_instance(&dev, "portscan"),
+            "{name}: events differ"
+        );
+        alerts += events.iter().filter(|l| l.contains("\"alert\"")).count();
+    }
+    assert!(
+        alerts > 0,
+        "some trace raises an alert, so the state moves are tested"
+    );
+    assert!(
+        moved_and_alerted > 0,
+        "on some trace an alert comes after the detector's traffic moved between instances"
+    );
+}
+
+/// The events of a file, sorted, with the instance left out of those of `vertex`.
+fn without_instance(p: &Path, vertex: &str) -> Vec<String> {
+    let mut v: Vec<String> = sorted_lines(p)
+        .into_iter()
+        .map(|l| {
+            let mut e: serde_json::Value = serde_json::from_str(&l).unwrap();
+            if e["vertex"] == vertex {
+                e.as_object_mut().unwrap().remove("instance");
+            }
+            e.to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the DPDK path cannot scale is refused with the reason.
+#[test]
+fn scaling_the_dpdk_path_refuses_what_it_cannot_do() {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_chc-dataplane");
+    let t = traces()
+        .into_iter()
+        .find(|p| p.ends_with("mixed.pcap"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.pcap");
+    for (scale, eal, why) in [
+        ("nat:clone=0@100", None, "embedded backend only"),
+        ("nat:out@100", Some("--lcores=0@0,1@1,2@1"), "root's lcore"),
+    ] {
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--backend", "dpdk", "--pcap-in"])
+            .arg(&t)
+            .arg("--pcap-out")
+            .arg(&out)
+            .args(["--scale", scale]);
+        if let Some(e) = eal {
+            cmd.args(["--eal", e]);
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{scale} ran");
+        assert!(err.contains(why), "{scale}: {err}");
     }
 }
 

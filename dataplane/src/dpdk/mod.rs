@@ -25,6 +25,7 @@ mod worker;
 use crate::config::{Chain, PortFile};
 use crate::instance::NfInstance;
 use crate::pcapio::{self, PcapError};
+use crate::runtime::{ScaleAction, ScaleStep};
 use crate::split::Allocation;
 use crate::summary::{Summary, VertexSummary};
 use chc_dpdk::{
@@ -75,6 +76,8 @@ pub struct DpdkOptions {
     /// Mbufs in the packet pool.
     pub pool_size: u32,
     pub progress: bool,
+    /// Scale-out and scale-in steps (`--scale`), taken on the root's lcore.
+    pub scaling: Vec<ScaleStep>,
 }
 
 impl DpdkOptions {
@@ -88,6 +91,7 @@ impl DpdkOptions {
             telemetry: None,
             pool_size: 16383,
             progress: false,
+            scaling: Vec::new(),
         }
     }
 }
@@ -301,6 +305,29 @@ pub fn start(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
 pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     let started = Instant::now();
     let mut chain = opts.chain.clone();
+    // Scaling: instances a vertex gets by scaling out exist from the start (placed, with
+    // their rings and state clients) and are given buckets when their step comes.
+    let live0: Vec<u16> = chain.vertices.iter().map(|v| v.parallelism).collect();
+    let mut scale_steps = Vec::new();
+    for st in &opts.scaling {
+        let vi = chain
+            .vertices
+            .iter()
+            .position(|v| v.name == st.vertex)
+            .ok_or_else(|| DpdkError::Config(format!("--scale: no vertex {:?}", st.vertex)))?;
+        match st.action {
+            ScaleAction::Out => chain.vertices[vi].parallelism += 1,
+            ScaleAction::In => {}
+            ScaleAction::Clone(_) => {
+                return Err(DpdkError::Config(format!(
+                    "--scale {}:clone runs on the embedded backend only",
+                    st.vertex
+                )))
+            }
+        }
+        scale_steps.push((vi, st.clone()));
+    }
+    scale_steps.sort_by_key(|(_, st)| st.after_packets);
     let mut replay = None;
     let mut args = match &opts.pcap {
         Some(p) => {
@@ -378,6 +405,22 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         workers.clone()
     };
     let plan = plan::plan(&chain, opts.host.as_deref(), &chain_lcores)?;
+    // Flows move between instances at a boundary of the root's loop, where every packet it
+    // admitted has been through the chain: that holds for instances on the root's lcore.
+    for (vi, st) in &scale_steps {
+        let here = plan.root_here
+            && !plan.multi_host
+            && plan.placement[*vi]
+                .iter()
+                .all(|p| matches!(p, Placement::Local { slot: 0 }));
+        if !here {
+            return Err(DpdkError::Config(format!(
+                "--scale {}: with --backend dpdk, every instance of a scaled vertex runs on the \
+                 root's lcore (one host; give the vertex `lcores` with the root's lcore only, or run one lcore)",
+                st.vertex
+            )));
+        }
+    }
     // A net_pcap input named in the chain file is replayed like --pcap-in: to its end.
     let rx_pcaps: Vec<&str> = plan
         .ports
@@ -552,10 +595,9 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     }
 
     // Instances, per lcore, in chain order.
-    let allocs: Vec<Arc<Allocation>> = chain
-        .vertices
+    let allocs: Vec<Arc<Allocation>> = live0
         .iter()
-        .map(|v| Arc::new(Allocation::even(v.parallelism)))
+        .map(|&n| Arc::new(Allocation::even(n)))
         .collect();
     let mut per_lcore_tasks: Vec<Vec<(usize, u16)>> = vec![Vec::new(); n_lcores];
     for &vi in &plan.topo {
@@ -594,7 +636,16 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         let mut task_of = std::collections::HashMap::new();
         for &(vi, i) in on_lcore {
             let v = &chain.vertices[vi];
-            let inst = NfInstance::new(v, i, &store).map_err(DpdkError::Nf)?;
+            // Instances of the start run as the chain file says; those added by scaling
+            // out are built for the vertex at its widest, as the embedded runtime does.
+            let inst = if i < live0[vi] {
+                let mut v0 = v.clone();
+                v0.parallelism = live0[vi];
+                NfInstance::new(&v0, i, &store)
+            } else {
+                NfInstance::new(v, i, &store)
+            }
+            .map_err(DpdkError::Nf)?;
             let consumer = rings[vi][usize::from(i)]
                 .as_mut()
                 .and_then(|r| r.1.take())
@@ -727,6 +778,13 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 last_check: 0,
                 unsettled: 0,
                 lost_input: 0,
+                scaling: (!scale_steps.is_empty()).then(|| worker::Scaling {
+                    steps: std::mem::take(&mut scale_steps).into(),
+                    live: live0.clone(),
+                    tables: allocs.iter().map(|a| a.entries()).collect(),
+                    next_id: 0,
+                    moves: Vec::new(),
+                }),
             })
         } else {
             None
@@ -1135,7 +1193,10 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
         latency_p99_us: 0.0,
         elapsed_s: elapsed.as_secs_f64(),
         vertices: Vec::new(),
-        moves: Vec::new(),
+        moves: reports
+            .iter()
+            .flat_map(|r| r.moves.iter().cloned())
+            .collect(),
         clone: None,
     };
     for r in reports {

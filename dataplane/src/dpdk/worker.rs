@@ -14,8 +14,10 @@
 use super::control::{Delete, Inbox};
 use super::meta::{PktMeta, ENCAP_LEN};
 use super::telemetry::LcoreCounters;
-use crate::instance::{NfCounters, NfInstance};
+use crate::instance::{HandedOver, NfCounters, NfInstance};
+use crate::runtime::{plan_moves, Move, ScaleStep};
 use crate::split::{bucket, key_hash, Allocation};
+use crate::summary::MoveSummary;
 use chc_dpdk::{
     lcore, Burst, Mbuf, Mempool, Multi, RingConsumer, RingProducer, RunningPort, RxQueue, Single,
     TxQueue,
@@ -31,6 +33,7 @@ use nfs::PartitionKey;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Target vertex of a frame that crosses a link only to leave the chain (non-IP frames
 /// whose egress port is on another host).
@@ -168,6 +171,21 @@ pub struct RootPart {
     pub last_check: u64,
     pub unsettled: usize,
     pub lost_input: u64,
+    /// Scaling steps still to take, and what the vertices look like so far.
+    pub scaling: Option<Scaling>,
+}
+
+/// Scale-out and scale-in on the root's lcore (see [`Worker::scale`]).
+pub struct Scaling {
+    /// (vertex, step), in the order of their input positions.
+    pub steps: std::collections::VecDeque<(usize, ScaleStep)>,
+    /// Live instances per vertex.
+    pub live: Vec<u16>,
+    /// Bucket -> instance, per vertex, as the moves planned so far leave it.
+    pub tables: Vec<Vec<u16>>,
+    pub next_id: u64,
+    /// The moves done, in order.
+    pub moves: Vec<MoveSummary>,
 }
 
 /// Everything a lcore returns at the end.
@@ -180,6 +198,8 @@ pub struct Report {
     pub events: u64,
     pub link_foreign: u64,
     pub errors: Vec<String>,
+    /// Flow moves between instances (scaling), in order.
+    pub moves: Vec<MoveSummary>,
 }
 
 /// Time in ns since the epoch from the TSC.
@@ -585,6 +605,7 @@ impl Worker {
                 h();
             }
             if self.root.is_some() {
+                self.scale();
                 n += self.poll_root(start);
             }
             n += self.poll_links();
@@ -620,6 +641,77 @@ impl Worker {
             self.shared.quiesced.fetch_add(1, Ordering::AcqRel);
         }
         self.finish()
+    }
+
+    /// Takes the scaling steps whose input position the root has reached.
+    ///
+    /// This runs between two of the root's bursts on the lcore that runs every instance of
+    /// a scaled vertex (checked when the chain is prepared): each packet admitted so far has
+    /// been through those instances and nothing of them waits in a queue, so the handover of
+    /// Fig 3.7 reduces to its state steps, in order: the old instance flushes and releases
+    /// the moved flows' state and waits until the store has applied that (steps 3-5), the
+    /// splitter sends the moved buckets to the new instance (steps 1-2 and 6), which takes
+    /// them (step 7) before its first packet of them.
+    fn scale(&mut self) {
+        let Some(r) = self.root.as_mut() else {
+            return;
+        };
+        let read = r.run.read;
+        let Some(sc) = r.scaling.as_mut().filter(|sc| {
+            sc.steps
+                .front()
+                .is_some_and(|(_, st)| st.after_packets <= read)
+        }) else {
+            return;
+        };
+        let mut planned = Vec::new();
+        while let Some((vi, st)) = sc.steps.front().cloned() {
+            if st.after_packets > read {
+                break;
+            }
+            sc.steps.pop_front();
+            let ms = plan_moves(&st, &mut sc.live[vi], &mut sc.tables[vi], &mut sc.next_id);
+            planned.extend(ms.into_iter().map(|m| (vi, m)));
+        }
+        let mut done = Vec::new();
+        for (vi, m) in planned {
+            done.push(self.apply_move(vi, &m));
+        }
+        if let Some(sc) = self.root.as_mut().and_then(|r| r.scaling.as_mut()) {
+            sc.moves.extend(done);
+        }
+    }
+
+    /// Moves the buckets of `m` from one instance of vertex `vi` to another.
+    fn apply_move(&mut self, vi: usize, m: &Move) -> MoveSummary {
+        let task = |tasks: &[Task], i: u16| {
+            tasks
+                .iter()
+                .position(|t| t.vertex == vi && t.inst.idx == i)
+                .expect("every instance of a scaled vertex is on this lcore")
+        };
+        let (from, to) = (task(&self.tasks, m.from), task(&self.tasks, m.to));
+        let since = Instant::now();
+        let old = &mut self.tasks[from].inst;
+        old.set_parallelism(m.parallelism);
+        let done = old.hand_over(&|b| m.has(b));
+        // The release is applied before the new instance asks for a moved flow's state.
+        old.sync();
+        let handover_us = since.elapsed().as_secs_f64() * 1e6;
+        let objects = match done {
+            HandedOver::Done(n) => n,
+            HandedOver::ForgetAfter => old.forget_moved(&|b| m.has(b)),
+        };
+        let alloc = &self.routers[vi].alloc;
+        for b in (0..crate::split::BUCKETS).filter(|&b| m.has(b)) {
+            alloc.set(b, m.to);
+        }
+        let new = &mut self.tasks[to].inst;
+        // Flows new here may have state in the store: its misses must ask it.
+        new.state.set_fresh(false);
+        new.take_buckets(&|b| m.has(b));
+        new.set_parallelism(m.parallelism);
+        m.handed_over(&new.name, objects, handover_us)
     }
 
     /// Sends what instances queued for the store and waits for it (when idle).
@@ -1037,6 +1129,12 @@ impl Worker {
             events: self.io.events_written,
             link_foreign: self.io.link_foreign,
             errors: std::mem::take(&mut self.io.errors),
+            moves: self
+                .root
+                .as_mut()
+                .and_then(|r| r.scaling.as_mut())
+                .map(|sc| std::mem::take(&mut sc.moves))
+                .unwrap_or_default(),
         }
     }
 }
