@@ -6,6 +6,8 @@
 # The in-process scenarios (scale-out, scale-in, naive-move, parallel, delay) work the same.
 # A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
 # replays it with every process's log.
+# CHC_COE_BACKEND=dpdk runs the scenarios' chains on the DPDK path (scale-out, scale-in,
+# parallel).
 # CHC_BENCH=PATH runs a copy of chc-bench (its chc-dataplane and chc-store next to it), so
 # that a rebuild meanwhile does not swap binaries under a running loop.
 # A run that takes longer than CHC_RUN_TIMEOUT seconds (default 300) is stopped and counted
@@ -24,7 +26,8 @@ for s in $scenarios; do
   failed=""
   hung=""
   for seed in $(seq 1 "$runs"); do
-    out=$(timeout -k 10 "$limit" "$bin" coe --trace "$trace" --scenario "$s" --seed "$seed" 2>/dev/null)
+    out=$(timeout -k 10 "$limit" "$bin" coe --trace "$trace" --scenario "$s" --seed "$seed" \
+      ${CHC_COE_BACKEND:+--backend "$CHC_COE_BACKEND"} 2>/dev/null)
     rc=$?
     first=${out%%$'\n'*}
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then

@@ -64,6 +64,12 @@ pub struct CoeArgs {
     /// manager's warm spare.
     #[arg(long)]
     pub no_spares: bool,
+    /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
+    /// `chc-dataplane run --backend dpdk` process on one lcore, a net_pcap vdev replaying
+    /// the trace; scenarios parallel, scale-out and scale-in, without their delays). The
+    /// ideal chain always runs embedded.
+    #[arg(long, default_value = "pcap")]
+    pub backend: String,
 }
 
 /// The outcome of a comparison.
@@ -569,6 +575,17 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             SCENARIOS.join(", ")
         );
     }
+    if a.backend == "dpdk" && !matches!(a.scenario.as_str(), "parallel" | "scale-out" | "scale-in")
+    {
+        bail!(
+            "scenario {:?} runs on the embedded backend only; with --backend dpdk: parallel, \
+             scale-out, scale-in",
+            a.scenario
+        );
+    }
+    if a.backend != "dpdk" && a.backend != "pcap" {
+        bail!("unknown backend {:?} (pcap or dpdk)", a.backend);
+    }
     let mut ideal = chain.clone();
     for v in chain.vertices.iter() {
         ideal.set_parallelism(&v.name, 1)?;
@@ -629,6 +646,13 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             rep.equivalent = rep.differences.is_empty();
         }
         rep
+    } else if a.backend == "dpdk" {
+        let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
+        let moves = run_dpdk(&setup, a.chain.as_deref(), &a.trace, &rp, &re, &dir)
+            .with_context(|| format!("scenario {} on the DPDK path", a.scenario))?;
+        let mut rep = compare(&ip, &ie, &rp, &re)?;
+        rep.moves = moves;
+        rep
     } else {
         let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
         match run_chain(setup, &a.trace, &rp, &re, a.seed) {
@@ -662,6 +686,65 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         write_json(j, a, &rep)?;
     }
     Ok(rep)
+}
+
+/// Runs a scenario's chain as `chc-dataplane run --backend dpdk` (one process: one EAL);
+/// returns its flow moves.
+fn run_dpdk(
+    setup: &Setup,
+    chain_file: Option<&Path>,
+    trace: &Path,
+    pcap: &Path,
+    ev: &Path,
+    dir: &Path,
+) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
+    let summary = dir.join("run-summary.json");
+    let bin = default_bin_dir().join("chc-dataplane");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["run", "--backend", "dpdk", "--pcap-in"])
+        .arg(trace)
+        .arg("--pcap-out")
+        .arg(pcap)
+        .arg("--events")
+        .arg(ev)
+        .arg("--summary-json")
+        .arg(&summary);
+    if let Some(c) = chain_file {
+        cmd.arg("--chain").arg(c);
+    }
+    for v in &setup.chain.vertices {
+        cmd.arg("--parallelism")
+            .arg(format!("{}={}", v.name, v.parallelism));
+    }
+    for st in &setup.scaling {
+        let what = match st.action {
+            ScaleAction::Out => "out".to_string(),
+            ScaleAction::In => "in".to_string(),
+            ScaleAction::Clone(i) => format!("clone={i}"),
+        };
+        cmd.arg("--scale")
+            .arg(format!("{}:{what}@{}", st.vertex, st.after_packets));
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| !l.starts_with("EAL:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+    // A run without moves leaves the field out.
+    match &s["moves"] {
+        serde_json::Value::Null => Ok(Vec::new()),
+        m => Ok(serde_json::from_value(m.clone())?),
+    }
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -22,6 +22,11 @@ fn traces() -> Vec<PathBuf> {
 
 /// One `chc-bench coe` run of the paper's chain; panics if it could not run.
 fn run_coe(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
+    run_coe_on(trace, scenario, seed, "pcap")
+}
+
+/// [`run_coe`] with the scenario's chain on `backend` (pcap or dpdk).
+fn run_coe_on(trace: &Path, scenario: &str, seed: u64, backend: &str) -> chc_bench::coe::Report {
     coe(&CoeArgs {
         chain: None,
         trace: trace.to_path_buf(),
@@ -30,12 +35,17 @@ fn run_coe(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
         json: None,
         keep: None,
         no_spares: false,
+        backend: backend.into(),
     })
-    .unwrap_or_else(|e| panic!("{} {scenario}: {e:#}", trace.display()))
+    .unwrap_or_else(|e| panic!("{} {scenario} on {backend}: {e:#}", trace.display()))
 }
 
 fn check(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
-    let r = run_coe(trace, scenario, seed);
+    check_on(trace, scenario, seed, "pcap")
+}
+
+fn check_on(trace: &Path, scenario: &str, seed: u64, backend: &str) -> chc_bench::coe::Report {
+    let r = run_coe_on(trace, scenario, seed, backend);
     assert!(
         r.equivalent,
         "{} under {scenario} (seed {seed}) is not equivalent: {:#?}",
@@ -83,12 +93,16 @@ fn synthetic(dir: &Path, packets: u64, connections: u64) -> PathBuf {
 /// packets queued at the old instance) leave the output equivalent, on every shared trace
 /// and on a synthetic one with thousands of flows.
 fn scaling_is_equivalent(scenario: &str, seed_base: u64) {
+    scaling_is_equivalent_on(scenario, seed_base, "pcap");
+}
+
+fn scaling_is_equivalent_on(scenario: &str, seed_base: u64, backend: &str) {
     let d = tempfile::tempdir().unwrap();
     let mut all = traces();
     all.push(synthetic(d.path(), 30_000, 2_000));
     let mut moved = 0;
     for (i, t) in all.iter().enumerate() {
-        let r = check(t, scenario, seed_base + i as u64);
+        let r = check_on(t, scenario, seed_base + i as u64, backend);
         assert!(!r.moves.is_empty(), "{}: nothing moved", t.display());
         moved += r.moves.iter().map(|m| m.objects).sum::<usize>();
     }
@@ -103,6 +117,19 @@ fn scale_out_is_equivalent_on_every_trace() {
 #[test]
 fn scale_in_is_equivalent_on_every_trace() {
     scaling_is_equivalent("scale-in", 51);
+}
+
+/// The same scenarios on the DPDK path (one `chc-dataplane run --backend dpdk` process per
+/// run, the scaled vertices' instances on the root's lcore).
+#[test]
+fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    scaling_is_equivalent_on("scale-out", 71, "dpdk");
+    scaling_is_equivalent_on("scale-in", 91, "dpdk");
 }
 
 /// A straggler's clone (§3.4.3) replays the root's log, races the straggler on a copy of its

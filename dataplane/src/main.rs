@@ -89,6 +89,9 @@ struct RunArgs {
     /// Run every vertex in this mode (traditional, eo, eo-c, eo-c-na), overriding the chain file.
     #[arg(long)]
     mode: Option<String>,
+    /// Run NAME with N instances, overriding the chain file (repeatable).
+    #[arg(long = "parallelism", value_name = "NAME=N")]
+    parallelism: Vec<String>,
     /// Random per-packet delay at a vertex, NAME=MIN_US-MAX_US, or at one of its instances,
     /// NAME#I=MIN_US-MAX_US (repeatable).
     #[arg(long = "delay", value_name = "NAME=MIN-MAX")]
@@ -138,6 +141,26 @@ fn load_chain(p: &Option<PathBuf>) -> Result<Chain> {
         Some(p) => Chain::load(p)?,
         None => Chain::paper(),
     })
+}
+
+/// The chain of a run: the file, with `--mode` and `--parallelism` applied.
+fn run_chain(a: &RunArgs) -> Result<Chain> {
+    let mut chain = load_chain(&a.chain)?;
+    if let Some(m) = &a.mode {
+        chain.set_mode(m.parse().map_err(anyhow::Error::msg)?);
+    }
+    for p in &a.parallelism {
+        let (name, n) = p
+            .split_once('=')
+            .with_context(|| format!("--parallelism {p:?}: expected NAME=N"))?;
+        let n: u16 = n
+            .parse()
+            .with_context(|| format!("--parallelism {p:?}: N is a number of instances"))?;
+        chain
+            .set_parallelism(name, n)
+            .with_context(|| format!("--parallelism {p:?}"))?;
+    }
+    Ok(chain)
 }
 
 fn parse_delay(s: &str) -> Result<(String, Delay)> {
@@ -227,10 +250,7 @@ fn main() -> Result<()> {
             let (Some(pcap_in), Some(pcap_out)) = (a.pcap_in.clone(), a.pcap_out.clone()) else {
                 anyhow::bail!("the pcap backend needs --pcap-in and --pcap-out");
             };
-            let mut chain = load_chain(&a.chain)?;
-            if let Some(m) = &a.mode {
-                chain.set_mode(m.parse().map_err(anyhow::Error::msg)?);
-            }
+            let chain = run_chain(&a)?;
             let mut delays = HashMap::new();
             for d in &a.delays {
                 let (n, d) = parse_delay(d)?;
@@ -298,7 +318,7 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
         !a.naive_move && a.rate.is_none(),
         "--naive-move and --rate run on the embedded backend only"
     );
-    let mut chain = load_chain(&a.chain)?;
+    let chain = run_chain(a)?;
     let mut scaling = Vec::new();
     for st in &a.scale {
         let st = parse_scale(st, true)?;
@@ -315,9 +335,6 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
         scaling.push(st);
     }
     scaling.sort_by_key(|s| s.after_packets);
-    if let Some(m) = &a.mode {
-        chain.set_mode(m.parse().map_err(anyhow::Error::msg)?);
-    }
     let pcap = match (&a.pcap_in, &a.pcap_out) {
         (Some(i), Some(o)) => Some(PcapReplay {
             input: i.clone(),

@@ -1,6 +1,6 @@
 //! The end-of-run summary.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,7 +79,7 @@ pub struct CloneSummary {
 }
 
 /// One flow move: from the old instance's last mark to its handover.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MoveSummary {
     pub id: u64,
     pub vertex: String,
