@@ -391,10 +391,17 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     let store = Store::start(StoreConfig::in_memory(chain.store.shards))
         .map_err(|e| DpdkError::Store(e.to_string()))?;
     let eal = Eal::init(&args)?;
-    // The shard threads keep the CPUs no lcore polls, where there are such CPUs.
+    // The shard threads keep the CPUs no lcore polls, where there are such CPUs. Then an
+    // lcore waiting for a reply polls for it (`StoreClient::poll_only`); a shard sharing its
+    // CPU needs the lcore to yield instead.
+    let mut shards_apart = true;
     for t in store.shard_threads() {
-        if let Err(e) = chc_dpdk::lcore::keep_off_lcores(t) {
-            eprintln!("chc-dataplane: store shard thread placement: {e}");
+        match chc_dpdk::lcore::keep_off_lcores(t) {
+            Ok(apart) => shards_apart &= apart,
+            Err(e) => {
+                shards_apart = false;
+                eprintln!("chc-dataplane: store shard thread placement: {e}");
+            }
         }
     }
     let main = eal.main_lcore();
@@ -646,6 +653,11 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 NfInstance::new(v, i, &store)
             }
             .map_err(DpdkError::Nf)?;
+            let mut inst = inst;
+            if let Some(c) = inst.state.store() {
+                // The lcore polls its CPU anyway: a blocking call polls for its reply too.
+                c.poll_only = shards_apart;
+            }
             let consumer = rings[vi][usize::from(i)]
                 .as_mut()
                 .and_then(|r| r.1.take())
@@ -755,6 +767,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 persist_every: chain.root.persist_every,
             };
             let mut client = store.client(store.next_client_id());
+            client.poll_only = shards_apart;
             for s in 0..client.shards() {
                 client.submit_to(s, ops::subscribe_commits(rcfg.root_id));
             }

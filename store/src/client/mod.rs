@@ -116,6 +116,10 @@ pub struct StoreClient {
     arrived: VecDeque<(u32, wire::ServerFrame)>,
     /// How long a blocking call waits before giving up.
     pub call_timeout: Duration,
+    /// In process: wait for replies by polling alone, never yielding or parking. For a
+    /// thread that owns its CPU and polls it anyway (a DPDK lcore): see
+    /// `Mailbox::poll_for`.
+    pub poll_only: bool,
     /// Initial retransmission timeout.
     pub rto: Duration,
     pub stats: ClientStats,
@@ -207,6 +211,7 @@ impl StoreClient {
             pushes: VecDeque::new(),
             arrived: VecDeque::new(),
             call_timeout: Duration::from_secs(10),
+            poll_only: false,
             rto: Duration::from_millis(200),
             stats: ClientStats::default(),
         }
@@ -613,7 +618,12 @@ impl StoreClient {
 
     fn wait_one(&mut self, timeout: Duration) -> Result<(), ClientError> {
         if matches!(self.transport, Transport::InProc { .. }) {
-            if let Some(x) = self.mailbox.wait(timeout) {
+            let got = if self.poll_only {
+                self.mailbox.poll_for(timeout)
+            } else {
+                self.mailbox.wait(timeout)
+            };
+            if let Some(x) = got {
                 self.arrived.push_back(x);
             }
             return self.poll();

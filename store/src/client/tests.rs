@@ -399,3 +399,28 @@ fn a_batch_sent_quietly_to_a_napping_shard_owes_no_wake_up() {
     let v = c.call(k.get()).unwrap().value;
     assert!(v.and_then(|v| v.as_int()).is_some_and(|n| n >= 6));
 }
+
+/// A client that polls for its replies (a DPDK lcore's) gets them as one that parks does,
+/// and its waits still end at their timeout.
+#[test]
+fn a_polling_client_gets_its_replies_and_its_waits_end() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let mut c = store.client(1);
+    c.poll_only = true;
+    for i in 0..50u16 {
+        let k = ObjKey::shared(1, i, Vec::new());
+        c.submit_nonblocking(k.incr(i64::from(i)));
+        assert_eq!(
+            c.call(k.get()).unwrap().value,
+            Some(WV::int(i64::from(i))),
+            "object {i}"
+        );
+    }
+    c.sync().unwrap();
+    assert_eq!(c.unacked(), 0);
+    // Nothing is on its way: a wait for a frame polls until its timeout, then gives up.
+    let t = Instant::now();
+    assert!(c.mailbox.poll_for(Duration::from_millis(5)).is_none());
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(5), "{waited:?}");
+}

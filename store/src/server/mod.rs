@@ -287,6 +287,28 @@ impl Mailbox {
         if let Some(f) = spin_poll(MAILBOX_SPIN.min(timeout), || self.q.pop()) {
             return Some(f);
         }
+        self.park_for(timeout)
+    }
+
+    /// Waits up to `timeout` for a frame by polling alone: for a thread that owns its CPU
+    /// (a DPDK lcore). Yielding it to whatever else may run there cost such a wait a few
+    /// hundred microseconds at a time, and parking it lets its vCPU halt.
+    pub(crate) fn poll_for(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
+        let start = Instant::now();
+        let mut i = 0u32;
+        loop {
+            if let Some(f) = self.q.pop() {
+                return Some(f);
+            }
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(64) && start.elapsed() >= timeout {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn park_for(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
         *self.waiter.lock() = Some(std::thread::current());
         self.waiting.store(true, Ordering::SeqCst);
         let r = match self.q.pop() {
