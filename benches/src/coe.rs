@@ -706,9 +706,7 @@ fn run_dpdk(
         .arg("--pcap-out")
         .arg(pcap)
         .arg("--events")
-        .arg(ev)
-        .arg("--summary-json")
-        .arg(&summary);
+        .arg(ev);
     if let Some(c) = chain_file {
         cmd.arg("--chain").arg(c);
     }
@@ -725,13 +723,26 @@ fn run_dpdk(
         cmd.arg("--scale")
             .arg(format!("{}:{what}@{}", st.vertex, st.after_packets));
     }
+    let s = dpdk_summary(cmd, &summary)?;
+    // A run without moves leaves the field out.
+    match &s["moves"] {
+        serde_json::Value::Null => Ok(Vec::new()),
+        m => Ok(serde_json::from_value(m.clone())?),
+    }
+}
+
+/// Runs a `chc-dataplane run --backend dpdk` command (given everything but its summary
+/// file) and returns its summary; a failure comes with its error output, EAL lines left out.
+pub fn dpdk_summary(mut cmd: std::process::Command, summary: &Path) -> Result<serde_json::Value> {
+    let bin = cmd.get_program().to_string_lossy().to_string();
     let out = cmd
+        .arg("--summary-json")
+        .arg(summary)
         .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {bin}"))?;
     if !out.status.success() {
         bail!(
-            "{} failed: {}",
-            bin.display(),
+            "{bin} --backend dpdk failed: {}",
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .filter(|l| !l.starts_with("EAL:"))
@@ -739,12 +750,7 @@ fn run_dpdk(
                 .join("\n")
         );
     }
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
-    // A run without moves leaves the field out.
-    match &s["moves"] {
-        serde_json::Value::Null => Ok(Vec::new()),
-        m => Ok(serde_json::from_value(m.clone())?),
-    }
+    Ok(serde_json::from_str(&std::fs::read_to_string(summary)?)?)
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -533,14 +533,9 @@ fn in_run_move(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Noted> {
     let _ = std::fs::remove_file(&trace);
     let _ = std::fs::remove_file(&out);
     Ok(Noted {
-        row: Row::from_samples(
+        row: move_row(
             "state move inside a chc-dataplane run (NAT scale-out 1 -> 2)",
-            "ms",
             &us,
-            &[PAPER_MOVE_MS],
-            "CHC paper, §3.6.3 R2 (move of 4000 flows: 0.071 ms)",
-            Better::Lower,
-            0.05 / PAPER_MOVE_MS,
         ),
         notes: format!(
             "Summary.moves handover_us: from the old instance's last mark to its handover \
@@ -551,6 +546,19 @@ fn in_run_move(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Noted> {
             median(&objects)
         ),
     })
+}
+
+/// A state move row in ms against the paper's move of 4000 flows (target 0.05 ms).
+fn move_row(metric: &str, ms: &[f64]) -> Row {
+    Row::from_samples(
+        metric,
+        "ms",
+        ms,
+        &[PAPER_MOVE_MS],
+        "CHC paper, §3.6.3 R2 (move of 4000 flows: 0.071 ms)",
+        Better::Lower,
+        0.05 / PAPER_MOVE_MS,
+    )
 }
 
 /// The same scale-out on the DPDK path (`chc-dataplane run --backend dpdk`, one lcore): the
@@ -572,31 +580,16 @@ fn dpdk_run_move(a: &DynamicsArgs, reps: usize, dir: &Path, bin_dir: &Path) -> R
     let bin = bin_dir.join("chc-dataplane");
     let (mut us, mut objects, mut buckets) = (vec![], vec![], vec![]);
     for _ in 0..reps {
-        let o = std::process::Command::new(&bin)
-            .args(["run", "--backend", "dpdk", "--chain"])
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["run", "--backend", "dpdk", "--chain"])
             .arg(&chain)
             .arg("--pcap-in")
             .arg(&trace)
             .arg("--pcap-out")
             .arg(&out)
             .arg("--scale")
-            .arg(format!("nat:out@{}", packets / 2))
-            .arg("--summary-json")
-            .arg(&summary)
-            .output()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        if !o.status.success() {
-            bail!(
-                "{} --backend dpdk: {}",
-                bin.display(),
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .filter(|l| !l.starts_with("EAL:"))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
-            );
-        }
-        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+            .arg(format!("nat:out@{}", packets / 2));
+        let s = crate::coe::dpdk_summary(cmd, &summary)?;
         let m = s["moves"]
             .as_array()
             .and_then(|ms| ms.iter().find(|m| m["buckets"].as_u64() > Some(0)))
@@ -608,14 +601,9 @@ fn dpdk_run_move(a: &DynamicsArgs, reps: usize, dir: &Path, bin_dir: &Path) -> R
     let _ = std::fs::remove_file(&trace);
     let _ = std::fs::remove_file(&out);
     Ok(Noted {
-        row: Row::from_samples(
+        row: move_row(
             "state move inside a chc-dataplane --backend dpdk run (NAT scale-out 1 -> 2, one lcore)",
-            "ms",
             &us,
-            &[PAPER_MOVE_MS],
-            "CHC paper, §3.6.3 R2 (move of 4000 flows: 0.071 ms)",
-            Better::Lower,
-            0.05 / PAPER_MOVE_MS,
         ),
         notes: format!(
             "Summary.moves handover_us: the old instance's flush, release and wait for the \
