@@ -190,7 +190,13 @@ pub const MAILBOX_SPIN: Duration = Duration::from_micros(100);
 /// a thread sharing the core (the one that delivers) can run. A waiter that blocks at once
 /// pays a thread wake-up on top of the round trip it waits for, which on a loaded VM is as
 /// long again.
-pub fn spin_poll<T>(spin: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn spin_poll<T>(spin: Duration, poll: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_until(spin, true, poll)
+}
+
+/// Calls `poll` until it gives something or `spin` has passed, looking at the time every 64
+/// calls and then yielding the CPU if `yields`.
+fn poll_until<T>(spin: Duration, yields: bool, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     let mut i = 0u32;
     loop {
@@ -202,10 +208,12 @@ pub fn spin_poll<T>(spin: Duration, mut poll: impl FnMut() -> Option<T>) -> Opti
             if start.elapsed() >= spin {
                 return None;
             }
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+            if yields {
+                std::thread::yield_now();
+                continue;
+            }
         }
+        std::hint::spin_loop();
     }
 }
 
@@ -294,18 +302,7 @@ impl Mailbox {
     /// (a DPDK lcore). Yielding it to whatever else may run there cost such a wait a few
     /// hundred microseconds at a time, and parking it lets its vCPU halt.
     pub(crate) fn poll_for(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
-        let start = Instant::now();
-        let mut i = 0u32;
-        loop {
-            if let Some(f) = self.q.pop() {
-                return Some(f);
-            }
-            i = i.wrapping_add(1);
-            if i.is_multiple_of(64) && start.elapsed() >= timeout {
-                return None;
-            }
-            std::hint::spin_loop();
-        }
+        poll_until(timeout, false, || self.q.pop())
     }
 
     fn park_for(&self, timeout: Duration) -> Option<(u32, wire::ServerFrame)> {
