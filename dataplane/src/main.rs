@@ -319,22 +319,12 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
         "--naive-move and --rate run on the embedded backend only"
     );
     let chain = run_chain(a)?;
-    let mut scaling = Vec::new();
-    for st in &a.scale {
-        let st = parse_scale(st, true)?;
-        anyhow::ensure!(
-            chain.vertex(&st.vertex).is_some(),
-            "--scale: no vertex named {:?}",
-            st.vertex
-        );
-        anyhow::ensure!(
-            !matches!(st.action, ScaleAction::Clone(_)),
-            "--scale {}:clone runs on the embedded backend only (out and in run on DPDK too)",
-            st.vertex
-        );
-        scaling.push(st);
-    }
-    scaling.sort_by_key(|s| s.after_packets);
+    // Checked (vertex, action) and put in order where the DPDK path prepares them.
+    let scaling = a
+        .scale
+        .iter()
+        .map(|st| parse_scale(st, true))
+        .collect::<Result<Vec<_>>>()?;
     let pcap = match (&a.pcap_in, &a.pcap_out) {
         (Some(i), Some(o)) => Some(PcapReplay {
             input: i.clone(),

@@ -314,13 +314,16 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             .vertices
             .iter()
             .position(|v| v.name == st.vertex)
-            .ok_or_else(|| DpdkError::Config(format!("--scale: no vertex {:?}", st.vertex)))?;
+            .ok_or_else(|| {
+                DpdkError::Config(format!("--scale: no vertex named {:?}", st.vertex))
+            })?;
         match st.action {
             ScaleAction::Out => chain.vertices[vi].parallelism += 1,
             ScaleAction::In => {}
             ScaleAction::Clone(_) => {
                 return Err(DpdkError::Config(format!(
-                    "--scale {}:clone runs on the embedded backend only",
+                    "--scale {}:clone runs on the embedded backend only (out and in run on \
+                     DPDK too)",
                     st.vertex
                 )))
             }
@@ -645,7 +648,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             let v = &chain.vertices[vi];
             // Instances of the start run as the chain file says; those added by scaling
             // out are built for the vertex at its widest, as the embedded runtime does.
-            let inst = if i < live0[vi] {
+            let mut inst = if i < live0[vi] {
                 let mut v0 = v.clone();
                 v0.parallelism = live0[vi];
                 NfInstance::new(&v0, i, &store)
@@ -653,7 +656,6 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 NfInstance::new(v, i, &store)
             }
             .map_err(DpdkError::Nf)?;
-            let mut inst = inst;
             if let Some(c) = inst.state.store() {
                 // The lcore polls its CPU anyway: a blocking call polls for its reply too.
                 c.poll_only = shards_apart;

@@ -657,21 +657,21 @@ impl Worker {
             return;
         };
         let read = r.run.read;
-        let Some(sc) = r.scaling.as_mut().filter(|sc| {
-            sc.steps
-                .front()
-                .is_some_and(|(_, st)| st.after_packets <= read)
-        }) else {
+        let Some(sc) = r.scaling.as_mut() else {
             return;
         };
         let mut planned = Vec::new();
-        while let Some((vi, st)) = sc.steps.front().cloned() {
-            if st.after_packets > read {
-                break;
-            }
-            sc.steps.pop_front();
+        while sc
+            .steps
+            .front()
+            .is_some_and(|(_, st)| st.after_packets <= read)
+        {
+            let (vi, st) = sc.steps.pop_front().expect("checked above");
             let ms = plan_moves(&st, &mut sc.live[vi], &mut sc.tables[vi], &mut sc.next_id);
             planned.extend(ms.into_iter().map(|m| (vi, m)));
+        }
+        if planned.is_empty() {
+            return;
         }
         let mut done = Vec::new();
         for (vi, m) in planned {
