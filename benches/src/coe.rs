@@ -723,17 +723,16 @@ fn run_dpdk(
         cmd.arg("--scale")
             .arg(format!("{}:{what}@{}", st.vertex, st.after_packets));
     }
-    let s = dpdk_summary(cmd, &summary)?;
-    // A run without moves leaves the field out.
-    match &s["moves"] {
-        serde_json::Value::Null => Ok(Vec::new()),
-        m => Ok(serde_json::from_value(m.clone())?),
-    }
+    dpdk_moves(cmd, &summary)
 }
 
 /// Runs a `chc-dataplane run --backend dpdk` command (given everything but its summary
-/// file) and returns its summary; a failure comes with its error output, EAL lines left out.
-pub fn dpdk_summary(mut cmd: std::process::Command, summary: &Path) -> Result<serde_json::Value> {
+/// file) and returns the flow moves of its summary; a failure comes with its error output,
+/// EAL lines left out.
+pub fn dpdk_moves(
+    mut cmd: std::process::Command,
+    summary: &Path,
+) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
     let bin = cmd.get_program().to_string_lossy().to_string();
     let out = cmd
         .arg("--summary-json")
@@ -750,7 +749,12 @@ pub fn dpdk_summary(mut cmd: std::process::Command, summary: &Path) -> Result<se
                 .join("\n")
         );
     }
-    Ok(serde_json::from_str(&std::fs::read_to_string(summary)?)?)
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary)?)?;
+    // A run without moves leaves the field out.
+    match &s["moves"] {
+        serde_json::Value::Null => Ok(Vec::new()),
+        m => Ok(serde_json::from_value(m.clone())?),
+    }
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -589,14 +589,14 @@ fn dpdk_run_move(a: &DynamicsArgs, reps: usize, dir: &Path, bin_dir: &Path) -> R
             .arg(&out)
             .arg("--scale")
             .arg(format!("nat:out@{}", packets / 2));
-        let s = crate::coe::dpdk_summary(cmd, &summary)?;
-        let m = s["moves"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["buckets"].as_u64() > Some(0)))
+        let moves = crate::coe::dpdk_moves(cmd, &summary)?;
+        let m = moves
+            .iter()
+            .find(|m| m.buckets > 0)
             .context("the DPDK scale-out run reported no move")?;
-        us.push(m["handover_us"].as_f64().unwrap_or(0.0) / 1e3);
-        objects.push(m["objects"].as_f64().unwrap_or(0.0));
-        buckets.push(m["buckets"].as_f64().unwrap_or(0.0));
+        us.push(m.handover_us / 1e3);
+        objects.push(m.objects as f64);
+        buckets.push(m.buckets as f64);
     }
     let _ = std::fs::remove_file(&trace);
     let _ = std::fs::remove_file(&out);
