@@ -121,10 +121,9 @@ pub(crate) struct Worker {
     last_ckpt: Instant,
     /// When a pass last replied to an in-process client (see [`REPLY_SPIN`]).
     replied: Option<Instant>,
-    /// When the inbox last brought an in-process client's batch (see [`NAP`]).
+    /// When (the start of the pass in which) the inbox last brought an in-process client's
+    /// batch (see [`NAP`]).
     batch_at: Option<Instant>,
-    /// Whether the current pass took an in-process client's batch.
-    took_batch: bool,
     /// Shard counters at the last checkpoint: an idle shard writes none.
     ckpt_mark: (u64, u64),
     /// What taking the last checkpoint's delta cost this thread.
@@ -180,7 +179,6 @@ impl Worker {
             last_ckpt: Instant::now(),
             replied: None,
             batch_at: None,
-            took_batch: false,
             ckpt_mark: (u64::MAX, u64::MAX),
             ckpt_cost: Duration::ZERO,
             busy: Duration::ZERO,
@@ -208,12 +206,9 @@ impl Worker {
             self.now_ns = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            let (busy, stop) = self.drain_inbox();
+            let (busy, stop) = self.drain_inbox(t0);
             if stop {
                 break;
-            }
-            if std::mem::take(&mut self.took_batch) {
-                self.batch_at = Some(t0);
             }
             self.busy += t0.elapsed();
             let timeout = if busy {
@@ -288,8 +283,9 @@ impl Worker {
         t.max(Duration::from_millis(1))
     }
 
-    /// Handles inbox messages; returns (did any work, stop requested).
-    fn drain_inbox(&mut self) -> (bool, bool) {
+    /// Handles inbox messages (the pass started at `now`); returns (did any work, stop
+    /// requested).
+    fn drain_inbox(&mut self, now: Instant) -> (bool, bool) {
         let mut n = 0;
         while n < 4096 {
             let Ok(msg) = self.shared.rx.try_recv() else {
@@ -308,7 +304,7 @@ impl Worker {
                     }
                     self.apply(client, &ops);
                     mailbox.give_back(ops);
-                    self.took_batch = true;
+                    self.batch_at = Some(now);
                 }
                 Inbound::Detach { client } => {
                     if matches!(self.sinks.get(&client), Some(Sink::Mailbox(_))) {
