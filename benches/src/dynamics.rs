@@ -41,6 +41,7 @@ use chc_dataplane::config::Vertex;
 use chc_dataplane::instance::{HandedOver, NfInstance};
 use chc_dataplane::pcapio::{self, Record};
 use chc_dataplane::split::{bucket, key_hash, BUCKETS};
+use chc_dataplane::summary::MoveSummary;
 use chc_dataplane::{run, Chain, Pause, RunOptions, ScaleAction, ScaleStep};
 use chc_proto::meta::ChcMeta;
 use chc_root::{Root, RootConfig};
@@ -504,47 +505,77 @@ fn run_opts(chain: Chain, input: &Path, output: &Path) -> RunOptions {
 
 /// A scale-out of the NAT inside a `chc-dataplane` run, midway through the trace.
 fn in_run_move(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Noted> {
+    let r = scale_out_runs(a, reps, dir, "scale", |trace, out, at| {
+        let mut o = run_opts(nat_chain()?, trace, out);
+        o.scaling = vec![ScaleStep {
+            after_packets: at,
+            vertex: "nat".into(),
+            action: ScaleAction::Out,
+            handover: true,
+        }];
+        Ok(run(&o).context("the scale-out run")?.moves)
+    })?;
+    Ok(Noted {
+        row: move_row(
+            "state move inside a chc-dataplane run (NAT scale-out 1 -> 2)",
+            &r.ms,
+        ),
+        notes: format!(
+            "Summary.moves handover_us: from the old instance's last mark to its handover \
+             sent; {:.0} buckets, {:.0} state objects (median; not 4000 flows: whatever the \
+             moved buckets held); synthetic trace of {} packets, {} connections, \
+             read as fast as the chain takes",
+            r.buckets, r.objects, r.packets, r.conns
+        ),
+    })
+}
+
+/// What [`scale_out_runs`] measured.
+struct MoveRuns {
+    /// The handover of each run's first move that carried buckets, in ms.
+    ms: Vec<f64>,
+    /// Buckets and state objects that move carried (medians).
+    buckets: f64,
+    objects: f64,
+    packets: u64,
+    conns: u64,
+}
+
+/// Scales the NAT out midway through a synthetic trace, `reps` times: `run_once(trace,
+/// output, packet to scale at)` runs the chain and returns its moves.
+fn scale_out_runs(
+    a: &DynamicsArgs,
+    reps: usize,
+    dir: &Path,
+    name: &str,
+    mut run_once: impl FnMut(&Path, &Path, u64) -> Result<Vec<MoveSummary>>,
+) -> Result<MoveRuns> {
     let (packets, conns) = if a.quick {
         (20_000, 2_000)
     } else {
         (100_000, 10_000)
     };
-    let trace = synth_trace(dir, "scale", packets, conns, 256, 10.0, 5)?;
-    let out = dir.join("scale-out.pcap");
-    let (mut us, mut objects, mut buckets) = (vec![], vec![], vec![]);
+    let trace = synth_trace(dir, name, packets, conns, 256, 10.0, 5)?;
+    let out = dir.join(format!("{name}-out.pcap"));
+    let (mut ms, mut objects, mut buckets) = (vec![], vec![], vec![]);
     for _ in 0..reps {
-        let mut o = run_opts(nat_chain()?, &trace, &out);
-        o.scaling = vec![ScaleStep {
-            after_packets: packets / 2,
-            vertex: "nat".into(),
-            action: ScaleAction::Out,
-            handover: true,
-        }];
-        let s = run(&o).context("the scale-out run")?;
-        let m = s
-            .moves
+        let moves = run_once(&trace, &out, packets / 2)?;
+        let m = moves
             .iter()
             .find(|m| m.buckets > 0)
-            .context("the scale-out run reported no move")?;
-        us.push(m.handover_us / 1e3);
+            .with_context(|| format!("the scale-out run ({name}) reported no move"))?;
+        ms.push(m.handover_us / 1e3);
         objects.push(m.objects as f64);
         buckets.push(m.buckets as f64);
     }
     let _ = std::fs::remove_file(&trace);
     let _ = std::fs::remove_file(&out);
-    Ok(Noted {
-        row: move_row(
-            "state move inside a chc-dataplane run (NAT scale-out 1 -> 2)",
-            &us,
-        ),
-        notes: format!(
-            "Summary.moves handover_us: from the old instance's last mark to its handover \
-             sent; {:.0} buckets, {:.0} state objects (median; not 4000 flows: whatever the \
-             moved buckets held); synthetic trace of {packets} packets, {conns} connections, \
-             read as fast as the chain takes",
-            median(&buckets),
-            median(&objects)
-        ),
+    Ok(MoveRuns {
+        ms,
+        buckets: median(&buckets),
+        objects: median(&objects),
+        packets,
+        conns,
     })
 }
 
@@ -565,52 +596,31 @@ fn move_row(metric: &str, ms: &[f64]) -> Row {
 /// move happens between two of the root's bursts, the old instance releasing the moved
 /// flows' state and waiting until the store applied it.
 fn dpdk_run_move(a: &DynamicsArgs, reps: usize, dir: &Path, bin_dir: &Path) -> Result<Noted> {
-    let (packets, conns) = if a.quick {
-        (20_000, 2_000)
-    } else {
-        (100_000, 10_000)
-    };
-    let trace = synth_trace(dir, "dpdk-scale", packets, conns, 256, 10.0, 5)?;
-    let (out, chain, summary) = (
-        dir.join("dpdk-scale-out.pcap"),
-        dir.join("nat.toml"),
-        dir.join("dpdk-scale.json"),
-    );
+    let (chain, summary) = (dir.join("nat.toml"), dir.join("dpdk-scale.json"));
     std::fs::write(&chain, NAT_CHAIN)?;
     let bin = bin_dir.join("chc-dataplane");
-    let (mut us, mut objects, mut buckets) = (vec![], vec![], vec![]);
-    for _ in 0..reps {
+    let r = scale_out_runs(a, reps, dir, "dpdk-scale", |trace, out, at| {
         let mut cmd = std::process::Command::new(&bin);
         cmd.args(["run", "--backend", "dpdk", "--chain"])
             .arg(&chain)
             .arg("--pcap-in")
-            .arg(&trace)
+            .arg(trace)
             .arg("--pcap-out")
-            .arg(&out)
+            .arg(out)
             .arg("--scale")
-            .arg(format!("nat:out@{}", packets / 2));
-        let moves = crate::coe::dpdk_moves(cmd, &summary)?;
-        let m = moves
-            .iter()
-            .find(|m| m.buckets > 0)
-            .context("the DPDK scale-out run reported no move")?;
-        us.push(m.handover_us / 1e3);
-        objects.push(m.objects as f64);
-        buckets.push(m.buckets as f64);
-    }
-    let _ = std::fs::remove_file(&trace);
-    let _ = std::fs::remove_file(&out);
+            .arg(format!("nat:out@{at}"));
+        crate::coe::dpdk_moves(cmd, &summary)
+    })?;
     Ok(Noted {
         row: move_row(
             "state move inside a chc-dataplane --backend dpdk run (NAT scale-out 1 -> 2, one lcore)",
-            &us,
+            &r.ms,
         ),
         notes: format!(
             "Summary.moves handover_us: the old instance's flush, release and wait for the \
-             store; {:.0} buckets, {:.0} state objects (median); synthetic trace of {packets} \
-             packets, {conns} connections, replayed through a net_pcap vdev",
-            median(&buckets),
-            median(&objects)
+             store; {:.0} buckets, {:.0} state objects (median); synthetic trace of {} \
+             packets, {} connections, replayed through a net_pcap vdev",
+            r.buckets, r.objects, r.packets, r.conns
         ),
     })
 }
