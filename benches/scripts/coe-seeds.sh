@@ -7,7 +7,8 @@
 # A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
 # replays it with every process's log.
 # CHC_COE_BACKEND=dpdk runs the scenarios' chains on the DPDK path (scale-out, scale-in,
-# parallel).
+# parallel); CHC_COE_EAL adds EAL arguments there (CHC_COE_EAL=--lcores=0@0,1@1,2@1 spreads
+# the instances over two worker lcores).
 # CHC_BENCH=PATH runs a copy of chc-bench (its chc-dataplane and chc-store next to it), so
 # that a rebuild meanwhile does not swap binaries under a running loop.
 # A run that takes longer than CHC_RUN_TIMEOUT seconds (default 300) is stopped and counted
@@ -27,7 +28,8 @@ for s in $scenarios; do
   hung=""
   for seed in $(seq 1 "$runs"); do
     out=$(timeout -k 10 "$limit" "$bin" coe --trace "$trace" --scenario "$s" --seed "$seed" \
-      ${CHC_COE_BACKEND:+--backend "$CHC_COE_BACKEND"} 2>/dev/null)
+      ${CHC_COE_BACKEND:+--backend "$CHC_COE_BACKEND"} ${CHC_COE_EAL:+--eal="$CHC_COE_EAL"} \
+      2>/dev/null)
     rc=$?
     first=${out%%$'\n'*}
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then

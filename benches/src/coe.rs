@@ -65,11 +65,16 @@ pub struct CoeArgs {
     #[arg(long)]
     pub no_spares: bool,
     /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
-    /// `chc-dataplane run --backend dpdk` process on one lcore, a net_pcap vdev replaying
-    /// the trace; scenarios parallel, scale-out and scale-in, without their delays). The
-    /// ideal chain always runs embedded.
+    /// `chc-dataplane run --backend dpdk` process, a net_pcap vdev replaying the trace;
+    /// scenarios parallel, scale-out and scale-in, without their delays). The ideal chain
+    /// always runs embedded.
     #[arg(long, default_value = "pcap")]
     pub backend: String,
+    /// With --backend dpdk: EAL arguments of the run, such as its lcores
+    /// ("--lcores=0@0,1@1,2@1" spreads the instances over two worker lcores); default one
+    /// lcore.
+    #[arg(long, allow_hyphen_values = true)]
+    pub eal: Option<String>,
 }
 
 /// The outcome of a comparison.
@@ -648,7 +653,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         rep
     } else if a.backend == "dpdk" {
         let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
-        let moves = run_dpdk(&setup, a.chain.as_deref(), &a.trace, &rp, &re, &dir)
+        let moves = run_dpdk(&setup, a, &rp, &re, &dir)
             .with_context(|| format!("scenario {} on the DPDK path", a.scenario))?;
         let mut rep = compare(&ip, &ie, &rp, &re)?;
         rep.moves = moves;
@@ -692,8 +697,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
 /// returns its flow moves.
 fn run_dpdk(
     setup: &Setup,
-    chain_file: Option<&Path>,
-    trace: &Path,
+    a: &CoeArgs,
     pcap: &Path,
     ev: &Path,
     dir: &Path,
@@ -702,13 +706,16 @@ fn run_dpdk(
     let bin = default_bin_dir().join("chc-dataplane");
     let mut cmd = std::process::Command::new(&bin);
     cmd.args(["run", "--backend", "dpdk", "--pcap-in"])
-        .arg(trace)
+        .arg(&a.trace)
         .arg("--pcap-out")
         .arg(pcap)
         .arg("--events")
         .arg(ev);
-    if let Some(c) = chain_file {
+    if let Some(c) = &a.chain {
         cmd.arg("--chain").arg(c);
+    }
+    if let Some(e) = &a.eal {
+        cmd.arg(format!("--eal={e}"));
     }
     for v in &setup.chain.vertices {
         cmd.arg("--parallelism")

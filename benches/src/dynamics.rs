@@ -183,10 +183,12 @@ pub fn run_dynamics(a: &DynamicsArgs) -> Result<serde_json::Value> {
             rep.push(n);
         }
         rep.push(in_run_move(a, reps, dir.path())?);
-        match dpdk_run_move(a, reps, dir.path(), &bin_dir) {
-            Ok(n) => rep.push(n),
-            // A machine without DPDK still gets every other row.
-            Err(e) => eprintln!("chc-bench: the DPDK state move row is left out: {e:#}"),
+        for lcores in [None, Some(TWO_LCORES)] {
+            match dpdk_run_move(a, reps, dir.path(), &bin_dir, lcores) {
+                Ok(n) => rep.push(n),
+                // A machine without DPDK still gets every other row.
+                Err(e) => eprintln!("chc-bench: a DPDK state move row is left out: {e:#}"),
+            }
         }
     }
     if a.wants("ftmb") {
@@ -534,6 +536,8 @@ fn in_run_move(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Noted> {
 struct MoveRuns {
     /// The handover of each run's first move that carried buckets, in ms.
     ms: Vec<f64>,
+    /// How long the DPDK path's root held its input back for that move, in ms (median).
+    paused: Option<f64>,
     /// Buckets and state objects that move carried (medians).
     buckets: f64,
     objects: f64,
@@ -557,7 +561,7 @@ fn scale_out_runs(
     };
     let trace = synth_trace(dir, name, packets, conns, 256, 10.0, 5)?;
     let out = dir.join(format!("{name}-out.pcap"));
-    let (mut ms, mut objects, mut buckets) = (vec![], vec![], vec![]);
+    let (mut ms, mut objects, mut buckets, mut paused) = (vec![], vec![], vec![], vec![]);
     for _ in 0..reps {
         let moves = run_once(&trace, &out, packets / 2)?;
         let m = moves
@@ -565,6 +569,7 @@ fn scale_out_runs(
             .find(|m| m.buckets > 0)
             .with_context(|| format!("the scale-out run ({name}) reported no move"))?;
         ms.push(m.handover_us / 1e3);
+        paused.extend(m.paused_us.map(|us| us / 1e3));
         objects.push(m.objects as f64);
         buckets.push(m.buckets as f64);
     }
@@ -572,6 +577,7 @@ fn scale_out_runs(
     let _ = std::fs::remove_file(&out);
     Ok(MoveRuns {
         ms,
+        paused: (!paused.is_empty()).then(|| median(&paused)),
         buckets: median(&buckets),
         objects: median(&objects),
         packets,
@@ -592,10 +598,20 @@ fn move_row(metric: &str, ms: &[f64]) -> Row {
     )
 }
 
-/// The same scale-out on the DPDK path (`chc-dataplane run --backend dpdk`, one lcore): the
-/// move happens between two of the root's bursts, the old instance releasing the moved
-/// flows' state and waiting until the store applied it.
-fn dpdk_run_move(a: &DynamicsArgs, reps: usize, dir: &Path, bin_dir: &Path) -> Result<Noted> {
+/// EAL lcores that put the root on one worker lcore and spread the instances over two.
+const TWO_LCORES: &str = "--lcores=0@0,1@1,2@1";
+
+/// The same scale-out on the DPDK path (`chc-dataplane run --backend dpdk`), on one lcore or
+/// on the lcores `eal` gives. The root holds its input back for the move (on two lcores,
+/// until the chain drained) while the old instance releases the moved flows' state and waits
+/// until the store applied it.
+fn dpdk_run_move(
+    a: &DynamicsArgs,
+    reps: usize,
+    dir: &Path,
+    bin_dir: &Path,
+    eal: Option<&str>,
+) -> Result<Noted> {
     let (chain, summary) = (dir.join("nat.toml"), dir.join("dpdk-scale.json"));
     std::fs::write(&chain, NAT_CHAIN)?;
     let bin = bin_dir.join("chc-dataplane");
@@ -609,18 +625,35 @@ fn dpdk_run_move(a: &DynamicsArgs, reps: usize, dir: &Path, bin_dir: &Path) -> R
             .arg(out)
             .arg("--scale")
             .arg(format!("nat:out@{at}"));
+        if let Some(e) = eal {
+            cmd.arg(format!("--eal={e}"));
+        }
         crate::coe::dpdk_moves(cmd, &summary)
     })?;
+    let where_ = match eal {
+        None => "one lcore",
+        Some(_) => "instances on two lcores",
+    };
     Ok(Noted {
         row: move_row(
-            "state move inside a chc-dataplane --backend dpdk run (NAT scale-out 1 -> 2, one lcore)",
+            &format!(
+                "state move inside a chc-dataplane --backend dpdk run (NAT scale-out 1 -> 2, \
+                 {where_})"
+            ),
             &r.ms,
         ),
         notes: format!(
             "Summary.moves handover_us: the old instance's flush, release and wait for the \
-             store; {:.0} buckets, {:.0} state objects (median); synthetic trace of {} \
-             packets, {} connections, replayed through a net_pcap vdev",
-            r.buckets, r.objects, r.packets, r.conns
+             store; the root held its input back {:.3} ms (median paused_us: draining the \
+             chain first when instances are on other lcores); {:.0} buckets, {:.0} state \
+             objects (median); synthetic trace of {} packets, {} connections, replayed \
+             through a net_pcap vdev{}",
+            r.paused.unwrap_or(f64::NAN),
+            r.buckets,
+            r.objects,
+            r.packets,
+            r.conns,
+            eal.map(|e| format!(", EAL {e}")).unwrap_or_default()
         ),
     })
 }

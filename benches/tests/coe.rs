@@ -22,11 +22,18 @@ fn traces() -> Vec<PathBuf> {
 
 /// One `chc-bench coe` run of the paper's chain; panics if it could not run.
 fn run_coe(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
-    run_coe_on(trace, scenario, seed, "pcap")
+    run_coe_on(trace, scenario, seed, "pcap", None)
 }
 
-/// [`run_coe`] with the scenario's chain on `backend` (pcap or dpdk).
-fn run_coe_on(trace: &Path, scenario: &str, seed: u64, backend: &str) -> chc_bench::coe::Report {
+/// [`run_coe`] with the scenario's chain on `backend` (pcap or dpdk, with its EAL
+/// arguments).
+fn run_coe_on(
+    trace: &Path,
+    scenario: &str,
+    seed: u64,
+    backend: &str,
+    eal: Option<&str>,
+) -> chc_bench::coe::Report {
     coe(&CoeArgs {
         chain: None,
         trace: trace.to_path_buf(),
@@ -36,16 +43,23 @@ fn run_coe_on(trace: &Path, scenario: &str, seed: u64, backend: &str) -> chc_ben
         keep: None,
         no_spares: false,
         backend: backend.into(),
+        eal: eal.map(str::to_string),
     })
     .unwrap_or_else(|e| panic!("{} {scenario} on {backend}: {e:#}", trace.display()))
 }
 
 fn check(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
-    check_on(trace, scenario, seed, "pcap")
+    check_on(trace, scenario, seed, "pcap", None)
 }
 
-fn check_on(trace: &Path, scenario: &str, seed: u64, backend: &str) -> chc_bench::coe::Report {
-    let r = run_coe_on(trace, scenario, seed, backend);
+fn check_on(
+    trace: &Path,
+    scenario: &str,
+    seed: u64,
+    backend: &str,
+    eal: Option<&str>,
+) -> chc_bench::coe::Report {
+    let r = run_coe_on(trace, scenario, seed, backend, eal);
     assert!(
         r.equivalent,
         "{} under {scenario} (seed {seed}) is not equivalent: {:#?}",
@@ -93,16 +107,16 @@ fn synthetic(dir: &Path, packets: u64, connections: u64) -> PathBuf {
 /// packets queued at the old instance) leave the output equivalent, on every shared trace
 /// and on a synthetic one with thousands of flows.
 fn scaling_is_equivalent(scenario: &str, seed_base: u64) {
-    scaling_is_equivalent_on(scenario, seed_base, "pcap");
+    scaling_is_equivalent_on(scenario, seed_base, "pcap", None);
 }
 
-fn scaling_is_equivalent_on(scenario: &str, seed_base: u64, backend: &str) {
+fn scaling_is_equivalent_on(scenario: &str, seed_base: u64, backend: &str, eal: Option<&str>) {
     let d = tempfile::tempdir().unwrap();
     let mut all = traces();
     all.push(synthetic(d.path(), 30_000, 2_000));
     let mut moved = 0;
     for (i, t) in all.iter().enumerate() {
-        let r = check_on(t, scenario, seed_base + i as u64, backend);
+        let r = check_on(t, scenario, seed_base + i as u64, backend, eal);
         assert!(!r.moves.is_empty(), "{}: nothing moved", t.display());
         moved += r.moves.iter().map(|m| m.objects).sum::<usize>();
     }
@@ -120,7 +134,8 @@ fn scale_in_is_equivalent_on_every_trace() {
 }
 
 /// The same scenarios on the DPDK path (one `chc-dataplane run --backend dpdk` process per
-/// run, the scaled vertices' instances on the root's lcore).
+/// run): every instance on the root's lcore, and instances spread over two worker lcores
+/// (packets of moved flows may then wait in rings between lcores when a step comes).
 #[test]
 fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
     use chc_dataplane::dpdk::chc_dpdk;
@@ -128,8 +143,11 @@ fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
         eprintln!("skipped: {}", chc_dpdk::backend_status());
         return;
     }
-    scaling_is_equivalent_on("scale-out", 71, "dpdk");
-    scaling_is_equivalent_on("scale-in", 91, "dpdk");
+    scaling_is_equivalent_on("scale-out", 71, "dpdk", None);
+    scaling_is_equivalent_on("scale-in", 91, "dpdk", None);
+    let lcores = Some("--lcores=0@0,1@1,2@1");
+    scaling_is_equivalent_on("scale-out", 111, "dpdk", lcores);
+    scaling_is_equivalent_on("scale-in", 131, "dpdk", lcores);
 }
 
 /// A straggler's clone (§3.4.3) replays the root's log, races the straggler on a copy of its

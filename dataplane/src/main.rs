@@ -104,7 +104,7 @@ struct RunArgs {
     /// Fig 3.7; the summary reports each move. NAME:clone=I@N starts a clone of straggling
     /// instance I (§3.4.3): it replays the root's log, races the straggler on a copy of its
     /// traffic, and the slower one goes (alone, not with other steps). With --backend dpdk:
-    /// out and in, for a vertex whose instances all run on the root's lcore.
+    /// out and in, on one host; the root holds its input back during each move.
     #[arg(long = "scale", value_name = "NAME:out|in@N")]
     scale: Vec<String>,
     /// Admit at most this many packets per second (default: as fast as the chain takes them).

@@ -239,6 +239,7 @@ impl Move {
             objects,
             handover_us,
             held: 0,
+            paused_us: None,
         }
     }
 
@@ -787,6 +788,7 @@ impl Instance {
             objects: 0,
             handover_us: 0.0,
             held: n,
+            paused_us: None,
         });
         if self.settled_in() {
             let p = self.incoming[i].m.parallelism;

@@ -92,6 +92,10 @@ pub struct MoveSummary {
     pub handover_us: f64,
     /// Packets the new instance held until the handover.
     pub held: u64,
+    /// On the DPDK path: how long the root held its input back for the move (the chain
+    /// draining, then the release and the take), microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_us: Option<f64>,
 }
 
 impl fmt::Display for Summary {

@@ -103,6 +103,9 @@ pub struct Root {
     ring: Vec<Entry>,
     /// Packets logged.
     live: usize,
+    /// Logged packets some copy of which has not reported its delete: packets still on
+    /// their way through the chain (in an instance, a queue or a ring).
+    travelling: usize,
     /// Counter value that must be persisted before it is exceeded.
     persisted: u64,
     /// Buffers of freed slots, the last freed on top. A slot that kept its own buffer would
@@ -126,6 +129,7 @@ impl Root {
             tail: start,
             ring: (0..first).map(|_| Entry::default()).collect(),
             live: 0,
+            travelling: 0,
             persisted: 0,
             spare: Vec::new(),
             stats: RootStats::default(),
@@ -153,6 +157,12 @@ impl Root {
     /// Logged packets.
     pub fn in_flight(&self) -> usize {
         self.live
+    }
+
+    /// Logged packets not yet through the chain: some copy has not reported its delete.
+    /// When it is 0, no packet the root admitted waits anywhere in the chain.
+    pub fn travelling(&self) -> usize {
+        self.travelling
     }
 
     /// Packets `admit` takes before the log is full (the oldest logged packet holds the
@@ -219,6 +229,7 @@ impl Root {
         e.pkt.wire_len = wire_len;
         e.pkt.ts_ns = ts_ns;
         self.live += 1;
+        self.travelling += 1;
         self.stats.stamped += 1;
         self.stats.high_water = self.stats.high_water.max(self.live);
         Some(clock)
@@ -241,6 +252,9 @@ impl Root {
             return Settled::Unknown;
         };
         let e = &mut self.ring[i];
+        if e.weight < FULL && e.weight + weight >= FULL {
+            self.travelling -= 1;
+        }
         e.weight += weight;
         if !e.waived {
             e.xor ^= vector;
@@ -390,11 +404,18 @@ mod tests {
             Settled::Pending
         );
         assert_eq!(r.on_commit(c, 0x0003_0001), Settled::Pending);
+        assert_eq!(r.travelling(), 1, "a copy is still in the chain");
         assert_eq!(
             r.on_delete(c, FULL / 2, 0x0007_0001),
             Settled::Pending,
             "a commit is missing"
         );
+        assert_eq!(
+            r.travelling(),
+            0,
+            "both copies left; only a commit is awaited"
+        );
+        assert_eq!(r.in_flight(), 1);
         assert_eq!(r.on_commit(c, 0x0007_0001), Settled::Deleted);
         assert_eq!(r.in_flight(), 0);
         assert_eq!(r.on_delete(c, FULL, 0), Settled::Unknown);
@@ -600,8 +621,12 @@ mod tests {
                 events.swap(i, (s % (i as u64 + 1)) as usize);
             }
             let n = events.len();
+            let mut reported = 0;
             for (i, (del, weight, v)) in events.into_iter().enumerate() {
                 let got = if del { r.on_delete(c, weight, v) } else { r.on_commit(c, v) };
+                reported += u64::from(del);
+                // Through the chain exactly when every copy reported, commits or not.
+                prop_assert_eq!(r.travelling(), usize::from(reported < split));
                 if i + 1 == n {
                     prop_assert_eq!(got, Settled::Deleted);
                 } else {

@@ -76,7 +76,7 @@ pub struct DpdkOptions {
     /// Mbufs in the packet pool.
     pub pool_size: u32,
     pub progress: bool,
-    /// Scale-out and scale-in steps (`--scale`), taken on the root's lcore.
+    /// Scale-out and scale-in steps (`--scale`), run from the root's lcore.
     pub scaling: Vec<ScaleStep>,
 }
 
@@ -415,22 +415,25 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         workers.clone()
     };
     let plan = plan::plan(&chain, opts.host.as_deref(), &chain_lcores)?;
-    // Flows move between instances at a boundary of the root's loop, where every packet it
-    // admitted has been through the chain: that holds for instances on the root's lcore.
-    for (vi, st) in &scale_steps {
-        let here = plan.root_here
-            && !plan.multi_host
-            && plan.placement[*vi]
-                .iter()
-                .all(|p| matches!(p, Placement::Local { slot: 0 }));
-        if !here {
+    // Flows move between instances while the root holds its input back (see
+    // `Worker::scale`); the lcores of this host take the steps, so every instance of a
+    // scaled vertex runs here.
+    if let Some((_, st)) = scale_steps.first() {
+        if plan.multi_host {
             return Err(DpdkError::Config(format!(
-                "--scale {}: with --backend dpdk, every instance of a scaled vertex runs on the \
-                 root's lcore (one host; give the vertex `lcores` with the root's lcore only, or run one lcore)",
+                "--scale {}: with --backend dpdk, scaling runs on one host (the chain spans \
+                 several)",
                 st.vertex
             )));
         }
     }
+    // With every instance on the root's lcore, nothing waits in a ring between two of the
+    // root's bursts; otherwise a move first lets the chain drain.
+    let drain = plan
+        .placement
+        .iter()
+        .flatten()
+        .any(|p| !matches!(p, Placement::Local { slot: 0 }));
     // A net_pcap input named in the chain file is replayed like --pcap-in: to its end.
     let rx_pcaps: Vec<&str> = plan
         .ports
@@ -798,6 +801,9 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                     live: live0.clone(),
                     tables: allocs.iter().map(|a| a.entries()).collect(),
                     next_id: 0,
+                    drain,
+                    queue: Default::default(),
+                    current: None,
                     moves: Vec::new(),
                 }),
             })
@@ -848,6 +854,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             tx_rings,
             owner,
             hook: None,
+            orders_seen: 0,
             scratch: Burst::with_capacity(BURST),
         });
     }

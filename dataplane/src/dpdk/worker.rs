@@ -63,6 +63,61 @@ pub struct Shared {
     pub watermark: Arc<AtomicU64>,
     /// Set on other hosts when the root says FINISH (or the channel broke).
     pub finished: Option<Arc<AtomicBool>>,
+    /// A step of a flow move for the lcore that runs the instance concerned.
+    pub orders: Orders,
+}
+
+/// What the lcore running an instance does for a flow move (Fig 3.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The old instance flushes and releases the moved flows' state, and waits until the
+    /// store applied that (steps 3-5).
+    Release,
+    /// The new instance takes the moved flows (step 7): their state comes from the store.
+    Take,
+}
+
+/// One step of a flow move, posted by the root's lcore.
+pub struct Order {
+    pub vertex: usize,
+    pub inst: u16,
+    pub step: Step,
+    pub mv: Arc<Move>,
+    /// Set by the lcore that took the step: the instance's name, objects handed over and
+    /// how long the release took (µs).
+    pub done: Option<(String, usize, f64)>,
+}
+
+/// The root's lcore posts one order at a time; every lcore looks at it when `posted`
+/// changed, so a lcore pays one atomic load per loop for this.
+#[derive(Default)]
+pub struct Orders {
+    pub posted: AtomicU64,
+    pub slot: Mutex<Option<Order>>,
+}
+
+impl std::fmt::Debug for Orders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orders")
+            .field("posted", &self.posted.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Orders {
+    fn post(&self, o: Order) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
+        self.posted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The result of the order posted last, once taken (the slot is then empty again).
+    fn collect(&self) -> Option<(String, usize, f64)> {
+        let mut g = self.slot.try_lock().ok()?;
+        if g.as_ref()?.done.is_some() {
+            return g.take()?.done;
+        }
+        None
+    }
 }
 
 /// Where a packet goes next.
@@ -175,7 +230,7 @@ pub struct RootPart {
     pub scaling: Option<Scaling>,
 }
 
-/// Scale-out and scale-in on the root's lcore (see [`Worker::scale`]).
+/// Scale-out and scale-in, run from the root's lcore (see [`Worker::scale`]).
 pub struct Scaling {
     /// (vertex, step), in the order of their input positions.
     pub steps: std::collections::VecDeque<(usize, ScaleStep)>,
@@ -184,8 +239,40 @@ pub struct Scaling {
     /// Bucket -> instance, per vertex, as the moves planned so far leave it.
     pub tables: Vec<Vec<u16>>,
     pub next_id: u64,
+    /// Whether a move waits until every admitted packet is through the chain: packets may
+    /// wait in rings between lcores (with the whole chain on the root's lcore, none does
+    /// between two of its bursts).
+    pub drain: bool,
+    /// Moves planned and not started, and the one under way.
+    pub queue: std::collections::VecDeque<(usize, Arc<Move>)>,
+    pub current: Option<Moving>,
     /// The moves done, in order.
     pub moves: Vec<MoveSummary>,
+}
+
+impl Scaling {
+    /// Whether the root holds its input back: a move is planned or under way.
+    pub fn busy(&self) -> bool {
+        self.current.is_some() || !self.queue.is_empty()
+    }
+}
+
+/// A flow move under way.
+pub struct Moving {
+    pub vertex: usize,
+    pub mv: Arc<Move>,
+    pub phase: Phase,
+    pub since: Instant,
+    /// What the release reported: name, objects, µs.
+    pub released: Option<(String, usize, f64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting until no admitted packet is left in the chain.
+    Draining,
+    Releasing,
+    Taking,
 }
 
 /// Everything a lcore returns at the end.
@@ -249,6 +336,8 @@ pub struct Worker {
     pub scratch: Burst,
     /// Called once per iteration (a traffic source in the same process).
     pub hook: Option<Box<dyn FnMut() + Send>>,
+    /// `Orders::posted` when this lcore last looked.
+    pub orders_seen: u64,
 }
 
 /// Which output a tx ring drains into.
@@ -606,6 +695,9 @@ impl Worker {
             }
             if self.root.is_some() {
                 self.scale();
+            }
+            self.take_orders();
+            if self.root.is_some() {
                 n += self.poll_root(start);
             }
             n += self.poll_links();
@@ -643,24 +735,26 @@ impl Worker {
         self.finish()
     }
 
-    /// Takes the scaling steps whose input position the root has reached.
+    /// Moves flows between instances for the scaling steps whose input position the root
+    /// has reached, one move at a time, the root holding its input back meanwhile.
     ///
-    /// This runs between two of the root's bursts on the lcore that runs every instance of
-    /// a scaled vertex (checked when the chain is prepared): each packet admitted so far has
-    /// been through those instances and nothing of them waits in a queue, so the handover of
-    /// Fig 3.7 reduces to its state steps, in order: the old instance flushes and releases
-    /// the moved flows' state and waits until the store has applied that (steps 3-5), the
-    /// splitter sends the moved buckets to the new instance (steps 1-2 and 6), which takes
-    /// them (step 7) before its first packet of them.
+    /// The handover of Fig 3.7 reduces to its state steps once no packet of the moved
+    /// flows can be on its way to the old instance. With the whole chain on the root's lcore
+    /// that holds between two of the root's bursts; otherwise the root first waits until
+    /// every packet it admitted has left the chain (none then waits in a ring). Then, in
+    /// order: the lcore of the old instance has it flush and release the moved flows' state
+    /// and wait until the store applied that (steps 3-5); the splitters send the moved
+    /// buckets to the new instance (steps 1-2 and 6); its lcore has it take them (step 7),
+    /// so a miss asks the store, before the root admits the next packet.
     fn scale(&mut self) {
         let Some(r) = self.root.as_mut() else {
             return;
         };
         let read = r.run.read;
+        let travelling = r.root.travelling();
         let Some(sc) = r.scaling.as_mut() else {
             return;
         };
-        let mut planned = Vec::new();
         while sc
             .steps
             .front()
@@ -668,50 +762,124 @@ impl Worker {
         {
             let (vi, st) = sc.steps.pop_front().expect("checked above");
             let ms = plan_moves(&st, &mut sc.live[vi], &mut sc.tables[vi], &mut sc.next_id);
-            planned.extend(ms.into_iter().map(|m| (vi, m)));
+            sc.queue.extend(ms.into_iter().map(|m| (vi, Arc::new(m))));
         }
-        if planned.is_empty() {
+        let orders = &self.shared.orders;
+        loop {
+            let Some(mut cur) = sc.current.take() else {
+                let Some((vertex, mv)) = sc.queue.pop_front() else {
+                    return;
+                };
+                sc.current = Some(Moving {
+                    vertex,
+                    mv,
+                    phase: Phase::Draining,
+                    since: Instant::now(),
+                    released: None,
+                });
+                continue;
+            };
+            let order = |step: Step, cur: &Moving| Order {
+                vertex: cur.vertex,
+                inst: match step {
+                    Step::Release => cur.mv.from,
+                    Step::Take => cur.mv.to,
+                },
+                step,
+                mv: cur.mv.clone(),
+                done: None,
+            };
+            match cur.phase {
+                Phase::Draining => {
+                    if sc.drain && travelling > 0 {
+                        if cur.since.elapsed() > std::time::Duration::from_secs(10) {
+                            self.io.error(format!(
+                                "flow move {}: {travelling} packets never left the chain",
+                                cur.mv.id
+                            ));
+                            self.shared.phase.store(STOPPING, Ordering::Release);
+                        }
+                        sc.current = Some(cur);
+                        return;
+                    }
+                    orders.post(order(Step::Release, &cur));
+                    cur.phase = Phase::Releasing;
+                }
+                Phase::Releasing => {
+                    let Some(done) = orders.collect() else {
+                        sc.current = Some(cur);
+                        return;
+                    };
+                    let alloc = &self.routers[cur.vertex].alloc;
+                    for b in (0..crate::split::BUCKETS).filter(|&b| cur.mv.has(b)) {
+                        alloc.set(b, cur.mv.to);
+                    }
+                    cur.released = Some(done);
+                    orders.post(order(Step::Take, &cur));
+                    cur.phase = Phase::Taking;
+                }
+                Phase::Taking => {
+                    if orders.collect().is_none() {
+                        sc.current = Some(cur);
+                        return;
+                    }
+                    let (name, objects, us) = cur.released.take().unwrap_or_default();
+                    let mut done = cur.mv.handed_over(&name, objects, us);
+                    done.paused_us = Some(cur.since.elapsed().as_secs_f64() * 1e6);
+                    sc.moves.push(done);
+                    continue;
+                }
+            }
+            // The step just posted may be this lcore's: it is taken in this loop.
+            sc.current = Some(cur);
             return;
-        }
-        let mut done = Vec::new();
-        for (vi, m) in planned {
-            done.push(self.apply_move(vi, &m));
-        }
-        if let Some(sc) = self.root.as_mut().and_then(|r| r.scaling.as_mut()) {
-            sc.moves.extend(done);
         }
     }
 
-    /// Moves the buckets of `m` from one instance of vertex `vi` to another.
-    fn apply_move(&mut self, vi: usize, m: &Move) -> MoveSummary {
-        let task = |tasks: &[Task], i: u16| {
-            tasks
-                .iter()
-                .position(|t| t.vertex == vi && t.inst.idx == i)
-                .expect("every instance of a scaled vertex is on this lcore")
-        };
-        let (from, to) = (task(&self.tasks, m.from), task(&self.tasks, m.to));
-        let since = Instant::now();
-        let old = &mut self.tasks[from].inst;
-        old.set_parallelism(m.parallelism);
-        let done = old.hand_over(&|b| m.has(b));
-        // The release is applied before the new instance asks for a moved flow's state.
-        old.sync();
-        let handover_us = since.elapsed().as_secs_f64() * 1e6;
-        let objects = match done {
-            HandedOver::Done(n) => n,
-            HandedOver::ForgetAfter => old.forget_moved(&|b| m.has(b)),
-        };
-        let alloc = &self.routers[vi].alloc;
-        for b in (0..crate::split::BUCKETS).filter(|&b| m.has(b)) {
-            alloc.set(b, m.to);
+    /// Takes the step of a flow move posted for one of this lcore's instances.
+    fn take_orders(&mut self) {
+        let posted = self.shared.orders.posted.load(Ordering::Acquire);
+        if posted == self.orders_seen {
+            return;
         }
-        let new = &mut self.tasks[to].inst;
-        // Flows new here may have state in the store: its misses must ask it.
-        new.state.set_fresh(false);
-        new.take_buckets(&|b| m.has(b));
-        new.set_parallelism(m.parallelism);
-        m.handed_over(&new.name, objects, handover_us)
+        self.orders_seen = posted;
+        let orders = self.shared.clone();
+        let mut g = orders.orders.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(o) = g.as_mut().filter(|o| o.done.is_none()) else {
+            return;
+        };
+        let Some(t) = self
+            .tasks
+            .iter()
+            .position(|t| t.vertex == o.vertex && t.inst.idx == o.inst)
+        else {
+            return;
+        };
+        let inst = &mut self.tasks[t].inst;
+        let m = &o.mv;
+        o.done = Some(match o.step {
+            Step::Release => {
+                let since = Instant::now();
+                inst.set_parallelism(m.parallelism);
+                let done = inst.hand_over(&|b| m.has(b));
+                // The release is applied before the new instance asks for a moved flow's
+                // state.
+                inst.sync();
+                let us = since.elapsed().as_secs_f64() * 1e6;
+                let objects = match done {
+                    HandedOver::Done(n) => n,
+                    HandedOver::ForgetAfter => inst.forget_moved(&|b| m.has(b)),
+                };
+                (inst.name.clone(), objects, us)
+            }
+            Step::Take => {
+                // Flows new here may have state in the store: its misses must ask it.
+                inst.state.set_fresh(false);
+                inst.take_buckets(&|b| m.has(b));
+                inst.set_parallelism(m.parallelism);
+                (inst.name.clone(), 0, 0.0)
+            }
+        });
     }
 
     /// Sends what instances queued for the store and waits for it (when idle).
@@ -746,7 +914,8 @@ impl Worker {
         self.shared
             .in_flight
             .store(inflight as u64, Ordering::Relaxed);
-        if !r.input_done {
+        // A move due within the input's last burst is still taken.
+        if !r.input_done || r.scaling.as_ref().is_some_and(Scaling::busy) {
             return;
         }
         if inflight == 0 {
@@ -791,7 +960,8 @@ impl Worker {
             .window
             .saturating_sub(r.root.in_flight())
             .min(r.root.room());
-        if !r.input_done && room >= burst.capacity() {
+        let moving = r.scaling.as_ref().is_some_and(Scaling::busy);
+        if !r.input_done && !moving && room >= burst.capacity() {
             for k in 0..r.rx.len() {
                 r.rx[k].0.rx_burst(&mut burst);
                 if !burst.is_empty() {
