@@ -176,13 +176,27 @@ impl NfInstance {
     /// The vertex now runs `n` instances: objects cached because only this instance used
     /// them are flushed and shared (or cached again when it is alone).
     pub fn set_parallelism(&mut self, n: u16) {
-        for i in 0..self.keyed.len() {
-            let (id, keyed_by) = self.keyed[i];
-            let excl = nfs::nf::exclusive(keyed_by, self.partition, n);
-            if let Err(e) = self.state.set_exclusive(id, excl) {
-                self.note_error(e.to_string());
-            }
+        self.set_parallelism_with(n, true);
+    }
+
+    fn set_parallelism_with(&mut self, n: u16, wait: bool) {
+        let change: Vec<(u16, bool)> = self
+            .keyed
+            .iter()
+            .map(|&(id, keyed_by)| (id, nfs::nf::exclusive(keyed_by, self.partition, n)))
+            .collect();
+        if let Err(e) = self.state.set_exclusive_many(&change, wait) {
+            self.note_error(e.to_string());
         }
+    }
+
+    /// The old instance's part of a move: it becomes one of `n` instances and hands the
+    /// buckets `moved` selects over ([`Self::set_parallelism`], then [`Self::hand_over`]).
+    /// The handover's wait for the store covers the objects that became shared too, so the
+    /// move waits once rather than twice.
+    pub fn hand_over_as(&mut self, n: u16, moved: &dyn Fn(usize) -> bool) -> HandedOver {
+        self.set_parallelism_with(n, false);
+        self.hand_over(moved)
     }
 
     /// Hands over the state of the buckets `moved` selects to whichever instance takes

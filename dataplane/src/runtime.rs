@@ -746,8 +746,7 @@ impl Instance {
     fn hand_over(&mut self, m: &Move) {
         let since = self.lasts.get(&m.id).map_or_else(Instant::now, |e| e.1);
         let done = if m.handover {
-            self.inst.set_parallelism(m.parallelism);
-            self.inst.hand_over(&|b| m.has(b))
+            self.inst.hand_over_as(m.parallelism, &|b| m.has(b))
         } else {
             HandedOver::Done(0)
         };

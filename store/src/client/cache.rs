@@ -256,6 +256,7 @@ impl StateClient {
         customs: CustomOps,
         mut store: StoreClient,
     ) -> Result<Self, StateError> {
+        freer();
         for o in objects {
             for s in 0..store.shards() {
                 store.submit_to(s, ops::declare(vertex, o.id, &o.name, o.key_kind));
@@ -586,22 +587,44 @@ impl StateClient {
     /// of other strategies keep no copy that exclusivity would make valid, so nothing changes
     /// for them.
     pub fn set_exclusive(&mut self, obj: u16, exclusive: bool) -> Result<(), StateError> {
+        self.set_exclusive_many(&[(obj, exclusive)], true)
+    }
+
+    /// [`Self::set_exclusive`] for several objects at once (a change of the vertex's
+    /// parallelism), with one wait for the store whatever the number of objects that become
+    /// shared. Without `wait` the caller waits for the store itself before another instance
+    /// may use those objects (a handover's release does): the cache holds no update the store
+    /// was not sent, so dropping it first is safe.
+    pub fn set_exclusive_many(
+        &mut self,
+        change: &[(u16, bool)],
+        wait: bool,
+    ) -> Result<(), StateError> {
         // A run gathered under the old strategy goes before anything under the new one.
         self.close_runs();
-        let (was, strategy) = match self.objs.get_mut(obj as usize).and_then(|o| o.as_mut()) {
-            Some(o) => (std::mem::replace(&mut o.exclusive, exclusive), o.strategy),
-            None => return Err(StateError::UnknownObject(obj)),
-        };
-        if was && !exclusive && strategy == Strategy::CacheExclusive {
-            self.sync()?;
-            let v = self.vertex;
-            let gone: Vec<Value> = self
-                .shared
-                .extract_if(|k, _| k.vertex == v && k.object == obj)
-                .map(|(_, c)| c.value)
-                .collect();
-            dispose(gone);
+        let mut shared_now = Vec::new();
+        for &(obj, exclusive) in change {
+            let (was, strategy) = match self.objs.get_mut(obj as usize).and_then(|o| o.as_mut()) {
+                Some(o) => (std::mem::replace(&mut o.exclusive, exclusive), o.strategy),
+                None => return Err(StateError::UnknownObject(obj)),
+            };
+            if was && !exclusive && strategy == Strategy::CacheExclusive {
+                shared_now.push(obj);
+            }
         }
+        if shared_now.is_empty() {
+            return Ok(());
+        }
+        if wait {
+            self.sync()?;
+        }
+        let v = self.vertex;
+        let gone: Vec<Value> = self
+            .shared
+            .extract_if(|k, _| k.vertex == v && shared_now.contains(&k.object))
+            .map(|(_, c)| c.value)
+            .collect();
+        dispose(gone);
         Ok(())
     }
 
@@ -1452,36 +1475,44 @@ fn dispose(values: Vec<Value>) {
     if items <= FREE_INLINE_ITEMS {
         return;
     }
-    static FREER: OnceLock<Option<Arc<SegQueue<Vec<Value>>>>> = OnceLock::new();
-    let freer = FREER.get_or_init(|| {
-        let q = Arc::new(SegQueue::new());
-        let work = q.clone();
-        std::thread::Builder::new()
-            .name("chc-free".into())
-            .spawn(move || {
-                let mut pause = FREE_INTERVAL;
-                loop {
-                    let mut found = false;
-                    while let Some(v) = work.pop() {
-                        drop(v);
-                        found = true;
-                    }
-                    // Idle, it looks less and less often: handovers come in bursts.
-                    pause = if found {
-                        FREE_INTERVAL
-                    } else {
-                        (pause * 2).min(FREE_INTERVAL_IDLE)
-                    };
-                    std::thread::sleep(pause);
-                }
-            })
-            .ok()
-            .map(|_| q)
-    });
     // Without the thread, the values are freed here.
-    if let Some(q) = freer {
+    if let Some(q) = freer() {
         q.push(values);
     }
+}
+
+/// The queue of the thread that frees large values, started on first use (or `None` if it
+/// could not start). External caches start it when they are made: spawning a thread takes
+/// about 0.1 ms, which the first handover or scale-out would otherwise wait for.
+fn freer() -> Option<&'static Arc<SegQueue<Vec<Value>>>> {
+    static FREER: OnceLock<Option<Arc<SegQueue<Vec<Value>>>>> = OnceLock::new();
+    FREER
+        .get_or_init(|| {
+            let q = Arc::new(SegQueue::new());
+            let work = q.clone();
+            std::thread::Builder::new()
+                .name("chc-free".into())
+                .spawn(move || {
+                    let mut pause = FREE_INTERVAL;
+                    loop {
+                        let mut found = false;
+                        while let Some(v) = work.pop() {
+                            drop(v);
+                            found = true;
+                        }
+                        // Idle, it looks less and less often: handovers come in bursts.
+                        pause = if found {
+                            FREE_INTERVAL
+                        } else {
+                            (pause * 2).min(FREE_INTERVAL_IDLE)
+                        };
+                        std::thread::sleep(pause);
+                    }
+                })
+                .ok()
+                .map(|_| q)
+        })
+        .as_ref()
 }
 
 fn is_list_op(code: OpCode) -> bool {
