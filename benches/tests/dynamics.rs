@@ -40,10 +40,10 @@ fn quick_run_writes_well_formed_rows() {
     assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
     assert!(!v["machine"]["model"].as_str().unwrap().is_empty());
     let rows = v["rows"].as_array().unwrap();
-    // move: 3 (and the DPDK path's two where DPDK is: one lcore, two lcores), ftmb: 2,
+    // move: 4 (and the DPDK path's two where DPDK is: one lcore, two lcores), ftmb: 2,
     // root: 1, store: 1 (the end-to-end crash group is not quick).
     let dpdk = chc_dataplane::dpdk::chc_dpdk::is_available();
-    assert_eq!(rows.len(), 7 + 2 * usize::from(dpdk), "{rows:#?}");
+    assert_eq!(rows.len(), 8 + 2 * usize::from(dpdk), "{rows:#?}");
     assert_eq!(
         rows.iter()
             .filter(|r| r["metric"].as_str().unwrap().contains("--backend dpdk"))

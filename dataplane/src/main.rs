@@ -315,8 +315,8 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
         "--delay is not supported with --backend dpdk"
     );
     anyhow::ensure!(
-        !a.naive_move && a.rate.is_none(),
-        "--naive-move and --rate run on the embedded backend only"
+        !a.naive_move,
+        "--naive-move runs on the embedded backend only"
     );
     let chain = run_chain(a)?;
     // Checked (vertex, action) and put in order where the DPDK path prepares them.
@@ -342,6 +342,7 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     opts.pool_size = a.mbufs;
     opts.progress = a.progress;
     opts.scaling = scaling;
+    opts.rate_pps = a.rate;
     let s = dpdk::run(&opts).context("running the chain on DPDK")?;
     eprintln!("{s}");
     if let Some(p) = &a.summary_json {

@@ -394,3 +394,51 @@ fn bad_arguments_are_refused_clearly() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("the backends are pcap and dpdk"));
 }
+
+/// `--rate` paces the DPDK root: a trace cannot go through faster than the rate allows (in
+/// bursts of at most one poll), and its output is still the embedded path's.
+#[test]
+fn the_dpdk_root_admits_at_the_given_rate() {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let t = traces()
+        .into_iter()
+        .find(|p| p.ends_with("mixed.pcap"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (eo, ee) = (dir.path().join("e.pcap"), dir.path().join("e.jsonl"));
+    let (dout, dev) = (dir.path().join("d.pcap"), dir.path().join("d.jsonl"));
+    let chain = Chain::parse(chc_dataplane::config::PAPER_CHAIN, "paper").unwrap();
+    embedded(chain, &t, &eo, &ee);
+    let rate = 2000u64;
+    let s = dpdk_run(
+        &[
+            "--pcap-in",
+            t.to_str().unwrap(),
+            "--pcap-out",
+            dout.to_str().unwrap(),
+            "--events",
+            dev.to_str().unwrap(),
+            "--rate",
+            &rate.to_string(),
+        ],
+        None,
+        dir.path(),
+        "paced",
+    );
+    let n = s["packets_read"].as_u64().unwrap();
+    // The first burst goes at once; every other packet waits for its turn.
+    let least = n.saturating_sub(32) as f64 / rate as f64;
+    let took = s["elapsed_s"].as_f64().unwrap();
+    assert!(
+        took >= least,
+        "{n} packets at {rate}/s took {took:.3} s (at least {least:.3} s)"
+    );
+    assert!(
+        sorted_records(&eo) == sorted_records(&dout),
+        "output differs"
+    );
+    assert_eq!(sorted_lines(&ee), sorted_lines(&dev), "events differ");
+}

@@ -78,6 +78,8 @@ pub struct DpdkOptions {
     pub progress: bool,
     /// Scale-out and scale-in steps (`--scale`), run from the root's lcore.
     pub scaling: Vec<ScaleStep>,
+    /// Admit at most this many packets per second, on average (`--rate`; a load level).
+    pub rate_pps: Option<u64>,
 }
 
 impl DpdkOptions {
@@ -92,6 +94,7 @@ impl DpdkOptions {
             pool_size: 16383,
             progress: false,
             scaling: Vec::new(),
+            rate_pps: None,
         }
     }
 }
@@ -796,6 +799,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 last_check: 0,
                 unsettled: 0,
                 lost_input: 0,
+                pace: opts.rate_pps.map(|pps| worker::Pace::new(pps, hz)),
                 scaling: (!scale_steps.is_empty()).then(|| worker::Scaling {
                     steps: std::mem::take(&mut scale_steps).into(),
                     live: live0.clone(),

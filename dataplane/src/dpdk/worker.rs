@@ -228,6 +228,35 @@ pub struct RootPart {
     pub lost_input: u64,
     /// Scaling steps still to take, and what the vertices look like so far.
     pub scaling: Option<Scaling>,
+    /// The admission rate (`--rate`), if any.
+    pub pace: Option<Pace>,
+}
+
+/// Admission at a fixed average rate: a burst is read once the time since the first one
+/// allows it whole, so the chain sees the load level and bursts of at most one poll.
+pub struct Pace {
+    /// Packets per second, and TSC ticks per second.
+    pps: u64,
+    hz: u64,
+    start: Option<u64>,
+}
+
+impl Pace {
+    pub fn new(pps: u64, hz: u64) -> Pace {
+        Pace {
+            pps: pps.max(1),
+            hz,
+            start: None,
+        }
+    }
+
+    /// How many packets may be read at TSC `now`, `read` having been read already.
+    fn allowed(&mut self, now: u64, read: u64) -> u64 {
+        let start = *self.start.get_or_insert(now);
+        let due =
+            u128::from(now.wrapping_sub(start)) * u128::from(self.pps) / u128::from(self.hz.max(1));
+        (due as u64 + 1).saturating_sub(read)
+    }
 }
 
 /// Scale-out and scale-in, run from the root's lcore (see [`Worker::scale`]).
@@ -860,11 +889,9 @@ impl Worker {
         o.done = Some(match o.step {
             Step::Release => {
                 let since = Instant::now();
-                inst.set_parallelism(m.parallelism);
-                let done = inst.hand_over(&|b| m.has(b));
-                // The release is applied before the new instance asks for a moved flow's
-                // state.
-                inst.sync();
+                // Waits until the store applied the release (and every earlier update):
+                // the new instance may ask for a moved flow's state next.
+                let done = inst.hand_over_as(m.parallelism, &|b| m.has(b));
                 let us = since.elapsed().as_secs_f64() * 1e6;
                 let objects = match done {
                     HandedOver::Done(n) => n,
@@ -961,7 +988,11 @@ impl Worker {
             .saturating_sub(r.root.in_flight())
             .min(r.root.room());
         let moving = r.scaling.as_ref().is_some_and(Scaling::busy);
-        if !r.input_done && !moving && room >= burst.capacity() {
+        let paced = r
+            .pace
+            .as_mut()
+            .is_none_or(|p| p.allowed(now, r.run.read) >= burst.capacity() as u64);
+        if !r.input_done && !moving && paced && room >= burst.capacity() {
             for k in 0..r.rx.len() {
                 r.rx[k].0.rx_burst(&mut burst);
                 if !burst.is_empty() {
