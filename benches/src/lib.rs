@@ -1,5 +1,6 @@
 //! `chc-bench`: CHC's experiments, each writing the shared results format.
 
+pub mod caching;
 pub mod coe;
 pub mod dpdkbench;
 pub mod dynamics;

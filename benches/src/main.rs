@@ -37,6 +37,10 @@ enum Cmd {
     /// Chain-wide ordering (R4): planted Trojan signatures found with and without logical
     /// clocks while upstream instances run slow.
     Order(chc_bench::order::OrderArgs),
+    /// Cross-flow state caching across a change of partitioning (Fig 3.14): a portscan
+    /// detector's per-packet time alone, with a second instance sharing its hosts, and alone
+    /// again.
+    Caching(chc_bench::caching::CachingArgs),
 }
 
 fn main() -> Result<()> {
@@ -99,5 +103,6 @@ fn main() -> Result<()> {
         Cmd::Dpdk(a) => chc_bench::dpdkbench::run(&a),
         Cmd::Dynamics(a) => chc_bench::dynamics::run_dynamics(&a).map(|_| ()),
         Cmd::Order(a) => chc_bench::order::run_order(&a).map(|_| ()),
+        Cmd::Caching(a) => chc_bench::caching::run_caching(&a).map(|_| ()),
     }
 }
