@@ -818,16 +818,19 @@ impl Worker {
                 mv: cur.mv.clone(),
                 done: None,
             };
+            if cur.since.elapsed() > std::time::Duration::from_secs(10) {
+                // Packets that never leave, or a step no lcore takes: the run ends with the
+                // reason rather than holding its input forever.
+                self.io.error(format!(
+                    "flow move {} stuck for 10 s in {:?} ({travelling} packets in the chain)",
+                    cur.mv.id, cur.phase
+                ));
+                self.shared.phase.store(STOPPING, Ordering::Release);
+                return;
+            }
             match cur.phase {
                 Phase::Draining => {
                     if sc.drain && travelling > 0 {
-                        if cur.since.elapsed() > std::time::Duration::from_secs(10) {
-                            self.io.error(format!(
-                                "flow move {}: {travelling} packets never left the chain",
-                                cur.mv.id
-                            ));
-                            self.shared.phase.store(STOPPING, Ordering::Release);
-                        }
                         sc.current = Some(cur);
                         return;
                     }
