@@ -66,8 +66,8 @@ pub struct CoeArgs {
     pub no_spares: bool,
     /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
     /// `chc-dataplane run --backend dpdk` process, a net_pcap vdev replaying the trace;
-    /// scenarios parallel, scale-out and scale-in, without their delays). The ideal chain
-    /// always runs embedded.
+    /// scenarios parallel, delay, scale-out and scale-in). The ideal chain always runs
+    /// embedded.
     #[arg(long, default_value = "pcap")]
     pub backend: String,
     /// With --backend dpdk: EAL arguments of the run, such as its lcores
@@ -580,11 +580,15 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             SCENARIOS.join(", ")
         );
     }
-    if a.backend == "dpdk" && !matches!(a.scenario.as_str(), "parallel" | "scale-out" | "scale-in")
+    if a.backend == "dpdk"
+        && !matches!(
+            a.scenario.as_str(),
+            "parallel" | "delay" | "scale-out" | "scale-in"
+        )
     {
         bail!(
             "scenario {:?} runs on the embedded backend only; with --backend dpdk: parallel, \
-             scale-out, scale-in",
+             delay, scale-out, scale-in",
             a.scenario
         );
     }
@@ -721,6 +725,13 @@ fn run_dpdk(
         cmd.arg("--parallelism")
             .arg(format!("{}={}", v.name, v.parallelism));
     }
+    let mut delays: Vec<_> = setup.delays.iter().collect();
+    delays.sort_by(|x, y| x.0.cmp(y.0));
+    for (name, d) in delays {
+        cmd.arg("--delay")
+            .arg(format!("{name}={}-{}", d.min_us, d.max_us));
+    }
+    cmd.arg("--seed").arg(a.seed.to_string());
     for st in &setup.scaling {
         let what = match st.action {
             ScaleAction::Out => "out".to_string(),

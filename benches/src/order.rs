@@ -79,7 +79,20 @@ pub struct OrderArgs {
     /// Keep the trace, the output and the events logs here.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// Run the chain on this backend: pcap (the embedded runtime, a thread per instance) or
+    /// dpdk (`chc-dataplane run --backend dpdk`, instances on lcores; a slowed instance's
+    /// lcore spins before each packet).
+    #[arg(long, default_value = "pcap")]
+    pub backend: String,
+    /// With --backend dpdk: EAL arguments (default "--lcores=0@0,1@1,2@1": the load
+    /// balancer's instances on two worker lcores, so their outputs reach the detector by
+    /// different paths).
+    #[arg(long, allow_hyphen_values = true)]
+    pub eal: Option<String>,
 }
+
+/// EAL lcores of the DPDK runs: two worker lcores.
+pub const TWO_LCORES: &str = "--lcores=0@0,1@1,2@1";
 
 /// The address of planted host `k`.
 pub fn planted_host(k: usize) -> IpAddr {
@@ -162,17 +175,32 @@ pub fn trojan_alerts(events: &Path) -> Result<BTreeSet<String>> {
     Ok(hosts)
 }
 
+/// The R4 chain's text with the detector ordering by clock or by arrival (for a
+/// `chc-dataplane` process).
+pub fn chain_text(by_arrival: bool) -> String {
+    if by_arrival {
+        R4_CHAIN.replace(
+            "name = \"trojan\"\nnf = \"trojan\"\nparallelism = 1\nmode = \"eo-c-na\"\n",
+            "name = \"trojan\"\nnf = \"trojan\"\nparallelism = 1\nmode = \"eo-c-na\"\n\
+             [vertex.config]\norder = \"arrival\"\n",
+        )
+    } else {
+        R4_CHAIN.to_string()
+    }
+}
+
 /// The R4 chain with the detector ordering by clock or by arrival.
 pub fn chain(by_arrival: bool) -> Result<Chain> {
-    let mut c = Chain::parse(R4_CHAIN, "the R4 chain")?;
-    if by_arrival {
-        let v = c
-            .vertices
-            .iter_mut()
-            .find(|v| v.name == "trojan")
-            .context("the chain has a trojan vertex")?;
-        v.config.insert("order".into(), "arrival".into());
-    }
+    let c = Chain::parse(&chain_text(by_arrival), "the R4 chain")?;
+    let v = c
+        .vertices
+        .iter()
+        .find(|v| v.name == "trojan")
+        .context("the chain has a trojan vertex")?;
+    ensure!(
+        (v.config.get("order").and_then(|o| o.as_str()) == Some("arrival")) == by_arrival,
+        "the R4 chain's detector does not order as asked"
+    );
     Ok(c)
 }
 
@@ -202,6 +230,9 @@ pub struct Bed<'a> {
     pub hosts: usize,
     /// Packets per second admitted.
     pub rate: u64,
+    /// Run each chain as `chc-dataplane run --backend dpdk` (this binary, these EAL
+    /// arguments) instead of in this process.
+    pub dpdk: Option<(PathBuf, String)>,
 }
 
 impl Bed<'_> {
@@ -215,14 +246,55 @@ impl Bed<'_> {
     ) -> Result<Found> {
         let out = self.dir.join(format!("{tag}.pcap"));
         let ev = self.dir.join(format!("{tag}.jsonl"));
-        run(&RunOptions {
-            events: Some(ev.clone()),
-            delays,
-            seed,
-            rate_pps: Some(self.rate),
-            ..RunOptions::new(chain(by_arrival)?, self.trace, &out)
-        })
-        .with_context(|| format!("run {tag}"))?;
+        match &self.dpdk {
+            None => {
+                run(&RunOptions {
+                    events: Some(ev.clone()),
+                    delays,
+                    seed,
+                    rate_pps: Some(self.rate),
+                    ..RunOptions::new(chain(by_arrival)?, self.trace, &out)
+                })
+                .with_context(|| format!("run {tag}"))?;
+            }
+            Some((bin, eal)) => {
+                let file = self.dir.join(format!("{tag}.toml"));
+                std::fs::write(&file, chain_text(by_arrival))?;
+                let mut cmd = std::process::Command::new(bin);
+                cmd.args(["run", "--backend", "dpdk", "--chain"])
+                    .arg(&file)
+                    .arg("--pcap-in")
+                    .arg(self.trace)
+                    .arg("--pcap-out")
+                    .arg(&out)
+                    .arg("--events")
+                    .arg(&ev)
+                    .arg("--rate")
+                    .arg(self.rate.to_string())
+                    .arg("--seed")
+                    .arg(seed.to_string())
+                    .arg(format!("--eal={eal}"));
+                let mut ds: Vec<_> = delays.iter().collect();
+                ds.sort_by(|x, y| x.0.cmp(y.0));
+                for (name, d) in ds {
+                    cmd.arg("--delay")
+                        .arg(format!("{name}={}-{}", d.min_us, d.max_us));
+                }
+                let o = cmd
+                    .output()
+                    .with_context(|| format!("run {tag}: starting {}", bin.display()))?;
+                ensure!(
+                    o.status.success(),
+                    "run {tag}: {} --backend dpdk failed: {}",
+                    bin.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .filter(|l| !l.starts_with("EAL:"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
         let alerted = trojan_alerts(&ev)?;
         let planted: BTreeSet<String> = (0..self.hosts)
             .map(|k| planted_host(k).to_string())
@@ -283,6 +355,14 @@ pub fn run_order(a: &OrderArgs) -> Result<serde_json::Value> {
         dir: &dir,
         hosts: a.hosts,
         rate: a.rate,
+        dpdk: match a.backend.as_str() {
+            "pcap" => None,
+            "dpdk" => Some((
+                chc_dataplane::cluster::manager::default_bin_dir().join("chc-dataplane"),
+                a.eal.clone().unwrap_or_else(|| TWO_LCORES.to_string()),
+            )),
+            other => anyhow::bail!("unknown backend {other:?} (pcap or dpdk)"),
+        },
     };
     let ideal = bed.run("ideal", false, HashMap::new(), 1)?;
     ensure!(
@@ -365,6 +445,17 @@ pub fn run_order(a: &OrderArgs) -> Result<serde_json::Value> {
             calm.planted,
             a.hosts
         ));
+    }
+    if let Some((_, eal)) = &bed.dpdk {
+        for n in &mut notes {
+            n.push_str(&format!(
+                "; chain run by chc-dataplane --backend dpdk (EAL {eal}; a slowed instance's \
+                 lcore spins before each packet)"
+            ));
+        }
+        res.rows
+            .iter_mut()
+            .for_each(|r| r.metric = format!("{} (DPDK path)", r.metric));
     }
     print!("{}", res.table());
     let mut v = serde_json::to_value(&res)?;

@@ -150,6 +150,26 @@ fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
     scaling_is_equivalent_on("scale-in", 131, "dpdk", lcores);
 }
 
+/// Per-packet delays at seeded vertices on the DPDK path, the instances on two worker lcores
+/// (a slowed instance's lcore spins before each packet), on every shared trace.
+#[test]
+fn delay_is_equivalent_on_the_dpdk_path() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    for (i, t) in traces().iter().enumerate() {
+        check_on(
+            t,
+            "delay",
+            i as u64 + 151,
+            "dpdk",
+            Some("--lcores=0@0,1@1,2@1"),
+        );
+    }
+}
+
 /// A straggler's clone (§3.4.3) replays the root's log, races the straggler on a copy of its
 /// traffic and the slower one goes; duplicate outputs, state updates and upstream processing
 /// are suppressed, so the output is the ideal chain's. On every shared trace and a synthetic

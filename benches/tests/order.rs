@@ -17,6 +17,47 @@ fn clocks_find_every_planted_signature_and_arrival_order_misses_some() {
         dir: d.path(),
         hosts,
         rate: 20_000,
+        dpdk: None,
+    };
+    let slow = Delay {
+        min_us: 50,
+        max_us: 100,
+    };
+    for w in [1, 3] {
+        let c = bed.run("clock", false, workload(w, slow), 5).unwrap();
+        assert_eq!(c.planted, hosts, "W{w}: every signature is found by clock");
+        assert_eq!(c.others, 0, "W{w}: no alert on a host without a signature");
+    }
+    let a = bed.run("arrival", true, workload(2, slow), 5).unwrap();
+    assert!(
+        a.planted < hosts,
+        "ordering by arrival behind a slowed instance found all {hosts} signatures"
+    );
+    assert_eq!(a.others, 0);
+}
+
+/// The same on the DPDK path: the load balancer's instances on two worker lcores (their
+/// outputs reach the detector through a ring or directly), a slowed instance's lcore
+/// spinning before each packet.
+#[test]
+fn on_the_dpdk_path_clocks_find_every_planted_signature_and_arrival_order_misses_some() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let hosts = 11;
+    let t = trace(d.path(), 8_000, hosts, 1).unwrap();
+    let bed = Bed {
+        trace: &t,
+        dir: d.path(),
+        hosts,
+        rate: 20_000,
+        dpdk: Some((
+            chc_dataplane::cluster::manager::default_bin_dir().join("chc-dataplane"),
+            chc_bench::order::TWO_LCORES.to_string(),
+        )),
     };
     let slow = Delay {
         min_us: 50,

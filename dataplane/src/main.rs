@@ -93,7 +93,8 @@ struct RunArgs {
     #[arg(long = "parallelism", value_name = "NAME=N")]
     parallelism: Vec<String>,
     /// Random per-packet delay at a vertex, NAME=MIN_US-MAX_US, or at one of its instances,
-    /// NAME#I=MIN_US-MAX_US (repeatable).
+    /// NAME#I=MIN_US-MAX_US (repeatable). With --backend dpdk the instance's lcore spins
+    /// that long before each packet.
     #[arg(long = "delay", value_name = "NAME=MIN-MAX")]
     delays: Vec<String>,
     /// Seed for delays and other randomised choices.
@@ -161,6 +162,31 @@ fn run_chain(a: &RunArgs) -> Result<Chain> {
             .with_context(|| format!("--parallelism {p:?}"))?;
     }
     Ok(chain)
+}
+
+/// The `--delay` arguments, checked against the chain's vertices and instances.
+fn delays_of(chain: &Chain, args: &[String]) -> Result<HashMap<String, Delay>> {
+    let mut delays = HashMap::new();
+    for d in args {
+        let (n, d) = parse_delay(d)?;
+        let (vertex, inst) = match n.split_once('#') {
+            Some((v, i)) => (v, Some(i)),
+            None => (n.as_str(), None),
+        };
+        let Some(v) = chain.vertex(vertex) else {
+            anyhow::bail!("--delay: no vertex named {vertex:?}");
+        };
+        if let Some(i) = inst {
+            let ok = i.parse::<u16>().is_ok_and(|i| i < v.parallelism);
+            anyhow::ensure!(
+                ok,
+                "--delay {n}: {vertex} has instances 0 to {}",
+                v.parallelism.saturating_sub(1)
+            );
+        }
+        delays.insert(n, d);
+    }
+    Ok(delays)
 }
 
 fn parse_delay(s: &str) -> Result<(String, Delay)> {
@@ -251,26 +277,7 @@ fn main() -> Result<()> {
                 anyhow::bail!("the pcap backend needs --pcap-in and --pcap-out");
             };
             let chain = run_chain(&a)?;
-            let mut delays = HashMap::new();
-            for d in &a.delays {
-                let (n, d) = parse_delay(d)?;
-                let (vertex, inst) = match n.split_once('#') {
-                    Some((v, i)) => (v, Some(i)),
-                    None => (n.as_str(), None),
-                };
-                let Some(v) = chain.vertex(vertex) else {
-                    anyhow::bail!("--delay: no vertex named {vertex:?}");
-                };
-                if let Some(i) = inst {
-                    let ok = i.parse::<u16>().is_ok_and(|i| i < v.parallelism);
-                    anyhow::ensure!(
-                        ok,
-                        "--delay {n}: {vertex} has instances 0 to {}",
-                        v.parallelism.saturating_sub(1)
-                    );
-                }
-                delays.insert(n, d);
-            }
+            let delays = delays_of(&chain, &a.delays)?;
             let mut scaling = Vec::new();
             for st in &a.scale {
                 let st = parse_scale(st, !a.naive_move)?;
@@ -311,10 +318,6 @@ fn main() -> Result<()> {
 fn run_dpdk(a: &RunArgs) -> Result<()> {
     use chc_dataplane::dpdk::{self, DpdkOptions, PcapReplay};
     anyhow::ensure!(
-        a.delays.is_empty(),
-        "--delay is not supported with --backend dpdk"
-    );
-    anyhow::ensure!(
         !a.naive_move,
         "--naive-move runs on the embedded backend only"
     );
@@ -343,6 +346,8 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     opts.progress = a.progress;
     opts.scaling = scaling;
     opts.rate_pps = a.rate;
+    opts.delays = delays_of(&opts.chain, &a.delays)?;
+    opts.seed = a.seed;
     let s = dpdk::run(&opts).context("running the chain on DPDK")?;
     eprintln!("{s}");
     if let Some(p) = &a.summary_json {

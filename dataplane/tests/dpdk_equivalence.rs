@@ -396,9 +396,10 @@ fn bad_arguments_are_refused_clearly() {
 }
 
 /// `--rate` paces the DPDK root: a trace cannot go through faster than the rate allows (in
-/// bursts of at most one poll), and its output is still the embedded path's.
+/// bursts of at most one poll), and `--delay` slows an instance; the output is still the
+/// embedded path's.
 #[test]
-fn the_dpdk_root_admits_at_the_given_rate() {
+fn the_dpdk_root_admits_at_the_given_rate_and_delays_slow_an_instance() {
     if !chc_dpdk::is_available() {
         eprintln!("skipped: {}", chc_dpdk::backend_status());
         return;
@@ -441,4 +442,36 @@ fn the_dpdk_root_admits_at_the_given_rate() {
         "output differs"
     );
     assert_eq!(sorted_lines(&ee), sorted_lines(&dev), "events differ");
+    // A slowed instance holds its lcore: the NAT, which sees every packet, spinning 400 µs
+    // before each makes the run last at least that long per packet.
+    let s = dpdk_run(
+        &[
+            "--pcap-in",
+            t.to_str().unwrap(),
+            "--pcap-out",
+            dout.to_str().unwrap(),
+            "--events",
+            dev.to_str().unwrap(),
+            "--delay",
+            "nat=400-400",
+        ],
+        None,
+        dir.path(),
+        "slowed",
+    );
+    let least = s["vertices"][0]["packets_in"].as_u64().unwrap() as f64 * 400e-6;
+    let took = s["elapsed_s"].as_f64().unwrap();
+    assert!(
+        took >= least,
+        "the slowed NAT took {took:.3} s for what takes at least {least:.3} s"
+    );
+    assert!(
+        sorted_records(&eo) == sorted_records(&dout),
+        "slowed: output differs"
+    );
+    assert_eq!(
+        sorted_lines(&ee),
+        sorted_lines(&dev),
+        "slowed: events differ"
+    );
 }

@@ -25,7 +25,7 @@ mod worker;
 use crate::config::{Chain, PortFile};
 use crate::instance::NfInstance;
 use crate::pcapio::{self, PcapError};
-use crate::runtime::{ScaleAction, ScaleStep};
+use crate::runtime::{Delay, ScaleAction, ScaleStep};
 use crate::split::Allocation;
 use crate::summary::{Summary, VertexSummary};
 use chc_dpdk::{
@@ -80,6 +80,11 @@ pub struct DpdkOptions {
     pub scaling: Vec<ScaleStep>,
     /// Admit at most this many packets per second, on average (`--rate`; a load level).
     pub rate_pps: Option<u64>,
+    /// Per-packet delays, by vertex name (every instance) or `NAME#I` (instance I only):
+    /// the instance's lcore spins that long before each packet, as a slow NF would.
+    pub delays: std::collections::HashMap<String, Delay>,
+    /// Seed of the delays' random lengths.
+    pub seed: u64,
 }
 
 impl DpdkOptions {
@@ -95,6 +100,8 @@ impl DpdkOptions {
             progress: false,
             scaling: Vec::new(),
             rate_pps: None,
+            delays: Default::default(),
+            seed: 1,
         }
     }
 }
@@ -671,6 +678,14 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 .and_then(|r| r.1.take())
                 .expect("one ring per local instance");
             task_of.insert((vi, i), tasks.len());
+            let delay = opts
+                .delays
+                .get(&format!("{}#{i}", v.name))
+                .or_else(|| opts.delays.get(&v.name))
+                // Instances added by scaling out run elsewhere: they are not slowed, as on
+                // the embedded path.
+                .filter(|_| i < live0[vi])
+                .map(|&d| worker::Slow::new(d, hz, opts.seed, v.id, i));
             tasks.push(Task {
                 vertex: vi,
                 inst,
@@ -680,6 +695,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 exit: v.next.is_none(),
                 on_path: v.on_path,
                 dirty: false,
+                delay,
             });
         }
         let mut ring_outs = Vec::new();

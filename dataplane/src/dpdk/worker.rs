@@ -179,6 +179,39 @@ pub struct Task {
     pub exit: bool,
     pub on_path: bool,
     pub dirty: bool,
+    /// A per-packet delay (`--delay`), if this instance is slowed.
+    pub delay: Option<Slow>,
+}
+
+/// A slowed instance: before each packet its lcore spins for a random time in the delay's
+/// range (a slow NF holds its lcore; nothing else runs there meanwhile).
+pub struct Slow {
+    min_ticks: u64,
+    span_ticks: u64,
+    rng: u64,
+}
+
+impl Slow {
+    pub fn new(d: crate::runtime::Delay, hz: u64, seed: u64, vertex: u16, inst: u16) -> Slow {
+        let ticks = |us: u64| us.saturating_mul(hz) / 1_000_000;
+        Slow {
+            min_ticks: ticks(d.min_us),
+            span_ticks: ticks(d.max_us.saturating_sub(d.min_us)) + 1,
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (u64::from(vertex) << 20 | u64::from(inst))
+                | 1,
+        }
+    }
+
+    fn wait(&mut self) {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let until = lcore::tsc() + self.min_ticks + self.rng % self.span_ticks;
+        while lcore::tsc() < until {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// Where deletes go from this lcore.
@@ -1210,6 +1243,9 @@ impl Worker {
 
     fn process(&mut self, t: usize, mut m: Mbuf, mut meta: PktMeta) {
         let task = &mut self.tasks[t];
+        if let Some(s) = task.delay.as_mut() {
+            s.wait();
+        }
         let mut chc = meta.chc;
         let len = m.data_len();
         let verdict = task.inst.process(
