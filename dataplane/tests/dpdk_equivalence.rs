@@ -64,6 +64,15 @@ fn dpdk_run(args: &[&str], chain: Option<&Path>, dir: &Path, name: &str) -> serd
     serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap()
 }
 
+/// The DPDK run's output packets and events are the embedded run's, as multisets.
+fn same_as_embedded(eo: &Path, ee: &Path, dout: &Path, dev: &Path, name: &str) {
+    assert!(
+        sorted_records(eo) == sorted_records(dout),
+        "{name}: output differs"
+    );
+    assert_eq!(sorted_lines(ee), sorted_lines(dev), "{name}: events differ");
+}
+
 fn embedded(chain: Chain, input: &Path, out: &Path, ev: &Path) {
     run(&RunOptions {
         events: Some(ev.to_path_buf()),
@@ -217,15 +226,7 @@ fn three_lcores_and_parallel_instances_give_the_same_result() {
             "{name}: both lcores worked: {}",
             s["figures"]["lcores"]
         );
-        assert!(
-            sorted_records(&eo) == sorted_records(&dout),
-            "{name}: output differs"
-        );
-        assert_eq!(
-            sorted_lines(&ee),
-            sorted_lines(&dev),
-            "{name}: events differ"
-        );
+        same_as_embedded(&eo, &ee, &dout, &dev, &name);
     }
 }
 
@@ -413,65 +414,40 @@ fn the_dpdk_root_admits_at_the_given_rate_and_delays_slow_an_instance() {
     let (dout, dev) = (dir.path().join("d.pcap"), dir.path().join("d.jsonl"));
     let chain = Chain::parse(chc_dataplane::config::PAPER_CHAIN, "paper").unwrap();
     embedded(chain, &t, &eo, &ee);
-    let rate = 2000u64;
-    let s = dpdk_run(
-        &[
+    // A run with `extra` arguments; returns (elapsed s, packets read, NAT packets in),
+    // having checked its output and events against the embedded path's.
+    let replay = |extra: &[&str], name: &str| {
+        let mut args = vec![
             "--pcap-in",
             t.to_str().unwrap(),
             "--pcap-out",
             dout.to_str().unwrap(),
             "--events",
             dev.to_str().unwrap(),
-            "--rate",
-            &rate.to_string(),
-        ],
-        None,
-        dir.path(),
-        "paced",
-    );
-    let n = s["packets_read"].as_u64().unwrap();
+        ];
+        args.extend_from_slice(extra);
+        let s = dpdk_run(&args, None, dir.path(), name);
+        same_as_embedded(&eo, &ee, &dout, &dev, name);
+        (
+            s["elapsed_s"].as_f64().unwrap(),
+            s["packets_read"].as_u64().unwrap(),
+            s["vertices"][0]["packets_in"].as_u64().unwrap(),
+        )
+    };
+    let rate = 2000u64;
+    let (took, n, _) = replay(&["--rate", &rate.to_string()], "paced");
     // The first burst goes at once; every other packet waits for its turn.
     let least = n.saturating_sub(32) as f64 / rate as f64;
-    let took = s["elapsed_s"].as_f64().unwrap();
     assert!(
         took >= least,
         "{n} packets at {rate}/s took {took:.3} s (at least {least:.3} s)"
     );
-    assert!(
-        sorted_records(&eo) == sorted_records(&dout),
-        "output differs"
-    );
-    assert_eq!(sorted_lines(&ee), sorted_lines(&dev), "events differ");
     // A slowed instance holds its lcore: the NAT, which sees every packet, spinning 400 µs
     // before each makes the run last at least that long per packet.
-    let s = dpdk_run(
-        &[
-            "--pcap-in",
-            t.to_str().unwrap(),
-            "--pcap-out",
-            dout.to_str().unwrap(),
-            "--events",
-            dev.to_str().unwrap(),
-            "--delay",
-            "nat=400-400",
-        ],
-        None,
-        dir.path(),
-        "slowed",
-    );
-    let least = s["vertices"][0]["packets_in"].as_u64().unwrap() as f64 * 400e-6;
-    let took = s["elapsed_s"].as_f64().unwrap();
+    let (took, _, nat) = replay(&["--delay", "nat=400-400"], "slowed");
+    let least = nat as f64 * 400e-6;
     assert!(
         took >= least,
         "the slowed NAT took {took:.3} s for what takes at least {least:.3} s"
-    );
-    assert!(
-        sorted_records(&eo) == sorted_records(&dout),
-        "slowed: output differs"
-    );
-    assert_eq!(
-        sorted_lines(&ee),
-        sorted_lines(&dev),
-        "slowed: events differ"
     );
 }
