@@ -270,6 +270,10 @@ fn main() -> Result<()> {
                 "--backend {}: the backends are pcap and dpdk",
                 a.backend
             );
+            anyhow::ensure!(
+                a.rate != Some(0),
+                "--rate 0: the rate is in packets per second and must be at least 1"
+            );
             if a.backend == "dpdk" {
                 return run_dpdk(&a);
             }

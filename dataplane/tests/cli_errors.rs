@@ -54,3 +54,22 @@ fn an_input_that_is_not_a_pcap_file_is_named_with_its_reason_once() {
     assert!(err.contains("garbage.pcap"), "{err}");
     assert_eq!(err.matches("not a pcap file").count(), 1, "{err}");
 }
+
+#[test]
+fn a_rate_of_zero_is_refused_on_both_backends() {
+    for backend in ["pcap", "dpdk"] {
+        let (ok, err) = run(&[
+            "run",
+            "--backend",
+            backend,
+            "--pcap-in",
+            "in.pcap",
+            "--pcap-out",
+            "out.pcap",
+            "--rate",
+            "0",
+        ]);
+        assert!(!ok, "{backend}: --rate 0 ran");
+        assert!(err.contains("--rate 0"), "{backend}: {err}");
+    }
+}
