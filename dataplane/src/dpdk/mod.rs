@@ -8,6 +8,11 @@
 //!   per-packet step as the embedded runtime) on all of them, bursts handed between lcores
 //!   through `rte_ring`s and between hosts over links with NSH ([`meta`]).
 //! - Deletes and commits reach the root from other hosts over [`control`].
+//! - Scaling (`--scale NAME:out|in@N`, one host): the root holds its input back for each
+//!   move, lets the chain drain when instances run on other lcores, and has the lcores of
+//!   the old and the new instance release and take the moved flows' state (see
+//!   `Worker::scale`).
+//! - `--rate` paces the root; `--delay` makes an instance's lcore spin before each packet.
 //! - [`telemetry`] counts per port and per lcore, served in Prometheus format.
 //!
 //! The module builds without DPDK too: `chc-dpdk`'s stubs then make [`start`] fail with
