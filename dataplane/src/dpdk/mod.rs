@@ -3,7 +3,7 @@
 //!
 //! - Ports come from the chain file (`[[port]]`: PCI addresses or vdev strings) or, with
 //!   `--pcap-in/--pcap-out`, from one `net_pcap` vdev made here (no hugepages, no PCI).
-//! - Each chain lcore runs a [`worker::Worker`]: the root (stamp, log, split) on the first
+//! - Each chain lcore runs a `worker::Worker`: the root (stamp, log, split) on the first
 //!   lcore of the root's host, NF instances ([`crate::instance::NfInstance`], the same
 //!   per-packet step as the embedded runtime) on all of them, bursts handed between lcores
 //!   through `rte_ring`s and between hosts over links with NSH ([`meta`]).
