@@ -72,6 +72,38 @@ pub struct Delay {
     pub max_us: u64,
 }
 
+impl Delay {
+    /// The delay of instance `inst` of vertex `name` in `delays`: given for the instance
+    /// (`NAME#I`), else for the vertex.
+    pub(crate) fn of(delays: &HashMap<String, Delay>, name: &str, inst: u16) -> Option<Delay> {
+        delays
+            .get(&format!("{name}#{inst}"))
+            .or_else(|| delays.get(name))
+            .copied()
+    }
+}
+
+/// The random lengths of one instance's delays (xorshift): one seed gives an instance the
+/// same sequence on both backends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DelayRng(u64);
+
+impl DelayRng {
+    pub(crate) fn new(seed: u64, vertex: u16, inst: u16) -> DelayRng {
+        DelayRng(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(vertex) << 20 | u64::from(inst))
+                | 1,
+        )
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// `MIN-MAX` (microseconds), or one number for a fixed delay.
 impl std::str::FromStr for Delay {
     type Err = String;
@@ -531,7 +563,7 @@ struct Instance {
     out_tx: Sender<ToOutput>,
     pool: Pool,
     delay: Option<Delay>,
-    rng: u64,
+    rng: DelayRng,
     senders: usize,
     start: Instant,
     stats: InstanceStats,
@@ -895,11 +927,8 @@ impl Instance {
     }
 
     fn sleep_random(&mut self, d: Delay) {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
         let span = d.max_us.saturating_sub(d.min_us) + 1;
-        let us = d.min_us + self.rng % span;
+        let us = d.min_us + self.rng.next() % span;
         let until = Instant::now() + Duration::from_micros(us);
         if us > 200 {
             std::thread::sleep(Duration::from_micros(us));
@@ -1071,15 +1100,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 out_tx: out_tx.clone(),
                 pool: pool.clone(),
                 // The clone runs elsewhere: it is not slowed like the straggler.
-                delay: opts
-                    .delays
-                    .get(&format!("{}#{i}", v.name))
-                    .or_else(|| opts.delays.get(&v.name))
-                    .copied()
-                    .filter(|_| i < live0[vi]),
-                rng: opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (u64::from(v.id) << 20 | u64::from(i))
-                    | 1,
+                delay: Delay::of(&opts.delays, &v.name, i).filter(|_| i < live0[vi]),
+                rng: DelayRng::new(opts.seed, v.id, i),
                 senders: senders[vi],
                 start: started,
                 stats: InstanceStats {

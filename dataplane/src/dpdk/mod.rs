@@ -683,14 +683,11 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 .and_then(|r| r.1.take())
                 .expect("one ring per local instance");
             task_of.insert((vi, i), tasks.len());
-            let delay = opts
-                .delays
-                .get(&format!("{}#{i}", v.name))
-                .or_else(|| opts.delays.get(&v.name))
+            let delay = Delay::of(&opts.delays, &v.name, i)
                 // Instances added by scaling out run elsewhere: they are not slowed, as on
                 // the embedded path.
                 .filter(|_| i < live0[vi])
-                .map(|&d| worker::Slow::new(d, hz, opts.seed, v.id, i));
+                .map(|d| worker::Slow::new(d, hz, opts.seed, v.id, i));
             tasks.push(Task {
                 vertex: vi,
                 inst,

@@ -15,7 +15,7 @@ use super::control::{Delete, Inbox};
 use super::meta::{PktMeta, ENCAP_LEN};
 use super::telemetry::LcoreCounters;
 use crate::instance::{HandedOver, NfCounters, NfInstance};
-use crate::runtime::{plan_moves, Move, ScaleStep};
+use crate::runtime::{plan_moves, DelayRng, Move, ScaleStep};
 use crate::split::{bucket, key_hash, Allocation};
 use crate::summary::MoveSummary;
 use chc_dpdk::{
@@ -188,7 +188,7 @@ pub struct Task {
 pub struct Slow {
     min_ticks: u64,
     span_ticks: u64,
-    rng: u64,
+    rng: DelayRng,
 }
 
 impl Slow {
@@ -197,17 +197,12 @@ impl Slow {
         Slow {
             min_ticks: ticks(d.min_us),
             span_ticks: ticks(d.max_us.saturating_sub(d.min_us)) + 1,
-            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ (u64::from(vertex) << 20 | u64::from(inst))
-                | 1,
+            rng: DelayRng::new(seed, vertex, inst),
         }
     }
 
     fn wait(&mut self) {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let until = lcore::tsc() + self.min_ticks + self.rng % self.span_ticks;
+        let until = lcore::tsc() + self.min_ticks + self.rng.next() % self.span_ticks;
         while lcore::tsc() < until {
             std::hint::spin_loop();
         }
