@@ -71,8 +71,8 @@ pub struct CoeArgs {
     #[arg(long, default_value = "pcap")]
     pub backend: String,
     /// With --backend dpdk: EAL arguments of the run, such as its lcores
-    /// ("--lcores=0@0,1@1,2@1" spreads the instances over two worker lcores); default one
-    /// lcore.
+    /// ("--lcores=0@0,1@1,2@1" spreads the instances over two worker lcores, as the CI tests
+    /// do); default one lcore.
     #[arg(long, allow_hyphen_values = true)]
     pub eal: Option<String>,
 }
@@ -697,6 +697,44 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
     Ok(rep)
 }
 
+/// EAL lcores that put the root on one worker lcore and spread the instances over two (the
+/// main lcore and the first worker on CPU 0 and 1, the second worker on CPU 1 too).
+pub const TWO_LCORES: &str = "--lcores=0@0,1@1,2@1";
+
+/// `BIN run --backend dpdk` replaying `trace` into `out` (events into `ev`, if given) on the
+/// lcores `eal` gives; the caller adds the chain and the run's other options.
+pub fn dpdk_command(
+    bin: &Path,
+    trace: &Path,
+    out: &Path,
+    ev: Option<&Path>,
+    eal: Option<&str>,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["run", "--backend", "dpdk", "--pcap-in"])
+        .arg(trace)
+        .arg("--pcap-out")
+        .arg(out);
+    if let Some(ev) = ev {
+        cmd.arg("--events").arg(ev);
+    }
+    if let Some(e) = eal {
+        cmd.arg(format!("--eal={e}"));
+    }
+    cmd
+}
+
+/// Adds `--delay NAME=MIN-MAX` for each delay (in name order) and the seed of their lengths.
+pub fn delay_args(cmd: &mut std::process::Command, delays: &HashMap<String, Delay>, seed: u64) {
+    let mut ds: Vec<_> = delays.iter().collect();
+    ds.sort_by(|x, y| x.0.cmp(y.0));
+    for (name, d) in ds {
+        cmd.arg("--delay")
+            .arg(format!("{name}={}-{}", d.min_us, d.max_us));
+    }
+    cmd.arg("--seed").arg(seed.to_string());
+}
+
 /// Runs a scenario's chain as `chc-dataplane run --backend dpdk` (one process: one EAL);
 /// returns its flow moves.
 fn run_dpdk(
@@ -708,30 +746,15 @@ fn run_dpdk(
 ) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
     let summary = dir.join("run-summary.json");
     let bin = default_bin_dir().join("chc-dataplane");
-    let mut cmd = std::process::Command::new(&bin);
-    cmd.args(["run", "--backend", "dpdk", "--pcap-in"])
-        .arg(&a.trace)
-        .arg("--pcap-out")
-        .arg(pcap)
-        .arg("--events")
-        .arg(ev);
+    let mut cmd = dpdk_command(&bin, &a.trace, pcap, Some(ev), a.eal.as_deref());
     if let Some(c) = &a.chain {
         cmd.arg("--chain").arg(c);
-    }
-    if let Some(e) = &a.eal {
-        cmd.arg(format!("--eal={e}"));
     }
     for v in &setup.chain.vertices {
         cmd.arg("--parallelism")
             .arg(format!("{}={}", v.name, v.parallelism));
     }
-    let mut delays: Vec<_> = setup.delays.iter().collect();
-    delays.sort_by(|x, y| x.0.cmp(y.0));
-    for (name, d) in delays {
-        cmd.arg("--delay")
-            .arg(format!("{name}={}-{}", d.min_us, d.max_us));
-    }
-    cmd.arg("--seed").arg(a.seed.to_string());
+    delay_args(&mut cmd, &setup.delays, a.seed);
     for st in &setup.scaling {
         let what = match st.action {
             ScaleAction::Out => "out".to_string(),
@@ -748,9 +771,21 @@ fn run_dpdk(
 /// file) and returns the flow moves of its summary; a failure comes with its error output,
 /// EAL lines left out.
 pub fn dpdk_moves(
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
     summary: &Path,
 ) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
+    let s = dpdk_summary(cmd, summary)?;
+    // A run without moves leaves the field out.
+    match &s["moves"] {
+        serde_json::Value::Null => Ok(Vec::new()),
+        m => Ok(serde_json::from_value(m.clone())?),
+    }
+}
+
+/// Runs a `chc-dataplane run --backend dpdk` command (given everything but its summary
+/// file) and returns its summary; a failure comes with its error output, EAL lines left
+/// out.
+pub fn dpdk_summary(mut cmd: std::process::Command, summary: &Path) -> Result<serde_json::Value> {
     let bin = cmd.get_program().to_string_lossy().to_string();
     let out = cmd
         .arg("--summary-json")
@@ -767,12 +802,7 @@ pub fn dpdk_moves(
                 .join("\n")
         );
     }
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary)?)?;
-    // A run without moves leaves the field out.
-    match &s["moves"] {
-        serde_json::Value::Null => Ok(Vec::new()),
-        m => Ok(serde_json::from_value(m.clone())?),
-    }
+    Ok(serde_json::from_str(&std::fs::read_to_string(summary)?)?)
 }
 
 fn tempdir() -> Result<PathBuf> {

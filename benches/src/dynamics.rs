@@ -185,7 +185,7 @@ pub fn run_dynamics(a: &DynamicsArgs) -> Result<serde_json::Value> {
         for rate in [None, Some(MOVE_LOAD_PPS)] {
             rep.push(in_run_move(a, reps, dir.path(), rate)?);
         }
-        for lcores in [None, Some(TWO_LCORES)] {
+        for lcores in [None, Some(crate::coe::TWO_LCORES)] {
             match dpdk_run_move(a, reps, dir.path(), &bin_dir, lcores) {
                 Ok(n) => rep.push(n),
                 // A machine without DPDK still gets every other row.
@@ -625,9 +625,6 @@ fn move_row(metric: &str, ms: &[f64]) -> Row {
     )
 }
 
-/// EAL lcores that put the root on one worker lcore and spread the instances over two.
-const TWO_LCORES: &str = "--lcores=0@0,1@1,2@1";
-
 /// The same scale-out on the DPDK path (`chc-dataplane run --backend dpdk`), on one lcore or
 /// on the lcores `eal` gives. The root holds its input back for the move (on two lcores,
 /// until the chain drained) while the old instance releases the moved flows' state and waits
@@ -643,19 +640,13 @@ fn dpdk_run_move(
     std::fs::write(&chain, NAT_CHAIN)?;
     let bin = bin_dir.join("chc-dataplane");
     let r = scale_out_runs(a, reps, dir, "dpdk-scale", |trace, out, at| {
-        let mut cmd = std::process::Command::new(&bin);
-        cmd.args(["run", "--backend", "dpdk", "--chain"])
+        let mut cmd = crate::coe::dpdk_command(&bin, trace, out, None, eal);
+        cmd.arg("--chain")
             .arg(&chain)
-            .arg("--pcap-in")
-            .arg(trace)
-            .arg("--pcap-out")
-            .arg(out)
             .arg("--scale")
-            .arg(format!("nat:out@{at}"));
-        if let Some(e) = eal {
-            cmd.arg(format!("--eal={e}"));
-        }
-        cmd.arg("--rate").arg(MOVE_LOAD_PPS.to_string());
+            .arg(format!("nat:out@{at}"))
+            .arg("--rate")
+            .arg(MOVE_LOAD_PPS.to_string());
         crate::coe::dpdk_moves(cmd, &summary)
     })?;
     let where_ = match eal {

@@ -10,6 +10,7 @@
 //! arrival at the detector (`order = "arrival"`: a framework without chain-wide clocks), on
 //! the same trace; rows count the planted signatures found.
 
+use crate::coe::{delay_args, dpdk_command, dpdk_summary, TWO_LCORES};
 use crate::results::{Better, Results, Row};
 use crate::synth::{ftp_session, synth, SynthArgs};
 use anyhow::{ensure, Context, Result};
@@ -90,9 +91,6 @@ pub struct OrderArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub eal: Option<String>,
 }
-
-/// EAL lcores of the DPDK runs: two worker lcores.
-pub const TWO_LCORES: &str = "--lcores=0@0,1@1,2@1";
 
 /// The address of planted host `k`.
 pub fn planted_host(k: usize) -> IpAddr {
@@ -260,39 +258,14 @@ impl Bed<'_> {
             Some((bin, eal)) => {
                 let file = self.dir.join(format!("{tag}.toml"));
                 std::fs::write(&file, chain_text(by_arrival))?;
-                let mut cmd = std::process::Command::new(bin);
-                cmd.args(["run", "--backend", "dpdk", "--chain"])
+                let mut cmd = dpdk_command(bin, self.trace, &out, Some(&ev), Some(eal));
+                cmd.arg("--chain")
                     .arg(&file)
-                    .arg("--pcap-in")
-                    .arg(self.trace)
-                    .arg("--pcap-out")
-                    .arg(&out)
-                    .arg("--events")
-                    .arg(&ev)
                     .arg("--rate")
-                    .arg(self.rate.to_string())
-                    .arg("--seed")
-                    .arg(seed.to_string())
-                    .arg(format!("--eal={eal}"));
-                let mut ds: Vec<_> = delays.iter().collect();
-                ds.sort_by(|x, y| x.0.cmp(y.0));
-                for (name, d) in ds {
-                    cmd.arg("--delay")
-                        .arg(format!("{name}={}-{}", d.min_us, d.max_us));
-                }
-                let o = cmd
-                    .output()
-                    .with_context(|| format!("run {tag}: starting {}", bin.display()))?;
-                ensure!(
-                    o.status.success(),
-                    "run {tag}: {} --backend dpdk failed: {}",
-                    bin.display(),
-                    String::from_utf8_lossy(&o.stderr)
-                        .lines()
-                        .filter(|l| !l.starts_with("EAL:"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
+                    .arg(self.rate.to_string());
+                delay_args(&mut cmd, &delays, seed);
+                dpdk_summary(cmd, &self.dir.join(format!("{tag}.summary.json")))
+                    .with_context(|| format!("run {tag}"))?;
             }
         }
         let alerted = trojan_alerts(&ev)?;

@@ -145,7 +145,7 @@ fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
     }
     scaling_is_equivalent_on("scale-out", 71, "dpdk", None);
     scaling_is_equivalent_on("scale-in", 91, "dpdk", None);
-    let lcores = Some("--lcores=0@0,1@1,2@1");
+    let lcores = Some(chc_bench::coe::TWO_LCORES);
     scaling_is_equivalent_on("scale-out", 111, "dpdk", lcores);
     scaling_is_equivalent_on("scale-in", 131, "dpdk", lcores);
 }
@@ -165,7 +165,7 @@ fn delay_is_equivalent_on_the_dpdk_path() {
             "delay",
             i as u64 + 151,
             "dpdk",
-            Some("--lcores=0@0,1@1,2@1"),
+            Some(chc_bench::coe::TWO_LCORES),
         );
     }
 }

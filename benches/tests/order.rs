@@ -62,7 +62,7 @@ fn on_the_dpdk_path_clocks_find_every_planted_signature_and_arrival_order_misses
         rate: 20_000,
         dpdk: Some((
             chc_dataplane::cluster::manager::default_bin_dir().join("chc-dataplane"),
-            chc_bench::order::TWO_LCORES.to_string(),
+            chc_bench::coe::TWO_LCORES.to_string(),
         )),
     });
 }
