@@ -18,11 +18,11 @@
 //! sharing phase changes where the state is kept, not what the detector decides.
 
 use crate::results::{Better, Results, Row};
-use crate::synth::{synth, SynthArgs};
+use crate::synth::{trace_or_synth, SynthArgs};
 use anyhow::{ensure, Context, Result};
 use chc_dataplane::config::Vertex;
 use chc_dataplane::instance::{HandedOver, NfInstance};
-use chc_dataplane::pcapio::{self, Record};
+use chc_dataplane::pcapio::Record;
 use chc_dataplane::split::{bucket, key_hash};
 use chc_dataplane::Chain;
 use chc_proto::meta::ChcMeta;
@@ -239,29 +239,22 @@ pub fn run_one(recs: &[(Record, usize)]) -> Result<Run> {
 }
 
 fn load(a: &CachingArgs) -> Result<Vec<(Record, usize)>> {
-    let path = match &a.trace {
-        Some(p) => p.clone(),
-        None => {
-            let p = std::env::temp_dir().join(format!("chc-caching-{}.pcap", std::process::id()));
-            synth(&SynthArgs {
-                cmd: None,
-                out: p.clone(),
-                packets: if a.quick { 12_000 } else { 60_000 },
-                connections: if a.quick { 600 } else { 3_000 },
-                median_size: 300,
-                clients: 300,
-                servers: 20,
-                ipv6: 0.05,
-                duration_s: 10.0,
-                seed: 3,
-            })?;
-            p
-        }
-    };
-    let recs = pcapio::read_all(&path).with_context(|| format!("reading {}", path.display()))?;
-    if a.trace.is_none() {
-        let _ = std::fs::remove_file(&path);
-    }
+    let recs = trace_or_synth(
+        a.trace.as_deref(),
+        "caching",
+        SynthArgs {
+            cmd: None,
+            out: PathBuf::new(),
+            packets: if a.quick { 12_000 } else { 60_000 },
+            connections: if a.quick { 600 } else { 3_000 },
+            median_size: 300,
+            clients: 300,
+            servers: 20,
+            ipv6: 0.05,
+            duration_s: 10.0,
+            seed: 3,
+        },
+    )?;
     let recs = tcp_records(recs);
     ensure!(recs.len() >= 96, "the trace has fewer than 96 TCP packets");
     Ok(recs)

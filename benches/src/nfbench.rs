@@ -10,9 +10,9 @@
 //! paper's Fig 3.13 ratios for eo and eo-c where it gives them.
 
 use crate::results::{Better, Results, Row};
-use crate::synth::{synth, SynthArgs};
-use anyhow::{Context, Result};
-use chc_dataplane::pcapio::{self, Record};
+use crate::synth::{trace_or_synth, SynthArgs};
+use anyhow::Result;
+use chc_dataplane::pcapio::Record;
 use chc_store::client::cache::{Mode, StateClient};
 use chc_store::server::{Store, StoreConfig};
 use chc_store::CustomOps;
@@ -50,30 +50,22 @@ pub struct Measured {
 }
 
 fn load(a: &NfBenchArgs) -> Result<Vec<Record>> {
-    let path = match &a.trace {
-        Some(p) => p.clone(),
-        None => {
-            let p = std::env::temp_dir().join(format!("chc-nfbench-{}.pcap", std::process::id()));
-            synth(&SynthArgs {
-                cmd: None,
-                out: p.clone(),
-                packets: 100_000,
-                connections: 2_000,
-                median_size: 1434,
-                clients: 200,
-                servers: 50,
-                ipv6: 0.05,
-                duration_s: 10.0,
-                seed: 1,
-            })?;
-            p
-        }
-    };
-    let mut recs =
-        pcapio::read_all(&path).with_context(|| format!("reading {}", path.display()))?;
-    if a.trace.is_none() {
-        let _ = std::fs::remove_file(&path);
-    }
+    let mut recs = trace_or_synth(
+        a.trace.as_deref(),
+        "nfbench",
+        SynthArgs {
+            cmd: None,
+            out: PathBuf::new(),
+            packets: 100_000,
+            connections: 2_000,
+            median_size: 1434,
+            clients: 200,
+            servers: 50,
+            ipv6: 0.05,
+            duration_s: 10.0,
+            seed: 1,
+        },
+    )?;
     recs.retain(|r| {
         let mut d = r.data.clone();
         let n = d.len();

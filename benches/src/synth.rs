@@ -274,6 +274,31 @@ pub fn synth(a: &SynthArgs) -> Result<(u64, u64)> {
 }
 
 /// Composes parts onto one host; returns the number of packets written.
+/// The records of `trace`, or of the trace `args` synthesises (written to a temporary
+/// file named after `tag`, whatever `args.out` says, and removed once read).
+pub fn trace_or_synth(
+    trace: Option<&std::path::Path>,
+    tag: &str,
+    args: SynthArgs,
+) -> Result<Vec<pcapio::Record>> {
+    let path = match trace {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = std::env::temp_dir().join(format!("chc-{tag}-{}.pcap", std::process::id()));
+            synth(&SynthArgs {
+                out: p.clone(),
+                ..args
+            })?;
+            p
+        }
+    };
+    let recs = pcapio::read_all(&path).with_context(|| format!("reading {}", path.display()))?;
+    if trace.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(recs)
+}
+
 pub fn compose(a: &ComposeArgs) -> Result<u64> {
     let mut w = pcapio::Writer::create(&a.out, 65535)
         .with_context(|| format!("creating {}", a.out.display()))?;
