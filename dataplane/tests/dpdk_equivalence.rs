@@ -46,11 +46,25 @@ fn sorted_records(p: &Path) -> Vec<(u64, u32, Vec<u8>)> {
     v
 }
 
-fn dpdk_run(args: &[&str], chain: Option<&Path>, dir: &Path, name: &str) -> serde_json::Value {
+/// A `chc-dataplane run --backend dpdk` replaying `input` into `out`, its events into `ev`,
+/// with `args` besides; returns its summary.
+fn dpdk_run(
+    (input, out, ev): (&Path, &Path, &Path),
+    args: &[&str],
+    chain: Option<&Path>,
+    dir: &Path,
+    name: &str,
+) -> serde_json::Value {
     let summary = dir.join(format!("{name}.summary.json"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chc-dataplane"));
     cmd.args(["run", "--backend", "dpdk", "--summary-json"])
         .arg(&summary)
+        .arg("--pcap-in")
+        .arg(input)
+        .arg("--pcap-out")
+        .arg(out)
+        .arg("--events")
+        .arg(ev)
         .args(args);
     if let Some(c) = chain {
         cmd.arg("--chain").arg(c);
@@ -99,19 +113,7 @@ fn every_trace_gives_the_embedded_output_and_events() {
             dir.path().join(format!("{name}.dpdk.jsonl")),
         );
         embedded(Chain::paper(), &t, &eo, &ee);
-        let s = dpdk_run(
-            &[
-                "--pcap-in",
-                t.to_str().unwrap(),
-                "--pcap-out",
-                dout.to_str().unwrap(),
-                "--events",
-                dev.to_str().unwrap(),
-            ],
-            None,
-            dir.path(),
-            &name,
-        );
+        let s = dpdk_run((&t, &dout, &dev), &[], None, dir.path(), &name);
         let (a, b) = (sorted_records(&eo), sorted_records(&dout));
         assert_eq!(a.len(), b.len(), "{name}: output packet count");
         assert!(
@@ -198,16 +200,8 @@ fn three_lcores_and_parallel_instances_give_the_same_result() {
         let (dout, dev) = (dir.path().join("d.pcap"), dir.path().join("d.jsonl"));
         embedded(chain.clone(), &t, &eo, &ee);
         let s = dpdk_run(
-            &[
-                "--eal",
-                "--lcores=0@0,1@1,2@1",
-                "--pcap-in",
-                t.to_str().unwrap(),
-                "--pcap-out",
-                dout.to_str().unwrap(),
-                "--events",
-                dev.to_str().unwrap(),
-            ],
+            (&t, &dout, &dev),
+            &["--eal", "--lcores=0@0,1@1,2@1"],
             Some(&chain_file),
             dir.path(),
             &name,
@@ -258,21 +252,20 @@ fn scaling_out_and_in_keeps_the_output_and_alerts() {
             format!("portscan:in@{}", n / 2),
             format!("portscan:in@{}", 3 * n / 4),
         ];
-        let mut args = vec![
-            "--pcap-in",
-            t.to_str().unwrap(),
-            "--pcap-out",
-            dout.to_str().unwrap(),
-            "--events",
-            dev.to_str().unwrap(),
-        ];
+        let mut args = Vec::new();
         for st in &steps {
             args.extend(["--scale", st.as_str()]);
         }
         if spread {
             args.push("--eal=--lcores=0@0,1@1,2@1");
         }
-        let s = dpdk_run(&args, Some(&chain_file), dir.path(), &name);
+        let s = dpdk_run(
+            (&t, &dout, &dev),
+            &args,
+            Some(&chain_file),
+            dir.path(),
+            &name,
+        );
         let lcores = s["figures"]["lcores"].as_array().unwrap().len();
         assert_eq!(lcores, if spread { 2 } else { 1 }, "{name}");
         let portscan = s["vertices"]
@@ -417,16 +410,7 @@ fn the_dpdk_root_admits_at_the_given_rate_and_delays_slow_an_instance() {
     // A run with `extra` arguments; returns (elapsed s, packets read, NAT packets in),
     // having checked its output and events against the embedded path's.
     let replay = |extra: &[&str], name: &str| {
-        let mut args = vec![
-            "--pcap-in",
-            t.to_str().unwrap(),
-            "--pcap-out",
-            dout.to_str().unwrap(),
-            "--events",
-            dev.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let s = dpdk_run(&args, None, dir.path(), name);
+        let s = dpdk_run((&t, &dout, &dev), extra, None, dir.path(), name);
         same_as_embedded(&eo, &ee, &dout, &dev, name);
         (
             s["elapsed_s"].as_f64().unwrap(),
