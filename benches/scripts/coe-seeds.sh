@@ -6,9 +6,9 @@
 # The in-process scenarios (scale-out, scale-in, naive-move, parallel, delay) work the same.
 # A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
 # replays it with every process's log.
-# CHC_COE_BACKEND=dpdk runs the scenarios' chains on the DPDK path (scale-out, scale-in,
-# parallel); CHC_COE_EAL adds EAL arguments there (CHC_COE_EAL=--lcores=0@0,1@1,2@1 spreads
-# the instances over two worker lcores).
+# CHC_COE_BACKEND=dpdk runs the scenarios' chains on the DPDK path (parallel, delay,
+# scale-out, scale-in, straggler, straggler-nodedup); CHC_COE_EAL adds EAL arguments there
+# (CHC_COE_EAL=--lcores=0@0,1@1,2@1 spreads the instances over two worker lcores).
 # CHC_BENCH=PATH runs a copy of chc-bench (its chc-dataplane and chc-store next to it), so
 # that a rebuild meanwhile does not swap binaries under a running loop.
 # A run that takes longer than CHC_RUN_TIMEOUT seconds (default 300) is stopped and counted

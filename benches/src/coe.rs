@@ -583,12 +583,12 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
     if a.backend == "dpdk"
         && !matches!(
             a.scenario.as_str(),
-            "parallel" | "delay" | "scale-out" | "scale-in"
+            "parallel" | "delay" | "scale-out" | "scale-in" | "straggler" | "straggler-nodedup"
         )
     {
         bail!(
             "scenario {:?} runs on the embedded backend only; with --backend dpdk: parallel, \
-             delay, scale-out, scale-in",
+             delay, scale-out, scale-in, straggler, straggler-nodedup",
             a.scenario
         );
     }
@@ -657,10 +657,13 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         rep
     } else if a.backend == "dpdk" {
         let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
-        let moves = run_dpdk(&setup, a, &rp, &re, &dir)
+        let s = run_dpdk(&setup, a, &rp, &re, &dir)
             .with_context(|| format!("scenario {} on the DPDK path", a.scenario))?;
         let mut rep = compare(&ip, &ie, &rp, &re)?;
-        rep.moves = moves;
+        rep.moves = summary_moves(&s)?;
+        if !s["clone"].is_null() {
+            rep.clone = Some(serde_json::from_value(s["clone"].clone())?);
+        }
         rep
     } else {
         let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
@@ -736,14 +739,14 @@ pub fn delay_args(cmd: &mut std::process::Command, delays: &HashMap<String, Dela
 }
 
 /// Runs a scenario's chain as `chc-dataplane run --backend dpdk` (one process: one EAL);
-/// returns its flow moves.
+/// returns its summary.
 fn run_dpdk(
     setup: &Setup,
     a: &CoeArgs,
     pcap: &Path,
     ev: &Path,
     dir: &Path,
-) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
+) -> Result<serde_json::Value> {
     let summary = dir.join("run-summary.json");
     let bin = default_bin_dir().join("chc-dataplane");
     let mut cmd = dpdk_command(&bin, &a.trace, pcap, Some(ev), a.eal.as_deref());
@@ -763,8 +766,11 @@ fn run_dpdk(
         };
         cmd.arg("--scale")
             .arg(format!("{}:{what}@{}", st.vertex, st.after_packets));
+        if !st.handover {
+            cmd.arg("--naive-move");
+        }
     }
-    dpdk_moves(cmd, &summary)
+    dpdk_summary(cmd, &summary)
 }
 
 /// Runs a `chc-dataplane run --backend dpdk` command (given everything but its summary
@@ -774,7 +780,11 @@ pub fn dpdk_moves(
     cmd: std::process::Command,
     summary: &Path,
 ) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
-    let s = dpdk_summary(cmd, summary)?;
+    summary_moves(&dpdk_summary(cmd, summary)?)
+}
+
+/// The flow moves of a `chc-dataplane` summary.
+fn summary_moves(s: &serde_json::Value) -> Result<Vec<chc_dataplane::summary::MoveSummary>> {
     // A run without moves leaves the field out.
     match &s["moves"] {
         serde_json::Value::Null => Ok(Vec::new()),

@@ -179,9 +179,30 @@ fn straggler_is_equivalent_on_every_trace() {
     let d = tempfile::tempdir().unwrap();
     let mut all = traces();
     all.push(synthetic(d.path(), 30_000, 2_000));
+    straggler_is_equivalent_on(&all, 71, "pcap", |_| None);
+}
+
+/// The same on the DPDK path: every other trace with the pair on two worker lcores.
+#[test]
+fn straggler_is_equivalent_on_the_dpdk_path() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let two = |i: usize| (i % 2 == 1).then_some(chc_bench::coe::TWO_LCORES);
+    straggler_is_equivalent_on(&traces(), 171, "dpdk", two);
+}
+
+fn straggler_is_equivalent_on(
+    all: &[PathBuf],
+    seed_base: u64,
+    backend: &str,
+    eal: impl Fn(usize) -> Option<&'static str>,
+) {
     let mut raced = 0;
     for (i, t) in all.iter().enumerate() {
-        let r = check(t, "straggler", 71 + i as u64);
+        let r = check_on(t, "straggler", seed_base + i as u64, backend, eal(i));
         let c = r.clone.as_ref().expect("a clone was started");
         assert_ne!(
             c.kept,
@@ -197,6 +218,26 @@ fn straggler_is_equivalent_on_every_trace() {
         raced > 0,
         "the clone never produced a duplicate to suppress"
     );
+}
+
+/// The baseline without duplicate suppression on the DPDK path.
+#[test]
+fn a_clone_without_duplicate_suppression_duplicates_output_on_the_dpdk_path() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let t = traces_dir().join("mixed.pcap");
+    // Seeds 1 and 2 clone an on-path vertex (the choice is seeded).
+    for seed in 1..=2 {
+        let r = run_coe_on(&t, "straggler-nodedup", seed, "dpdk", None);
+        assert!(
+            !r.equivalent && r.extra_in_run > 0,
+            "seed {seed}: duplicates went unnoticed ({} extra)",
+            r.extra_in_run
+        );
+    }
 }
 
 /// The baseline without duplicate suppression: the pair's second copies leave the chain.

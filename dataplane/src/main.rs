@@ -105,14 +105,16 @@ struct RunArgs {
     /// Fig 3.7; the summary reports each move. NAME:clone=I@N starts a clone of straggling
     /// instance I (§3.4.3): it replays the root's log, races the straggler on a copy of its
     /// traffic, and the slower one goes (alone, not with other steps). With --backend dpdk:
-    /// out and in, on one host; the root holds its input back during each move.
+    /// on one host; the root holds its input back during each move, while it replays its
+    /// log for a clone and while the slower of the pair retires.
     #[arg(long = "scale", value_name = "NAME:out|in@N")]
     scale: Vec<String>,
     /// Admit at most this many packets per second (default: as fast as the chain takes them).
     #[arg(long, value_name = "PPS")]
     rate: Option<u64>,
     /// Move flows without the handover (splitters switch at once), or race a clone without
-    /// suppressing duplicate outputs: baselines that show what goes wrong without them.
+    /// suppressing duplicate outputs: baselines that show what goes wrong without them
+    /// (with --backend dpdk: the clone's only).
     #[arg(long)]
     naive_move: bool,
     /// Write the end-of-run summary as JSON here.
@@ -321,16 +323,12 @@ fn main() -> Result<()> {
 /// made from --pcap-in/--pcap-out).
 fn run_dpdk(a: &RunArgs) -> Result<()> {
     use chc_dataplane::dpdk::{self, DpdkOptions, PcapReplay};
-    anyhow::ensure!(
-        !a.naive_move,
-        "--naive-move runs on the embedded backend only"
-    );
     let chain = run_chain(a)?;
     // Checked (vertex, action) and put in order where the DPDK path prepares them.
     let scaling = a
         .scale
         .iter()
-        .map(|st| parse_scale(st, true))
+        .map(|st| parse_scale(st, !a.naive_move))
         .collect::<Result<Vec<_>>>()?;
     let pcap = match (&a.pcap_in, &a.pcap_out) {
         (Some(i), Some(o)) => Some(PcapReplay {

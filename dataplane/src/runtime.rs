@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a clone that has replayed the log may take to overtake its straggler.
-const RACE: Duration = Duration::from_millis(500);
+pub(crate) const RACE: Duration = Duration::from_millis(500);
 
 /// Packets per batch between threads.
 pub const BATCH: usize = 32;
@@ -194,25 +194,43 @@ pub enum ScaleAction {
 /// carry the same instance id, so the store's clock log absorbs the second of each) and
 /// its own slot.
 pub struct Cloning {
-    vertex: usize,
+    pub(crate) vertex: usize,
     /// The straggler's slot and instance id.
-    of: u16,
+    pub(crate) of: u16,
     /// The clone's slot.
-    slot: u16,
+    pub(crate) slot: u16,
     /// Suppress duplicate outputs (off only in the baseline).
     dedup: bool,
     /// Clocks one of the two has emitted and the other not yet.
     twins: Mutex<HashSet<u64>>,
     /// The root's (held) watermark: older clocks are never replayed again.
-    wm: AtomicU64,
+    pub(crate) wm: AtomicU64,
     /// The last clock each of the two processed (straggler, clone).
-    progress: [AtomicU64; 2],
-    suppressed: AtomicU64,
+    pub(crate) progress: [AtomicU64; 2],
+    pub(crate) suppressed: AtomicU64,
 }
 
 impl Cloning {
+    pub(crate) fn new(vertex: usize, of: u16, slot: u16, dedup: bool) -> Cloning {
+        Cloning {
+            vertex,
+            of,
+            slot,
+            dedup,
+            twins: Mutex::new(HashSet::new()),
+            wm: AtomicU64::new(0),
+            progress: [AtomicU64::new(0), AtomicU64::new(0)],
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the clone has processed as far as the straggler.
+    pub(crate) fn clone_ahead(&self) -> bool {
+        self.progress[1].load(Ordering::Relaxed) >= self.progress[0].load(Ordering::Relaxed)
+    }
+
     /// Whether this copy of `clock` is the first out of the pair.
-    fn first(&self, clock: u64, who: usize) -> bool {
+    pub(crate) fn first(&self, clock: u64, who: usize) -> bool {
         self.progress[who].fetch_max(clock, Ordering::Relaxed);
         if !self.dedup {
             return true;
@@ -418,6 +436,11 @@ impl Downstream {
             }
         }
         self.pending[usize::from(slot) % self.txs.len()].push(pkt);
+    }
+
+    /// Whether this splitter feeds the clone's vertex or one that leads to it.
+    fn leads_to_clone(&self) -> bool {
+        self.toward_clone || self.cloning.as_ref().is_some_and(|c| c.vertex == self.to)
     }
 
     /// Applies the orders published since the last look (one atomic load when there are
@@ -892,7 +915,8 @@ impl Instance {
         for i in 0..self.taps.len() {
             let w = pkt.weight / 2;
             pkt.weight -= w;
-            if replayed {
+            // A replayed packet is copied only for a tap that leads to the clone.
+            if replayed && !self.taps[i].leads_to_clone() {
                 continue;
             }
             let mut copy = pkt.copy_into(self.pool.pop().unwrap_or_default());
@@ -1004,16 +1028,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             .iter()
             .zip(&step_vertex)
             .find_map(|(st, &vi)| match st.action {
-                ScaleAction::Clone(of) => Some(Arc::new(Cloning {
-                    vertex: vi,
-                    of,
-                    slot: live0[vi],
-                    dedup: st.handover,
-                    twins: Mutex::new(HashSet::new()),
-                    wm: AtomicU64::new(0),
-                    progress: [AtomicU64::new(0), AtomicU64::new(0)],
-                    suppressed: AtomicU64::new(0),
-                })),
+                ScaleAction::Clone(of) => {
+                    Some(Arc::new(Cloning::new(vi, of, live0[vi], st.handover)))
+                }
                 _ => None,
             });
     // Which vertices lead to the clone's (they pass replayed packets on).
@@ -1559,7 +1576,7 @@ pub(crate) fn plan_moves(
 }
 
 /// Whether vertex `to` is reachable from `from` (next hops and taps).
-fn reaches(chain: &Chain, from: usize, to: usize) -> bool {
+pub(crate) fn reaches(chain: &Chain, from: usize, to: usize) -> bool {
     let mut stack = vec![from];
     let mut seen = vec![false; chain.vertices.len()];
     while let Some(u) = stack.pop() {

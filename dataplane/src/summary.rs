@@ -65,7 +65,7 @@ pub struct Summary {
 }
 
 /// A straggler's clone (§3.4.3).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloneSummary {
     pub vertex: String,
     /// The straggler's instance id (the clone has it too).

@@ -344,7 +344,11 @@ fn scaling_the_dpdk_path_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.pcap");
     for (scale, extra, why) in [
-        ("nat:clone=0@100", None, "embedded backend only"),
+        (
+            "nat:clone=3@100",
+            None,
+            "a clone must be the only step, of a live instance",
+        ),
         ("nat:out@100", Some("--naive-move"), "embedded backend only"),
     ] {
         let mut cmd = Command::new(bin);

@@ -12,6 +12,9 @@
 //!   move, lets the chain drain when instances run on other lcores, and has the lcores of
 //!   the old and the new instance release and take the moved flows' state (see
 //!   `Worker::scale`).
+//! - A straggler's clone (`--scale NAME:clone=I@N`, one host): the root replays its log for
+//!   the clone, the splitter copies the straggler's traffic to it, the faster of the two is
+//!   kept and duplicate outputs are suppressed (module `race`).
 //! - `--rate` paces the root; `--delay` makes an instance's lcore spin before each packet.
 //! - [`telemetry`] counts per port and per lcore, served in Prometheus format.
 //!
@@ -24,6 +27,7 @@ pub use chc_dpdk;
 pub mod control;
 pub mod meta;
 pub mod plan;
+mod race;
 pub mod telemetry;
 mod worker;
 
@@ -324,6 +328,8 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     // their rings and state clients) and are given buckets when their step comes.
     let live0: Vec<u16> = chain.vertices.iter().map(|v| v.parallelism).collect();
     let mut scale_steps = Vec::new();
+    // A straggler's clone: (vertex, straggler, step). It takes a new slot of the vertex.
+    let mut clone_step: Option<(usize, u16, ScaleStep)> = None;
     for st in &opts.scaling {
         let vi = chain
             .vertices
@@ -332,15 +338,28 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             .ok_or_else(|| {
                 DpdkError::Config(format!("--scale: no vertex named {:?}", st.vertex))
             })?;
+        if !st.handover && !matches!(st.action, ScaleAction::Clone(_)) {
+            return Err(DpdkError::Config(format!(
+                "--scale {}: --naive-move with --backend dpdk races a clone without \
+                 suppressing duplicates; moving flows without the handover runs on the \
+                 embedded backend only",
+                st.vertex
+            )));
+        }
         match st.action {
             ScaleAction::Out => chain.vertices[vi].parallelism += 1,
             ScaleAction::In => {}
-            ScaleAction::Clone(_) => {
-                return Err(DpdkError::Config(format!(
-                    "--scale {}:clone runs on the embedded backend only (out and in run on \
-                     DPDK too)",
-                    st.vertex
-                )))
+            ScaleAction::Clone(of) => {
+                if opts.scaling.len() != 1 || of >= live0[vi] {
+                    return Err(DpdkError::Config(format!(
+                        "--scale {}:clone={of}: a clone must be the only step, of a live \
+                         instance (0..{})",
+                        st.vertex, live0[vi]
+                    )));
+                }
+                chain.vertices[vi].parallelism += 1;
+                clone_step = Some((vi, of, st.clone()));
+                continue;
             }
         }
         scale_steps.push((vi, st.clone()));
@@ -429,17 +448,45 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     } else {
         workers.clone()
     };
-    let plan = plan::plan(&chain, opts.host.as_deref(), &chain_lcores)?;
+    let mut plan = plan::plan(&chain, opts.host.as_deref(), &chain_lcores)?;
     // Flows move between instances while the root holds its input back (see
     // `Worker::scale`); the lcores of this host take the steps, so every instance of a
     // scaled vertex runs here.
-    if let Some((_, st)) = scale_steps.first() {
+    if let Some(st) = scale_steps
+        .first()
+        .map(|(_, st)| st)
+        .or(clone_step.as_ref().map(|(_, _, st)| st))
+    {
         if plan.multi_host {
             return Err(DpdkError::Config(format!(
                 "--scale {}: with --backend dpdk, scaling runs on one host (the chain spans \
                  several)",
                 st.vertex
             )));
+        }
+    }
+    let race = clone_step.as_ref().map(|(vi, of, st)| {
+        Arc::new(race::Race::new(crate::runtime::Cloning::new(
+            *vi,
+            *of,
+            live0[*vi],
+            st.handover,
+        )))
+    });
+    if let Some((vi, of, st)) = &clone_step {
+        if plan.ports.iter().filter(|p| p.rx).count() != 1 {
+            return Err(DpdkError::Config(format!(
+                "--scale {}:clone: a clone needs exactly one input port (the root's log does \
+                 not keep each packet's port)",
+                st.vertex
+            )));
+        }
+        // The clone runs on another lcore than its straggler, where there is one.
+        if let Placement::Local { slot } = plan.placement[*vi][usize::from(*of)] {
+            let n = plan.lcores.len();
+            plan.placement[*vi][usize::from(live0[*vi])] = Placement::Local {
+                slot: (slot + 1) % n,
+            };
         }
     }
     // With every instance on the root's lcore, nothing waits in a ring between two of the
@@ -646,10 +693,17 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     };
     let clock = worker::WallClock::new(hz);
     let taps: usize = chain.vertices.iter().map(|v| v.taps.len()).sum();
+    // Mbufs a packet in flight may hold: itself and its tap copies; while a straggler races
+    // its clone, also the copy for the clone and a replayed packet with its tap copies.
+    let per_packet = if race.is_some() {
+        2 * (1 + taps) + 1
+    } else {
+        1 + taps
+    };
     let window = chain
         .root
         .log_limit
-        .min((opts.pool_size as usize).saturating_sub(2048) / (1 + taps))
+        .min((opts.pool_size as usize).saturating_sub(2048) / per_packet)
         .max(BURST);
     let n_ports = chain.ports.len();
     let mut tx_ports: Vec<Option<(u16, TxQueue)>> = tx_ports.into_iter().map(Some).collect();
@@ -666,9 +720,21 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             let v = &chain.vertices[vi];
             // Instances of the start run as the chain file says; those added by scaling
             // out are built for the vertex at its widest, as the embedded runtime does.
-            let mut inst = if i < live0[vi] {
-                let mut v0 = v.clone();
-                v0.parallelism = live0[vi];
+            let mut v0 = v.clone();
+            v0.parallelism = live0[vi];
+            let clone_of = clone_step
+                .as_ref()
+                .filter(|(cv, _, _)| *cv == vi && i == live0[vi])
+                .map(|(_, of, _)| *of);
+            let mut inst = if let Some(of) = clone_of {
+                // The straggler's identity, its state from the store, no initialisation.
+                let client =
+                    (v.mode != Mode::Traditional).then(|| store.client(store.next_client_id()));
+                NfInstance::with_client(&v0, of, client, false).map(|mut n| {
+                    n.state.set_fresh(false);
+                    n
+                })
+            } else if i < live0[vi] {
                 NfInstance::new(&v0, i, &store)
             } else {
                 NfInstance::new(v, i, &store)
@@ -688,6 +754,19 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 // the embedded path.
                 .filter(|_| i < live0[vi])
                 .map(|d| worker::Slow::new(d, hz, opts.seed, v.id, i));
+            let pair = race
+                .as_ref()
+                .filter(|r| r.cloning.vertex == vi)
+                .and_then(|r| {
+                    let who = if i == r.cloning.of {
+                        0
+                    } else if i == r.cloning.slot {
+                        1
+                    } else {
+                        return None;
+                    };
+                    Some(Box::new(race::PairPart::new(r.clone(), who)))
+                });
             tasks.push(Task {
                 vertex: vi,
                 inst,
@@ -698,6 +777,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 on_path: v.on_path,
                 dirty: false,
                 delay,
+                race: pair,
             });
         }
         let mut ring_outs = Vec::new();
@@ -724,6 +804,10 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 key: v.partition,
                 alloc: allocs[vi].clone(),
                 dests,
+                race: race.clone().filter(|r| r.cloning.vertex == vi),
+                toward_clone: race.as_ref().is_some_and(|r| {
+                    vi != r.cloning.vertex && crate::runtime::reaches(&chain, vi, r.cloning.vertex)
+                }),
             });
         }
         // Transmission: the owner holds the queues; others go through its rings.
@@ -734,13 +818,12 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         if owner {
             for e in tx_ports.iter_mut() {
                 let (idx, q) = e.take().expect("taken once");
+                let records = record_port.as_ref().is_some_and(|(i, _)| *i == idx);
                 ports[usize::from(idx)] = Some(TxOut {
                     path: TxPath::Queue(q),
                     burst: Burst::with_capacity(BURST * 4),
-                    record: record_port
-                        .as_ref()
-                        .is_some_and(|(i, _)| *i == idx)
-                        .then(Vec::new),
+                    record: records.then(Vec::new),
+                    keep_meta: records,
                 });
             }
             for l in link_queues.iter_mut() {
@@ -750,6 +833,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                         path: TxPath::Queue(txq),
                         burst: Burst::with_capacity(BURST * 4),
                         record: None,
+                        keep_meta: false,
                     },
                     dst_mac: peer,
                     src_mac: mac,
@@ -768,6 +852,10 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                     path: TxPath::Ring(p.clone()),
                     burst: Burst::with_capacity(BURST * 4),
                     record: None,
+                    // The owner records this port's packets from their metadata.
+                    keep_meta: record_port
+                        .as_ref()
+                        .is_some_and(|(i, _)| usize::from(*i) == *idx),
                 });
             }
             for (k, p, _) in &link_tx_rings {
@@ -776,6 +864,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                         path: TxPath::Ring(p.clone()),
                         burst: Burst::with_capacity(BURST * 4),
                         record: None,
+                        keep_meta: false,
                     },
                     dst_mac: plan.links[*k].peer_mac,
                     src_mac: [0; 6],
@@ -818,6 +907,17 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 unsettled: 0,
                 lost_input: 0,
                 pace: opts.rate_pps.map(|pps| worker::Pace::new(pps, hz)),
+                clone: race
+                    .as_ref()
+                    .zip(clone_step.as_ref())
+                    .map(|(r, (vi, _, st))| {
+                        race::CloneRun::new(
+                            r.clone(),
+                            chain.vertices[*vi].name.clone(),
+                            st.after_packets,
+                            plan.ports.iter().find(|p| p.rx).map_or(0, |p| p.egress),
+                        )
+                    }),
                 scaling: (!scale_steps.is_empty()).then(|| worker::Scaling {
                     steps: std::mem::take(&mut scale_steps).into(),
                     live: live0.clone(),
@@ -872,6 +972,8 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 written: 0,
                 link_foreign: 0,
                 errors: Vec::new(),
+                fatal: None,
+                race: race.clone(),
             },
             tx_rings,
             owner,
@@ -1139,7 +1241,8 @@ impl Dataplane {
         self.spare.clear();
         drop(self.view);
         let _ = names;
-        let mut errors: Vec<String> = Vec::new();
+        // A step that could not finish (a stuck move or clone) fails the run.
+        let mut errors: Vec<String> = reports.iter().filter_map(|r| r.fatal.clone()).collect();
         let summary = summarize(&self.chain, &reports, self.started.elapsed());
         if let Some((path, snaplen)) = &self.pcap_out {
             let recs: Vec<(u64, u32)> = reports
@@ -1241,7 +1344,7 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
             .iter()
             .flat_map(|r| r.moves.iter().cloned())
             .collect(),
-        clone: None,
+        clone: reports.iter().find_map(|r| r.clone.clone()),
     };
     for r in reports {
         let _ = hist.add(&r.hist);

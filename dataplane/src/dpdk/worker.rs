@@ -13,6 +13,7 @@
 
 use super::control::{Delete, Inbox};
 use super::meta::{PktMeta, ENCAP_LEN};
+use super::race::{CloneRun, PairPart, Race};
 use super::telemetry::LcoreCounters;
 use crate::instance::{HandedOver, NfCounters, NfInstance};
 use crate::runtime::{plan_moves, DelayRng, Move, ScaleStep};
@@ -22,6 +23,7 @@ use chc_dpdk::{
     lcore, Burst, Mbuf, Mempool, Multi, RingConsumer, RingProducer, RunningPort, RxQueue, Single,
     TxQueue,
 };
+use chc_proto::meta::MetaFlags;
 use chc_root::{Root, RootStats, FULL};
 use chc_store::client::{ops, ObjKey, StoreClient};
 use chc_store::Value;
@@ -138,6 +140,10 @@ pub struct Router {
     pub alloc: Arc<Allocation>,
     /// One per instance.
     pub dests: Vec<Dest>,
+    /// In front of a straggler and its clone: the race they run.
+    pub race: Option<Arc<Race>>,
+    /// The vertex leads to a clone's (replayed packets go on).
+    pub toward_clone: bool,
 }
 
 /// How a lcore transmits on a port or a link.
@@ -154,6 +160,10 @@ pub struct TxOut {
     pub burst: Burst,
     /// Capture time and wire length of every packet sent, in order (pcap output fix-up).
     pub record: Option<Vec<(u64, u32)>>,
+    /// Packets staged here carry their metadata in the private area: the port records
+    /// them (here, or at the lcore that owns the queue). A packet that came through a ring
+    /// has it there already, a copy made on this lcore (for a tap or a clone) not.
+    pub keep_meta: bool,
 }
 
 /// A link's sending side on this lcore.
@@ -181,6 +191,8 @@ pub struct Task {
     pub dirty: bool,
     /// A per-packet delay (`--delay`), if this instance is slowed.
     pub delay: Option<Slow>,
+    /// A straggler or its clone, while they race.
+    pub race: Option<Box<PairPart>>,
 }
 
 /// A slowed instance: before each packet its lcore spins for a random time in the delay's
@@ -258,6 +270,8 @@ pub struct RootPart {
     pub scaling: Option<Scaling>,
     /// The admission rate (`--rate`), if any.
     pub pace: Option<Pace>,
+    /// A straggler's clone to start (`--scale NAME:clone=I@N`).
+    pub clone: Option<CloneRun>,
 }
 
 /// Admission at a fixed average rate: a burst is read once the time since the first one
@@ -342,8 +356,10 @@ pub struct Report {
     pub events: u64,
     pub link_foreign: u64,
     pub errors: Vec<String>,
+    pub fatal: Option<String>,
     /// Flow moves between instances (scaling), in order.
     pub moves: Vec<MoveSummary>,
+    pub clone: Option<crate::summary::CloneSummary>,
 }
 
 /// Time in ns since the epoch from the TSC.
@@ -430,13 +446,24 @@ pub struct Io {
     pub written: u64,
     pub link_foreign: u64,
     pub errors: Vec<String>,
+    /// Why the run stopped before its end, if it did (the run fails with it).
+    pub fatal: Option<String>,
+    /// A straggler's race, if the run has one (replayed packets are counted through it).
+    pub race: Option<Arc<Race>>,
 }
 
 /// Largest frame kept in a normal mbuf; larger ones are copied into the jumbo pool.
 pub const NORMAL_ROOM: usize = (chc_dpdk::DEFAULT_DATA_ROOM - chc_dpdk::HEADROOM) as usize;
 
 impl Io {
-    fn error(&mut self, e: String) {
+    /// Stops the run: it fails with `e`.
+    pub(super) fn fail(&mut self, shared: &Shared, e: String) {
+        self.error(e.clone());
+        self.fatal.get_or_insert(e);
+        shared.phase.store(STOPPING, Ordering::Release);
+    }
+
+    pub(super) fn error(&mut self, e: String) {
         if self.errors.len() < 8 {
             eprintln!("chc-dataplane: {e}");
             self.errors.push(e);
@@ -458,7 +485,7 @@ impl Io {
     }
 
     /// A copy of the packet (for a tap) in a fresh mbuf.
-    fn copy(&mut self, m: &Mbuf) -> Option<Mbuf> {
+    pub(super) fn copy(&mut self, m: &Mbuf) -> Option<Mbuf> {
         let pool = if m.len() <= NORMAL_ROOM {
             self.pool
         } else {
@@ -468,14 +495,30 @@ impl Io {
     }
 
     /// Sends `m` (with `meta`) to the instance `r` picks for it.
-    fn route(&mut self, r: &Router, mut m: Mbuf, mut meta: PktMeta) {
-        let i = if r.dests.len() == 1 {
+    #[inline]
+    pub(super) fn route(&mut self, r: &Router, mut m: Mbuf, meta: PktMeta) {
+        if r.race.is_some() || meta.chc.flags.has(MetaFlags::REPLAY) {
+            return self.route_raced(r, m, meta);
+        }
+        let i = Io::pick(r, &mut m);
+        self.send_to(r, i, m, meta);
+    }
+
+    /// The instance of `r`'s vertex that `m`'s bucket belongs to.
+    #[inline]
+    pub(super) fn pick(r: &Router, m: &mut Mbuf) -> usize {
+        if r.dests.len() == 1 {
             0
         } else {
             let n = m.data_len();
             let p = Packet::parse(m.data_mut(), n, 0);
             usize::from(r.alloc.instance(bucket(key_hash(&p, r.key)))) % r.dests.len()
-        };
+        }
+    }
+
+    /// Sends `m` to instance `i` of `r`'s vertex.
+    #[inline]
+    pub(super) fn send_to(&mut self, r: &Router, i: usize, mut m: Mbuf, mut meta: PktMeta) {
         meta.vertex = r.vertex;
         meta.instance = i as u16;
         match r.dests[i] {
@@ -539,7 +582,7 @@ impl Io {
         if let Some(Some(o)) = self.ports.get(port) {
             // Only a recording port reads the metadata back; elsewhere writing it would
             // dirty a cache line of the mbuf that nothing else touches on the way out.
-            if o.record.is_some() {
+            if o.keep_meta {
                 meta.store(m.private_area_mut());
             }
             self.stage(TxSel::Port(port), m);
@@ -752,6 +795,7 @@ impl Worker {
             }
             if self.root.is_some() {
                 self.scale();
+                self.clone_step();
             }
             self.take_orders();
             if self.root.is_some() {
@@ -849,11 +893,13 @@ impl Worker {
             if cur.since.elapsed() > std::time::Duration::from_secs(10) {
                 // Packets that never leave, or a step no lcore takes: the run ends with the
                 // reason rather than holding its input forever.
-                self.io.error(format!(
-                    "flow move {} stuck for 10 s in {:?} ({travelling} packets in the chain)",
-                    cur.mv.id, cur.phase
-                ));
-                self.shared.phase.store(STOPPING, Ordering::Release);
+                self.io.fail(
+                    &self.shared,
+                    format!(
+                        "flow move {} stuck for 10 s in {:?} ({travelling} packets in the chain)",
+                        cur.mv.id, cur.phase
+                    ),
+                );
                 return;
             }
             match cur.phase {
@@ -973,7 +1019,10 @@ impl Worker {
             .in_flight
             .store(inflight as u64, Ordering::Relaxed);
         // A move due within the input's last burst is still taken.
-        if !r.input_done || r.scaling.as_ref().is_some_and(Scaling::busy) {
+        if !r.input_done
+            || r.scaling.as_ref().is_some_and(Scaling::busy)
+            || r.clone.as_ref().is_some_and(CloneRun::busy)
+        {
             return;
         }
         if inflight == 0 {
@@ -1018,7 +1067,8 @@ impl Worker {
             .window
             .saturating_sub(r.root.in_flight())
             .min(r.root.room());
-        let moving = r.scaling.as_ref().is_some_and(Scaling::busy);
+        let moving = r.scaling.as_ref().is_some_and(Scaling::busy)
+            || r.clone.as_ref().is_some_and(CloneRun::holds_input);
         let paced = r
             .pace
             .as_mut()
@@ -1138,7 +1188,12 @@ impl Worker {
         }
         if self.io.clock.ns(now.wrapping_sub(r.last_retire)) > 2_000_000 {
             r.last_retire = now;
-            let wm = r.root.watermark();
+            let mut wm = r.root.watermark();
+            if let Some(cr) = &r.clone {
+                // Clocks the pair may re-do stay in the store's clock logs.
+                wm = cr.hold.map_or(wm, |h| h.min(wm));
+                cr.race.cloning.wm.store(wm, Ordering::Relaxed);
+            }
             self.shared.watermark.store(wm, Ordering::Relaxed);
             for s in 0..r.client.shards() {
                 r.client
@@ -1203,6 +1258,9 @@ impl Worker {
 
     /// Processes what instance `t` was handed.
     fn run_task(&mut self, t: usize) -> usize {
+        if self.tasks[t].race.is_some() {
+            self.race_tick(t);
+        }
         let mut input = std::mem::take(&mut self.io.pending[t]);
         let mut n = input.len();
         for (m, meta) in input.drain(..) {
@@ -1236,7 +1294,38 @@ impl Worker {
         n
     }
 
-    fn process(&mut self, t: usize, mut m: Mbuf, mut meta: PktMeta) {
+    pub(super) fn process(&mut self, t: usize, m: Mbuf, meta: PktMeta) {
+        if self.tasks[t].race.is_some() {
+            return self.process_pair(t, m, meta);
+        }
+        let mark = self.io.lines.len();
+        let (m, meta, verdict) = self.run_nf(t, m, meta);
+        if meta.chc.flags.has(MetaFlags::REPLAY) {
+            // Upstream of a clone, a replayed packet is re-done for it alone: the store's
+            // clock log absorbs its updates and its events were written the first time.
+            self.io.lines.truncate(mark);
+            let mut meta = meta;
+            self.copy_to_taps(t, &m, &mut meta, true);
+            match (verdict, self.tasks[t].next) {
+                (Verdict::Drop, _) | (_, None) => {
+                    drop(m);
+                    self.io.replay_done();
+                }
+                (_, Some(r)) => self.io.route(&self.routers[r], m, meta),
+            }
+            return;
+        }
+        self.forward(t, m, meta, verdict);
+    }
+
+    /// The NF of task `t` on one packet (after the instance's delay, if slowed).
+    #[inline(always)]
+    pub(super) fn run_nf(
+        &mut self,
+        t: usize,
+        mut m: Mbuf,
+        mut meta: PktMeta,
+    ) -> (Mbuf, PktMeta, Verdict) {
         let task = &mut self.tasks[t];
         if let Some(s) = task.delay.as_mut() {
             s.wait();
@@ -1251,32 +1340,62 @@ impl Worker {
             &mut self.io.lines,
         );
         meta.chc = chc;
-        if verdict == Verdict::Drop {
-            self.io.drops += 1;
-            self.io.retire(m, meta);
-            return;
-        }
         if let Verdict::Port(p) = verdict {
             if self.io.ports.get(usize::from(p)).is_some() {
                 meta.egress = p;
             }
         }
-        // Copies for off-path taps: each takes half of the remaining weight and no vector.
+        (m, meta, verdict)
+    }
+
+    /// Where a processed packet goes: dropped, copied to taps, on to the next vertex, out.
+    #[inline(always)]
+    pub(super) fn forward(&mut self, t: usize, m: Mbuf, mut meta: PktMeta, verdict: Verdict) {
+        if verdict == Verdict::Drop {
+            self.io.drops += 1;
+            self.io.retire(m, meta);
+            return;
+        }
+        self.copy_to_taps(t, &m, &mut meta, false);
+        let task = &self.tasks[t];
+        match task.next {
+            Some(r) => self.io.route(&self.routers[r], m, meta),
+            None if task.exit && task.on_path => self.io.exit(m, meta),
+            None => self.io.retire(m, meta),
+        }
+    }
+
+    /// Copies for off-path taps: each takes half of the remaining weight and no vector. A
+    /// replayed packet is copied only for a tap that leads to the clone (its shares of the
+    /// weight go as the first time).
+    #[inline(always)]
+    fn copy_to_taps(&mut self, t: usize, m: &Mbuf, meta: &mut PktMeta, replayed: bool) {
         for k in 0..self.tasks[t].taps.len() {
             let w = meta.weight / 2;
             meta.weight -= w;
+            let r = self.tasks[t].taps[k];
+            if replayed && self.routers[r].race.is_none() && !self.routers[r].toward_clone {
+                continue;
+            }
             let copy_meta = PktMeta {
                 chc: chc_proto::meta::ChcMeta {
                     vector: 0,
                     ..meta.chc
                 },
                 weight: w,
-                ..meta
+                ..*meta
             };
-            match self.io.copy(&m) {
+            match self.io.copy(m) {
                 Some(c) => {
-                    let r = self.tasks[t].taps[k];
+                    if replayed {
+                        self.io.replay_fork();
+                    }
                     self.io.route(&self.routers[r], c, copy_meta);
+                }
+                None if replayed => {
+                    self.io
+                        .error("mbuf pool exhausted: a replayed tap copy was dropped".into());
+                    self.io.replay_lost();
                 }
                 None => {
                     self.io
@@ -1285,12 +1404,6 @@ impl Worker {
                     self.io.delete(copy_meta.chc.clock, w, 0);
                 }
             }
-        }
-        let task = &self.tasks[t];
-        match task.next {
-            Some(r) => self.io.route(&self.routers[r], m, meta),
-            None if task.exit && task.on_path => self.io.exit(m, meta),
-            None => self.io.retire(m, meta),
         }
     }
 
@@ -1364,12 +1477,18 @@ impl Worker {
             events: self.io.events_written,
             link_foreign: self.io.link_foreign,
             errors: std::mem::take(&mut self.io.errors),
+            fatal: self.io.fatal.take(),
             moves: self
                 .root
                 .as_mut()
                 .and_then(|r| r.scaling.as_mut())
                 .map(|sc| std::mem::take(&mut sc.moves))
                 .unwrap_or_default(),
+            clone: self
+                .root
+                .as_ref()
+                .and_then(|r| r.clone.as_ref())
+                .map(CloneRun::summary),
         }
     }
 }
