@@ -273,6 +273,24 @@ fn a_naive_move_loses_state() {
     assert_eq!(bad, 2, "a move without the handover went unnoticed");
 }
 
+/// The same baseline on the DPDK path: the splitters switch without the handover.
+#[test]
+fn a_naive_move_goes_wrong_on_the_dpdk_path() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let t = traces_dir().join("mixed.pcap");
+    for seed in 1..=2 {
+        let r = run_coe_on(&t, "naive-move", seed, "dpdk", None);
+        assert!(
+            !r.equivalent,
+            "seed {seed}: a move without the handover went unnoticed"
+        );
+    }
+}
+
 fn composed(parts: &[&str], dir: &Path, name: &str) -> PathBuf {
     let s = traces_dir();
     let out = dir.join(name);

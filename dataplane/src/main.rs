@@ -113,8 +113,7 @@ struct RunArgs {
     #[arg(long, value_name = "PPS")]
     rate: Option<u64>,
     /// Move flows without the handover (splitters switch at once), or race a clone without
-    /// suppressing duplicate outputs: baselines that show what goes wrong without them
-    /// (with --backend dpdk: the clone's only).
+    /// suppressing duplicate outputs: baselines that show what goes wrong without them.
     #[arg(long)]
     naive_move: bool,
     /// Write the end-of-run summary as JSON here.

@@ -293,6 +293,11 @@ impl Move {
         }
     }
 
+    /// Whether the flows move with the handover (not the naive baseline).
+    pub(crate) fn handover(&self) -> bool {
+        self.handover
+    }
+
     pub(crate) fn has(&self, b: usize) -> bool {
         self.buckets[b % BUCKETS]
     }

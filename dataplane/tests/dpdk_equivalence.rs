@@ -349,7 +349,11 @@ fn scaling_the_dpdk_path_refuses_what_it_cannot_do() {
             None,
             "a clone must be the only step, of a live instance",
         ),
-        ("nat:out@100", Some("--naive-move"), "embedded backend only"),
+        (
+            "nat:clone=0@100",
+            Some("--scale=nat:out@200"),
+            "a clone must be the only step",
+        ),
     ] {
         let mut cmd = Command::new(bin);
         cmd.args(["run", "--backend", "dpdk", "--pcap-in"])

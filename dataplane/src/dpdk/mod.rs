@@ -338,14 +338,6 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             .ok_or_else(|| {
                 DpdkError::Config(format!("--scale: no vertex named {:?}", st.vertex))
             })?;
-        if !st.handover && !matches!(st.action, ScaleAction::Clone(_)) {
-            return Err(DpdkError::Config(format!(
-                "--scale {}: --naive-move with --backend dpdk races a clone without \
-                 suppressing duplicates; moving flows without the handover runs on the \
-                 embedded backend only",
-                st.vertex
-            )));
-        }
         match st.action {
             ScaleAction::Out => chain.vertices[vi].parallelism += 1,
             ScaleAction::In => {}
@@ -921,6 +913,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 scaling: (!scale_steps.is_empty()).then(|| worker::Scaling {
                     steps: std::mem::take(&mut scale_steps).into(),
                     live: live0.clone(),
+                    names: chain.vertices.iter().map(|v| v.name.clone()).collect(),
                     tables: allocs.iter().map(|a| a.entries()).collect(),
                     next_id: 0,
                     drain,

@@ -307,6 +307,8 @@ pub struct Scaling {
     pub steps: std::collections::VecDeque<(usize, ScaleStep)>,
     /// Live instances per vertex.
     pub live: Vec<u16>,
+    /// Vertex names, for the summary.
+    pub names: Vec<String>,
     /// Bucket -> instance, per vertex, as the moves planned so far leave it.
     pub tables: Vec<Vec<u16>>,
     pub next_id: u64,
@@ -871,6 +873,17 @@ impl Worker {
                 let Some((vertex, mv)) = sc.queue.pop_front() else {
                     return;
                 };
+                if !mv.handover() {
+                    // The naive baseline: the splitters switch at once, nothing is handed
+                    // over and the root does not wait.
+                    let alloc = &self.routers[vertex].alloc;
+                    for b in (0..crate::split::BUCKETS).filter(|&b| mv.has(b)) {
+                        alloc.set(b, mv.to);
+                    }
+                    let done = mv.handed_over(&sc.names[vertex], 0, 0.0);
+                    sc.moves.push(done);
+                    continue;
+                }
                 sc.current = Some(Moving {
                     vertex,
                     mv,
