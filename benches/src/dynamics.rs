@@ -19,6 +19,10 @@
 //! - **store** (R6): a `chc-store` process (150 ms checkpoints) serving 10 NAT instances that
 //!   share the NAT's cross-flow objects is killed with SIGKILL just before a checkpoint is
 //!   due, and `Store::start` on its data directory (checkpoint load + WAL replay) is timed.
+//! - **dupes** (R5, Table 3.18): a NAT straggler (3-10 µs per packet) with the port-scan
+//!   detector right behind it is cloned at 30 % and 50 % load, with and without CHC's
+//!   duplicate suppression; the duplicate packets the pair lets out and the state operations
+//!   they cause at the detector, counted against the same chain without a straggler.
 //! - **crash** (R6, end to end, not in `--quick`): every component as its own process
 //!   (`run_cluster`); an NF instance, the root, then the store is killed under load, and the
 //!   time from the kill to the replacement listening is reported (it includes starting the
@@ -42,7 +46,7 @@ use chc_dataplane::instance::{HandedOver, NfInstance};
 use chc_dataplane::pcapio::{self, Record};
 use chc_dataplane::split::{bucket, key_hash, BUCKETS};
 use chc_dataplane::summary::MoveSummary;
-use chc_dataplane::{run, Chain, Pause, RunOptions, ScaleAction, ScaleStep};
+use chc_dataplane::{run, Chain, Delay, Pause, RunOptions, ScaleAction, ScaleStep};
 use chc_proto::meta::ChcMeta;
 use chc_root::{Root, RootConfig};
 use chc_store::client::{ObjKey, StoreClient, TcpOptions};
@@ -84,11 +88,14 @@ const PAPER_MOVE_MS: f64 = 0.071;
 const PAPER_NF_MS: f64 = 4.5;
 const PAPER_ROOT_US: f64 = 41.2;
 const PAPER_STORE_MS: f64 = 388.2;
+/// Table 3.18: duplicate packets out of the NAT pair and duplicate state updates at the
+/// port-scan detector without suppression, at 30 % and 50 % load (on the paper's trace).
+const PAPER_DUPLICATES: [(u32, f64, f64); 2] = [(30, 13_768.0, 233.0), (50, 34_351.0, 545.0)];
 const PAPER_FTMB_P75: f64 = 6.0;
 const PAPER_FTMB_P50: f64 = 2.7;
 
 /// Every group of rows, in the order they run.
-pub const GROUPS: &[&str] = &["move", "ftmb", "root", "store", "crash"];
+pub const GROUPS: &[&str] = &["move", "ftmb", "dupes", "root", "store", "crash"];
 
 /// Arguments of `chc-bench dynamics`.
 #[derive(clap::Args, Debug, Clone)]
@@ -102,7 +109,8 @@ pub struct DynamicsArgs {
     /// Repetitions of every row (medians are reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    /// Groups to run: move, ftmb, root, store, crash (default: all; with --quick all but crash).
+    /// Groups to run: move, ftmb, dupes, root, store, crash (default: all; with --quick all
+    /// but crash).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Flows whose state moves in the move group.
@@ -195,6 +203,11 @@ pub fn run_dynamics(a: &DynamicsArgs) -> Result<serde_json::Value> {
     }
     if a.wants("ftmb") {
         for n in ftmb(a, reps, dir.path())? {
+            rep.push(n);
+        }
+    }
+    if a.wants("dupes") {
+        for n in duplicates(a, reps, dir.path())? {
             rep.push(n);
         }
     }
@@ -677,6 +690,144 @@ fn dpdk_run_move(
             eal.map(|e| format!(", EAL {e}")).unwrap_or_default()
         ),
     })
+}
+
+/// The chain of the paper's R5 experiment: the NAT and, right behind it, the port-scan
+/// detector.
+fn nat_portscan_chain() -> Result<Chain> {
+    let text = format!(
+        "{NAT_CHAIN}
+[[vertex]]
+name = \"portscan\"
+nf = \"portscan\"
+mode = \"eo-c-na\"
+
+[[edge]]
+from = \"nat\"
+to = \"portscan\"
+"
+    );
+    Ok(Chain::parse(&text, "the NAT and port-scan chain")?)
+}
+
+/// R5 (Table 3.18): a straggling NAT cloned at a load level, with and without duplicate
+/// suppression. Duplicate packets: packets out of the chain beyond those of the same chain
+/// without a straggler; duplicate state operations: the detector's reads and updates beyond
+/// that chain's. The paper counts duplicate updates (a repeated SYN logged as a second
+/// connection attempt); this detector's updates are idempotent for an exact repeat (a
+/// repeated SYN finds its target contacted, a repeated answer finds nothing pending), so a
+/// duplicate costs it state reads, which a detector counting attempts would turn into
+/// updates.
+fn duplicates(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Vec<Noted>> {
+    let packets: u64 = if a.quick { 20_000 } else { 60_000 };
+    let trace = synth_trace(dir, "dupes", packets, packets / 20, 256, 10.0, 11)?;
+    let out = dir.join("dupes-out.pcap");
+    let portscan = |s: &chc_dataplane::Summary| -> Result<u64> {
+        s.vertices
+            .iter()
+            .find(|v| v.name == "portscan")
+            .map(|v| v.state_ops)
+            .context("no portscan vertex in the summary")
+    };
+    // The chain without a straggler, read as fast as it takes: its output and updates, and
+    // its capacity (median of two).
+    let mut caps = Vec::new();
+    let mut ideal = None;
+    for _ in 0..2 {
+        let s = run(&run_opts(nat_portscan_chain()?, &trace, &out)).context("the ideal run")?;
+        caps.push(s.root_stamped as f64 / s.elapsed_s.max(1e-9));
+        ideal = Some((s.packets_written, portscan(&s)?));
+    }
+    let (ideal_out, ideal_updates) = ideal.expect("two runs");
+    let cap = median(&caps);
+    let mut rows = Vec::new();
+    for (load, paper_packets, paper_updates) in PAPER_DUPLICATES {
+        let rate = (cap * f64::from(load) / 100.0).max(1000.0) as u64;
+        let (mut with_p, mut without_p, mut with_u, mut without_u) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut suppressed, mut kept) = (vec![], Vec::new());
+        for _ in 0..reps {
+            // Interleaved: without suppression, then with it.
+            for dedup in [false, true] {
+                let mut o = run_opts(nat_portscan_chain()?, &trace, &out);
+                o.rate_pps = Some(rate);
+                o.delays.insert(
+                    "nat".into(),
+                    Delay {
+                        min_us: 3,
+                        max_us: 10,
+                    },
+                );
+                o.scaling = vec![ScaleStep {
+                    after_packets: packets / 3,
+                    vertex: "nat".into(),
+                    action: ScaleAction::Clone(0),
+                    handover: dedup,
+                }];
+                let s = run(&o).with_context(|| {
+                    format!("the straggler run at {load} % load (suppression {dedup})")
+                })?;
+                let p = s.packets_written.saturating_sub(ideal_out) as f64;
+                let u = portscan(&s)?.saturating_sub(ideal_updates) as f64;
+                let c = s.clone.as_ref().context("the clone was not started")?;
+                if dedup {
+                    with_p.push(p);
+                    with_u.push(u);
+                    suppressed.push(c.duplicates_suppressed as f64);
+                    kept.push(c.kept.clone());
+                } else {
+                    without_p.push(p);
+                    without_u.push(u);
+                }
+            }
+        }
+        let what = format!(
+            "NAT (3-10 us per packet) -> port-scan detector, eo-c-na, in-process store, \
+             {packets}-packet synthetic trace at {rate} pkt/s = {load} % of the chain's \
+             measured capacity ({cap:.0} pkt/s); NAT instance 0 cloned after {} packets; \
+             counted against the same chain without a straggler; without suppression \
+             {:.0} duplicate packets and {:.0} state operations they caused at the detector \
+             (medians; the paper's Table 3.18, on its trace: {paper_packets:.0} duplicate \
+             packets and {paper_updates:.0} duplicate updates); with suppression {:.0} second \
+             copies suppressed (median), kept: {}",
+            packets / 3,
+            median(&without_p),
+            median(&without_u),
+            median(&suppressed),
+            kept.join(", ")
+        );
+        rows.push(Noted {
+            row: Row::from_samples(
+                format!(
+                    "duplicate packets out of a cloned NAT, suppressed vs not ({load} % load, R5)"
+                ),
+                "packets",
+                &with_p,
+                &without_p,
+                "the same runs without suppression (paper, Table 3.18: all suppressed)",
+                Better::Lower,
+                0.0,
+            ),
+            notes: what.clone(),
+        });
+        rows.push(Noted {
+            row: Row::from_samples(
+                format!(
+                    "duplicate state operations at the port-scan detector, suppressed vs not ({load} % load, R5)"
+                ),
+                "operations",
+                &with_u,
+                &without_u,
+                "the same runs without suppression (paper, Table 3.18: all suppressed)",
+                Better::Lower,
+                0.0,
+            ),
+            notes: what,
+        });
+    }
+    let _ = std::fs::remove_file(&trace);
+    let _ = std::fs::remove_file(&out);
+    Ok(rows)
 }
 
 fn ftmb(a: &DynamicsArgs, reps: usize, dir: &Path) -> Result<Vec<Noted>> {

@@ -18,7 +18,7 @@ use crate::split::{bucket, key_hash, Allocation, BUCKETS};
 use crate::summary::{CloneSummary, MoveSummary, Summary, VertexSummary};
 use chc_proto::meta::{ChcMeta, MetaFlags};
 use chc_root::{Root, RootConfig, FULL};
-use chc_store::client::cache::Mode;
+use chc_store::client::cache::{Mode, StateStats};
 use chc_store::client::{ops, ObjKey};
 use chc_store::server::{Store, StoreConfig};
 use chc_store::Value;
@@ -568,8 +568,7 @@ struct InstanceStats {
     instance: u16,
     counters: NfCounters,
     hist: Histogram<u64>,
-    state_ops: u64,
-    remote_calls: u64,
+    state: StateStats,
     moves: Vec<MoveSummary>,
 }
 
@@ -754,8 +753,7 @@ impl Instance {
             d.finish();
         }
         self.stats.counters = self.inst.counters.clone();
-        self.stats.state_ops = self.inst.state.stats.ops;
-        self.stats.remote_calls = self.inst.state.stats.remote_calls;
+        self.stats.state = self.inst.state.stats;
         self.stats
     }
 
@@ -1131,8 +1129,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                     instance: i,
                     counters: NfCounters::default(),
                     hist: histogram(),
-                    state_ops: 0,
-                    remote_calls: 0,
+                    state: StateStats::default(),
                     moves: Vec::new(),
                 },
                 pause: opts.pause,
@@ -1637,20 +1634,7 @@ fn summarize(
                 None => moves.push(m.clone()),
             }
         }
-        let v = &mut vertices[s.vertex];
-        let c = &s.counters;
-        v.packets_in += c.pkts_in;
-        v.packets_out += c.pkts_out;
-        v.dropped += c.dropped;
-        v.fragments += c.fragments;
-        v.errors += c.errors;
-        v.state_ops += s.state_ops;
-        v.remote_calls += s.remote_calls;
-        let i = usize::from(s.instance);
-        if v.per_instance_in.len() <= i {
-            v.per_instance_in.resize(i + 1, 0);
-        }
-        v.per_instance_in[i] = c.pkts_in;
+        vertices[s.vertex].add(s.instance, &s.counters, &s.state);
         let _ = hist.add(&s.hist);
     }
     Summary {

@@ -39,6 +39,28 @@ impl VertexSummary {
             per_instance_in: vec![0; v.parallelism as usize],
         }
     }
+
+    /// Adds instance `idx`'s counts (two instances may report under one id: a straggler and
+    /// its clone on the DPDK path).
+    pub fn add(
+        &mut self,
+        idx: u16,
+        c: &crate::instance::NfCounters,
+        s: &chc_store::client::cache::StateStats,
+    ) {
+        self.packets_in += c.pkts_in;
+        self.packets_out += c.pkts_out;
+        self.dropped += c.dropped;
+        self.fragments += c.fragments;
+        self.errors += c.errors;
+        self.state_ops += s.ops;
+        self.remote_calls += s.remote_calls;
+        let i = usize::from(idx);
+        if self.per_instance_in.len() <= i {
+            self.per_instance_in.resize(i + 1, 0);
+        }
+        self.per_instance_in[i] += c.pkts_in;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1351,16 +1351,8 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
             s.root_dropped_log_full += stats.dropped_log_full;
             s.root_log_high_water = s.root_log_high_water.max(stats.high_water as u64);
         }
-        for (vi, idx, c, ops, remote) in &r.instances {
-            let v = &mut vertices[*vi];
-            v.packets_in += c.pkts_in;
-            v.packets_out += c.pkts_out;
-            v.dropped += c.dropped;
-            v.fragments += c.fragments;
-            v.errors += c.errors;
-            v.state_ops += ops;
-            v.remote_calls += remote;
-            v.per_instance_in[usize::from(*idx)] = c.pkts_in;
+        for (vi, idx, c, state) in &r.instances {
+            vertices[*vi].add(*idx, c, state);
         }
     }
     s.latency_p50_us = hist.value_at_quantile(0.5) as f64 / 1e3;

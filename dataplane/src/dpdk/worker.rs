@@ -25,6 +25,7 @@ use chc_dpdk::{
 };
 use chc_proto::meta::MetaFlags;
 use chc_root::{Root, RootStats, FULL};
+use chc_store::client::cache::StateStats;
 use chc_store::client::{ops, ObjKey, StoreClient};
 use chc_store::Value;
 use crossbeam::queue::SegQueue;
@@ -350,7 +351,7 @@ pub enum Phase {
 
 /// Everything a lcore returns at the end.
 pub struct Report {
-    pub instances: Vec<(usize, u16, NfCounters, u64, u64)>,
+    pub instances: Vec<(usize, u16, NfCounters, StateStats)>,
     pub hist: Histogram<u64>,
     pub root: Option<(RootStats, RootRun, usize, u64)>,
     pub records: Vec<(u16, Vec<(u64, u32)>)>,
@@ -1466,8 +1467,7 @@ impl Worker {
                     t.vertex,
                     t.inst.idx,
                     t.inst.counters.clone(),
-                    t.inst.state.stats.ops,
-                    t.inst.state.stats.remote_calls,
+                    t.inst.state.stats,
                 )
             })
             .collect();
