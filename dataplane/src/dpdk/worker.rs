@@ -48,6 +48,10 @@ pub const PASS_THROUGH: u16 = u16::MAX;
 /// operations wait for the next burst's. See `StoreClient::flush_coalesced`.
 const STORE_BATCH_OPS: usize = 4 * super::BURST;
 
+/// How long the store's shard threads stay up (neither nap nor sleep) for a flow move: more
+/// than a move takes with the chain drained first (under a millisecond here).
+const MOVE_AWAKE: std::time::Duration = std::time::Duration::from_millis(2);
+
 pub const RUNNING: u8 = 0;
 pub const STOPPING: u8 = 1;
 
@@ -885,6 +889,9 @@ impl Worker {
                     sc.moves.push(done);
                     continue;
                 }
+                // The move waits for the store twice (the release, the new instance's
+                // first misses): its shard threads stay up meanwhile.
+                r.client.keep_awake(MOVE_AWAKE);
                 sc.current = Some(Moving {
                     vertex,
                     mv,

@@ -565,6 +565,18 @@ impl StoreClient {
         }
     }
 
+    /// Asks the in-process store's shard threads to stay up (neither nap nor sleep) for
+    /// `d`, and wakes them: for a client about to wait for the store several times in a row,
+    /// such as a flow move, where waking a sleeping thread each time costs more than the
+    /// reply. Over TCP it does nothing.
+    pub fn keep_awake(&self, d: Duration) {
+        if let Transport::InProc { workers } = &self.transport {
+            for w in workers {
+                w.keep_awake(d);
+            }
+        }
+    }
+
     /// Waits until every operation sent so far is acknowledged.
     pub fn sync(&mut self) -> Result<(), ClientError> {
         self.flush()?;

@@ -424,3 +424,24 @@ fn a_polling_client_gets_its_replies_and_its_waits_end() {
     let waited = t.elapsed();
     assert!(waited >= Duration::from_millis(5), "{waited:?}");
 }
+
+#[test]
+fn keep_awake_holds_every_shard_up_for_the_time_asked_and_no_longer() {
+    let store = Store::start(StoreConfig::in_memory(2)).unwrap();
+    let c = store.client(1);
+    assert!(!store.worker(0).kept_awake() && !store.worker(1).kept_awake());
+    c.keep_awake(Duration::from_secs(60));
+    assert!(store.worker(0).kept_awake() && store.worker(1).kept_awake());
+    // A shorter request does not cut a longer one short.
+    c.keep_awake(Duration::from_millis(1));
+    assert!(store.worker(1).kept_awake());
+    let store = Store::start(StoreConfig::in_memory(1)).unwrap();
+    let mut c = store.client(1);
+    c.keep_awake(Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!store.worker(0).kept_awake());
+    // The shard serves as before.
+    let k = ObjKey::raw("k");
+    c.submit_nonblocking(k.incr(3));
+    assert_eq!(c.call(k.get()).unwrap().value, Some(WV::int(3)));
+}

@@ -156,9 +156,31 @@ pub(crate) struct WorkerShared {
     napping: AtomicBool,
     /// The shard's thread, for unparking a nap.
     thread: OnceLock<Thread>,
+    /// Until then (ns on [`awake_clock`]) the thread neither naps nor sleeps when idle: a
+    /// client about to wait for it several times in a row (a flow move) asked it to stay up.
+    awake_until: AtomicU64,
+}
+
+/// Nanoseconds since the first call in this process: the clock of `awake_until`.
+pub(crate) fn awake_clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 impl WorkerShared {
+    /// Keeps the thread from napping or sleeping for `d`, and wakes it now.
+    pub(crate) fn keep_awake(&self, d: Duration) {
+        let until = awake_clock() + d.as_nanos() as u64;
+        self.awake_until.fetch_max(until, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// Whether a client asked the thread to stay up (see [`WorkerShared::keep_awake`]).
+    pub(crate) fn kept_awake(&self) -> bool {
+        let until = self.awake_until.load(Ordering::Acquire);
+        until != 0 && awake_clock() < until
+    }
+
     pub(crate) fn send(&self, m: Inbound) {
         let _ = self.tx.send(m);
         self.wake();
@@ -393,6 +415,7 @@ impl Store {
                 sleeping: AtomicBool::new(false),
                 napping: AtomicBool::new(false),
                 thread: OnceLock::new(),
+                awake_until: AtomicU64::new(0),
             }));
             polls.push(poll);
         }

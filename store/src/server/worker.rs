@@ -213,7 +213,9 @@ impl Worker {
             self.busy += t0.elapsed();
             let timeout = if busy {
                 Some(Duration::ZERO)
-            } else if self.replied.is_some_and(|t| t.elapsed() < REPLY_SPIN) {
+            } else if self.replied.is_some_and(|t| t.elapsed() < REPLY_SPIN)
+                || self.shared.kept_awake()
+            {
                 std::hint::spin_loop();
                 Some(Duration::ZERO)
             } else if self.batch_at.is_some_and(|t| t.elapsed() < NAP_AFTER) {
