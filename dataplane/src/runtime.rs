@@ -1015,12 +1015,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             ScaleAction::Out => most[vi] += 1,
             ScaleAction::In => {}
             ScaleAction::Clone(of) => {
-                if opts.scaling.len() != 1 || of >= live0[vi] {
-                    return Err(RunError::Nf(format!(
-                        "scaling: a clone of {} instance {of} must be the only step, of a live instance",
-                        st.vertex
-                    )));
-                }
+                check_clone(chain, vi, of, opts.scaling.len()).map_err(RunError::Nf)?;
                 most[vi] += 1;
             }
         }
@@ -1575,6 +1570,27 @@ pub(crate) fn plan_moves(
         ScaleAction::In | ScaleAction::Clone(_) => {}
     }
     moves
+}
+
+/// Why a clone of instance `of` of vertex `vi` cannot run, if it cannot: it must be the
+/// only scaling step (of `steps`), of a live instance, and its state must be in the store
+/// (where the clone takes it from).
+pub(crate) fn check_clone(chain: &Chain, vi: usize, of: u16, steps: usize) -> Result<(), String> {
+    let v = &chain.vertices[vi];
+    if steps != 1 || of >= v.parallelism {
+        return Err(format!(
+            "--scale {}:clone={of}: a clone must be the only step, of a live instance (0..{})",
+            v.name, v.parallelism
+        ));
+    }
+    if v.mode == Mode::Traditional {
+        return Err(format!(
+            "--scale {}:clone={of}: {} keeps its state in the instance (mode traditional), \
+             where a clone cannot take it from",
+            v.name, v.name
+        ));
+    }
+    Ok(())
 }
 
 /// Whether vertex `to` is reachable from `from` (next hops and taps).

@@ -73,3 +73,44 @@ fn a_rate_of_zero_is_refused_on_both_backends() {
         assert!(err.contains("--rate 0"), "{backend}: {err}");
     }
 }
+
+#[test]
+fn a_clone_that_cannot_run_is_refused_on_both_backends() {
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/traces/mixed.pcap"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.pcap");
+    let out = out.to_str().unwrap();
+    for backend in ["pcap", "dpdk"] {
+        for (extra, why) in [
+            (
+                &["--scale", "nat:clone=3@100"][..],
+                "a clone must be the only step",
+            ),
+            (
+                &["--scale", "nat:clone=0@100", "--scale", "nat:out@200"][..],
+                "a clone must be the only step",
+            ),
+            (
+                &["--scale", "nat:clone=0@100", "--mode", "traditional"][..],
+                "keeps its state in the instance",
+            ),
+        ] {
+            let mut args = vec![
+                "run",
+                "--backend",
+                backend,
+                "--pcap-in",
+                trace,
+                "--pcap-out",
+                out,
+            ];
+            args.extend_from_slice(extra);
+            let (ok, err) = run(&args);
+            assert!(!ok, "{backend} {extra:?} ran");
+            assert!(err.contains(why), "{backend} {extra:?}: {err}");
+        }
+    }
+}

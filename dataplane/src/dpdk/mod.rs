@@ -342,13 +342,8 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             ScaleAction::Out => chain.vertices[vi].parallelism += 1,
             ScaleAction::In => {}
             ScaleAction::Clone(of) => {
-                if opts.scaling.len() != 1 || of >= live0[vi] {
-                    return Err(DpdkError::Config(format!(
-                        "--scale {}:clone={of}: a clone must be the only step, of a live \
-                         instance (0..{})",
-                        st.vertex, live0[vi]
-                    )));
-                }
+                crate::runtime::check_clone(&chain, vi, of, opts.scaling.len())
+                    .map_err(DpdkError::Config)?;
                 chain.vertices[vi].parallelism += 1;
                 clone_step = Some((vi, of, st.clone()));
                 continue;
