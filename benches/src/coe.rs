@@ -18,8 +18,10 @@
 //! Scenarios: `parallel` (2-4 instances per vertex, chosen by the seed), `delay` (random
 //! per-packet delays of 50-100 us at vertices chosen by the seed, as in the paper's R4
 //! experiment), `scale-out` / `scale-in` (vertices scaled at seeded points while packets are
-//! queued, flows moved with the handover of Fig 3.7), `straggler` (a slowed instance cloned
-//! at a seeded point, §3.4.3), and the process scenarios (`processes`, `nf-crash`,
+//! queued, flows moved with the handover of Fig 3.7), `autoscale` (seeded vertices under an
+//! operator's autoscale policy, every 2 ms, the trace paced to last a tenth of a second or
+//! more, so instances come, go and come back), `straggler` (a slowed instance cloned at a
+//! seeded point, §3.4.3), and the process scenarios (`processes`, `nf-crash`,
 //! `root-crash`, `store-crash`, `correlated`). Two baselines run without a mechanism and are
 //! expected to differ: `naive-move` (splitters switch at once) and `straggler-nodedup` (the
 //! pair's duplicate outputs are not suppressed). `--keep DIR` leaves ideal.pcap,
@@ -32,7 +34,9 @@ use chc_dataplane::cluster::manager::{
     default_bin_dir, run_cluster, ClusterOptions, Fault, Victim,
 };
 use chc_dataplane::runtime::RunError;
-use chc_dataplane::{pcapio, run, Chain, Delay, RunOptions, ScaleAction, ScaleStep, Summary};
+use chc_dataplane::{
+    pcapio, run, Chain, Delay, Policy, Rule, RunOptions, ScaleAction, ScaleStep, Summary,
+};
 use nfs::packet::{FiveTuple, Packet};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -47,8 +51,9 @@ pub struct CoeArgs {
     /// Input trace (pcap).
     #[arg(long)]
     pub trace: PathBuf,
-    /// parallel | delay | scale-out | scale-in | straggler | processes | nf-crash | root-crash |
-    /// store-crash | correlated; baselines without a mechanism: naive-move | straggler-nodedup
+    /// parallel | delay | scale-out | scale-in | autoscale | straggler | processes | nf-crash |
+    /// root-crash | store-crash | correlated; baselines without a mechanism: naive-move |
+    /// straggler-nodedup
     #[arg(long)]
     pub scenario: String,
     /// Seed for the scenario's random choices (replays a run exactly).
@@ -66,8 +71,8 @@ pub struct CoeArgs {
     pub no_spares: bool,
     /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
     /// `chc-dataplane run --backend dpdk` process, a net_pcap vdev replaying the trace;
-    /// scenarios parallel, delay, scale-out and scale-in). The ideal chain always runs
-    /// embedded.
+    /// scenarios parallel, delay, scale-out, scale-in, naive-move, straggler and
+    /// straggler-nodedup). The ideal chain always runs embedded.
     #[arg(long, default_value = "pcap")]
     pub backend: String,
     /// With --backend dpdk: EAL arguments of the run, such as its lcores
@@ -102,6 +107,8 @@ pub struct Report {
     pub unsettled: usize,
     /// The straggler scenarios' clone.
     pub clone: Option<chc_dataplane::summary::CloneSummary>,
+    /// The autoscale scenario's policy decisions.
+    pub decisions: Vec<chc_dataplane::summary::Decision>,
 }
 
 /// Raw comparison: the same packets, byte for byte, as a multiset.
@@ -379,7 +386,16 @@ pub struct Setup {
     pub chain: Chain,
     pub delays: HashMap<String, Delay>,
     pub scaling: Vec<ScaleStep>,
+    /// Operator policies the manager runs (the autoscale scenario).
+    pub policies: Vec<Policy>,
+    /// Admission rate, packets per second (the autoscale scenario: the policies act on
+    /// rates over time, so the trace is spread over a tenth of a second or more).
+    pub rate_pps: Option<u64>,
 }
+
+/// How often the manager applies the autoscale scenario's policies: often enough that the
+/// shared traces (a few thousand packets) see several decisions.
+pub const POLICY_PERIOD: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The setup of an in-process scenario over a trace of `packets` packets.
 pub fn scenario(chain: &Chain, name: &str, seed: u64, packets: u64) -> Result<Setup> {
@@ -387,6 +403,7 @@ pub fn scenario(chain: &Chain, name: &str, seed: u64, packets: u64) -> Result<Se
     let mut rng = Rng::new(seed);
     let mut delays = HashMap::new();
     let mut scaling = Vec::new();
+    let mut policies = Vec::new();
     match name {
         "scale-out" | "scale-in" | "naive-move" => {
             let out = name != "scale-in";
@@ -444,6 +461,29 @@ pub fn scenario(chain: &Chain, name: &str, seed: u64, packets: u64) -> Result<Se
                 handover: name == "straggler",
             });
         }
+        "autoscale" => {
+            // Seeded vertices under an autoscale rule whose threshold the chain crosses in
+            // both directions as its rate swings from one short period to the next, so
+            // instances come and go (and come back) while packets are queued.
+            for v in chain.vertices.iter() {
+                if rng.below(2) == 0 && !policies.is_empty() {
+                    continue;
+                }
+                let pps = [5_000, 20_000, 60_000][rng.below(3) as usize];
+                let max = 2 + rng.below(3) as u16;
+                policies.push(Policy {
+                    vertex: v.name.clone(),
+                    rule: Rule::Autoscale { pps, max },
+                });
+                delays.insert(
+                    v.name.clone(),
+                    Delay {
+                        min_us: 0,
+                        max_us: 10,
+                    },
+                );
+            }
+        }
         "parallel" => {
             for v in chain.vertices.iter() {
                 c.set_parallelism(&v.name, 2 + rng.below(3) as u16)?;
@@ -480,10 +520,13 @@ pub fn scenario(chain: &Chain, name: &str, seed: u64, packets: u64) -> Result<Se
             SCENARIOS.join(", ")
         ),
     }
+    let rate_pps = (!policies.is_empty()).then(|| (packets * 10).clamp(20_000, 200_000));
     Ok(Setup {
         chain: c,
         delays,
         scaling,
+        policies,
+        rate_pps,
     })
 }
 
@@ -493,6 +536,7 @@ pub const SCENARIOS: &[&str] = &[
     "delay",
     "scale-out",
     "scale-in",
+    "autoscale",
     "naive-move",
     "straggler",
     "straggler-nodedup",
@@ -550,6 +594,9 @@ pub fn run_chain(setup: Setup, trace: &Path, pcap: &Path, ev: &Path, seed: u64) 
         delays: setup.delays,
         seed,
         scaling: setup.scaling,
+        policies: setup.policies,
+        policy_period: POLICY_PERIOD,
+        rate_pps: setup.rate_pps,
         ..RunOptions::new(setup.chain, trace, pcap)
     })
     .with_context(|| format!("running the chain over {}", trace.display()))
@@ -616,6 +663,8 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             chain: ideal,
             delays: HashMap::new(),
             scaling: Vec::new(),
+            policies: Vec::new(),
+            rate_pps: None,
         },
         &a.trace,
         &ip,
@@ -687,6 +736,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
                 let mut rep = compare(&ip, &ie, &rp, &re)?;
                 rep.moves = s.moves;
                 rep.clone = s.clone;
+                rep.decisions = s.decisions;
                 rep
             }
             // A baseline without the mechanism may lose state updates: the run still wrote

@@ -123,6 +123,89 @@ fn scaling_is_equivalent_on(scenario: &str, seed_base: u64, backend: &str, eal: 
     assert!(moved > 0, "no state was handed over on any trace");
 }
 
+/// The operator's autoscale policy (the manager scaling vertices out and in from the
+/// instances' rates, every 2 ms) on every shared trace and a synthetic one: instances come,
+/// go and come back while packets are queued, and the output is the ideal chain's.
+#[test]
+fn autoscale_is_equivalent_on_every_trace() {
+    let d = tempfile::tempdir().unwrap();
+    let mut all = traces();
+    all.push(synthetic(d.path(), 30_000, 2_000));
+    let (mut outs, mut back) = (0, 0);
+    for (i, t) in all.iter().enumerate() {
+        let r = check(t, "autoscale", 211 + i as u64);
+        let acts: Vec<&str> = r.decisions.iter().map(|d| d.action.as_str()).collect();
+        outs += acts.iter().filter(|&&a| a == "out").count();
+        // An instance scaled in and out again (or the reverse) within one run.
+        if acts.windows(2).any(|w| w[0] != w[1]) {
+            back += 1;
+        }
+        assert_eq!(
+            r.moves.is_empty(),
+            r.decisions.is_empty(),
+            "{}: decisions {:?} and moves {:?} disagree",
+            t.display(),
+            r.decisions,
+            r.moves
+        );
+    }
+    assert!(outs > 0, "the policies never scaled out");
+    assert!(back > 0, "no run scaled a vertex both ways");
+}
+
+/// A vertex scaled out, in and out again at the same point: moves between two instances in
+/// both directions at once (each instance both gives and takes buckets). Before the fix, the
+/// instance scaled in waited for the move back to it before handing over, and that move's
+/// old instance waited for it: the run never ended.
+#[test]
+fn moves_both_ways_at_once_finish_and_are_equivalent() {
+    use chc_bench::coe::{compare, run_chain, Setup};
+    use chc_dataplane::{Chain, Delay, ScaleAction, ScaleStep};
+    let d = tempfile::tempdir().unwrap();
+    let t = traces_dir().join("mixed.pcap");
+    let (ip, ie) = (d.path().join("i.pcap"), d.path().join("i.jsonl"));
+    let (rp, re) = (d.path().join("r.pcap"), d.path().join("r.jsonl"));
+    let plain = |chain| Setup {
+        chain,
+        delays: Default::default(),
+        scaling: Vec::new(),
+        policies: Vec::new(),
+        rate_pps: None,
+    };
+    run_chain(plain(Chain::paper()), &t, &ip, &ie, 1).unwrap();
+    let step = |action| ScaleStep {
+        after_packets: 300,
+        vertex: "nat".into(),
+        action,
+        handover: true,
+    };
+    let mut setup = plain(Chain::paper());
+    setup.delays.insert(
+        "nat".into(),
+        Delay {
+            min_us: 0,
+            max_us: 10,
+        },
+    );
+    setup.scaling = vec![
+        step(ScaleAction::Out),
+        step(ScaleAction::In),
+        step(ScaleAction::Out),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (t2, rp2, re2) = (t.clone(), rp.clone(), re.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(run_chain(setup, &t2, &rp2, &re2, 1).map(|s| s.moves.len()));
+    });
+    let moves = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the run did not end within 120 s")
+        .unwrap();
+    assert!(moves >= 3, "out, in and out again: {moves} moves");
+    let r = compare(&ip, &ie, &rp, &re).unwrap();
+    assert!(r.equivalent, "{:#?}", r.differences);
+}
+
 #[test]
 fn scale_out_is_equivalent_on_every_trace() {
     scaling_is_equivalent("scale-out", 31);
@@ -365,6 +448,8 @@ fn the_checker_catches_differences() {
         chain: Chain::paper(),
         delays: Default::default(),
         scaling: Vec::new(),
+        policies: Vec::new(),
+        rate_pps: None,
     };
     run_chain(setup, &t, &ip, &ie, 1).unwrap();
     assert!(compare(&ip, &ie, &ip, &ie).unwrap().equivalent);

@@ -436,6 +436,11 @@ impl Chain {
         self.vertices.iter().find(|v| v.name == name)
     }
 
+    /// The index of the vertex named `name`.
+    pub fn vertex_index(&self, name: &str) -> Option<usize> {
+        self.vertices.iter().position(|v| v.name == name)
+    }
+
     /// Sets every vertex's mode (benchmarks compare modes on one chain).
     pub fn set_mode(&mut self, mode: Mode) {
         for v in &mut self.vertices {

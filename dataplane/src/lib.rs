@@ -15,5 +15,5 @@ pub mod split;
 pub mod summary;
 
 pub use config::Chain;
-pub use runtime::{run, Delay, Pause, RunOptions, ScaleAction, ScaleStep};
+pub use runtime::{run, Delay, Pause, Policy, Rule, RunOptions, ScaleAction, ScaleStep};
 pub use summary::Summary;

@@ -112,6 +112,16 @@ struct RunArgs {
     /// Admit at most this many packets per second (default: as fast as the chain takes them).
     #[arg(long, value_name = "PPS")]
     rate: Option<u64>,
+    /// An operator's scaling policy the manager runs from the vertex manager's statistics
+    /// (repeatable): every --policy-period-ms, scale NAME out while its instances average
+    /// more than PPS packets/s each (up to MAX instances, default 4), and in while one
+    /// instance fewer would average under PPS/2. Flows move with the handover, as with
+    /// --scale; the summary lists each decision. Pcap backend.
+    #[arg(long, value_name = "NAME:PPS[:MAX]")]
+    autoscale: Vec<chc_dataplane::Policy>,
+    /// How often the manager applies --autoscale policies.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    policy_period_ms: u64,
     /// Move flows without the handover (splitters switch at once), or race a clone without
     /// suppressing duplicate outputs: baselines that show what goes wrong without them.
     #[arg(long)]
@@ -305,6 +315,8 @@ fn main() -> Result<()> {
                 scaling,
                 rate_pps: a.rate,
                 pause: None,
+                policies: a.autoscale.clone(),
+                policy_period: std::time::Duration::from_millis(a.policy_period_ms.max(1)),
             };
             let s = run(&opts)
                 .with_context(|| format!("running the chain over {}", pcap_in.display()))?;
@@ -322,6 +334,10 @@ fn main() -> Result<()> {
 /// made from --pcap-in/--pcap-out).
 fn run_dpdk(a: &RunArgs) -> Result<()> {
     use chc_dataplane::dpdk::{self, DpdkOptions, PcapReplay};
+    anyhow::ensure!(
+        a.autoscale.is_empty(),
+        "--autoscale runs on the pcap backend only (with --backend dpdk, give --scale steps)"
+    );
     let chain = run_chain(a)?;
     // Checked (vertex, action) and put in order where the DPDK path prepares them.
     let scaling = a

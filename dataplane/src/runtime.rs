@@ -15,7 +15,7 @@ use crate::config::Chain;
 use crate::instance::{HandedOver, NfCounters, NfInstance};
 use crate::pcapio::{self, PcapError};
 use crate::split::{bucket, key_hash, Allocation, BUCKETS};
-use crate::summary::{CloneSummary, MoveSummary, Summary, VertexSummary};
+use crate::summary::{CloneSummary, Decision, MoveSummary, Summary, VertexSummary};
 use chc_proto::meta::{ChcMeta, MetaFlags};
 use chc_root::{Root, RootConfig, FULL};
 use chc_store::client::cache::{Mode, StateStats};
@@ -139,6 +139,69 @@ pub struct RunOptions {
     /// Stop every instance periodically, as a checkpointing framework (FTMB) does: the
     /// baseline CHC's externalised state makes unnecessary.
     pub pause: Option<Pause>,
+    /// The operator's policies the in-process manager runs from the vertex manager's
+    /// statistics (scaling decided at run time rather than at fixed points).
+    pub policies: Vec<Policy>,
+    /// How often the manager looks at the statistics and applies the policies.
+    pub policy_period: Duration,
+}
+
+/// An operator's policy for one vertex (§3.2: the operator supplies the logic, the vertex
+/// manager the statistics it needs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub vertex: String,
+    pub rule: Rule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// Scale out while the vertex's instances average more than `pps` packets per second
+    /// each over the last period (up to `max` instances); scale in while one instance fewer
+    /// would average under half of it. One step per period.
+    Autoscale { pps: u64, max: u16 },
+}
+
+/// `NAME:PPS[:MAX]`, the autoscale rule (MAX defaults to 4 instances).
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Policy, String> {
+        let bad = || format!("{s:?}: expected NAME:PPS or NAME:PPS:MAX");
+        let mut parts = s.split(':');
+        let vertex = parts.next().filter(|v| !v.is_empty()).ok_or_else(bad)?;
+        let pps: u64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let max: u16 = match parts.next() {
+            Some(m) => m.parse().map_err(|_| bad())?,
+            None => 4,
+        };
+        if parts.next().is_some() || pps == 0 || max == 0 {
+            return Err(bad());
+        }
+        Ok(Policy {
+            vertex: vertex.to_string(),
+            rule: Rule::Autoscale { pps, max },
+        })
+    }
+}
+
+impl Rule {
+    /// The step this rule takes for a vertex with `live` instances that processed `rate`
+    /// packets per second over the last period, if any.
+    pub fn decide(self, rate: f64, live: u16) -> Option<ScaleAction> {
+        match self {
+            Rule::Autoscale { pps, max } => {
+                let pps = pps as f64;
+                if live < max && rate / f64::from(live) > pps {
+                    Some(ScaleAction::Out)
+                } else if live > 1 && rate / f64::from(live - 1) < pps / 2.0 {
+                    Some(ScaleAction::In)
+                } else {
+                    None
+                }
+            }
+        }
+    }
 }
 
 impl RunOptions {
@@ -155,6 +218,8 @@ impl RunOptions {
             scaling: Vec::new(),
             rate_pps: None,
             pause: None,
+            policies: Vec::new(),
+            policy_period: Duration::from_millis(100),
         }
     }
 }
@@ -298,6 +363,18 @@ impl Move {
         self.handover
     }
 
+    /// The instance count the old instance hands over as: the vertex's once the move is
+    /// done, or, for an instance that is then no longer one of them (scaled in), at least
+    /// two. A retiring instance must not take cross-flow objects exclusively: the one left
+    /// does, and the retired one may be scaled out again while that one holds them.
+    pub(crate) fn handed_over_as(&self) -> u16 {
+        if self.from >= self.parallelism {
+            self.parallelism.max(2)
+        } else {
+            self.parallelism
+        }
+    }
+
     pub(crate) fn has(&self, b: usize) -> bool {
         self.buckets[b % BUCKETS]
     }
@@ -343,6 +420,8 @@ pub struct Pkt {
     pub t0: u64,
     /// A straggler's packet copied to its clone.
     pub twin: bool,
+    /// The splitter that sent it (set as it routes the packet).
+    pub from: u16,
 }
 
 impl Pkt {
@@ -357,6 +436,7 @@ impl Pkt {
             weight: self.weight,
             t0: self.t0,
             twin: self.twin,
+            from: self.from,
         }
     }
 }
@@ -367,8 +447,9 @@ enum ToInstance {
     /// From each splitter to the old instance: nothing of the move's buckets follows
     /// (handover step 1).
     Last(Arc<Move>),
-    /// From each splitter to the new instance: the move's buckets follow (step 2).
-    First(Arc<Move>),
+    /// From each splitter (by its id) to the new instance: the move's buckets follow from
+    /// it (step 2).
+    First(Arc<Move>, u16),
     /// From the old instance to the new one: the state is handed over and every output of
     /// the moved flows is queued downstream (steps 6 and 8).
     Released(u64),
@@ -395,6 +476,8 @@ fn recycle(pool: &Pool, mut b: Vec<u8>) {
 
 /// Routes packets to a vertex's instances.
 struct Downstream {
+    /// Which splitter this is (packets and "first" marks carry it).
+    id: u16,
     txs: Vec<Sender<ToInstance>>,
     /// This splitter's bucket -> instance table (each splitter switches when it marks).
     table: Vec<u16>,
@@ -420,6 +503,7 @@ fn bucket_of(pkt: &mut Pkt, key: PartitionKey) -> usize {
 impl Downstream {
     fn route(&mut self, mut pkt: Pkt) {
         self.follow_orders();
+        pkt.from = self.id;
         let slot = self.table[bucket_of(&mut pkt, self.key)];
         if pkt.meta.flags.has(MetaFlags::REPLAY) {
             // A replayed packet goes only where it leads to the clone.
@@ -505,7 +589,7 @@ impl Downstream {
                 }
             }
             if m.handover {
-                let _ = self.txs[to].send(ToInstance::First(m.clone()));
+                let _ = self.txs[to].send(ToInstance::First(m.clone(), self.id));
             }
         }
     }
@@ -577,6 +661,8 @@ struct Incoming {
     m: Arc<Move>,
     released: bool,
     held: Vec<Pkt>,
+    /// Splitters whose "first" mark came: their packets of the move's buckets are held.
+    firsts: Vec<u16>,
 }
 
 struct Instance {
@@ -620,6 +706,8 @@ struct Instance {
     discarding: bool,
     twin_ends: usize,
     ctl: Sender<Ctl>,
+    /// Packets this instance processed, for the vertex manager's statistics.
+    processed: Arc<AtomicU64>,
 }
 
 /// What one burst produced, sent on at its end.
@@ -664,6 +752,8 @@ impl Instance {
                     self.end_burst(&mut b);
                 }
                 ToInstance::Batch(batch) => {
+                    self.processed
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if let Some(p) = self.pause {
                         if Instant::now() >= self.next_pause {
                             std::thread::sleep(p.length);
@@ -682,7 +772,7 @@ impl Instance {
                     let e = self.lasts.entry(m.id).or_insert((0, Instant::now()));
                     e.0 += 1;
                     if e.0 == self.senders {
-                        if self.settled_in() {
+                        if self.settled_before(m.id) {
                             self.hand_over(&m);
                         } else {
                             // Packets held for an earlier move may be of these buckets:
@@ -691,7 +781,10 @@ impl Instance {
                         }
                     }
                 }
-                ToInstance::First(m) => {
+                ToInstance::First(m, from) => {
+                    if let Some(i) = self.incoming.iter_mut().find(|i| i.m.id == m.id) {
+                        i.firsts.push(from);
+                    }
                     let known = self.incoming.iter().any(|i| i.m.id == m.id);
                     if !known && self.released_early.contains(&m.id) {
                         // Handed over already: the first packet of these buckets may come
@@ -705,6 +798,7 @@ impl Instance {
                             m,
                             released: false,
                             held: Vec::new(),
+                            firsts: vec![from],
                         });
                     }
                 }
@@ -783,13 +877,31 @@ impl Instance {
         self.incoming.iter().all(|i| i.released)
     }
 
+    /// No move to this instance published before move `id` is waiting for its old
+    /// instance. Moves published later do not hold a move away back: their packets come
+    /// after its "last" marks, and their old instance may itself wait for this move (an
+    /// instance scaled in and out again at once), which would never end.
+    fn settled_before(&self, id: u64) -> bool {
+        self.incoming.iter().all(|i| i.released || i.m.id > id)
+    }
+
     /// Keeps a packet of a bucket still moving here (handover step 4); returns the others.
     fn hold(&mut self, mut pkt: Pkt) -> Option<Pkt> {
         if self.settled_in() {
             return Some(pkt);
         }
         let b = bucket_of(&mut pkt, self.key);
-        match self.incoming.iter_mut().find(|i| !i.released && i.m.has(b)) {
+        // Only what a splitter sent after its "first" mark belongs to a move: before it,
+        // this instance still had (or had again) the bucket. Of several moves of the bucket
+        // here not yet taken over (it went away and came back meanwhile), the packet
+        // belongs to the newest the splitter marked: it waits for that one's state.
+        let from = pkt.from;
+        match self
+            .incoming
+            .iter_mut()
+            .filter(|i| !i.released && i.m.has(b) && i.firsts.contains(&from))
+            .max_by_key(|i| i.m.id)
+        {
             Some(i) => {
                 i.held.push(pkt);
                 None
@@ -804,7 +916,7 @@ impl Instance {
     fn hand_over(&mut self, m: &Move) {
         let since = self.lasts.get(&m.id).map_or_else(Instant::now, |e| e.1);
         let done = if m.handover {
-            self.inst.hand_over_as(m.parallelism, &|b| m.has(b))
+            self.inst.hand_over_as(m.handed_over_as(), &|b| m.has(b))
         } else {
             HandedOver::Done(0)
         };
@@ -830,6 +942,11 @@ impl Instance {
         self.incoming[i].released = true;
         let m = self.incoming[i].m.clone();
         self.inst.take_buckets(&|b| m.has(b));
+        // The held packets come after the move: the instance counts as one of the vertex's
+        // instances then (whatever it was last told, say when it was scaled in before).
+        if self.settled_in() {
+            self.inst.set_parallelism(m.parallelism);
+        }
         let held = std::mem::take(&mut self.incoming[i].held);
         let n = held.len() as u64;
         for pkt in held {
@@ -847,12 +964,12 @@ impl Instance {
             held: n,
             paused_us: None,
         });
-        if self.settled_in() {
-            let p = self.incoming[i].m.parallelism;
-            self.inst.set_parallelism(p);
-            for m in std::mem::take(&mut self.deferred) {
-                self.hand_over(&m);
-            }
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|m| self.settled_before(m.id));
+        self.deferred = wait;
+        for m in ready {
+            self.hand_over(&m);
         }
     }
 
@@ -1006,9 +1123,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut step_vertex = Vec::with_capacity(opts.scaling.len());
     for st in &opts.scaling {
         let vi = chain
-            .vertices
-            .iter()
-            .position(|v| v.name == st.vertex)
+            .vertex_index(&st.vertex)
             .ok_or_else(|| RunError::Nf(format!("scaling: no vertex {:?}", st.vertex)))?;
         step_vertex.push(vi);
         match st.action {
@@ -1019,6 +1134,22 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 most[vi] += 1;
             }
         }
+    }
+    // A vertex under an autoscale rule has spares up to the rule's maximum.
+    let mut policies = Vec::new();
+    for p in &opts.policies {
+        let vi = chain
+            .vertex_index(&p.vertex)
+            .ok_or_else(|| RunError::Nf(format!("policy: no vertex {:?}", p.vertex)))?;
+        if cloning_planned(&opts.scaling) {
+            return Err(RunError::Nf(
+                "a clone must be the only scaling step: no policy beside it".into(),
+            ));
+        }
+        match p.rule {
+            Rule::Autoscale { max, .. } => most[vi] = most[vi].max(max),
+        }
+        policies.push((vi, p.rule));
     }
     // A straggler's clone takes the first spare slot of its vertex.
     let cloning: Option<Arc<Cloning>> =
@@ -1063,7 +1194,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         rxs.push(r);
         boards.push(Arc::new(Board::default()));
     }
+    let splitters = std::sync::atomic::AtomicU16::new(0);
     let downstream = |to: usize| Downstream {
+        id: splitters.fetch_add(1, Ordering::Relaxed),
         txs: txs[to].clone(),
         table: Allocation::even(live0[to]).entries(),
         board: boards[to].clone(),
@@ -1076,6 +1209,11 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         twin: None,
     };
     let (ctl_tx, ctl_rx) = channel::unbounded::<Ctl>();
+    // The vertex manager's statistics: packets each instance processed.
+    let processed: Vec<Vec<Arc<AtomicU64>>> = most
+        .iter()
+        .map(|&n| (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect())
+        .collect();
 
     // Instances: NF, state, init. Spares are built like instances of the scaled-out vertex.
     let mut instances = Vec::new();
@@ -1144,6 +1282,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 discarding: false,
                 twin_ends: 0,
                 ctl: ctl_tx.clone(),
+                processed: processed[vi][usize::from(i)].clone(),
             });
         }
     }
@@ -1246,8 +1385,54 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut kept_clone: Option<bool> = None;
     let mut race_since: Option<Instant> = None;
     let mut race_ends = 0;
+    let mut last_policy = Instant::now();
+    let mut policy_seen = vec![0u64; chain.vertices.len()];
+    let mut decisions = Vec::new();
     loop {
         let mut busy = false;
+        // The operator's policies, from the vertex manager's statistics, until the end of
+        // input is passed on (a move published later would find splitters finished).
+        if !policies.is_empty() && !eof_sent && last_policy.elapsed() >= opts.policy_period {
+            let dt = last_policy.elapsed().as_secs_f64();
+            last_policy = Instant::now();
+            for &(vi, rule) in &policies {
+                let total: u64 = processed[vi]
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .sum();
+                let rate = total.saturating_sub(policy_seen[vi]) as f64 / dt;
+                policy_seen[vi] = total;
+                let Some(action) = rule.decide(rate, live[vi]) else {
+                    continue;
+                };
+                let st = ScaleStep {
+                    after_packets: stats.read,
+                    vertex: chain.vertices[vi].name.clone(),
+                    action,
+                    handover: true,
+                };
+                decisions.push(Decision {
+                    after_packets: stats.read,
+                    vertex: st.vertex.clone(),
+                    action: if action == ScaleAction::Out {
+                        "out"
+                    } else {
+                        "in"
+                    }
+                    .into(),
+                    instances: live[vi],
+                    rate_pps: rate,
+                });
+                if opts.progress {
+                    eprintln!(
+                        "chc-dataplane: policy: {} at {rate:.0} pkt/s over {} instances: scaling {:?} after {} packets",
+                        st.vertex, live[vi], action, stats.read
+                    );
+                }
+                let ms = plan_moves(&st, &mut live[vi], &mut tables[vi], &mut move_id);
+                boards[vi].publish(ms.into_iter().map(|m| Order::Move(Arc::new(m))));
+            }
+        }
         // 1. Input, while the log has room (a pcap is replayed losslessly: wait, not drop).
         if !input_done && entry.pending_len() < BATCH * entry.txs.len() * 4 {
             let mut room = root.room().min(BATCH * 4);
@@ -1284,6 +1469,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                                 weight: FULL,
                                 t0: started.elapsed().as_nanos() as u64,
                                 twin: false,
+                                from: 0,
                             });
                         }
                         entry.replay_end();
@@ -1330,6 +1516,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                             weight: 0,
                             t0: 0,
                             twin: false,
+                            from: 0,
                         }]));
                         continue;
                     }
@@ -1349,6 +1536,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                             weight: FULL,
                             t0,
                             twin: false,
+                            from: 0,
                         });
                     }
                     None => recycle(&pool, data),
@@ -1494,6 +1682,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         nevents,
         started.elapsed(),
     );
+    summary.decisions = decisions;
     summary.clone = cloning.as_ref().map(|c| CloneSummary {
         vertex: chain.vertices[c.vertex].name.clone(),
         of: c.of,
@@ -1575,6 +1764,12 @@ pub(crate) fn plan_moves(
 /// Why a clone of instance `of` of vertex `vi` cannot run, if it cannot: it must be the
 /// only scaling step (of `steps`), of a live instance, and its state must be in the store
 /// (where the clone takes it from).
+fn cloning_planned(steps: &[ScaleStep]) -> bool {
+    steps
+        .iter()
+        .any(|st| matches!(st.action, ScaleAction::Clone(_)))
+}
+
 pub(crate) fn check_clone(chain: &Chain, vi: usize, of: u16, steps: usize) -> Result<(), String> {
     let v = &chain.vertices[vi];
     if steps != 1 || of >= v.parallelism {
@@ -1672,12 +1867,36 @@ fn summarize(
             moves
         },
         clone: None,
+        decisions: Vec::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Delay;
+    use super::{Delay, Policy, Rule, ScaleAction};
+
+    #[test]
+    fn autoscale_policies_parse_and_decide_with_hysteresis() {
+        let p: Policy = "nat:1000:3".parse().unwrap();
+        assert_eq!(p.vertex, "nat");
+        assert_eq!(p.rule, Rule::Autoscale { pps: 1000, max: 3 });
+        let d: Policy = "lb:50".parse().unwrap();
+        assert_eq!(d.rule, Rule::Autoscale { pps: 50, max: 4 });
+        for bad in ["", "nat", "nat:x", ":5", "nat:0", "nat:5:0", "nat:5:2:1"] {
+            assert!(bad.parse::<Policy>().is_err(), "{bad:?} parsed");
+        }
+        let r = p.rule;
+        // Above the threshold per instance: out, up to the maximum.
+        assert_eq!(r.decide(1500.0, 1), Some(ScaleAction::Out));
+        assert_eq!(r.decide(2500.0, 2), Some(ScaleAction::Out));
+        assert_eq!(r.decide(9000.0, 3), None);
+        // Between half and the whole threshold: stay.
+        assert_eq!(r.decide(1000.0, 1), None);
+        assert_eq!(r.decide(1200.0, 2), None);
+        // One instance fewer would still be under half: in, never below one.
+        assert_eq!(r.decide(400.0, 2), Some(ScaleAction::In));
+        assert_eq!(r.decide(0.0, 1), None);
+    }
 
     #[test]
     fn delays_parse_as_a_range_or_one_value() {

@@ -84,6 +84,23 @@ pub struct Summary {
     /// A straggler's clone, when one was started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clone: Option<CloneSummary>,
+    /// The steps the operator's policies took, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub decisions: Vec<Decision>,
+}
+
+/// A step an operator's policy took (`--autoscale`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    /// Packets the root had read when it was taken.
+    pub after_packets: u64,
+    pub vertex: String,
+    /// "out" or "in".
+    pub action: String,
+    /// Instances before the step, and the packets per second they processed together over
+    /// the last period.
+    pub instances: u16,
+    pub rate_pps: f64,
 }
 
 /// A straggler's clone (§3.4.3).

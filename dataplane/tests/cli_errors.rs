@@ -74,15 +74,27 @@ fn a_rate_of_zero_is_refused_on_both_backends() {
     }
 }
 
-#[test]
-fn a_clone_that_cannot_run_is_refused_on_both_backends() {
+/// `run` over the shared mixed.pcap with `extra` arguments (output to a scratch file).
+fn run_on_mixed(extra: &[&str]) -> (bool, String) {
     let trace = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/traces/mixed.pcap"
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.pcap");
-    let out = out.to_str().unwrap();
+    let mut args = vec![
+        "run",
+        "--pcap-in",
+        trace,
+        "--pcap-out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn a_clone_that_cannot_run_is_refused_on_both_backends() {
     for backend in ["pcap", "dpdk"] {
         for (extra, why) in [
             (
@@ -98,19 +110,31 @@ fn a_clone_that_cannot_run_is_refused_on_both_backends() {
                 "keeps its state in the instance",
             ),
         ] {
-            let mut args = vec![
-                "run",
-                "--backend",
-                backend,
-                "--pcap-in",
-                trace,
-                "--pcap-out",
-                out,
-            ];
+            let mut args = vec!["--backend", backend];
             args.extend_from_slice(extra);
-            let (ok, err) = run(&args);
+            let (ok, err) = run_on_mixed(&args);
             assert!(!ok, "{backend} {extra:?} ran");
             assert!(err.contains(why), "{backend} {extra:?}: {err}");
         }
+    }
+}
+
+#[test]
+fn an_autoscale_policy_that_cannot_run_is_refused() {
+    for (extra, why) in [
+        (&["--autoscale", "nat:x"][..], "expected NAME:PPS"),
+        (&["--autoscale", "nope:100"][..], "no vertex \"nope\""),
+        (
+            &["--autoscale", "nat:100", "--scale", "nat:clone=0@10"][..],
+            "no policy beside it",
+        ),
+        (
+            &["--autoscale", "nat:100", "--backend", "dpdk"][..],
+            "--autoscale runs on the pcap backend only",
+        ),
+    ] {
+        let (ok, err) = run_on_mixed(extra);
+        assert!(!ok, "{extra:?} ran");
+        assert!(err.contains(why), "{extra:?}: {err}");
     }
 }

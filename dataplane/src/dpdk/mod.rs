@@ -1333,6 +1333,7 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
             .flat_map(|r| r.moves.iter().cloned())
             .collect(),
         clone: reports.iter().find_map(|r| r.clone.clone()),
+        decisions: Vec::new(),
     };
     for r in reports {
         let _ = hist.add(&r.hist);

@@ -989,7 +989,7 @@ impl Worker {
                 let since = Instant::now();
                 // Waits until the store applied the release (and every earlier update):
                 // the new instance may ask for a moved flow's state next.
-                let done = inst.hand_over_as(m.parallelism, &|b| m.has(b));
+                let done = inst.hand_over_as(m.handed_over_as(), &|b| m.has(b));
                 let us = since.elapsed().as_secs_f64() * 1e6;
                 let objects = match done {
                     HandedOver::Done(n) => n,
