@@ -71,7 +71,7 @@ pub struct CoeArgs {
     pub no_spares: bool,
     /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
     /// `chc-dataplane run --backend dpdk` process, a net_pcap vdev replaying the trace;
-    /// scenarios parallel, delay, scale-out, scale-in, naive-move, straggler and
+    /// scenarios parallel, delay, scale-out, scale-in, autoscale, naive-move, straggler and
     /// straggler-nodedup). The ideal chain always runs embedded.
     #[arg(long, default_value = "pcap")]
     pub backend: String,
@@ -634,6 +634,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
                 | "delay"
                 | "scale-out"
                 | "scale-in"
+                | "autoscale"
                 | "naive-move"
                 | "straggler"
                 | "straggler-nodedup"
@@ -641,7 +642,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
     {
         bail!(
             "scenario {:?} runs on the embedded backend only; with --backend dpdk: parallel, \
-             delay, scale-out, scale-in, naive-move, straggler, straggler-nodedup",
+             delay, scale-out, scale-in, autoscale, naive-move, straggler, straggler-nodedup",
             a.scenario
         );
     }
@@ -718,6 +719,9 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
                 rep.moves = summary_moves(&s)?;
                 if !s["clone"].is_null() {
                     rep.clone = Some(serde_json::from_value(s["clone"].clone())?);
+                }
+                if !s["decisions"].is_null() {
+                    rep.decisions = serde_json::from_value(s["decisions"].clone())?;
                 }
                 rep
             }
@@ -846,6 +850,18 @@ fn run_dpdk(
     }
     if setup.scaling.iter().any(|st| !st.handover) {
         cmd.arg("--naive-move");
+    }
+    for p in &setup.policies {
+        let Rule::Autoscale { pps, max } = p.rule;
+        cmd.arg("--autoscale")
+            .arg(format!("{}:{pps}:{max}", p.vertex));
+    }
+    if !setup.policies.is_empty() {
+        cmd.arg("--policy-period-ms")
+            .arg(POLICY_PERIOD.as_millis().to_string());
+    }
+    if let Some(r) = setup.rate_pps {
+        cmd.arg("--rate").arg(r.to_string());
     }
     dpdk_summary(cmd, &summary)
 }

@@ -153,6 +153,24 @@ fn autoscale_is_equivalent_on_every_trace() {
     assert!(back > 0, "no run scaled a vertex both ways");
 }
 
+/// The autoscale policy on the DPDK path, applied from the root's lcore (every other trace
+/// with the instances on two worker lcores).
+#[test]
+fn autoscale_is_equivalent_on_the_dpdk_path() {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    let mut decided = 0;
+    for (i, t) in traces().iter().enumerate() {
+        let eal = (i % 2 == 1).then_some(chc_bench::coe::TWO_LCORES);
+        let r = check_on(t, "autoscale", 251 + i as u64, "dpdk", eal);
+        decided += r.decisions.len();
+    }
+    assert!(decided > 0, "the policies never scaled anything");
+}
+
 /// A vertex scaled out, in and out again at the same point: moves between two instances in
 /// both directions at once (each instance both gives and takes buckets). Before the fix, the
 /// instance scaled in waited for the move back to it before handing over, and that move's

@@ -116,7 +116,8 @@ struct RunArgs {
     /// (repeatable): every --policy-period-ms, scale NAME out while its instances average
     /// more than PPS packets/s each (up to MAX instances, default 4), and in while one
     /// instance fewer would average under PPS/2. Flows move with the handover, as with
-    /// --scale; the summary lists each decision. Pcap backend.
+    /// --scale; the summary lists each decision. With --backend dpdk on one host, the
+    /// root's lcore applies it (the root holds its input during each move, as with --scale).
     #[arg(long, value_name = "NAME:PPS[:MAX]")]
     autoscale: Vec<chc_dataplane::Policy>,
     /// How often the manager applies --autoscale policies.
@@ -334,10 +335,6 @@ fn main() -> Result<()> {
 /// made from --pcap-in/--pcap-out).
 fn run_dpdk(a: &RunArgs) -> Result<()> {
     use chc_dataplane::dpdk::{self, DpdkOptions, PcapReplay};
-    anyhow::ensure!(
-        a.autoscale.is_empty(),
-        "--autoscale runs on the pcap backend only (with --backend dpdk, give --scale steps)"
-    );
     let chain = run_chain(a)?;
     // Checked (vertex, action) and put in order where the DPDK path prepares them.
     let scaling = a
@@ -365,6 +362,8 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     opts.rate_pps = a.rate;
     opts.delays = delays_of(&opts.chain, &a.delays)?;
     opts.seed = a.seed;
+    opts.policies = a.autoscale.clone();
+    opts.policy_period = std::time::Duration::from_millis(a.policy_period_ms.max(1));
     let s = dpdk::run(&opts).context("running the chain on DPDK")?;
     eprintln!("{s}");
     if let Some(p) = &a.summary_json {

@@ -129,8 +129,15 @@ fn an_autoscale_policy_that_cannot_run_is_refused() {
             "no policy beside it",
         ),
         (
-            &["--autoscale", "nat:100", "--backend", "dpdk"][..],
-            "--autoscale runs on the pcap backend only",
+            &[
+                "--autoscale",
+                "nat:100",
+                "--backend",
+                "dpdk",
+                "--scale",
+                "nat:clone=0@10",
+            ][..],
+            "no policy beside it",
         ),
     ] {
         let (ok, err) = run_on_mixed(extra);

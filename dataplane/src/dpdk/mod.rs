@@ -11,7 +11,8 @@
 //! - Scaling (`--scale NAME:out|in@N`, one host): the root holds its input back for each
 //!   move, lets the chain drain when instances run on other lcores, and has the lcores of
 //!   the old and the new instance release and take the moved flows' state (see
-//!   `Worker::scale`).
+//!   `Worker::scale`). `--autoscale` policies plan such moves from the instances' packet
+//!   counts, looked at from the root's lcore every policy period.
 //! - A straggler's clone (`--scale NAME:clone=I@N`, one host): the root replays its log for
 //!   the clone, the splitter copies the straggler's traffic to it, the faster of the two is
 //!   kept and duplicate outputs are suppressed (module `race`).
@@ -94,6 +95,9 @@ pub struct DpdkOptions {
     pub delays: std::collections::HashMap<String, Delay>,
     /// Seed of the delays' random lengths.
     pub seed: u64,
+    /// The operator's autoscale policies (`--autoscale`), applied from the root's lcore.
+    pub policies: Vec<crate::runtime::Policy>,
+    pub policy_period: Duration,
 }
 
 impl DpdkOptions {
@@ -111,6 +115,8 @@ impl DpdkOptions {
             rate_pps: None,
             delays: Default::default(),
             seed: 1,
+            policies: Vec::new(),
+            policy_period: Duration::from_millis(100),
         }
     }
 }
@@ -352,6 +358,22 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         scale_steps.push((vi, st.clone()));
     }
     scale_steps.sort_by_key(|(_, st)| st.after_packets);
+    // Autoscale policies: the vertex's spares up to the rule's maximum exist from the start.
+    let mut rules = Vec::new();
+    for p in &opts.policies {
+        let vi = chain.vertex_index(&p.vertex).ok_or_else(|| {
+            DpdkError::Config(format!("--autoscale: no vertex named {:?}", p.vertex))
+        })?;
+        if clone_step.is_some() {
+            return Err(DpdkError::Config(
+                "a clone must be the only scaling step: no policy beside it".into(),
+            ));
+        }
+        let crate::runtime::Rule::Autoscale { max, .. } = p.rule;
+        let v = &mut chain.vertices[vi];
+        v.parallelism = v.parallelism.max(max);
+        rules.push((vi, p.rule));
+    }
     let mut replay = None;
     let mut args = match &opts.pcap {
         Some(p) => {
@@ -439,19 +461,29 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     // Flows move between instances while the root holds its input back (see
     // `Worker::scale`); the lcores of this host take the steps, so every instance of a
     // scaled vertex runs here.
-    if let Some(st) = scale_steps
+    if let Some(name) = scale_steps
         .first()
-        .map(|(_, st)| st)
-        .or(clone_step.as_ref().map(|(_, _, st)| st))
+        .map(|(_, st)| &st.vertex)
+        .or(clone_step.as_ref().map(|(_, _, st)| &st.vertex))
+        .or(opts.policies.first().map(|p| &p.vertex))
     {
         if plan.multi_host {
             return Err(DpdkError::Config(format!(
-                "--scale {}: with --backend dpdk, scaling runs on one host (the chain spans \
-                 several)",
-                st.vertex
+                "--scale/--autoscale {name}: with --backend dpdk, scaling runs on one host (the \
+                 chain spans several)"
             )));
         }
     }
+    // The vertex manager's statistics for the policies: packets per instance.
+    let processed: Vec<Vec<Arc<AtomicU64>>> = chain
+        .vertices
+        .iter()
+        .map(|v| {
+            (0..v.parallelism)
+                .map(|_| Arc::new(AtomicU64::new(0)))
+                .collect()
+        })
+        .collect();
     let race = clone_step.as_ref().map(|(vi, of, st)| {
         Arc::new(race::Race::new(crate::runtime::Cloning::new(
             *vi,
@@ -765,6 +797,10 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 dirty: false,
                 delay,
                 race: pair,
+                processed: rules
+                    .iter()
+                    .any(|(rv, _)| *rv == vi)
+                    .then(|| processed[vi][usize::from(i)].clone()),
             });
         }
         let mut ring_outs = Vec::new();
@@ -905,7 +941,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                             plan.ports.iter().find(|p| p.rx).map_or(0, |p| p.egress),
                         )
                     }),
-                scaling: (!scale_steps.is_empty()).then(|| worker::Scaling {
+                scaling: (!scale_steps.is_empty() || !rules.is_empty()).then(|| worker::Scaling {
                     steps: std::mem::take(&mut scale_steps).into(),
                     live: live0.clone(),
                     names: chain.vertices.iter().map(|v| v.name.clone()).collect(),
@@ -915,6 +951,19 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                     queue: Default::default(),
                     current: None,
                     moves: Vec::new(),
+                    policies: (!rules.is_empty()).then(|| worker::Policies {
+                        rules: rules.clone(),
+                        processed: processed.clone(),
+                        seen: vec![0; chain.vertices.len()],
+                        period: (opts.policy_period.as_nanos() as u64)
+                            .saturating_mul(hz)
+                            .checked_div(1_000_000_000)
+                            .unwrap_or(1)
+                            .max(1),
+                        last: lcore::tsc(),
+                        hz,
+                        decisions: Vec::new(),
+                    }),
                 }),
             })
         } else {
@@ -1333,7 +1382,10 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
             .flat_map(|r| r.moves.iter().cloned())
             .collect(),
         clone: reports.iter().find_map(|r| r.clone.clone()),
-        decisions: Vec::new(),
+        decisions: reports
+            .iter()
+            .flat_map(|r| r.decisions.iter().cloned())
+            .collect(),
     };
     for r in reports {
         let _ = hist.add(&r.hist);

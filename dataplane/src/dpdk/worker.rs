@@ -198,6 +198,8 @@ pub struct Task {
     pub delay: Option<Slow>,
     /// A straggler or its clone, while they race.
     pub race: Option<Box<PairPart>>,
+    /// Packets processed, for an autoscale policy's statistics (only under one).
+    pub processed: Option<Arc<AtomicU64>>,
 }
 
 /// A slowed instance: before each packet its lcore spins for a random time in the delay's
@@ -326,6 +328,22 @@ pub struct Scaling {
     pub current: Option<Moving>,
     /// The moves done, in order.
     pub moves: Vec<MoveSummary>,
+    /// The operator's policies (`--autoscale`), if any.
+    pub policies: Option<Policies>,
+}
+
+/// Autoscale rules the root's lcore applies from the instances' packet counts.
+pub struct Policies {
+    pub rules: Vec<(usize, crate::runtime::Rule)>,
+    /// Packets processed, per vertex and instance (each instance's lcore adds to its own).
+    pub processed: Vec<Vec<Arc<AtomicU64>>>,
+    /// Counts at the last look, per vertex.
+    pub seen: Vec<u64>,
+    /// TSC ticks between looks, and the last look.
+    pub period: u64,
+    pub last: u64,
+    pub hz: u64,
+    pub decisions: Vec<crate::summary::Decision>,
 }
 
 impl Scaling {
@@ -367,6 +385,7 @@ pub struct Report {
     /// Flow moves between instances (scaling), in order.
     pub moves: Vec<MoveSummary>,
     pub clone: Option<crate::summary::CloneSummary>,
+    pub decisions: Vec<crate::summary::Decision>,
 }
 
 /// Time in ns since the epoch from the TSC.
@@ -872,6 +891,44 @@ impl Worker {
             let ms = plan_moves(&st, &mut sc.live[vi], &mut sc.tables[vi], &mut sc.next_id);
             sc.queue.extend(ms.into_iter().map(|m| (vi, Arc::new(m))));
         }
+        if let Some(p) = sc.policies.as_mut() {
+            let now = lcore::tsc();
+            if !r.input_done && now.wrapping_sub(p.last) >= p.period {
+                let dt = now.wrapping_sub(p.last) as f64 / p.hz.max(1) as f64;
+                p.last = now;
+                for &(vi, rule) in &p.rules {
+                    let total: u64 = p.processed[vi]
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .sum();
+                    let rate = total.saturating_sub(p.seen[vi]) as f64 / dt;
+                    p.seen[vi] = total;
+                    let Some(action) = rule.decide(rate, sc.live[vi]) else {
+                        continue;
+                    };
+                    p.decisions.push(crate::summary::Decision {
+                        after_packets: read,
+                        vertex: sc.names[vi].clone(),
+                        action: if action == crate::runtime::ScaleAction::Out {
+                            "out"
+                        } else {
+                            "in"
+                        }
+                        .into(),
+                        instances: sc.live[vi],
+                        rate_pps: rate,
+                    });
+                    let st = ScaleStep {
+                        after_packets: read,
+                        vertex: sc.names[vi].clone(),
+                        action,
+                        handover: true,
+                    };
+                    let ms = plan_moves(&st, &mut sc.live[vi], &mut sc.tables[vi], &mut sc.next_id);
+                    sc.queue.extend(ms.into_iter().map(|m| (vi, Arc::new(m))));
+                }
+            }
+        }
         let orders = &self.shared.orders;
         loop {
             let Some(mut cur) = sc.current.take() else {
@@ -1306,6 +1363,9 @@ impl Worker {
         }
         if n > 0 {
             self.tasks[t].dirty = true;
+            if let Some(p) = &self.tasks[t].processed {
+                p.fetch_add(n as u64, Ordering::Relaxed);
+            }
             if let Some(r) = self.root.as_mut() {
                 for (c, w, x) in self.io.local_deletes.drain(..) {
                     r.root.on_delete(c, w, x);
@@ -1509,6 +1569,13 @@ impl Worker {
                 .as_ref()
                 .and_then(|r| r.clone.as_ref())
                 .map(CloneRun::summary),
+            decisions: self
+                .root
+                .as_mut()
+                .and_then(|r| r.scaling.as_mut())
+                .and_then(|sc| sc.policies.as_mut())
+                .map(|p| std::mem::take(&mut p.decisions))
+                .unwrap_or_default(),
         }
     }
 }
