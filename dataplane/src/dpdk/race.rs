@@ -297,7 +297,7 @@ impl Worker {
     }
 
     /// One packet at an instance of the pair.
-    pub(super) fn process_pair(&mut self, t: usize, m: Mbuf, mut meta: PktMeta) {
+    pub(super) fn process_pair(&mut self, t: usize, mut m: Mbuf, mut meta: PktMeta) {
         let Some(p) = self.tasks[t].race.as_mut() else {
             return self.process(t, m, meta);
         };
@@ -330,7 +330,7 @@ impl Worker {
         }
         meta.chc.flags.set(MetaFlags::REPLAY);
         let mark = self.io.lines.len();
-        let (m, mut meta, verdict) = self.run_nf(t, m, meta);
+        let verdict = self.run_nf(t, &mut m, &mut meta);
         let first = rc.cloning.first(clock, who);
         done(&mut self.io);
         if !first {

@@ -1375,38 +1375,37 @@ impl Worker {
         n
     }
 
-    pub(super) fn process(&mut self, t: usize, m: Mbuf, meta: PktMeta) {
+    pub(super) fn process(&mut self, t: usize, mut m: Mbuf, mut meta: PktMeta) {
         if self.tasks[t].race.is_some() {
             return self.process_pair(t, m, meta);
         }
         let mark = self.io.lines.len();
-        let (m, meta, verdict) = self.run_nf(t, m, meta);
+        let verdict = self.run_nf(t, &mut m, &mut meta);
         if meta.chc.flags.has(MetaFlags::REPLAY) {
-            // Upstream of a clone, a replayed packet is re-done for it alone: the store's
-            // clock log absorbs its updates and its events were written the first time.
-            self.io.lines.truncate(mark);
-            let mut meta = meta;
-            self.copy_to_taps(t, &m, &mut meta, true);
-            match (verdict, self.tasks[t].next) {
-                (Verdict::Drop, _) | (_, None) => {
-                    drop(m);
-                    self.io.replay_done();
-                }
-                (_, Some(r)) => self.io.route(&self.routers[r], m, meta),
-            }
-            return;
+            return self.replayed_on(t, m, meta, verdict, mark);
         }
         self.forward(t, m, meta, verdict);
     }
 
-    /// The NF of task `t` on one packet (after the instance's delay, if slowed).
+    /// Upstream of a clone, a replayed packet is re-done for it alone: the store's clock log
+    /// absorbs its updates and its events (from `mark` on) were written the first time.
+    #[cold]
+    fn replayed_on(&mut self, t: usize, m: Mbuf, mut meta: PktMeta, verdict: Verdict, mark: usize) {
+        self.io.lines.truncate(mark);
+        self.copy_to_taps(t, &m, &mut meta, true);
+        match (verdict, self.tasks[t].next) {
+            (Verdict::Drop, _) | (_, None) => {
+                drop(m);
+                self.io.replay_done();
+            }
+            (_, Some(r)) => self.io.route(&self.routers[r], m, meta),
+        }
+    }
+
+    /// The NF of task `t` on one packet (after the instance's delay, if slowed), rewriting
+    /// it and its metadata in place.
     #[inline(always)]
-    pub(super) fn run_nf(
-        &mut self,
-        t: usize,
-        mut m: Mbuf,
-        mut meta: PktMeta,
-    ) -> (Mbuf, PktMeta, Verdict) {
+    pub(super) fn run_nf(&mut self, t: usize, m: &mut Mbuf, meta: &mut PktMeta) -> Verdict {
         let task = &mut self.tasks[t];
         if let Some(s) = task.delay.as_mut() {
             s.wait();
@@ -1426,7 +1425,7 @@ impl Worker {
                 meta.egress = p;
             }
         }
-        (m, meta, verdict)
+        verdict
     }
 
     /// Where a processed packet goes: dropped, copied to taps, on to the next vertex, out.
