@@ -1146,6 +1146,12 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 "a clone must be the only scaling step: no policy beside it".into(),
             ));
         }
+        if opts.scaling.iter().any(|st| st.vertex == p.vertex) {
+            return Err(RunError::Nf(format!(
+                "{}: --scale steps and an --autoscale policy on one vertex (one decides, not both)",
+                p.vertex
+            )));
+        }
         match p.rule {
             Rule::Autoscale { max, .. } => most[vi] = most[vi].max(max),
         }

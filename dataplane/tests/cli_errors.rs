@@ -129,6 +129,21 @@ fn an_autoscale_policy_that_cannot_run_is_refused() {
             "no policy beside it",
         ),
         (
+            &["--autoscale", "nat:100", "--scale", "nat:out@10"][..],
+            "one decides, not both",
+        ),
+        (
+            &[
+                "--autoscale",
+                "nat:100",
+                "--scale",
+                "nat:out@10",
+                "--backend",
+                "dpdk",
+            ][..],
+            "one decides, not both",
+        ),
+        (
             &[
                 "--autoscale",
                 "nat:100",

@@ -369,6 +369,12 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 "a clone must be the only scaling step: no policy beside it".into(),
             ));
         }
+        if opts.scaling.iter().any(|st| st.vertex == p.vertex) {
+            return Err(DpdkError::Config(format!(
+                "{}: --scale steps and an --autoscale policy on one vertex (one decides, not both)",
+                p.vertex
+            )));
+        }
         let crate::runtime::Rule::Autoscale { max, .. } = p.rule;
         let v = &mut chain.vertices[vi];
         v.parallelism = v.parallelism.max(max);
