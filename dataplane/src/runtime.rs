@@ -186,6 +186,13 @@ impl std::str::FromStr for Policy {
 }
 
 impl Rule {
+    /// The most instances the rule may run (the vertex's spares are made up to it).
+    pub fn max_instances(self) -> u16 {
+        match self {
+            Rule::Autoscale { max, .. } => max,
+        }
+    }
+
     /// The step this rule takes for a vertex with `live` instances that processed `rate`
     /// packets per second over the last period, if any.
     pub fn decide(self, rate: f64, live: u16) -> Option<ScaleAction> {
@@ -1136,26 +1143,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         }
     }
     // A vertex under an autoscale rule has spares up to the rule's maximum.
-    let mut policies = Vec::new();
-    for p in &opts.policies {
-        let vi = chain
-            .vertex_index(&p.vertex)
-            .ok_or_else(|| RunError::Nf(format!("policy: no vertex {:?}", p.vertex)))?;
-        if cloning_planned(&opts.scaling) {
-            return Err(RunError::Nf(
-                "a clone must be the only scaling step: no policy beside it".into(),
-            ));
-        }
-        if opts.scaling.iter().any(|st| st.vertex == p.vertex) {
-            return Err(RunError::Nf(format!(
-                "{}: --scale steps and an --autoscale policy on one vertex (one decides, not both)",
-                p.vertex
-            )));
-        }
-        match p.rule {
-            Rule::Autoscale { max, .. } => most[vi] = most[vi].max(max),
-        }
-        policies.push((vi, p.rule));
+    let policies = check_policies(chain, &opts.policies, &opts.scaling).map_err(RunError::Nf)?;
+    for &(vi, rule) in &policies {
+        most[vi] = most[vi].max(rule.max_instances());
     }
     // A straggler's clone takes the first spare slot of its vertex.
     let cloning: Option<Arc<Cloning>> =
@@ -1770,10 +1760,34 @@ pub(crate) fn plan_moves(
 /// Why a clone of instance `of` of vertex `vi` cannot run, if it cannot: it must be the
 /// only scaling step (of `steps`), of a live instance, and its state must be in the store
 /// (where the clone takes it from).
-fn cloning_planned(steps: &[ScaleStep]) -> bool {
-    steps
-        .iter()
-        .any(|st| matches!(st.action, ScaleAction::Clone(_)))
+/// The policies' vertices (by index) and rules, or why they cannot run beside `steps`: a
+/// clone must be the only step, and a vertex's instances are decided by its scripted steps
+/// or by its policy, not both (its spares are counted from one or the other).
+pub(crate) fn check_policies(
+    chain: &Chain,
+    policies: &[Policy],
+    steps: &[ScaleStep],
+) -> Result<Vec<(usize, Rule)>, String> {
+    let mut out = Vec::with_capacity(policies.len());
+    for p in policies {
+        let vi = chain
+            .vertex_index(&p.vertex)
+            .ok_or_else(|| format!("--autoscale: no vertex {:?}", p.vertex))?;
+        if steps
+            .iter()
+            .any(|st| matches!(st.action, ScaleAction::Clone(_)))
+        {
+            return Err("a clone must be the only scaling step: no policy beside it".into());
+        }
+        if steps.iter().any(|st| st.vertex == p.vertex) {
+            return Err(format!(
+                "{}: --scale steps and an --autoscale policy on one vertex (one decides, not both)",
+                p.vertex
+            ));
+        }
+        out.push((vi, p.rule));
+    }
+    Ok(out)
 }
 
 pub(crate) fn check_clone(chain: &Chain, vi: usize, of: u16, steps: usize) -> Result<(), String> {

@@ -359,26 +359,11 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     }
     scale_steps.sort_by_key(|(_, st)| st.after_packets);
     // Autoscale policies: the vertex's spares up to the rule's maximum exist from the start.
-    let mut rules = Vec::new();
-    for p in &opts.policies {
-        let vi = chain.vertex_index(&p.vertex).ok_or_else(|| {
-            DpdkError::Config(format!("--autoscale: no vertex named {:?}", p.vertex))
-        })?;
-        if clone_step.is_some() {
-            return Err(DpdkError::Config(
-                "a clone must be the only scaling step: no policy beside it".into(),
-            ));
-        }
-        if opts.scaling.iter().any(|st| st.vertex == p.vertex) {
-            return Err(DpdkError::Config(format!(
-                "{}: --scale steps and an --autoscale policy on one vertex (one decides, not both)",
-                p.vertex
-            )));
-        }
-        let crate::runtime::Rule::Autoscale { max, .. } = p.rule;
+    let rules = crate::runtime::check_policies(&chain, &opts.policies, &opts.scaling)
+        .map_err(DpdkError::Config)?;
+    for &(vi, rule) in &rules {
         let v = &mut chain.vertices[vi];
-        v.parallelism = v.parallelism.max(max);
-        rules.push((vi, p.rule));
+        v.parallelism = v.parallelism.max(rule.max_instances());
     }
     let mut replay = None;
     let mut args = match &opts.pcap {
