@@ -727,11 +727,12 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             }
             // As below: a baseline's lost updates leave packets unsettled; the output is
             // written all the same.
-            Err(e) if a.scenario == "naive-move" && unsettled_in(&format!("{e:#}")).is_some() => {
-                let n = unsettled_in(&format!("{e:#}")).unwrap_or_default();
-                unsettled_report(compare(&ip, &ie, &rp, &re)?, n)
-            }
-            Err(e) => return Err(e.context(format!("scenario {} on the DPDK path", a.scenario))),
+            Err(e) => match unsettled_in(&format!("{e:#}")) {
+                Some(n) if a.scenario == "naive-move" => {
+                    unsettled_report(compare(&ip, &ie, &rp, &re)?, n)
+                }
+                _ => return Err(e.context(format!("scenario {} on the DPDK path", a.scenario))),
+            },
         }
     } else {
         let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;

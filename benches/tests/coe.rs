@@ -20,6 +20,16 @@ fn traces() -> Vec<PathBuf> {
     v
 }
 
+/// Whether this build has no DPDK backend (the DPDK tests then say so and pass).
+fn no_dpdk() -> bool {
+    use chc_dataplane::dpdk::chc_dpdk;
+    if chc_dpdk::is_available() {
+        return false;
+    }
+    eprintln!("skipped: {}", chc_dpdk::backend_status());
+    true
+}
+
 /// One `chc-bench coe` run of the paper's chain; panics if it could not run.
 fn run_coe(trace: &Path, scenario: &str, seed: u64) -> chc_bench::coe::Report {
     run_coe_on(trace, scenario, seed, "pcap", None)
@@ -157,9 +167,7 @@ fn autoscale_is_equivalent_on_every_trace() {
 /// with the instances on two worker lcores).
 #[test]
 fn autoscale_is_equivalent_on_the_dpdk_path() {
-    use chc_dataplane::dpdk::chc_dpdk;
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
+    if no_dpdk() {
         return;
     }
     let mut decided = 0;
@@ -239,9 +247,7 @@ fn scale_in_is_equivalent_on_every_trace() {
 /// (packets of moved flows may then wait in rings between lcores when a step comes).
 #[test]
 fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
-    use chc_dataplane::dpdk::chc_dpdk;
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
+    if no_dpdk() {
         return;
     }
     scaling_is_equivalent_on("scale-out", 71, "dpdk", None);
@@ -255,9 +261,7 @@ fn scale_out_and_in_are_equivalent_on_the_dpdk_path() {
 /// (a slowed instance's lcore spins before each packet), on every shared trace.
 #[test]
 fn delay_is_equivalent_on_the_dpdk_path() {
-    use chc_dataplane::dpdk::chc_dpdk;
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
+    if no_dpdk() {
         return;
     }
     for (i, t) in traces().iter().enumerate() {
@@ -286,9 +290,7 @@ fn straggler_is_equivalent_on_every_trace() {
 /// The same on the DPDK path: every other trace with the pair on two worker lcores.
 #[test]
 fn straggler_is_equivalent_on_the_dpdk_path() {
-    use chc_dataplane::dpdk::chc_dpdk;
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
+    if no_dpdk() {
         return;
     }
     let two = |i: usize| (i % 2 == 1).then_some(chc_bench::coe::TWO_LCORES);
@@ -324,15 +326,17 @@ fn straggler_is_equivalent_on(
 /// The baseline without duplicate suppression on the DPDK path.
 #[test]
 fn a_clone_without_duplicate_suppression_duplicates_output_on_the_dpdk_path() {
-    use chc_dataplane::dpdk::chc_dpdk;
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
+    if no_dpdk() {
         return;
     }
-    let t = traces_dir().join("mixed.pcap");
-    // Seeds 1 and 2 clone an on-path vertex (the choice is seeded).
+    duplicates_get_out(&traces_dir().join("mixed.pcap"), "dpdk");
+}
+
+/// Seeds 1 and 2 of the baseline without duplicate suppression on `trace` (they clone an
+/// on-path vertex: the choice is seeded) let second copies out, and the checker sees them.
+fn duplicates_get_out(trace: &Path, backend: &str) {
     for seed in 1..=2 {
-        let r = run_coe_on(&t, "straggler-nodedup", seed, "dpdk", None);
+        let r = run_coe_on(trace, "straggler-nodedup", seed, backend, None);
         assert!(
             !r.equivalent && r.extra_in_run > 0,
             "seed {seed}: duplicates went unnoticed ({} extra)",
@@ -345,16 +349,7 @@ fn a_clone_without_duplicate_suppression_duplicates_output_on_the_dpdk_path() {
 #[test]
 fn a_clone_without_duplicate_suppression_duplicates_output() {
     let d = tempfile::tempdir().unwrap();
-    let t = synthetic(d.path(), 30_000, 2_000);
-    // Seeds 1 and 2 clone an on-path vertex (the choice is seeded).
-    for seed in 1..=2 {
-        let r = run_coe(&t, "straggler-nodedup", seed);
-        assert!(
-            !r.equivalent && r.extra_in_run > 0,
-            "seed {seed}: duplicates went unnoticed ({} extra)",
-            r.extra_in_run
-        );
-    }
+    duplicates_get_out(&synthetic(d.path(), 30_000, 2_000), "pcap");
 }
 
 /// The baseline without the handover: splitters switch at once, the new instance starts
@@ -377,9 +372,7 @@ fn a_naive_move_loses_state() {
 /// The same baseline on the DPDK path: the splitters switch without the handover.
 #[test]
 fn a_naive_move_goes_wrong_on_the_dpdk_path() {
-    use chc_dataplane::dpdk::chc_dpdk;
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
+    if no_dpdk() {
         return;
     }
     let t = traces_dir().join("mixed.pcap");
