@@ -117,6 +117,9 @@ pub struct StoreSection {
     /// External `chc-store` processes (native protocol addresses); empty: in-process.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The servers' `--auth-token-file` (with `addresses`).
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreSection {
@@ -124,6 +127,7 @@ impl Default for StoreSection {
         StoreSection {
             shards: default_shards(),
             addresses: Vec::new(),
+            token_file: None,
         }
     }
 }

@@ -4,11 +4,11 @@
 
 use crate::config::Vertex;
 use crate::runtime::event_line;
+use crate::stores::Clients;
 use chc_proto::meta::{ChcMeta, MetaFlags};
 use chc_store::bucket::BucketSet;
 use chc_store::client::cache::{Mode, StateClient};
 use chc_store::client::StoreClient;
-use chc_store::server::Store;
 use chc_store::CustomOps;
 use nfs::nf::{Ctx, Event, NetworkFunction, Verdict};
 use nfs::packet::{Packet, Shape};
@@ -43,8 +43,11 @@ impl NfInstance {
     /// with cross-flow objects cached only where the split makes them exclusive), and runs
     /// the NF's one-time state initialisation (instance 0 for shared state; every instance in
     /// traditional mode).
-    pub fn new(v: &Vertex, idx: u16, store: &Store) -> Result<NfInstance, String> {
-        let client = (v.mode != Mode::Traditional).then(|| store.client(store.next_client_id()));
+    pub fn new(v: &Vertex, idx: u16, store: &impl Clients) -> Result<NfInstance, String> {
+        let client = (v.mode != Mode::Traditional)
+            .then(|| store.new_client())
+            .transpose()
+            .map_err(|e| format!("{}: {e}", v.name))?;
         Self::with_client(v, idx, client, v.mode == Mode::Traditional || idx == 0)
     }
 

@@ -12,6 +12,7 @@ pub mod instance;
 pub mod pcapio;
 pub mod runtime;
 pub mod split;
+pub mod stores;
 pub mod summary;
 
 pub use config::Chain;

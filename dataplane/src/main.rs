@@ -13,7 +13,9 @@ use std::path::PathBuf;
     about = "Run a chain of stateful network functions (CHC)",
     long_about = "Run a chain of stateful network functions whose state lives in the CHC store. \
 On the embedded default the store runs in this process and packets come from a pcap file; \
-the output pcap and an events log (one JSON object per NF decision) are written at the end."
+the output pcap and an events log (one JSON object per NF decision) are written at the end. \
+With `[store] addresses` in the chain file, the state lives on those `chc-store serve` servers \
+instead, on either backend."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a chain over a pcap file (store in-process).
+    /// Run a chain over a pcap file or DPDK ports (store in-process, or the chain's servers).
     Run(Box<RunArgs>),
     /// Run one NF instance of a multi-process chain (started by the manager).
     Instance {

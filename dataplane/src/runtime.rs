@@ -15,12 +15,12 @@ use crate::config::Chain;
 use crate::instance::{HandedOver, NfCounters, NfInstance};
 use crate::pcapio::{self, PcapError};
 use crate::split::{bucket, key_hash, Allocation, BUCKETS};
+use crate::stores::{self, StateStore};
 use crate::summary::{CloneSummary, Decision, MoveSummary, Summary, VertexSummary};
 use chc_proto::meta::{ChcMeta, MetaFlags};
 use chc_root::{Root, RootConfig, FULL};
 use chc_store::client::cache::{Mode, StateStats};
-use chc_store::client::{ops, ObjKey};
-use chc_store::server::{Store, StoreConfig};
+use chc_store::client::ops;
 use chc_store::Value;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 use crossbeam::queue::ArrayQueue;
@@ -1117,8 +1117,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let chain = &opts.chain;
     let mut reader = pcapio::Reader::open(&opts.input)?;
     let snaplen = reader.header.snaplen;
-    let store = Store::start(StoreConfig::in_memory(chain.store.shards))
-        .map_err(|e| RunError::Store(e.to_string()))?;
+    let store = StateStore::open(&chain.store).map_err(RunError::Store)?;
     let pool: Pool = Arc::new(ArrayQueue::new(1 << 16));
     let (root_tx, root_rx) = channel::unbounded::<Vec<(u64, u64, u32)>>();
     let (out_tx, out_rx) = channel::unbounded::<ToOutput>();
@@ -1224,8 +1223,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 NfInstance::new(v, i, &store)
             } else if let Some((c, _)) = race.as_ref().filter(|_| is_clone) {
                 // The straggler's identity, its state from the store, no initialisation.
-                let client =
-                    (v.mode != Mode::Traditional).then(|| store.client(store.next_client_id()));
+                let client = (v.mode != Mode::Traditional)
+                    .then(|| store.client())
+                    .transpose()
+                    .map_err(RunError::Store)?;
                 NfInstance::with_client(v, c.of, client, false).map(|mut n| {
                     n.state.set_fresh(false);
                     n
@@ -1352,13 +1353,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         log_limit: chain.root.log_limit,
         persist_every: chain.root.persist_every,
     };
-    let mut root = Root::new(rcfg, 1);
-    let mut rclient = store.client(store.next_client_id());
-    for s in 0..rclient.shards() {
-        rclient.submit_to(s, ops::subscribe_commits(rcfg.root_id));
-    }
-    rclient.sync().map_err(|e| RunError::Store(e.to_string()))?;
-    let clock_key = ObjKey::raw(format!("chc:root:{}:clock", rcfg.root_id));
+    let mut rclient = store.client().map_err(RunError::Store)?;
+    let (mut root, clock_key) = stores::start_root(&mut rclient, rcfg).map_err(RunError::Store)?;
     let mut entry = downstream(chain.entry);
     let mut stats = RootRun::default();
     let mut input_done = false;
@@ -1607,7 +1603,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 c.wm.store(wm, Ordering::Relaxed);
             }
             for s in 0..rclient.shards() {
-                rclient.submit_to(s, wire_nonblocking(ops::retire_clocks(rcfg.root_id, wm)));
+                rclient.submit_to(s, stores::nonblocking(ops::retire_clocks(rcfg.root_id, wm)));
             }
             let _ = rclient.flush();
         }
@@ -1649,7 +1645,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             }
         }
     }
-    let _ = rclient.sync();
+    stores::stop_root(&mut rclient, &root, &clock_key);
     drop(entry);
     let mut inst_stats = Vec::new();
     for (name, h) in handles {
@@ -1679,6 +1675,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         started.elapsed(),
     );
     summary.decisions = decisions;
+    summary.store = store.describe();
     summary.clone = cloning.as_ref().map(|c| CloneSummary {
         vertex: chain.vertices[c.vertex].name.clone(),
         of: c.of,
@@ -1825,11 +1822,6 @@ pub(crate) fn reaches(chain: &Chain, from: usize, to: usize) -> bool {
     false
 }
 
-fn wire_nonblocking(mut op: chc_proto::wire::Op) -> chc_proto::wire::Op {
-    op.flags |= chc_proto::wire::OpFlag::FlagNonblocking as u32;
-    op
-}
-
 fn root_is_traditional(chain: &Chain) -> bool {
     chain.vertices.iter().all(|v| v.mode == Mode::Traditional)
 }
@@ -1888,6 +1880,7 @@ fn summarize(
         },
         clone: None,
         decisions: Vec::new(),
+        store: String::new(),
     }
 }
 

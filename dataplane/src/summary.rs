@@ -87,6 +87,9 @@ pub struct Summary {
     /// The steps the operator's policies took, in order.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub decisions: Vec<Decision>,
+    /// Where the state lived: the in-process store or the servers' addresses.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub store: String,
 }
 
 /// A step an operator's policy took (`--autoscale`).
@@ -184,6 +187,9 @@ impl fmt::Display for Summary {
                 "cloned {} instance {}: {} packets replayed, {} kept, {} duplicate outputs suppressed",
                 c.vertex, c.of, c.replayed, c.kept, c.duplicates_suppressed
             )?;
+        }
+        if !self.store.is_empty() {
+            writeln!(f, "state: {}", self.store)?;
         }
         write!(
             f,

@@ -134,9 +134,49 @@ impl Drop for Hosts {
 /// ring drops would leave their clocks unsettled at the root.
 const LINK_FRAMES: usize = 4096;
 
-fn chain_text(input: &Path, output: &Path) -> String {
+/// Where the shared store server listens (host a's end of the veth).
+const STORE_ADDR: &str = "10.199.7.1:7132";
+
+/// A `chc-store serve` in namespace `ns`, killed on drop.
+struct StoreServer(Child);
+
+impl StoreServer {
+    fn start(ns: &str, dir: &Path) -> StoreServer {
+        let bin = Path::new(env!("CARGO_BIN_EXE_chc-dataplane")).with_file_name("chc-store");
+        assert!(
+            bin.exists(),
+            "{} is missing: build the workspace (cargo build --release --workspace)",
+            bin.display()
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args(["serve", "--shards", "2", "--fsync", "no", "--resp", "off"])
+            .args(["--listen", STORE_ADDR, "--data-dir"])
+            .arg(dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The hosts retry their connection while it starts.
+        StoreServer(child)
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chain_text(input: &Path, output: &Path, store: Option<&str>) -> String {
+    let store = store
+        .map(|a| format!("[store]\naddresses = [\"{a}\"]\n"))
+        .unwrap_or_default();
     format!(
         r#"
+{store}
 [root]
 control = "10.199.7.1:7131"
 log_limit = 256
@@ -317,16 +357,23 @@ fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
         return;
     };
     let traces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
-    for trace in ["ftp-ipv4.pcap", "scan-nmap-vsn.pcap", "http-wikipedia.pcap"] {
+    // Last, as deployed: both hosts keep their state on one `chc-store` server (in a's
+    // namespace; b reaches it over the veth), which tells the root of b's commits.
+    for (trace, server) in [
+        ("ftp-ipv4.pcap", false),
+        ("scan-nmap-vsn.pcap", false),
+        ("http-wikipedia.pcap", false),
+        ("ftp-ipv4.pcap", true),
+    ] {
         let trace: PathBuf = traces.join(trace);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("b-out.pcap");
         let chain_file = dir.path().join("two-hosts.toml");
-        let text = chain_text(&trace, &out);
+        let _store = server.then(|| StoreServer::start(&hosts.a, dir.path()));
+        let text = chain_text(&trace, &out, server.then_some(STORE_ADDR));
         std::fs::write(&chain_file, &text).unwrap();
-        let chain = Chain::parse(&text, "two-hosts.toml").unwrap();
-
-        // The ideal chain: one process, the embedded path.
+        // The ideal chain: one process, the embedded path, its store in the process.
+        let chain = Chain::parse(&chain_text(&trace, &out, None), "two-hosts.toml").unwrap();
         let (ideal, ideal_ev) = (
             dir.path().join("ideal.pcap"),
             dir.path().join("ideal.jsonl"),
@@ -378,6 +425,12 @@ fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
             &std::fs::read_to_string(dir.path().join("b.summary.json")).unwrap(),
         )
         .unwrap();
+        if server {
+            for s in [&sa, &sb] {
+                let want = format!("store servers {STORE_ADDR}");
+                assert_eq!(s["store"].as_str(), Some(want.as_str()), "{s}");
+            }
+        }
         // b's vertices did the work, with packets that came over the link.
         let input = pcapio::read_all(&trace).unwrap().len() as u64;
         assert_eq!(sa["packets_read"].as_u64(), Some(input));

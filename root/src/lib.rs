@@ -316,6 +316,12 @@ impl Root {
             .filter(|e| e.live)
     }
 
+    /// The counter the next packet gets: what a root persists when it stops cleanly, so
+    /// that a successor on the same store starts past every clock this one gave out.
+    pub fn next_counter(&self) -> u64 {
+        self.counter
+    }
+
     /// The oldest clock still logged (or the next one): clocks below it are retired.
     pub fn watermark(&self) -> u64 {
         self.clock_of(self.tail)

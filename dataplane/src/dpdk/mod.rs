@@ -37,15 +37,16 @@ use crate::instance::NfInstance;
 use crate::pcapio::{self, PcapError};
 use crate::runtime::{Delay, ScaleAction, ScaleStep};
 use crate::split::Allocation;
+use crate::stores::{self, StateStore};
 use crate::summary::{Summary, VertexSummary};
 use chc_dpdk::{
     lcore, mbuf_ring, Burst, Eal, EalArgs, Mempool, Multi, Port, PortConfig, RingConsumer,
     RingProducer, RunningPort, RxQueue, Single, TxQueue,
 };
-use chc_root::{Root, RootConfig};
+use chc_root::RootConfig;
 use chc_store::client::cache::Mode;
-use chc_store::client::{ops, ObjKey, StoreClient};
-use chc_store::server::{Store, StoreConfig};
+use chc_store::client::{ops, StoreClient};
+use chc_store::server::Store;
 use control::{ControlError, Inbox, PeerControl, PeerStore, RootControl};
 use crossbeam::queue::SegQueue;
 use hdrhistogram::Histogram;
@@ -278,7 +279,7 @@ pub struct Dataplane {
     _server: Option<telemetry::Server>,
     root_control: Option<RootControl>,
     peer_control: Option<PeerControl>,
-    store: Option<Store>,
+    store: Option<StateStore>,
     pcap_out: Option<(PathBuf, u32)>,
     progress: bool,
 }
@@ -302,10 +303,7 @@ fn port_name(device: &str) -> &str {
     device.split(',').next().unwrap_or(device)
 }
 
-pub(crate) fn nonblocking(mut op: chc_proto::wire::Op) -> chc_proto::wire::Op {
-    op.flags |= chc_proto::wire::OpFlag::FlagNonblocking as u32;
-    op
-}
+pub(crate) use crate::stores::nonblocking;
 
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
@@ -420,19 +418,19 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         }
     }
     let eal_line = args.to_string();
-    // The store: in this process; other hosts have their own for their vertices. Started
-    // before the EAL pins this thread to the main lcore's CPU, so that its shard threads
-    // keep the process's CPUs, and then kept off the lcores' CPUs: a store host's work does
-    // not take turns with a polling lcore (where it would only run when the lcore is
+    // The store: the servers of `[store] addresses`, or one in this process (other hosts
+    // then have their own for their vertices). An in-process store starts before the EAL
+    // pins this thread to the main lcore's CPU, so that its shard threads keep the
+    // process's CPUs, and is then kept off the lcores' CPUs: a store host's work does not
+    // take turns with a polling lcore (where it would only run when the lcore is
     // preempted, or preempt it when woken there).
-    let store = Store::start(StoreConfig::in_memory(chain.store.shards))
-        .map_err(|e| DpdkError::Store(e.to_string()))?;
+    let store = StateStore::open(&chain.store).map_err(DpdkError::Store)?;
     let eal = Eal::init(&args)?;
     // The shard threads keep the CPUs no lcore polls, where there are such CPUs. Then an
     // lcore waiting for a reply polls for it (`StoreClient::poll_only`); a shard sharing its
-    // CPU needs the lcore to yield instead.
+    // CPU needs the lcore to yield instead. A client of servers reads its sockets.
     let mut shards_apart = true;
-    for t in store.shard_threads() {
+    for t in store.local().map(|s| s.shard_threads()).unwrap_or_default() {
         match chc_dpdk::lcore::keep_off_lcores(t) {
             Ok(apart) => shards_apart &= apart,
             Err(e) => {
@@ -630,7 +628,12 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 &addr,
                 &plan.host,
                 outbox.clone(),
-                Box::new(CommitForwarder::new(&store, chain.root.id)?),
+                match store.local() {
+                    Some(local) => Box::new(CommitForwarder::new(local, chain.root.id)?),
+                    // The servers tell the root of every host's commits, and the root
+                    // retires its clocks there.
+                    None => Box::new(SharedStore),
+                },
                 Duration::from_secs(60),
             )?;
             finished = Some(pc.finished());
@@ -738,8 +741,10 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 .map(|(_, of, _)| *of);
             let mut inst = if let Some(of) = clone_of {
                 // The straggler's identity, its state from the store, no initialisation.
-                let client =
-                    (v.mode != Mode::Traditional).then(|| store.client(store.next_client_id()));
+                let client = (v.mode != Mode::Traditional)
+                    .then(|| store.client())
+                    .transpose()
+                    .map_err(DpdkError::Store)?;
                 NfInstance::with_client(&v0, of, client, false).map(|mut n| {
                     n.state.set_fresh(false);
                     n
@@ -895,17 +900,15 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 log_limit: chain.root.log_limit,
                 persist_every: chain.root.persist_every,
             };
-            let mut client = store.client(store.next_client_id());
+            let mut client = store.client().map_err(DpdkError::Store)?;
             client.poll_only = shards_apart;
-            for s in 0..client.shards() {
-                client.submit_to(s, ops::subscribe_commits(rcfg.root_id));
-            }
-            client.sync().map_err(|e| DpdkError::Store(e.to_string()))?;
+            let (root, clock_key) =
+                stores::start_root(&mut client, rcfg).map_err(DpdkError::Store)?;
             Some(RootPart {
-                root: Root::new(rcfg, 1),
+                root,
                 client,
                 traditional: chain.vertices.iter().all(|v| v.mode == Mode::Traditional),
-                clock_key: ObjKey::raw(format!("chc:root:{}:clock", rcfg.root_id)),
+                clock_key,
                 inbox: inbox.clone(),
                 rx: rx_ports.take().unwrap_or_default(),
                 entry: (!chain.vertices.is_empty()).then_some(chain.entry),
@@ -1169,6 +1172,14 @@ impl PeerStore for CommitForwarder {
     }
 }
 
+/// A host whose store is the chain's servers has nothing to forward or retire.
+struct SharedStore;
+
+impl PeerStore for SharedStore {
+    fn commits(&mut self, _: &mut Vec<(u64, u32)>) {}
+    fn retire(&mut self, _: u64) {}
+}
+
 impl Dataplane {
     /// Has `hook` called once per iteration of the first chain lcore, before it polls
     /// its ports: a traffic source in the same process runs there, like `testpmd
@@ -1271,7 +1282,12 @@ impl Dataplane {
         let _ = names;
         // A step that could not finish (a stuck move or clone) fails the run.
         let mut errors: Vec<String> = reports.iter().filter_map(|r| r.fatal.clone()).collect();
-        let summary = summarize(&self.chain, &reports, self.started.elapsed());
+        let mut summary = summarize(&self.chain, &reports, self.started.elapsed());
+        summary.store = self
+            .store
+            .as_ref()
+            .map(|s| s.describe())
+            .unwrap_or_default();
         if let Some((path, snaplen)) = &self.pcap_out {
             let recs: Vec<(u64, u32)> = reports
                 .iter()
@@ -1377,6 +1393,7 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
             .iter()
             .flat_map(|r| r.decisions.iter().cloned())
             .collect(),
+        store: String::new(),
     };
     for r in reports {
         let _ = hist.add(&r.hist);

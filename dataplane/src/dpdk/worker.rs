@@ -1538,7 +1538,7 @@ impl Worker {
             })
             .collect();
         let root = self.root.as_mut().map(|r| {
-            let _ = r.client.sync();
+            crate::stores::stop_root(&mut r.client, &r.root, &r.clock_key);
             (r.root.stats, r.run, r.unsettled, r.lost_input)
         });
         let mut records = Vec::new();
