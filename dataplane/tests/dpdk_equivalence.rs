@@ -8,6 +8,9 @@
 
 use chc_dataplane::{pcapio, run, Chain, RunOptions};
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::{sorted_lines, sorted_records};
 use std::process::Command;
 
 fn traces() -> Vec<PathBuf> {
@@ -23,26 +26,6 @@ fn traces() -> Vec<PathBuf> {
         "expected the 11 shared traces, found {}",
         v.len()
     );
-    v
-}
-
-fn sorted_lines(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted_records(p: &Path) -> Vec<(u64, u32, Vec<u8>)> {
-    let mut v: Vec<_> = pcapio::read_all(p)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.ts_ns, r.wire_len, r.data))
-        .collect();
-    v.sort();
     v
 }
 
@@ -84,7 +67,11 @@ fn same_as_embedded(eo: &Path, ee: &Path, dout: &Path, dev: &Path, name: &str) {
         sorted_records(eo) == sorted_records(dout),
         "{name}: output differs"
     );
-    assert_eq!(sorted_lines(ee), sorted_lines(dev), "{name}: events differ");
+    assert_eq!(
+        sorted_lines(&[ee]),
+        sorted_lines(&[dev]),
+        "{name}: events differ"
+    );
 }
 
 fn embedded(chain: Chain, input: &Path, out: &Path, ev: &Path) {
@@ -129,8 +116,8 @@ fn every_trace_gives_the_embedded_output_and_events() {
             );
         }
         assert_eq!(
-            sorted_lines(&ee),
-            sorted_lines(&dev),
+            sorted_lines(&[&ee]),
+            sorted_lines(&[&dev]),
             "{name}: events differ"
         );
         assert_eq!(
@@ -315,7 +302,7 @@ fn scaling_out_and_in_keeps_the_output_and_alerts() {
 
 /// The events of a file, sorted, with the instance left out of those of `vertex`.
 fn without_instance(p: &Path, vertex: &str) -> Vec<String> {
-    let mut v: Vec<String> = sorted_lines(p)
+    let mut v: Vec<String> = sorted_lines(&[p])
         .into_iter()
         .map(|l| {
             let mut e: serde_json::Value = serde_json::from_str(&l).unwrap();

@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{chc_store_bin, sorted_lines, sorted_records};
+
 /// Longest a trace's two-host run may take (a few seconds alone; far longer on a loaded
 /// machine). Past it both hosts are killed and the test fails with their output.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
@@ -142,12 +145,7 @@ struct StoreServer(Child);
 
 impl StoreServer {
     fn start(ns: &str, dir: &Path) -> StoreServer {
-        let bin = Path::new(env!("CARGO_BIN_EXE_chc-dataplane")).with_file_name("chc-store");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace (cargo build --release --workspace)",
-            bin.display()
-        );
+        let bin = chc_store_bin();
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin)
@@ -225,31 +223,6 @@ ends = [{{ host = "a", device = "net_af_packet0,iface=va,framecnt={LINK_FRAMES}"
         input.display(),
         output.display()
     )
-}
-
-fn sorted_lines(paths: &[&Path]) -> Vec<String> {
-    let mut v: Vec<String> = paths
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted_records(p: &Path) -> Vec<(u64, u32, Vec<u8>)> {
-    let mut v: Vec<_> = pcapio::read_all(p)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.ts_ns, r.wire_len, r.data))
-        .collect();
-    v.sort();
-    v
 }
 
 fn host_cmd(ns: &str, host: &str, lcore: u32, chain: &Path, dir: &Path) -> Command {

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{chc_store_bin, sorted_lines, sorted_records};
+
 fn traces() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces")
 }
@@ -36,12 +39,7 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, name: &str, token: Option<&Path>) -> Server {
-        let bin = Path::new(env!("CARGO_BIN_EXE_chc-dataplane")).with_file_name("chc-store");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace (cargo build --release --workspace)",
-            bin.display()
-        );
+        let bin = chc_store_bin();
         let p = free_ports(2);
         let native: SocketAddr = format!("127.0.0.1:{}", p[0]).parse().unwrap();
         let resp: SocketAddr = format!("127.0.0.1:{}", p[1]).parse().unwrap();
@@ -124,26 +122,6 @@ fn embedded(chain: &str, input: &Path, out: &Path, ev: &Path) -> Result<(), Stri
     .map_err(|e| e.to_string())
 }
 
-fn lines(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    v
-}
-
-fn records(p: &Path) -> Vec<(u64, u32, Vec<u8>)> {
-    let mut v: Vec<_> = pcapio::read_all(p)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.ts_ns, r.wire_len, r.data))
-        .collect();
-    v.sort();
-    v
-}
-
 fn clocks(p: &Path) -> Vec<u64> {
     std::fs::read_to_string(p)
         .unwrap()
@@ -176,10 +154,14 @@ fn both_paths_keep_their_state_on_the_servers_and_give_the_same_output() {
         embedded(&text, &t, &eo, &ee).unwrap();
         // As multisets: frames that pass the chain by (non-IP) may leave earlier or later.
         assert!(
-            records(&io) == records(&eo),
+            sorted_records(&io) == sorted_records(&eo),
             "{trace}: the output differs with the state on servers"
         );
-        assert_eq!(lines(&ie), lines(&ee), "{trace}: events (with clocks)");
+        assert_eq!(
+            sorted_lines(&[&ie]),
+            sorted_lines(&[&ee]),
+            "{trace}: events (with clocks)"
+        );
         // The state went to both servers, not to a store in the process.
         assert!(
             a.dbsize() > 0 && b.dbsize() > 0,
@@ -223,10 +205,14 @@ fn both_paths_keep_their_state_on_the_servers_and_give_the_same_output() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            records(&io) == records(&dout),
+            sorted_records(&io) == sorted_records(&dout),
             "{trace}: DPDK output differs"
         );
-        assert_eq!(lines(&ie), lines(&dev), "{trace}: DPDK events");
+        assert_eq!(
+            sorted_lines(&[&ie]),
+            sorted_lines(&[&dev]),
+            "{trace}: DPDK events"
+        );
         assert!(
             a.dbsize() > 0 && b.dbsize() > 0,
             "{trace}: servers are empty"
