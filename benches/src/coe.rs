@@ -21,7 +21,8 @@
 //! queued, flows moved with the handover of Fig 3.7), `autoscale` (seeded vertices under an
 //! operator's autoscale policy, every 2 ms, the trace paced to last a tenth of a second or
 //! more, so instances come, go and come back), `straggler` (a slowed instance cloned at a
-//! seeded point, §3.4.3), and the process scenarios (`processes`, `nf-crash`,
+//! seeded point, §3.4.3), `straggler-policy` (a slowed instance found by the manager's
+//! straggler policy and cloned while the chain runs), and the process scenarios (`processes`, `nf-crash`,
 //! `root-crash`, `store-crash`, `correlated`). Two baselines run without a mechanism and are
 //! expected to differ: `naive-move` (splitters switch at once) and `straggler-nodedup` (the
 //! pair's duplicate outputs are not suppressed). `--keep DIR` leaves ideal.pcap,
@@ -38,6 +39,7 @@ use chc_dataplane::{
     pcapio, run, Chain, Delay, Policy, Rule, RunOptions, ScaleAction, ScaleStep, Summary,
 };
 use nfs::packet::{FiveTuple, Packet};
+use nfs::PartitionKey;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -51,8 +53,8 @@ pub struct CoeArgs {
     /// Input trace (pcap).
     #[arg(long)]
     pub trace: PathBuf,
-    /// parallel | delay | scale-out | scale-in | autoscale | straggler | processes | nf-crash |
-    /// root-crash | store-crash | correlated; baselines without a mechanism: naive-move |
+    /// parallel | delay | scale-out | scale-in | autoscale | straggler | straggler-policy |
+    /// processes | nf-crash | root-crash | store-crash | correlated; baselines without a mechanism: naive-move |
     /// straggler-nodedup
     #[arg(long)]
     pub scenario: String,
@@ -461,6 +463,31 @@ pub fn scenario(chain: &Chain, name: &str, seed: u64, packets: u64) -> Result<Se
                 handover: name == "straggler",
             });
         }
+        "straggler-policy" => {
+            // One instance of a seeded vertex (with a sibling to compare with) is slowed; the
+            // manager's straggler policy finds it from the vertex manager's statistics and
+            // clones it while the chain runs. The vertex is one whose instances share the
+            // traffic: the entry, or one split by flow (behind the paper's NAT every
+            // packet has the NAT's address as client, so a vertex split by client sends
+            // all of it to one instance, which has no sibling at work to be slower than).
+            let names: Vec<String> = chain
+                .vertices
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| *i == chain.entry || v.partition == PartitionKey::Flow)
+                .map(|(_, v)| v.name.clone())
+                .collect();
+            let n = &names[rng.below(names.len() as u64) as usize];
+            let p = 2 + rng.below(2) as u16;
+            c.set_parallelism(n, p)?;
+            let slow = rng.below(u64::from(p));
+            let (min_us, max_us) = if seed % 2 == 1 { (20, 40) } else { (150, 300) };
+            delays.insert(format!("{n}#{slow}"), Delay { min_us, max_us });
+            policies.push(Policy {
+                vertex: n.clone(),
+                rule: Rule::Stragglers { pct: 50 },
+            });
+        }
         "autoscale" => {
             // Seeded vertices under an autoscale rule whose threshold the chain crosses in
             // both directions as its rate swings from one short period to the next, so
@@ -540,6 +567,7 @@ pub const SCENARIOS: &[&str] = &[
     "naive-move",
     "straggler",
     "straggler-nodedup",
+    "straggler-policy",
     "processes",
     "nf-crash",
     "root-crash",
@@ -853,9 +881,14 @@ fn run_dpdk(
         cmd.arg("--naive-move");
     }
     for p in &setup.policies {
-        let Rule::Autoscale { pps, max } = p.rule;
-        cmd.arg("--autoscale")
-            .arg(format!("{}:{pps}:{max}", p.vertex));
+        match p.rule {
+            Rule::Autoscale { pps, max } => cmd
+                .arg("--autoscale")
+                .arg(format!("{}:{pps}:{max}", p.vertex)),
+            Rule::Stragglers { pct } => cmd
+                .arg("--clone-stragglers")
+                .arg(format!("{}:{pct}", p.vertex)),
+        };
     }
     if !setup.policies.is_empty() {
         cmd.arg("--policy-period-ms")

@@ -122,7 +122,16 @@ struct RunArgs {
     /// root's lcore applies it (the root holds its input during each move, as with --scale).
     #[arg(long, value_name = "NAME:PPS[:MAX]")]
     autoscale: Vec<chc_dataplane::Policy>,
-    /// How often the manager applies --autoscale policies.
+    /// An operator's straggler policy (§3.4.3) the manager runs from the vertex manager's
+    /// statistics: every --policy-period-ms, the first instance of NAME whose time per
+    /// packet over the period is more than PCT percent above its siblings' median (or,
+    /// alone, above its own best period) is cloned, once per run: the clone replays the
+    /// root's log, races the straggler on a copy of its traffic, and the slower goes, with
+    /// duplicate outputs and state updates suppressed. The summary lists the decision.
+    /// Embedded path only; alone (no other policy or --scale step).
+    #[arg(long = "clone-stragglers", value_name = "NAME:PCT", value_parser = chc_dataplane::Policy::stragglers)]
+    clone_stragglers: Vec<chc_dataplane::Policy>,
+    /// How often the manager applies --autoscale and --clone-stragglers policies.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     policy_period_ms: u64,
     /// Move flows without the handover (splitters switch at once), or race a clone without
@@ -149,6 +158,17 @@ struct RunArgs {
     /// `--backend dpdk`: mbufs in the packet pool.
     #[arg(long, default_value_t = 16383)]
     mbufs: u32,
+}
+
+impl RunArgs {
+    /// The operator's policies, of every kind.
+    fn policies(&self) -> Vec<chc_dataplane::Policy> {
+        self.autoscale
+            .iter()
+            .chain(&self.clone_stragglers)
+            .cloned()
+            .collect()
+    }
 }
 
 fn load_chain(p: &Option<PathBuf>) -> Result<Chain> {
@@ -318,7 +338,7 @@ fn main() -> Result<()> {
                 scaling,
                 rate_pps: a.rate,
                 pause: None,
-                policies: a.autoscale.clone(),
+                policies: a.policies(),
                 policy_period: std::time::Duration::from_millis(a.policy_period_ms.max(1)),
             };
             let s = run(&opts)
@@ -364,7 +384,7 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     opts.rate_pps = a.rate;
     opts.delays = delays_of(&opts.chain, &a.delays)?;
     opts.seed = a.seed;
-    opts.policies = a.autoscale.clone();
+    opts.policies = a.policies();
     opts.policy_period = std::time::Duration::from_millis(a.policy_period_ms.max(1));
     let s = dpdk::run(&opts).context("running the chain on DPDK")?;
     eprintln!("{s}");

@@ -11,7 +11,7 @@
 //! counted; non-IP frames bypass the NFs and are output unchanged (counted); IP fragments
 //! without an L4 header go through the chain and each NF decides (`NetworkFunction::fragment`).
 
-use crate::config::Chain;
+use crate::config::{Chain, Vertex};
 use crate::instance::{HandedOver, NfCounters, NfInstance};
 use crate::pcapio::{self, PcapError};
 use crate::split::{bucket, key_hash, Allocation, BUCKETS};
@@ -160,7 +160,130 @@ pub enum Rule {
     /// each over the last period (up to `max` instances); scale in while one instance fewer
     /// would average under half of it. One step per period.
     Autoscale { pps: u64, max: u16 },
+    /// Clone an instance (once per run) whose time per packet has been more than `pct`
+    /// percent above its siblings' median in several looks in a row, or, for an instance
+    /// without siblings, above the best it did before (§3.4.3: user logic names the
+    /// straggler, the framework clones it, races the two and keeps the faster). See
+    /// `StragglerWatch`.
+    Stragglers { pct: u32 },
 }
+
+impl Policy {
+    /// `NAME:PCT`, the straggler rule.
+    pub fn stragglers(s: &str) -> Result<Policy, String> {
+        let bad = || format!("{s:?}: expected NAME:PCT (percent slower, e.g. nat:50)");
+        let (vertex, pct) = s.split_once(':').ok_or_else(bad)?;
+        let pct: u32 = pct.parse().map_err(|_| bad())?;
+        if vertex.is_empty() || pct == 0 {
+            return Err(bad());
+        }
+        Ok(Policy {
+            vertex: vertex.to_string(),
+            rule: Rule::Stragglers { pct },
+        })
+    }
+}
+
+/// The vertex manager's view of a vertex under a straggler policy: each instance's time per
+/// packet over the last period in which it finished batches of enough packets (a slow
+/// instance reports only when it finishes a long batch, so most periods have nothing new
+/// of it; a fast one reports every period, so a burst of slow packets at it is soon
+/// replaced by its next period's figure).
+#[derive(Debug, Default)]
+pub(crate) struct StragglerWatch {
+    seen: Vec<(u64, u64)>,
+    last: Vec<Option<f64>>,
+    /// Each instance's best time per packet so far (the reference of a lone instance).
+    best: Vec<f64>,
+    /// The instance found slow in the last period(s), and for how many in a row.
+    suspect: Option<(u16, u32)>,
+}
+
+/// Periods in a row an instance must be found slow before it is cloned: a start-up burst
+/// (first packets of flows, cold caches) is not a straggler.
+const STRAGGLER_PERIODS: u32 = 3;
+
+impl StragglerWatch {
+    pub(crate) fn new(instances: usize) -> StragglerWatch {
+        StragglerWatch {
+            seen: vec![(0, 0); instances],
+            last: vec![None; instances],
+            best: vec![0.0; instances],
+            suspect: None,
+        }
+    }
+
+    /// One period's look, given each instance's packets and busy nanoseconds so far: the
+    /// straggler to clone, if an instance has been more than `pct` percent slower per
+    /// packet than its siblings' median (alone: than its own best) in
+    /// [`STRAGGLER_PERIODS`] looks in a row, with every instance measured.
+    pub(crate) fn observe(&mut self, pct: u32, totals: &[(u64, u64)]) -> Option<u16> {
+        for (i, &now) in totals.iter().enumerate() {
+            let (n, ns) = (
+                now.0.saturating_sub(self.seen[i].0),
+                now.1.saturating_sub(self.seen[i].1),
+            );
+            if n >= STRAGGLER_MIN_PACKETS {
+                self.seen[i] = now;
+                self.last[i] = Some(ns as f64 / n as f64);
+            }
+        }
+        // Slower than its siblings needs every sibling measured; until then the count of
+        // looks in a row waits.
+        let per: Vec<f64> = self.last.iter().copied().collect::<Option<_>>()?;
+        let found = self.slowest(pct, &per);
+        for (b, &p) in self.best.iter_mut().zip(&per) {
+            if *b == 0.0 || p < *b {
+                *b = p;
+            }
+        }
+        self.suspect = match (found, self.suspect) {
+            (Some(i), Some((j, n))) if i == j => Some((i, n + 1)),
+            (Some(i), _) => Some((i, 1)),
+            (None, _) => None,
+        };
+        self.suspect
+            .filter(|&(_, n)| n >= STRAGGLER_PERIODS)
+            .map(|(i, _)| i)
+    }
+
+    /// The instance most above its reference, if any is `pct` percent above it.
+    fn slowest(&self, pct: u32, per: &[f64]) -> Option<u16> {
+        let slow = 1.0 + f64::from(pct) / 100.0;
+        let mut found: Option<(u16, f64)> = None;
+        for (i, &p) in per.iter().enumerate() {
+            let reference = if per.len() == 1 {
+                self.best[i]
+            } else {
+                let mut others: Vec<f64> = per
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, &q)| q)
+                    .collect();
+                others.sort_by(f64::total_cmp);
+                others[others.len() / 2]
+            };
+            let by = p / reference;
+            if reference > 0.0 && by > slow && found.is_none_or(|(_, f)| by > f) {
+                found = Some((i as u16, by));
+            }
+        }
+        found.map(|(i, _)| i)
+    }
+
+    /// An instance's last measured time per packet, in nanoseconds.
+    pub(crate) fn per_packet(&self, i: u16) -> f64 {
+        self.last[usize::from(i)].unwrap_or(0.0)
+    }
+}
+
+/// How many clocks a candidate straggler remembers before it drops those below the
+/// root's watermark.
+const RECENT_TRIM: usize = 4096;
+
+/// Packets an instance must have finished since its last measurement for a new one.
+const STRAGGLER_MIN_PACKETS: u64 = 8;
 
 /// `NAME:PPS[:MAX]`, the autoscale rule (MAX defaults to 4 instances).
 impl std::str::FromStr for Policy {
@@ -186,10 +309,12 @@ impl std::str::FromStr for Policy {
 }
 
 impl Rule {
-    /// The most instances the rule may run (the vertex's spares are made up to it).
-    pub fn max_instances(self) -> u16 {
+    /// The most instances the rule may run for a vertex that starts with `live` (the
+    /// vertex's spares are made up to it): a straggler's clone takes one spare.
+    pub fn max_instances(self, live: u16) -> u16 {
         match self {
             Rule::Autoscale { max, .. } => max,
+            Rule::Stragglers { .. } => live + 1,
         }
     }
 
@@ -197,6 +322,7 @@ impl Rule {
     /// packets per second over the last period, if any.
     pub fn decide(self, rate: f64, live: u16) -> Option<ScaleAction> {
         match self {
+            Rule::Stragglers { .. } => None,
             Rule::Autoscale { pps, max } => {
                 let pps = pps as f64;
                 if live < max && rate / f64::from(live) > pps {
@@ -265,12 +391,22 @@ pub enum ScaleAction {
 /// A straggler and its clone: the clone has the straggler's identity (its state updates
 /// carry the same instance id, so the store's clock log absorbs the second of each) and
 /// its own slot.
+///
+/// A scripted clone (`--scale NAME:clone=I@N`) knows its straggler from the start, and the
+/// straggler marks every clock it processes from then on. Under a straggler policy the
+/// straggler is chosen while the chain runs: every instance of the vertex remembers the
+/// clocks it processed (back to the root's watermark), and the chosen one hands them over
+/// as marks when it starts racing; the clone waits for that before it processes anything.
 pub struct Cloning {
     pub(crate) vertex: usize,
-    /// The straggler's slot and instance id.
-    pub(crate) of: u16,
+    /// The straggler's slot and instance id ([`NOT_CHOSEN`] until a policy picks it).
+    straggler: std::sync::atomic::AtomicU16,
     /// The clone's slot.
     pub(crate) slot: u16,
+    /// The straggler is chosen by a policy while the chain runs.
+    pub(crate) on_policy: bool,
+    /// The straggler's marks are complete: the clone may process.
+    marked: std::sync::atomic::AtomicBool,
     /// Suppress duplicate outputs (off only in the baseline).
     dedup: bool,
     /// Clocks one of the two has emitted and the other not yet.
@@ -282,18 +418,62 @@ pub struct Cloning {
     pub(crate) suppressed: AtomicU64,
 }
 
+/// [`Cloning`]'s straggler before a policy chose one.
+pub(crate) const NOT_CHOSEN: u16 = u16::MAX;
+
 impl Cloning {
     pub(crate) fn new(vertex: usize, of: u16, slot: u16, dedup: bool) -> Cloning {
         Cloning {
             vertex,
-            of,
+            straggler: of.into(),
             slot,
+            on_policy: false,
+            marked: true.into(),
             dedup,
             twins: Mutex::new(HashSet::new()),
             wm: AtomicU64::new(0),
             progress: [AtomicU64::new(0), AtomicU64::new(0)],
             suppressed: AtomicU64::new(0),
         }
+    }
+
+    /// A clone in `slot` for whichever instance of `vertex` a policy finds straggling.
+    pub(crate) fn on_policy(vertex: usize, slot: u16) -> Cloning {
+        Cloning {
+            straggler: NOT_CHOSEN.into(),
+            on_policy: true,
+            marked: false.into(),
+            ..Cloning::new(vertex, NOT_CHOSEN, slot, true)
+        }
+    }
+
+    /// The straggler's slot and instance id.
+    pub(crate) fn of(&self) -> u16 {
+        self.straggler.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn choose(&self, of: u16) {
+        self.straggler.store(of, Ordering::Release);
+    }
+
+    /// The straggler chosen by a policy has processed `clocks` before it started racing:
+    /// each counts as emitted by it.
+    pub(crate) fn mark_processed(&self, clocks: impl Iterator<Item = u64>) {
+        let wm = self.wm.load(Ordering::Relaxed);
+        let mut g = self.twins.lock();
+        let mut last = 0;
+        for c in clocks.filter(|&c| c >= wm) {
+            g.insert(c);
+            last = last.max(c);
+        }
+        self.progress[0].fetch_max(last, Ordering::Relaxed);
+        drop(g);
+        self.marked.store(true, Ordering::Release);
+    }
+
+    /// Whether the straggler's marks are complete.
+    pub(crate) fn marked(&self) -> bool {
+        self.marked.load(Ordering::Acquire)
     }
 
     /// Whether the clone has processed as far as the straggler.
@@ -466,6 +646,10 @@ enum ToInstance {
     Retired,
     /// To the faster: no copies follow.
     TwinEnd,
+    /// From the manager to a spare: be the clone of the straggler a policy chose.
+    Become(Box<NfInstance>, Arc<Cloning>),
+    /// From a straggler chosen by a policy to its clone: its marks are complete.
+    Marked,
 }
 
 enum ToOutput {
@@ -515,7 +699,7 @@ impl Downstream {
         if pkt.meta.flags.has(MetaFlags::REPLAY) {
             // A replayed packet goes only where it leads to the clone.
             match &self.cloning {
-                Some(c) if c.vertex == self.to && slot == c.of => {
+                Some(c) if c.vertex == self.to && slot == c.of() => {
                     self.pending[usize::from(c.slot)].push(pkt);
                 }
                 Some(c) if c.vertex == self.to => {}
@@ -570,7 +754,7 @@ impl Downstream {
                 Order::Move(m) => m,
                 Order::Twin => {
                     if let Some(c) = &self.cloning {
-                        self.twin = Some((c.of, c.slot));
+                        self.twin = Some((c.of(), c.slot));
                     }
                     continue;
                 }
@@ -715,6 +899,15 @@ struct Instance {
     ctl: Sender<Ctl>,
     /// Packets this instance processed, for the vertex manager's statistics.
     processed: Arc<AtomicU64>,
+    /// Packets and nanoseconds of the batches it finished (measured only under a
+    /// straggler policy).
+    busy_ns: Option<Arc<[AtomicU64; 2]>>,
+    /// Under a straggler policy: the pair this instance joins if it is chosen, and the
+    /// clocks it processed meanwhile (back to the root's watermark).
+    candidate: Option<Arc<Cloning>>,
+    recent: std::collections::VecDeque<u64>,
+    /// The clone, until its straggler's marks are complete: everything that comes.
+    gated: std::collections::VecDeque<ToInstance>,
 }
 
 /// What one burst produced, sent on at its end.
@@ -737,11 +930,21 @@ impl Instance {
             for d in self.next.iter_mut().chain(self.taps.iter_mut()) {
                 d.follow_orders();
             }
-            let msg = match self.rx.recv_timeout(ORDERS_IDLE_CHECK) {
-                Ok(m) => m,
-                Err(channel::RecvTimeoutError::Timeout) => continue,
-                Err(channel::RecvTimeoutError::Disconnected) => break,
+            self.check_chosen();
+            let (msg, kept) = match self.ungated() {
+                Some(m) => (m, true),
+                None => match self.rx.recv_timeout(ORDERS_IDLE_CHECK) {
+                    Ok(m) => (m, false),
+                    Err(channel::RecvTimeoutError::Timeout) => continue,
+                    Err(channel::RecvTimeoutError::Disconnected) => break,
+                },
             };
+            // What comes while kept messages wait goes behind them (the marks may have
+            // completed while this instance waited for it).
+            if self.waits_for_marks() || (!kept && !self.gated.is_empty()) {
+                self.gated.push_back(msg);
+                continue;
+            }
             match msg {
                 ToInstance::Batch(batch) if self.discarding => {
                     for p in batch {
@@ -759,6 +962,13 @@ impl Instance {
                     self.end_burst(&mut b);
                 }
                 ToInstance::Batch(batch) => {
+                    // Chosen meanwhile: the copies to the clone may be in this batch, and
+                    // the straggler races on every packet the clone also gets.
+                    self.check_chosen();
+                    let t0 = self
+                        .busy_ns
+                        .is_some()
+                        .then(|| (Instant::now(), batch.len()));
                     self.processed
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if let Some(p) = self.pause {
@@ -773,7 +983,17 @@ impl Instance {
                         }
                     }
                     self.end_burst(&mut b);
+                    if let (Some((t0, n)), Some(w)) = (t0, &self.busy_ns) {
+                        w[0].fetch_add(n as u64, Ordering::Relaxed);
+                        w[1].fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    }
                 }
+                ToInstance::Become(inst, c) => {
+                    self.inst = *inst;
+                    self.race = Some((c, 1));
+                    self.replaying = true;
+                }
+                ToInstance::Marked => {}
                 ToInstance::Eof => eofs += 1,
                 ToInstance::Last(m) => {
                     let e = self.lasts.entry(m.id).or_insert((0, Instant::now()));
@@ -980,6 +1200,41 @@ impl Instance {
         }
     }
 
+    /// Under a straggler policy: once this instance is chosen, it hands the clocks it
+    /// processed to the pair as marks and races from here on; once another is, it stops
+    /// remembering them.
+    fn check_chosen(&mut self) {
+        let Some(c) = &self.candidate else {
+            return;
+        };
+        let of = c.of();
+        if of == NOT_CHOSEN {
+            return;
+        }
+        let c = self.candidate.take().expect("checked above");
+        let recent = std::mem::take(&mut self.recent);
+        if of == self.stats.instance {
+            // Its updates so far are in the store before the clone reads any state.
+            self.inst.sync();
+            c.mark_processed(recent.into_iter());
+            let _ = self.siblings[usize::from(c.slot)].send(ToInstance::Marked);
+            self.race = Some((c, 0));
+        }
+    }
+
+    /// The clone, until its straggler's marks are complete, keeps what comes.
+    fn waits_for_marks(&self) -> bool {
+        matches!(&self.race, Some((c, 1)) if !c.marked())
+    }
+
+    /// What the clone kept while it waited, in order, once it may process.
+    fn ungated(&mut self) -> Option<ToInstance> {
+        if self.gated.is_empty() || self.waits_for_marks() {
+            return None;
+        }
+        self.gated.pop_front()
+    }
+
     fn process(&mut self, mut pkt: Pkt, b: &mut Burst) {
         let Burst {
             deletes,
@@ -987,6 +1242,15 @@ impl Instance {
             lines,
         } = b;
         let clock = pkt.meta.clock;
+        if let Some(c) = &self.candidate {
+            self.recent.push_back(clock);
+            if self.recent.len() >= RECENT_TRIM {
+                let wm = c.wm.load(Ordering::Relaxed);
+                while self.recent.front().is_some_and(|&f| f < wm) {
+                    self.recent.pop_front();
+                }
+            }
+        }
         let clone = matches!(&self.race, Some((_, 1)));
         if clone && !self.seen.insert(clock) {
             // The clone sees each clock once (a packet may come replayed and copied).
@@ -1144,19 +1408,24 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     // A vertex under an autoscale rule has spares up to the rule's maximum.
     let policies = check_policies(chain, &opts.policies, &opts.scaling).map_err(RunError::Nf)?;
     for &(vi, rule) in &policies {
-        most[vi] = most[vi].max(rule.max_instances());
+        most[vi] = most[vi].max(rule.max_instances(live0[vi]));
     }
     // A straggler's clone takes the first spare slot of its vertex.
-    let cloning: Option<Arc<Cloning>> =
-        opts.scaling
-            .iter()
-            .zip(&step_vertex)
-            .find_map(|(st, &vi)| match st.action {
-                ScaleAction::Clone(of) => {
-                    Some(Arc::new(Cloning::new(vi, of, live0[vi], st.handover)))
-                }
-                _ => None,
-            });
+    let cloning: Option<Arc<Cloning>> = policies
+        .iter()
+        .find(|(_, r)| matches!(r, Rule::Stragglers { .. }))
+        .map(|&(vi, _)| Arc::new(Cloning::on_policy(vi, live0[vi])))
+        .or_else(|| {
+            opts.scaling
+                .iter()
+                .zip(&step_vertex)
+                .find_map(|(st, &vi)| match st.action {
+                    ScaleAction::Clone(of) => {
+                        Some(Arc::new(Cloning::new(vi, of, live0[vi], st.handover)))
+                    }
+                    _ => None,
+                })
+        });
     // Which vertices lead to the clone's (they pass replayed packets on).
     let toward: Vec<bool> = (0..chain.vertices.len())
         .map(|u| {
@@ -1209,28 +1478,38 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
         .iter()
         .map(|&n| (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect())
         .collect();
+    // And, for a straggler policy, the time they spent on it.
+    let timed: Vec<bool> = (0..chain.vertices.len())
+        .map(|vi| {
+            policies
+                .iter()
+                .any(|&(pv, r)| pv == vi && matches!(r, Rule::Stragglers { .. }))
+        })
+        .collect();
+    let busy_time: Vec<Vec<Arc<[AtomicU64; 2]>>> = most
+        .iter()
+        .map(|&n| (0..n).map(|_| Arc::new(Default::default())).collect())
+        .collect();
 
     // Instances: NF, state, init. Spares are built like instances of the scaled-out vertex.
     let mut instances = Vec::new();
     for (vi, v) in chain.vertices.iter().enumerate() {
         for i in 0..most[vi] {
+            // A scripted pair races from the start; under a policy, each instance of the
+            // vertex is a candidate and the spare becomes the clone when one is chosen.
             let race = cloning
                 .as_ref()
-                .filter(|c| c.vertex == vi && (i == c.of || i == c.slot))
+                .filter(|c| !c.on_policy && c.vertex == vi && (i == c.of() || i == c.slot))
                 .map(|c| (c.clone(), usize::from(i == c.slot)));
+            let candidate = cloning
+                .as_ref()
+                .filter(|c| c.on_policy && c.vertex == vi && i < live0[vi])
+                .cloned();
             let is_clone = race.as_ref().is_some_and(|r| r.1 == 1);
             let inst = if i < live0[vi] {
                 NfInstance::new(v, i, &store)
             } else if let Some((c, _)) = race.as_ref().filter(|_| is_clone) {
-                // The straggler's identity, its state from the store, no initialisation.
-                let client = (v.mode != Mode::Traditional)
-                    .then(|| store.client())
-                    .transpose()
-                    .map_err(RunError::Store)?;
-                NfInstance::with_client(v, c.of, client, false).map(|mut n| {
-                    n.state.set_fresh(false);
-                    n
-                })
+                clone_instance(v, c.of(), &store)
             } else {
                 let mut wide = v.clone();
                 wide.parallelism = most[vi];
@@ -1280,6 +1559,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 twin_ends: 0,
                 ctl: ctl_tx.clone(),
                 processed: processed[vi][usize::from(i)].clone(),
+                busy_ns: timed[vi].then(|| busy_time[vi][usize::from(i)].clone()),
+                candidate,
+                recent: Default::default(),
+                gated: Default::default(),
             });
         }
     }
@@ -1378,6 +1661,11 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     let mut race_since: Option<Instant> = None;
     let mut race_ends = 0;
     let mut last_policy = Instant::now();
+    // A straggler policy's view of its vertex.
+    let mut watches: Vec<StragglerWatch> = live0
+        .iter()
+        .map(|&n| StragglerWatch::new(usize::from(n)))
+        .collect();
     let mut policy_seen = vec![0u64; chain.vertices.len()];
     let mut decisions = Vec::new();
     loop {
@@ -1388,6 +1676,48 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             let dt = last_policy.elapsed().as_secs_f64();
             last_policy = Instant::now();
             for &(vi, rule) in &policies {
+                if let (Rule::Stragglers { .. }, Some(c)) = (rule, cloning.as_ref()) {
+                    let totals: Vec<(u64, u64)> = busy_time[vi][..usize::from(live0[vi])]
+                        .iter()
+                        .map(|w| (w[0].load(Ordering::Relaxed), w[1].load(Ordering::Relaxed)))
+                        .collect();
+                    let Rule::Stragglers { pct } = rule else {
+                        continue;
+                    };
+                    let Some(of) = watches[vi].observe(pct, &totals) else {
+                        continue;
+                    };
+                    if c.of() != NOT_CHOSEN {
+                        continue;
+                    }
+                    let inst =
+                        clone_instance(&chain.vertices[vi], of, &store).map_err(RunError::Nf)?;
+                    c.choose(of);
+                    let _ = txs[vi][usize::from(c.slot)]
+                        .send(ToInstance::Become(Box::new(inst), c.clone()));
+                    let (h, n) = start_clone(&boards[vi], &mut root, &mut entry, started);
+                    hold = Some(h);
+                    replayed = n;
+                    let per_ns = watches[vi].per_packet(of);
+                    let total_of = processed[vi][usize::from(of)].load(Ordering::Relaxed);
+                    decisions.push(Decision {
+                        after_packets: stats.read,
+                        vertex: chain.vertices[vi].name.clone(),
+                        action: "clone".into(),
+                        instances: live0[vi],
+                        rate_pps: total_of as f64 / started.elapsed().as_secs_f64(),
+                        straggler: Some(of),
+                    });
+                    if opts.progress {
+                        eprintln!(
+                            "chc-dataplane: policy: {} instance {of} took {:.1} us per packet lately: cloning it after {} packets, replaying {n} packets",
+                            chain.vertices[vi].name,
+                            per_ns / 1e3,
+                            stats.read
+                        );
+                    }
+                    continue;
+                }
                 let total: u64 = processed[vi]
                     .iter()
                     .map(|p| p.load(Ordering::Relaxed))
@@ -1414,6 +1744,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                     .into(),
                     instances: live[vi],
                     rate_pps: rate,
+                    straggler: None,
                 });
                 if opts.progress {
                     eprintln!(
@@ -1436,35 +1767,15 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                 // The manager's scaling steps, at their exact place in the input.
                 while let Some((st, vi)) = steps.next_if(|(st, _)| stats.read >= st.after_packets) {
                     if let (ScaleAction::Clone(_), Some(c)) = (st.action, cloning.as_ref()) {
-                        // Copies of the straggler's traffic first, then the log: whatever is
-                        // in flight reaches the clone one way or the other.
-                        boards[vi].publish([Order::Twin]);
-                        hold = Some(root.watermark());
-                        let log = root.replay();
+                        let (h, n) = start_clone(&boards[c.vertex], &mut root, &mut entry, started);
                         if opts.progress {
                             eprintln!(
-                                "chc-dataplane: cloning {} instance {} after {} packets: replaying {} packets",
-                                st.vertex, c.of, stats.read, log.len()
+                                "chc-dataplane: cloning {} instance {} after {} packets: replaying {n} packets",
+                                st.vertex, c.of(), stats.read
                             );
                         }
-                        replayed = log.len();
-                        for (clock, l) in log {
-                            entry.route(Pkt {
-                                data: l.data,
-                                wire_len: l.wire_len,
-                                ts_ns: l.ts_ns,
-                                meta: ChcMeta {
-                                    clock,
-                                    flags: MetaFlags(MetaFlags::REPLAY),
-                                    ..Default::default()
-                                },
-                                weight: FULL,
-                                t0: started.elapsed().as_nanos() as u64,
-                                twin: false,
-                                from: 0,
-                            });
-                        }
-                        entry.replay_end();
+                        hold = Some(h);
+                        replayed = n;
                         continue;
                     }
                     let ms = plan_moves(st, &mut live[vi], &mut tables[vi], &mut move_id);
@@ -1589,9 +1900,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
                     );
                 }
                 let (keep, drop) = if keep_clone {
-                    (cl.slot, cl.of)
+                    (cl.slot, cl.of())
                 } else {
-                    (cl.of, cl.slot)
+                    (cl.of(), cl.slot)
                 };
                 boards[cl.vertex].publish([Order::Retire { keep, drop }]);
             }
@@ -1676,24 +1987,74 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
     );
     summary.decisions = decisions;
     summary.store = store.describe();
-    summary.clone = cloning.as_ref().map(|c| CloneSummary {
-        vertex: chain.vertices[c.vertex].name.clone(),
-        of: c.of,
-        replayed: replayed as u64,
-        kept: match kept_clone {
-            Some(true) => "clone",
-            Some(false) => "straggler",
-            None => "not cloned",
-        }
-        .into(),
-        duplicates_suppressed: c.suppressed.load(Ordering::Relaxed),
-    });
+    summary.clone = cloning
+        .as_ref()
+        .filter(|c| c.of() != NOT_CHOSEN)
+        .map(|c| CloneSummary {
+            vertex: chain.vertices[c.vertex].name.clone(),
+            of: c.of(),
+            replayed: replayed as u64,
+            kept: match kept_clone {
+                Some(true) => "clone",
+                Some(false) => "straggler",
+                None => "not cloned",
+            }
+            .into(),
+            duplicates_suppressed: c.suppressed.load(Ordering::Relaxed),
+        });
     drop(rclient);
     store.shutdown();
     if unsettled > 0 {
         return Err(RunError::Unsettled(unsettled));
     }
     Ok(summary)
+}
+
+/// The root's part in starting a clone: the splitter in front of the straggler copies its
+/// traffic to the clone first, then the root replays its log for it, so whatever is in
+/// flight reaches the clone one way or the other. Returns the watermark the root holds (its
+/// clocks stay in the store's clock logs while the pair may re-do them) and how many
+/// packets it replayed.
+fn start_clone(
+    board: &Board,
+    root: &mut Root,
+    entry: &mut Downstream,
+    started: Instant,
+) -> (u64, usize) {
+    board.publish([Order::Twin]);
+    let hold = root.watermark();
+    let log = root.replay();
+    let n = log.len();
+    for (clock, l) in log {
+        entry.route(Pkt {
+            data: l.data,
+            wire_len: l.wire_len,
+            ts_ns: l.ts_ns,
+            meta: ChcMeta {
+                clock,
+                flags: MetaFlags(MetaFlags::REPLAY),
+                ..Default::default()
+            },
+            weight: FULL,
+            t0: started.elapsed().as_nanos() as u64,
+            twin: false,
+            from: 0,
+        });
+    }
+    entry.replay_end();
+    (hold, n)
+}
+
+/// A straggler's clone: the straggler's identity, its state from the store, no
+/// initialisation.
+fn clone_instance(v: &Vertex, of: u16, store: &StateStore) -> Result<NfInstance, String> {
+    let client = (v.mode != Mode::Traditional)
+        .then(|| store.client())
+        .transpose()?;
+    NfInstance::with_client(v, of, client, false).map(|mut n| {
+        n.state.set_fresh(false);
+        n
+    })
 }
 
 /// The moves of one scaling step, applied to the manager's table of the vertex.
@@ -1767,9 +2128,13 @@ pub(crate) fn check_policies(
 ) -> Result<Vec<(usize, Rule)>, String> {
     let mut out = Vec::with_capacity(policies.len());
     for p in policies {
+        let option = match p.rule {
+            Rule::Autoscale { .. } => "--autoscale",
+            Rule::Stragglers { .. } => "--clone-stragglers",
+        };
         let vi = chain
             .vertex_index(&p.vertex)
-            .ok_or_else(|| format!("--autoscale: no vertex {:?}", p.vertex))?;
+            .ok_or_else(|| format!("{option}: no vertex {:?}", p.vertex))?;
         if steps
             .iter()
             .any(|st| matches!(st.action, ScaleAction::Clone(_)))
@@ -1778,9 +2143,26 @@ pub(crate) fn check_policies(
         }
         if steps.iter().any(|st| st.vertex == p.vertex) {
             return Err(format!(
-                "{}: --scale steps and an --autoscale policy on one vertex (one decides, not both)",
+                "{}: --scale steps and an {option} policy on one vertex (one decides, not both)",
                 p.vertex
             ));
+        }
+        if let Rule::Stragglers { .. } = p.rule {
+            // One clone races one straggler at a time, with nothing else moving flows.
+            if policies.len() > 1 || !steps.is_empty() {
+                return Err(format!(
+                    "--clone-stragglers {}: a straggler's clone runs alone: no other policy \
+                     or --scale step beside it",
+                    p.vertex
+                ));
+            }
+            if chain.vertices[vi].mode == Mode::Traditional {
+                return Err(format!(
+                    "--clone-stragglers {}: {} keeps its state in the instance (mode \
+                     traditional), so a clone has none to take from the store",
+                    p.vertex, p.vertex
+                ));
+            }
         }
         out.push((vi, p.rule));
     }
@@ -1886,7 +2268,75 @@ fn summarize(
 
 #[cfg(test)]
 mod tests {
-    use super::{Delay, Policy, Rule, ScaleAction};
+    use super::{Delay, Policy, Rule, ScaleAction, StragglerWatch};
+
+    /// Feeds `periods` of per-instance (packets, ns per packet) to a watch; returns its
+    /// verdict after each.
+    fn watch(pct: u32, periods: &[&[(u64, u64)]]) -> Vec<Option<u16>> {
+        let mut w = StragglerWatch::new(periods[0].len());
+        let mut totals = vec![(0u64, 0u64); periods[0].len()];
+        periods
+            .iter()
+            .map(|p| {
+                for (t, &(n, per)) in totals.iter_mut().zip(p.iter()) {
+                    t.0 += n;
+                    t.1 += n * per;
+                }
+                w.observe(pct, &totals)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_straggler_is_the_instance_slow_for_periods_in_a_row() {
+        // Instance 1 takes 3x its siblings' time per packet, period after period.
+        let slow: &[(u64, u64)] = &[(100, 1000), (40, 3000), (100, 1100)];
+        assert_eq!(
+            watch(50, &[slow, slow, slow, slow]),
+            vec![None, None, Some(1), Some(1)]
+        );
+        // A one-period blip (a start-up burst) is not a straggler.
+        let even: &[(u64, u64)] = &[(100, 1000), (100, 1000), (100, 1000)];
+        let blip: &[(u64, u64)] = &[(100, 5000), (100, 1000), (100, 1000)];
+        assert_eq!(watch(50, &[blip, even, even, even]), vec![None; 4]);
+        // Under the threshold: 40 % slower is not 50 %.
+        let mild: &[(u64, u64)] = &[(100, 1000), (100, 1400)];
+        assert_eq!(watch(50, &[mild, mild, mild]), vec![None; 3]);
+        // A sibling that has reported nothing yet leaves nothing to compare with.
+        let silent: &[(u64, u64)] = &[(100, 1000), (0, 0), (100, 4000)];
+        assert_eq!(watch(50, &[silent, silent, silent]), vec![None; 3]);
+    }
+
+    #[test]
+    fn a_slow_instance_that_finishes_batches_rarely_is_still_measured() {
+        // The straggler reports a long batch every third period; its last figure stands
+        // for it in the periods in between.
+        let report: &[(u64, u64)] = &[(100, 1000), (32, 9000)];
+        let quiet: &[(u64, u64)] = &[(100, 1000), (0, 0)];
+        let got = watch(50, &[report, quiet, quiet, report, quiet]);
+        assert!(got.contains(&Some(1)), "{got:?}");
+        assert!(!got.contains(&Some(0)), "{got:?}");
+    }
+
+    #[test]
+    fn a_lone_instance_is_compared_with_its_own_best() {
+        let fast: &[(u64, u64)] = &[(100, 1000)];
+        let slow: &[(u64, u64)] = &[(100, 2500)];
+        assert_eq!(
+            watch(50, &[fast, fast, slow, slow, slow]),
+            vec![None, None, None, None, Some(0)]
+        );
+    }
+
+    #[test]
+    fn straggler_policies_parse() {
+        let p = Policy::stragglers("nat:50").unwrap();
+        assert_eq!(p.rule, Rule::Stragglers { pct: 50 });
+        assert_eq!(p.vertex, "nat");
+        for bad in ["nat", "nat:0", ":50", "nat:x", "nat:-5"] {
+            assert!(Policy::stragglers(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn autoscale_policies_parse_and_decide_with_hysteresis() {

@@ -92,18 +92,21 @@ pub struct Summary {
     pub store: String,
 }
 
-/// A step an operator's policy took (`--autoscale`).
+/// A step an operator's policy took (`--autoscale`, `--clone-stragglers`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
     /// Packets the root had read when it was taken.
     pub after_packets: u64,
     pub vertex: String,
-    /// "out" or "in".
+    /// "out", "in" or "clone".
     pub action: String,
     /// Instances before the step, and the packets per second they processed together over
-    /// the last period.
+    /// the last period (for a clone: the straggler alone, since the start).
     pub instances: u16,
     pub rate_pps: f64,
+    /// The straggler a clone races.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub straggler: Option<u16>,
 }
 
 /// A straggler's clone (§3.4.3).

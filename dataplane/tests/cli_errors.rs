@@ -160,3 +160,32 @@ fn an_autoscale_policy_that_cannot_run_is_refused() {
         assert!(err.contains(why), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn a_straggler_policy_that_cannot_run_is_refused() {
+    for (extra, why) in [
+        (&["--clone-stragglers", "nat"][..], "expected NAME:PCT"),
+        (&["--clone-stragglers", "nat:0"][..], "expected NAME:PCT"),
+        (&["--clone-stragglers", "nope:50"][..], "no vertex \"nope\""),
+        (
+            &["--clone-stragglers", "nat:50", "--autoscale", "lb:100"][..],
+            "a straggler's clone runs alone",
+        ),
+        (
+            &["--clone-stragglers", "nat:50", "--scale", "lb:out@10"][..],
+            "a straggler's clone runs alone",
+        ),
+        (
+            &["--clone-stragglers", "nat:50", "--mode", "traditional"][..],
+            "keeps its state in the instance",
+        ),
+        (
+            &["--clone-stragglers", "nat:50", "--backend", "dpdk"][..],
+            "embedded path only",
+        ),
+    ] {
+        let (ok, err) = run_on_mixed(extra);
+        assert!(!ok, "{extra:?} ran");
+        assert!(err.contains(why), "{extra:?}: {err}");
+    }
+}

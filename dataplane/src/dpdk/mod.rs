@@ -35,7 +35,7 @@ mod worker;
 use crate::config::{Chain, PortFile};
 use crate::instance::NfInstance;
 use crate::pcapio::{self, PcapError};
-use crate::runtime::{Delay, ScaleAction, ScaleStep};
+use crate::runtime::{Delay, Rule, ScaleAction, ScaleStep};
 use crate::split::Allocation;
 use crate::stores::{self, StateStore};
 use crate::summary::{Summary, VertexSummary};
@@ -360,8 +360,15 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
     let rules = crate::runtime::check_policies(&chain, &opts.policies, &opts.scaling)
         .map_err(DpdkError::Config)?;
     for &(vi, rule) in &rules {
+        if let Rule::Stragglers { .. } = rule {
+            return Err(DpdkError::Config(format!(
+                "--clone-stragglers {}: runs on the embedded path only (a clone on the DPDK \
+                 path is scripted: --scale NAME:clone=I@N)",
+                chain.vertices[vi].name
+            )));
+        }
         let v = &mut chain.vertices[vi];
-        v.parallelism = v.parallelism.max(rule.max_instances());
+        v.parallelism = v.parallelism.max(rule.max_instances(v.parallelism));
     }
     let mut replay = None;
     let mut args = match &opts.pcap {
@@ -773,7 +780,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 .as_ref()
                 .filter(|r| r.cloning.vertex == vi)
                 .and_then(|r| {
-                    let who = if i == r.cloning.of {
+                    let who = if i == r.cloning.of() {
                         0
                     } else if i == r.cloning.slot {
                         1

@@ -182,7 +182,7 @@ impl CloneRun {
     pub fn summary(&self) -> CloneSummary {
         CloneSummary {
             vertex: self.vertex_name.clone(),
-            of: self.race.cloning.of,
+            of: self.race.cloning.of(),
             replayed: self.replayed,
             kept: match self.kept {
                 Some(true) => "clone",
@@ -214,7 +214,7 @@ impl Io {
         let state = rc.state.load(Ordering::Acquire);
         let i = Io::pick(r, &mut m);
         if replayed {
-            if i == usize::from(c.of) {
+            if i == usize::from(c.of()) {
                 self.send_to(r, usize::from(c.slot), m, meta);
             } else {
                 drop(m);
@@ -222,7 +222,7 @@ impl Io {
             }
             return;
         }
-        if state == COPYING && i == usize::from(c.of) {
+        if state == COPYING && i == usize::from(c.of()) {
             match self.copy(&m) {
                 Some(copy) => {
                     rc.raced_sent.fetch_add(2, Ordering::AcqRel);
@@ -359,7 +359,7 @@ impl Worker {
                 "the clone of {} instance {} stuck for 10 s in {:?} ({travelling} packets in \
                  the chain, {} replayed packets not through)",
                 cr.vertex_name,
-                rc.cloning.of,
+                rc.cloning.of(),
                 cr.phase,
                 rc.replay_left.load(Ordering::Relaxed)
             );
@@ -422,7 +422,7 @@ impl Worker {
                             "the clone of {} instance {} did not get through the replay in 10 s \
                              ({} replayed packets not through)",
                             cr.vertex_name,
-                            rc.cloning.of,
+                            rc.cloning.of(),
                             rc.replay_left.load(Ordering::Relaxed)
                         );
                         self.io.fail(&self.shared, e);
@@ -438,7 +438,7 @@ impl Worker {
                 if ahead {
                     let alloc = &self.routers[c.vertex].alloc;
                     for b in 0..BUCKETS {
-                        if alloc.instance(b) == c.of {
+                        if alloc.instance(b) == c.of() {
                             alloc.set(b, c.slot);
                         }
                     }

@@ -917,6 +917,7 @@ impl Worker {
                         .into(),
                         instances: sc.live[vi],
                         rate_pps: rate,
+                        straggler: None,
                     });
                     let st = ScaleStep {
                         after_packets: read,
