@@ -22,8 +22,10 @@
 //! operator's autoscale policy, every 2 ms, the trace paced to last a tenth of a second or
 //! more, so instances come, go and come back), `straggler` (a slowed instance cloned at a
 //! seeded point, §3.4.3), `straggler-policy` (a slowed instance found by the manager's
-//! straggler policy and cloned while the chain runs), and the process scenarios (`processes`, `nf-crash`,
-//! `root-crash`, `store-crash`, `correlated`). Two baselines run without a mechanism and are
+//! straggler policy and cloned while the chain runs), and the process scenarios
+//! (`processes`, `nf-crash`, `root-crash`, `store-crash`, `correlated`, and `nf-hang` /
+//! `root-hang`, which stop a process instead of killing it: the manager finds it by its
+//! missing heartbeats). Two baselines run without a mechanism and are
 //! expected to differ: `naive-move` (splitters switch at once) and `straggler-nodedup` (the
 //! pair's duplicate outputs are not suppressed). `--keep DIR` leaves ideal.pcap,
 //! ideal-events.jsonl, run.pcap and run-events.jsonl there.
@@ -54,7 +56,8 @@ pub struct CoeArgs {
     #[arg(long)]
     pub trace: PathBuf,
     /// parallel | delay | scale-out | scale-in | autoscale | straggler | straggler-policy |
-    /// processes | nf-crash | root-crash | store-crash | correlated; baselines without a mechanism: naive-move |
+    /// processes | nf-crash | root-crash | store-crash | correlated | nf-hang | root-hang;
+    /// baselines without a mechanism: naive-move |
     /// straggler-nodedup
     #[arg(long)]
     pub scenario: String,
@@ -101,6 +104,8 @@ pub struct Report {
     pub scenario: String,
     /// Failures injected and how long recovering took.
     pub recoveries: Vec<chc_dataplane::cluster::manager::Recovery>,
+    /// Processes the manager killed because their heartbeats stopped (the hang scenarios).
+    pub hung_killed: u64,
     /// Second copies of a clock dropped at the egress.
     pub duplicates_suppressed: u64,
     /// Flow moves of the scaling scenarios.
@@ -573,13 +578,21 @@ pub const SCENARIOS: &[&str] = &[
     "root-crash",
     "store-crash",
     "correlated",
+    "nf-hang",
+    "root-hang",
 ];
 
 /// Scenarios that run the chain as separate processes and kill some of them.
 pub fn is_cluster(s: &str) -> bool {
     matches!(
         s,
-        "processes" | "nf-crash" | "root-crash" | "store-crash" | "correlated"
+        "processes"
+            | "nf-crash"
+            | "root-crash"
+            | "store-crash"
+            | "correlated"
+            | "nf-hang"
+            | "root-hang"
     )
 }
 
@@ -596,8 +609,8 @@ pub fn faults(chain: &Chain, name: &str, seed: u64, packets: u64) -> Vec<Fault> 
         )
     };
     let victims = match name {
-        "nf-crash" => vec![pick(&mut rng)],
-        "root-crash" => vec![Victim::Root],
+        "nf-crash" | "nf-hang" => vec![pick(&mut rng)],
+        "root-crash" | "root-hang" => vec![Victim::Root],
         "store-crash" => vec![Victim::Store],
         "correlated" => {
             let a = pick(&mut rng);
@@ -612,6 +625,8 @@ pub fn faults(chain: &Chain, name: &str, seed: u64, packets: u64) -> Vec<Fault> 
     vec![Fault {
         after_output: at.max(1),
         victims,
+        // Stopped, not killed: the manager finds it by its missing heartbeats.
+        hang: name.ends_with("-hang"),
     }]
 }
 
@@ -726,10 +741,12 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             deadline: std::time::Duration::from_secs(120 + packets / 500),
             rate_pps: None,
             spares: !a.no_spares,
+            heartbeat_timeout: chc_dataplane::cluster::manager::HEARTBEAT_TIMEOUT,
         })
         .with_context(|| format!("scenario {}", a.scenario))?;
         let mut rep = compare(&ip, &ie, &rp, &re)?;
         rep.recoveries = run.recoveries;
+        rep.hung_killed = run.hung_killed;
         rep.duplicates_suppressed = run.duplicates_at_egress;
         // With one instance per vertex nothing may differ, not even a NAT port.
         if chain.vertices.iter().all(|v| v.parallelism == 1) {

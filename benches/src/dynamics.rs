@@ -1277,6 +1277,7 @@ fn nat_cluster(
         deadline,
         rate_pps: None,
         spares: true,
+        heartbeat_timeout: chc_dataplane::cluster::manager::HEARTBEAT_TIMEOUT,
     }
 }
 
@@ -1360,6 +1361,7 @@ fn crashes(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Vec<Noted>> {
             o.faults = vec![Fault {
                 after_output: packets / 3,
                 victims: vec![victim],
+                hang: false,
             }];
             // A run that fails is reported, not hidden, and does not cost the other rows.
             match run_in(&o, keep) {
@@ -1525,6 +1527,7 @@ fn nf_crash_latency(r: &ProcRuns<'_>, failures: &mut Vec<String>) -> Result<Vec<
         let fault = Fault {
             after_output: packets / 3,
             victims: vec![Victim::Instance(0, 0)],
+            hang: false,
         };
         let run = run_in(&opts(&run_dir, Some(rate), vec![fault]), keep);
         if let (Ok(r), true) = (&run, keep) {

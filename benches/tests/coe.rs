@@ -602,6 +602,40 @@ fn nf_crash_is_equivalent_on_every_trace() {
     crash_on_every_trace("nf-crash", 100);
 }
 
+/// A hung process (stopped with SIGSTOP: alive, connections open, silent) is found by its
+/// missing heartbeats, killed and replaced like one that died, and the output stays the
+/// ideal chain's. Instances on four traces: where the run still needs the stopped one it
+/// is found (on a short trace the run may end first, which is no failure); the root on
+/// mixed.pcap.
+#[test]
+fn hung_processes_are_found_by_their_heartbeats_and_replaced() {
+    let mut found = 0;
+    for (i, n) in [
+        "mixed.pcap",
+        "ftp-ipv6.pcap",
+        "http-wikipedia.pcap",
+        "ssh-guess.pcap",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let t = traces_dir().join(n);
+        let seed = 501 + i as u64;
+        let r = check(&t, "nf-hang", seed);
+        assert_eq!(
+            r.hung_killed as usize,
+            r.recoveries.len(),
+            "{n} (seed {seed}): only the stopped instance is recovered, and it by its silence: {:?}",
+            r.recoveries
+        );
+        found += r.hung_killed;
+    }
+    assert!(found >= 3, "only {found} of 4 stopped instances were found");
+    let r = check(&traces_dir().join("mixed.pcap"), "root-hang", 510);
+    assert_eq!(r.hung_killed, 1, "{:?}", r.recoveries);
+    assert_eq!(r.recoveries.len(), 1, "{:?}", r.recoveries);
+}
+
 #[test]
 fn root_crash_is_equivalent_on_every_trace() {
     crash_on_every_trace("root-crash", 200);
@@ -669,11 +703,13 @@ fn unrecoverable_combinations_are_refused() {
             faults: vec![Fault {
                 after_output: 1,
                 victims: victims.clone(),
+                hang: false,
             }],
             window: 16,
             deadline: std::time::Duration::from_secs(10),
             rate_pps: None,
             spares: true,
+            heartbeat_timeout: chc_dataplane::cluster::manager::HEARTBEAT_TIMEOUT,
         };
         match run_cluster(&o) {
             Err(ClusterError::Unrecoverable(what)) => assert!(!what.is_empty()),

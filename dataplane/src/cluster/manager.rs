@@ -18,7 +18,8 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to kill.
@@ -32,11 +33,14 @@ pub enum Victim {
 
 /// A failure to inject: kill the victims (together) once `after_output` packets have left
 /// the chain (so the chain is busy and has packets in flight), or at the end of the input
-/// when fewer leave.
+/// when fewer leave. With `hang`, the victims are stopped (SIGSTOP) instead: they stay
+/// alive, connections open, and only their silence tells the manager (heartbeats).
 #[derive(Clone, Debug, Serialize)]
 pub struct Fault {
     pub after_output: u64,
     pub victims: Vec<Victim>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hang: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -64,7 +68,14 @@ pub struct ClusterOptions {
     /// Keep a warm spare (a started process waiting with `--standby`) for every NF instance
     /// and the root, so that a recovery does not wait for a process to start.
     pub spares: bool,
+    /// A root or instance that has beaten once and then stays silent this long is taken
+    /// for hung: it is killed and replaced like a process that died.
+    pub heartbeat_timeout: Duration,
 }
+
+/// The default of [`ClusterOptions::heartbeat_timeout`]: 25 beats missed. Long enough that
+/// a loaded machine's scheduling does not pass for a hang.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What happened during a cluster run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -76,6 +87,8 @@ pub struct ClusterReport {
     pub duplicates_at_egress: u64,
     pub events: u64,
     pub recoveries: Vec<Recovery>,
+    /// Processes killed because their heartbeats stopped.
+    pub hung_killed: u64,
     pub elapsed_s: f64,
     /// Every packet written, in output order: (ms since the start, µs from the source sending
     /// it to the sink receiving it). Replayed packets count from their first sending.
@@ -178,7 +191,14 @@ struct Proc {
     what: Victim,
     name: String,
     child: Child,
+    /// When it last said it was alive (ns since the manager's clock started; 0: not yet).
+    beat: Arc<AtomicU64>,
+    /// When it was added (a process that never beat yet gets [`STARTING`]).
+    since: Instant,
 }
+
+/// How long a root or instance may take from its start to its first heartbeat.
+const STARTING: Duration = Duration::from_secs(30);
 
 /// A process started ahead of a failure, waiting (`--standby`) to take over from `what`.
 struct Spare {
@@ -226,6 +246,8 @@ struct Cluster<'a> {
     spawned: HashMap<String, usize>,
     report: ClusterReport,
     started_tx: crossbeam::channel::Sender<Started>,
+    /// The clock of the processes' heartbeats.
+    clock: Instant,
 }
 
 /// A run that ends early (an error, a missed deadline) takes its processes with it.
@@ -296,9 +318,15 @@ impl<'a> Cluster<'a> {
         let f = std::fs::File::create(&log)
             .map_err(|e| ClusterError::Setup(format!("{}: {e}", log.display())))?;
         let pipe = || if spare { Stdio::piped() } else { Stdio::null() };
+        // Roots and instances say "listening" (spares) and "beat" on their output.
+        let out = if what == Victim::Store {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        };
         let child = cmd
             .stdin(pipe())
-            .stdout(pipe())
+            .stdout(out)
             .stderr(f)
             .spawn()
             .map_err(|e| {
@@ -323,10 +351,17 @@ impl<'a> Cluster<'a> {
         log: PathBuf,
         child: Child,
     ) -> Result<(), ClusterError> {
+        let mut child = child;
+        let beat = Arc::new(AtomicU64::new(0));
+        if let Some(out) = child.stdout.take() {
+            self.read_output(what, out, beat.clone(), None);
+        }
         self.procs.push(Proc {
             what,
             name: name.clone(),
             child,
+            beat,
+            since: Instant::now(),
         });
         // A process that exits first (a port taken, a bad plan) fails the run at once, with
         // its log, instead of after the whole wait.
@@ -356,32 +391,106 @@ impl<'a> Cluster<'a> {
         child: Child,
         ready: Option<ChildStdout>,
     ) {
+        let mut child = child;
+        let beat = Arc::new(AtomicU64::new(0));
+        let own = child.stdout.take();
         self.procs.push(Proc {
             what,
             name: name.clone(),
             child,
+            beat: beat.clone(),
+            since: Instant::now(),
         });
         let addr = self.addr(what);
         let tx = self.started_tx.clone();
+        match ready {
+            // A woken spare says "listening" on its output, then beats there.
+            Some(out) => self.read_output(what, out, beat, Some((tx, name, log))),
+            None => {
+                if let Some(out) = own {
+                    self.read_output(what, out, beat, None);
+                }
+                let _ = std::thread::Builder::new()
+                    .name("replacement-watch".into())
+                    .spawn(move || {
+                        // The child is in the manager's list of processes, not here.
+                        let ok = wait_listening(addr, Duration::from_secs(60), || true);
+                        let _ = tx.send(if ok {
+                            Started::Listening(what, Instant::now())
+                        } else {
+                            Started::Failed(name, log)
+                        });
+                    });
+            }
+        }
+    }
+
+    /// Reads a root's or an instance's output on a thread: each "beat" sets `beat` to now;
+    /// with `listening`, the first line must say the process listens (a woken spare), which
+    /// is reported there.
+    fn read_output(
+        &self,
+        what: Victim,
+        out: ChildStdout,
+        beat: Arc<AtomicU64>,
+        listening: Option<(crossbeam::channel::Sender<Started>, String, PathBuf)>,
+    ) {
+        let clock = self.clock;
         let _ = std::thread::Builder::new()
-            .name("replacement-watch".into())
+            .name("process-output".into())
             .spawn(move || {
-                let ok = match ready {
-                    Some(out) => {
-                        let mut line = String::new();
-                        let mut r = std::io::BufReader::new(out);
-                        matches!(std::io::BufRead::read_line(&mut r, &mut line), Ok(n) if n > 0)
-                            && line.starts_with("listening")
+                let mut r = std::io::BufReader::new(out);
+                let mut line = String::new();
+                if let Some((tx, name, log)) = listening {
+                    let ok = matches!(std::io::BufRead::read_line(&mut r, &mut line), Ok(n) if n > 0)
+                        && line.starts_with("listening");
+                    let _ = tx.send(if ok {
+                        Started::Listening(what, Instant::now())
+                    } else {
+                        Started::Failed(name, log)
+                    });
+                    if !ok {
+                        return;
                     }
-                    // The child is in the manager's list of processes, not here.
-                    None => wait_listening(addr, Duration::from_secs(60), || true),
-                };
-                let _ = tx.send(if ok {
-                    Started::Listening(what, Instant::now())
-                } else {
-                    Started::Failed(name, log)
-                });
+                }
+                loop {
+                    line.clear();
+                    match std::io::BufRead::read_line(&mut r, &mut line) {
+                        Ok(n) if n > 0 => {
+                            if line.starts_with("beat") {
+                                beat.store(clock.elapsed().as_nanos() as u64 | 1, Ordering::Relaxed);
+                            }
+                        }
+                        _ => return,
+                    }
+                }
             });
+    }
+
+    /// Roots and instances whose heartbeats stopped: killed (SIGKILL), so that the exit
+    /// check recovers them like any process that died. Returns how many.
+    fn kill_silent(&mut self) -> u64 {
+        let now = self.clock.elapsed();
+        let mut killed = 0;
+        for p in self.procs.iter_mut().filter(|p| p.what != Victim::Store) {
+            let b = p.beat.load(Ordering::Relaxed);
+            let silent = if b == 0 {
+                p.since.elapsed() > STARTING
+            } else {
+                now.saturating_sub(Duration::from_nanos(b)) > self.o.heartbeat_timeout
+            };
+            if silent && matches!(p.child.try_wait(), Ok(None)) {
+                eprintln!(
+                    "chc-dataplane: {} sent no heartbeat for {:?}; killing it as hung",
+                    p.name, self.o.heartbeat_timeout
+                );
+                // Reaped here, so the exit check below sees it dead and recovers it.
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                killed += 1;
+            }
+        }
+        killed
     }
 
     /// The flag a process taking over from a failed `what` runs with.
@@ -459,6 +568,15 @@ impl<'a> Cluster<'a> {
         }
         self.spares_due.retain(|d| d.1 > now);
         Ok(())
+    }
+
+    /// Stops `what` (SIGSTOP): it hangs, alive, with its connections open.
+    fn stop(&mut self, what: Victim) {
+        if let Some(p) = self.procs.iter().find(|p| p.what == what) {
+            if let Some(pid) = rustix::process::Pid::from_raw(p.child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::STOP);
+            }
+        }
     }
 
     fn kill(&mut self, what: Victim) {
@@ -545,6 +663,7 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         spawned: HashMap::new(),
         report: ClusterReport::default(),
         started_tx,
+        clock: Instant::now(),
     };
     c.spawn(Victim::Store, &[])?;
     for (vi, v) in o.chain.vertices.iter().enumerate() {
@@ -745,10 +864,16 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
             let f = faults.pop_front().expect("front");
             let t = Instant::now();
             for v in &f.victims {
-                c.kill(*v);
-                pending_recovery.push((*v, t));
+                if f.hang {
+                    // Left alive and silent: the heartbeat check finds it.
+                    c.stop(*v);
+                } else {
+                    c.kill(*v);
+                    pending_recovery.push((*v, t));
+                }
             }
         }
+        c.report.hung_killed += c.kill_silent();
         for p in std::mem::take(&mut c.procs) {
             let mut p = p;
             match p.child.try_wait() {

@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Ends this process when the process that started it goes away (a manager killed with
 /// SIGKILL cannot stop its children, and an orphaned instance or root would keep its ports
@@ -89,6 +92,37 @@ pub fn say_listening() {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening");
     let _ = out.flush();
+}
+
+/// How often a process of a cluster tells the manager it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(20);
+
+/// Says "beat" on standard output every [`HEARTBEAT`] while the returned counter moves: the
+/// process's main loop bumps it every turn (it turns at least every few milliseconds, idle
+/// or not), so a process that hangs (stopped, deadlocked, stuck in a call) falls silent
+/// even though it has not exited, and the manager replaces it. The beats stop when the
+/// manager stops reading them.
+pub fn beat_while_turning() -> Arc<AtomicU64> {
+    let tick = Arc::new(AtomicU64::new(0));
+    let t = tick.clone();
+    let _ = std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            let mut last = u64::MAX;
+            loop {
+                std::thread::sleep(HEARTBEAT);
+                let now = t.load(Ordering::Relaxed);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "beat").and_then(|_| out.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+    tick
 }
 
 /// Where everything of one cluster run is.

@@ -321,7 +321,9 @@ pub fn run_instance(
         };
     }
     let mut wait = IDLE_WAIT;
+    let tick = super::beat_while_turning();
     while let Some(msgs) = inbox.recv_batch(wait, BATCH_FRAMES) {
+        tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut finish = false;
         for m in msgs {
             // The frame may pass the packets handled so far on (a watermark or an end of

@@ -131,7 +131,9 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
         let pk = Packet::parse(&mut p.data, len, 0);
         usize::from(alloc.instance(bucket(key_hash(&pk, key)))) % n
     };
+    let tick = super::beat_while_turning();
     loop {
+        tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // What a slow instance did not take yet is offered again soon.
         let wait = if outs.iter().any(|o| o.pending() > 0) {
             super::node::LEFTOVER_WAIT
