@@ -197,8 +197,9 @@ struct Proc {
     since: Instant,
 }
 
-/// How long a root or instance may take from its start to its first heartbeat.
-const STARTING: Duration = Duration::from_secs(30);
+/// How long a root or instance may take from its start to its first heartbeat (it beats
+/// once its main loop runs, right after it listens).
+const STARTING: Duration = Duration::from_secs(10);
 
 /// A process started ahead of a failure, waiting (`--standby`) to take over from `what`.
 struct Spare {

@@ -108,18 +108,19 @@ pub fn beat_while_turning() -> Arc<AtomicU64> {
     let _ = std::thread::Builder::new()
         .name("heartbeat".into())
         .spawn(move || {
+            // The first beat goes at once: a process stopped within its first period
+            // must not pass for one still starting.
             let mut last = u64::MAX;
             loop {
-                std::thread::sleep(HEARTBEAT);
                 let now = t.load(Ordering::Relaxed);
-                if now == last {
-                    continue;
+                if now != last {
+                    last = now;
+                    let mut out = std::io::stdout().lock();
+                    if writeln!(out, "beat").and_then(|_| out.flush()).is_err() {
+                        return;
+                    }
                 }
-                last = now;
-                let mut out = std::io::stdout().lock();
-                if writeln!(out, "beat").and_then(|_| out.flush()).is_err() {
-                    return;
-                }
+                std::thread::sleep(HEARTBEAT);
             }
         });
     tick
