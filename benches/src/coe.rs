@@ -24,8 +24,8 @@
 //! seeded point, §3.4.3), `straggler-policy` (a slowed instance found by the manager's
 //! straggler policy and cloned while the chain runs), and the process scenarios
 //! (`processes`, `nf-crash`, `root-crash`, `store-crash`, `correlated`, and `nf-hang` /
-//! `root-hang`, which stop a process instead of killing it: the manager finds it by its
-//! missing heartbeats). Two baselines run without a mechanism and are
+//! `root-hang` / `store-hang`, which stop a process instead of killing it: the manager
+//! finds it by its missing heartbeats, or the store by its unanswered probes). Two baselines run without a mechanism and are
 //! expected to differ: `naive-move` (splitters switch at once) and `straggler-nodedup` (the
 //! pair's duplicate outputs are not suppressed). `--keep DIR` leaves ideal.pcap,
 //! ideal-events.jsonl, run.pcap and run-events.jsonl there.
@@ -56,7 +56,8 @@ pub struct CoeArgs {
     #[arg(long)]
     pub trace: PathBuf,
     /// parallel | delay | scale-out | scale-in | autoscale | straggler | straggler-policy |
-    /// processes | nf-crash | root-crash | store-crash | correlated | nf-hang | root-hang;
+    /// processes | nf-crash | root-crash | store-crash | correlated | nf-hang | root-hang |
+    /// store-hang;
     /// baselines without a mechanism: naive-move |
     /// straggler-nodedup
     #[arg(long)]
@@ -580,6 +581,7 @@ pub const SCENARIOS: &[&str] = &[
     "correlated",
     "nf-hang",
     "root-hang",
+    "store-hang",
 ];
 
 /// Scenarios that run the chain as separate processes and kill some of them.
@@ -593,6 +595,7 @@ pub fn is_cluster(s: &str) -> bool {
             | "correlated"
             | "nf-hang"
             | "root-hang"
+            | "store-hang"
     )
 }
 
@@ -611,7 +614,7 @@ pub fn faults(chain: &Chain, name: &str, seed: u64, packets: u64) -> Vec<Fault> 
     let victims = match name {
         "nf-crash" | "nf-hang" => vec![pick(&mut rng)],
         "root-crash" | "root-hang" => vec![Victim::Root],
-        "store-crash" => vec![Victim::Store],
+        "store-crash" | "store-hang" => vec![Victim::Store],
         "correlated" => {
             let a = pick(&mut rng);
             let mut b = pick(&mut rng);
@@ -730,7 +733,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             run_dir: dir.join("cluster"),
             bin_dir: default_bin_dir(),
             store_shards: 2,
-            fsync: if a.scenario == "store-crash" {
+            fsync: if a.scenario.starts_with("store-") {
                 "always".into()
             } else {
                 "everysec".into()

@@ -7,7 +7,7 @@
 
 use super::link::{Frame, LinkPkt, Peer};
 use super::net::{In, Inbox, Outlet};
-use super::Plan;
+use super::{Plan, HEARTBEAT};
 use crate::config::Chain;
 use crate::pcapio;
 use chc_proto::meta::ChcMeta;
@@ -249,6 +249,9 @@ struct Cluster<'a> {
     started_tx: crossbeam::channel::Sender<Started>,
     /// The clock of the processes' heartbeats.
     clock: Instant,
+    /// When the store last answered the manager's probe (ns on `clock`; 0: not since it
+    /// started).
+    store_beat: Arc<AtomicU64>,
 }
 
 /// A run that ends early (an error, a missed deadline) takes its processes with it.
@@ -468,27 +471,47 @@ impl<'a> Cluster<'a> {
             });
     }
 
-    /// Roots and instances whose heartbeats stopped: killed (SIGKILL), so that the exit
+    /// Processes whose heartbeats stopped: killed (SIGKILL) and reaped, so that the exit
     /// check recovers them like any process that died. Returns how many.
+    ///
+    /// The store's heartbeat is its answer to the manager's probe ([`probe_store`]). A
+    /// silent store is blamed before anyone else: roots and instances wait for it in their
+    /// calls, so while it does not answer their silence is its doing, and they get a fresh
+    /// allowance once it is replaced.
     fn kill_silent(&mut self) -> u64 {
         let now = self.clock.elapsed();
+        let timeout = self.o.heartbeat_timeout;
+        let since = |b: u64| now.saturating_sub(Duration::from_nanos(b));
+        let store_beat = self.store_beat.load(Ordering::Relaxed);
+        let store_quiet = store_beat != 0 && since(store_beat) > HEARTBEAT * 5;
         let mut killed = 0;
-        for p in self.procs.iter_mut().filter(|p| p.what != Victim::Store) {
+        for p in self.procs.iter_mut() {
             let b = p.beat.load(Ordering::Relaxed);
-            let silent = if b == 0 {
-                p.since.elapsed() > STARTING
-            } else {
-                now.saturating_sub(Duration::from_nanos(b)) > self.o.heartbeat_timeout
+            let silent = match p.what {
+                Victim::Store => store_beat != 0 && since(store_beat) > timeout,
+                _ if b == 0 => p.since.elapsed() > STARTING,
+                _ => since(b) > timeout && !store_quiet,
             };
             if silent && matches!(p.child.try_wait(), Ok(None)) {
                 eprintln!(
-                    "chc-dataplane: {} sent no heartbeat for {:?}; killing it as hung",
-                    p.name, self.o.heartbeat_timeout
+                    "chc-dataplane: {} sent no heartbeat for {timeout:?}; killing it as hung",
+                    p.name
                 );
                 // Reaped here, so the exit check below sees it dead and recovers it.
                 let _ = p.child.kill();
                 let _ = p.child.wait();
                 killed += 1;
+                if p.what == Victim::Store {
+                    self.store_beat.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        if killed > 0 && self.store_beat.load(Ordering::Relaxed) == 0 {
+            for p in self.procs.iter().filter(|p| p.what != Victim::Store) {
+                p.beat.store(
+                    self.clock.elapsed().as_nanos() as u64 | 1,
+                    Ordering::Relaxed,
+                );
             }
         }
         killed
@@ -590,6 +613,50 @@ impl<'a> Cluster<'a> {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The manager's client id for its probe of the store.
+const PROBE_CLIENT: u64 = 0x7E00_0000_0000;
+
+/// Asks the store a question (a read of a key nobody writes) every [`HEARTBEAT`] on a
+/// thread, reconnecting after a failure, and sets `beat` (ns on `clock`) whenever it
+/// answers within the period; ends when `stop` is set.
+fn probe_store(
+    addrs: Vec<SocketAddr>,
+    beat: Arc<AtomicU64>,
+    clock: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use chc_store::client::{ObjKey, StoreClient, TcpOptions};
+    let key = ObjKey::raw("chc:manager:probe");
+    let _ = std::thread::Builder::new()
+        .name("store-probe".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let opts = TcpOptions {
+                    connect_timeout: HEARTBEAT * 5,
+                    ..Default::default()
+                };
+                let Ok(mut c) = StoreClient::connect(&addrs, PROBE_CLIENT, opts) else {
+                    std::thread::sleep(HEARTBEAT);
+                    continue;
+                };
+                c.call_timeout = HEARTBEAT * 5;
+                while !stop.load(Ordering::Relaxed) && c.call(key.get()).is_ok() {
+                    beat.store(clock.elapsed().as_nanos() as u64 | 1, Ordering::Relaxed);
+                    std::thread::sleep(HEARTBEAT);
+                }
+            }
+        });
+}
+
 /// Runs a chain as processes over a pcap, injecting the given faults.
 pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
     let started = Instant::now();
@@ -665,8 +732,17 @@ pub fn run_cluster(o: &ClusterOptions) -> Result<ClusterReport, ClusterError> {
         report: ClusterReport::default(),
         started_tx,
         clock: Instant::now(),
+        store_beat: Arc::new(AtomicU64::new(0)),
     };
     c.spawn(Victim::Store, &[])?;
+    // The probe ends with the run, however it ends.
+    let probe = StopOnDrop(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    probe_store(
+        c.plan.store.clone(),
+        c.store_beat.clone(),
+        c.clock,
+        probe.0.clone(),
+    );
     for (vi, v) in o.chain.vertices.iter().enumerate() {
         for i in 0..v.parallelism {
             c.spawn(Victim::Instance(vi, i), &[])?;
