@@ -654,6 +654,13 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         Some(p) => Chain::load(p)?,
         None => Chain::paper(),
     };
+    if !chain.store.addresses.is_empty() {
+        bail!(
+            "the chain keeps its state on store servers ([store] addresses): the ideal run \
+             and the scenario would share them, the second starting from the first's state; \
+             compare with a chain without addresses (each run then has a store of its own)"
+        );
+    }
     let tmp;
     let dir = match &a.keep {
         Some(d) => {
