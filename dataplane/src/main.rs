@@ -5,6 +5,8 @@ use chc_dataplane::{config::Chain, run, Delay, RunOptions, ScaleAction, ScaleSte
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -386,11 +388,68 @@ fn run_dpdk(a: &RunArgs) -> Result<()> {
     opts.seed = a.seed;
     opts.policies = a.policies();
     opts.policy_period = std::time::Duration::from_millis(a.policy_period_ms.max(1));
-    let s = dpdk::run(&opts).context("running the chain on DPDK")?;
+    let dp = dpdk::start(&opts).context("running the chain on DPDK")?;
+    let watch = Watchdog::start(dp.telemetry());
+    let s = dp.wait().context("running the chain on DPDK")?;
+    drop(watch);
     eprintln!("{s}");
     if let Some(p) = &a.summary_json {
         std::fs::write(p, serde_json::to_string_pretty(&s)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// Under a service manager (`Type=notify`): ready once the lcores run, and, with its
+/// watchdog, a ping only while every lcore's loop keeps turning (its cycle count moves), so
+/// a hung lcore gets the process restarted even though it has not exited. Says it is
+/// stopping when dropped.
+struct Watchdog {
+    notifier: Option<Arc<chc_store::notify::Notifier>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(src: Arc<dyn chc_dataplane::dpdk::telemetry::Source>) -> Watchdog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let notifier = chc_store::notify::Notifier::from_env().map(Arc::new);
+        if let Some(n) = &notifier {
+            if let Err(e) = n.send("READY=1") {
+                eprintln!("chc-dataplane: telling the service manager it is ready: {e}");
+            }
+            if let Some(every) = n.watchdog_every() {
+                let (n, stop) = (n.clone(), stop.clone());
+                let _ = std::thread::Builder::new()
+                    .name("watchdog".into())
+                    .spawn(move || {
+                        let mut last: Vec<u64> = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(every);
+                            let now: Vec<u64> = src
+                                .figures()
+                                .lcores
+                                .iter()
+                                .map(|l| l.total_cycles)
+                                .collect();
+                            let turning = now.len() == last.len()
+                                && now.iter().zip(&last).all(|(a, b)| a != b);
+                            if turning || last.is_empty() {
+                                let _ = n.send("WATCHDOG=1");
+                            }
+                            last = now;
+                        }
+                    });
+            }
+        }
+        Watchdog { notifier, stop }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(n) = &self.notifier {
+            let _ = n.send("STOPPING=1");
+        }
+    }
 }

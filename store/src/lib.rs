@@ -21,6 +21,7 @@ pub mod client;
 pub mod custom;
 pub mod key;
 pub mod names;
+pub mod notify;
 pub mod server;
 pub mod shard;
 pub mod value;

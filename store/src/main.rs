@@ -123,9 +123,39 @@ fn serve(a: ServeArgs) -> Result<()> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(stop.clone())?;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    // Under a service manager (Type=notify): ready once recovered and listening, and, with
+    // its watchdog, a ping only while every shard thread answers.
+    let notifier = chc_store::notify::Notifier::from_env();
+    if let Some(n) = &notifier {
+        if let Err(e) = n.send("READY=1") {
+            eprintln!("chc-store: telling the service manager it is ready: {e}");
+        }
     }
+    let every = notifier
+        .as_ref()
+        .and_then(|n| n.watchdog_every())
+        .unwrap_or(Duration::from_millis(100))
+        .min(Duration::from_millis(100));
+    let mut probe = store.client(store.next_client_id());
+    let key = chc_store::client::ObjKey::raw("chc:store:watchdog");
+    let mut last_ping = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(every);
+        if let Some(n) = notifier.as_ref().filter(|n| n.watchdog_every().is_some()) {
+            if last_ping.elapsed() >= n.watchdog_every().unwrap_or_default() {
+                probe.call_timeout = every * 4;
+                let answered = (0..store.shards()).all(|s| probe.call_shard(s, key.get()).is_ok());
+                if answered {
+                    let _ = n.send("WATCHDOG=1");
+                    last_ping = std::time::Instant::now();
+                }
+            }
+        }
+    }
+    if let Some(n) = &notifier {
+        let _ = n.send("STOPPING=1");
+    }
+    drop(probe);
     eprintln!("chc-store: shutting down (syncing the WAL, writing a final checkpoint)");
     store.shutdown();
     Ok(())
