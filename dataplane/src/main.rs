@@ -414,9 +414,7 @@ impl Watchdog {
         let stop = Arc::new(AtomicBool::new(false));
         let notifier = chc_store::notify::Notifier::from_env().map(Arc::new);
         if let Some(n) = &notifier {
-            if let Err(e) = n.send("READY=1") {
-                eprintln!("chc-dataplane: telling the service manager it is ready: {e}");
-            }
+            n.ready("chc-dataplane");
             if let Some(every) = n.watchdog_every() {
                 let (n, stop) = (n.clone(), stop.clone());
                 let _ = std::thread::Builder::new()

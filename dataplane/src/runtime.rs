@@ -1676,20 +1676,18 @@ pub fn run(opts: &RunOptions) -> Result<Summary, RunError> {
             let dt = last_policy.elapsed().as_secs_f64();
             last_policy = Instant::now();
             for &(vi, rule) in &policies {
-                if let (Rule::Stragglers { .. }, Some(c)) = (rule, cloning.as_ref()) {
+                if let (Rule::Stragglers { pct }, Some(c)) = (rule, cloning.as_ref()) {
+                    // One clone per run: once it is chosen there is nothing left to watch.
+                    if c.of() != NOT_CHOSEN {
+                        continue;
+                    }
                     let totals: Vec<(u64, u64)> = busy_time[vi][..usize::from(live0[vi])]
                         .iter()
                         .map(|w| (w[0].load(Ordering::Relaxed), w[1].load(Ordering::Relaxed)))
                         .collect();
-                    let Rule::Stragglers { pct } = rule else {
-                        continue;
-                    };
                     let Some(of) = watches[vi].observe(pct, &totals) else {
                         continue;
                     };
-                    if c.of() != NOT_CHOSEN {
-                        continue;
-                    }
                     let inst =
                         clone_instance(&chain.vertices[vi], of, &store).map_err(RunError::Nf)?;
                     c.choose(of);

@@ -12,7 +12,6 @@ use chc_store::client::{ops, ObjKey, StoreClient, TcpOptions};
 use chc_store::server::{Store, StoreConfig};
 use chc_store::Value;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -62,7 +61,12 @@ impl StateStore {
                 .ok_or_else(|| format!("[store] address {a:?} resolves to nothing"))?;
             addrs.push(*pick);
         }
-        let token = section.token_file.as_deref().map(read_token).transpose()?;
+        let token = section
+            .token_file
+            .as_deref()
+            .map(chc_store::server::read_token_file)
+            .transpose()
+            .map_err(|e| format!("[store] token_file {e}"))?;
         let opts = TcpOptions {
             token,
             connect_timeout: wait,
@@ -189,16 +193,6 @@ pub fn stop_root(client: &mut StoreClient, root: &Root, key: &ObjKey) {
 pub fn nonblocking(mut op: chc_proto::wire::Op) -> chc_proto::wire::Op {
     op.flags |= chc_proto::wire::OpFlag::FlagNonblocking as u32;
     op
-}
-
-fn read_token(path: &Path) -> Result<String, String> {
-    let t = std::fs::read_to_string(path)
-        .map_err(|e| format!("[store] token_file {}: {e}", path.display()))?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        return Err(format!("[store] token_file {} is empty", path.display()));
-    }
-    Ok(t)
 }
 
 #[cfg(test)]

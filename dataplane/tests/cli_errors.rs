@@ -93,6 +93,13 @@ fn run_on_mixed(extra: &[&str]) -> (bool, String) {
     run(&args)
 }
 
+/// `run` over mixed.pcap with `extra` fails, saying `why`.
+fn refused_on_mixed(extra: &[&str], why: &str) {
+    let (ok, err) = run_on_mixed(extra);
+    assert!(!ok, "{extra:?} ran");
+    assert!(err.contains(why), "{extra:?}: {err}");
+}
+
 #[test]
 fn a_clone_that_cannot_run_is_refused_on_both_backends() {
     for backend in ["pcap", "dpdk"] {
@@ -112,9 +119,7 @@ fn a_clone_that_cannot_run_is_refused_on_both_backends() {
         ] {
             let mut args = vec!["--backend", backend];
             args.extend_from_slice(extra);
-            let (ok, err) = run_on_mixed(&args);
-            assert!(!ok, "{backend} {extra:?} ran");
-            assert!(err.contains(why), "{backend} {extra:?}: {err}");
+            refused_on_mixed(&args, why);
         }
     }
 }
@@ -155,9 +160,7 @@ fn an_autoscale_policy_that_cannot_run_is_refused() {
             "no policy beside it",
         ),
     ] {
-        let (ok, err) = run_on_mixed(extra);
-        assert!(!ok, "{extra:?} ran");
-        assert!(err.contains(why), "{extra:?}: {err}");
+        refused_on_mixed(extra, why);
     }
 }
 
@@ -184,8 +187,6 @@ fn a_straggler_policy_that_cannot_run_is_refused() {
             "embedded path only",
         ),
     ] {
-        let (ok, err) = run_on_mixed(extra);
-        assert!(!ok, "{extra:?} ran");
-        assert!(err.contains(why), "{extra:?}: {err}");
+        refused_on_mixed(extra, why);
     }
 }

@@ -1,6 +1,6 @@
 //! `chc-store`: a CHC state store process.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chc_store::server::{Store, StoreConfig};
 use chc_store::wal::FsyncPolicy;
 use clap::{Parser, Subcommand};
@@ -74,18 +74,12 @@ fn serve(a: ServeArgs) -> Result<()> {
                 .with_context(|| format!("--resp {s:?} is not an address or \"off\""))?,
         ),
     };
-    let auth_token = match &a.auth_token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("reading --auth-token-file {}", p.display()))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                bail!("--auth-token-file {} is empty", p.display());
-            }
-            Some(t)
-        }
-        None => None,
-    };
+    let auth_token = a
+        .auth_token_file
+        .as_deref()
+        .map(chc_store::server::read_token_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--auth-token-file {e}"))?;
     for addr in std::iter::once(a.listen).chain(resp) {
         if !addr.ip().is_loopback() && auth_token.is_none() {
             eprintln!(
@@ -124,31 +118,30 @@ fn serve(a: ServeArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(stop.clone())?;
     // Under a service manager (Type=notify): ready once recovered and listening, and, with
-    // its watchdog, a ping only while every shard thread answers.
+    // its watchdog, a ping only while every shard thread answers a read.
     let notifier = chc_store::notify::Notifier::from_env();
     if let Some(n) = &notifier {
-        if let Err(e) = n.send("READY=1") {
-            eprintln!("chc-store: telling the service manager it is ready: {e}");
-        }
+        n.ready("chc-store");
     }
-    let every = notifier
-        .as_ref()
-        .and_then(|n| n.watchdog_every())
-        .unwrap_or(Duration::from_millis(100))
-        .min(Duration::from_millis(100));
-    let mut probe = store.client(store.next_client_id());
+    let ping_every = notifier.as_ref().and_then(|n| n.watchdog_every());
+    let look = ping_every.map_or(Duration::from_millis(100), |p| {
+        p.min(Duration::from_millis(100))
+    });
+    let mut probe = ping_every.map(|_| {
+        let mut c = store.client(store.next_client_id());
+        c.call_timeout = look * 4;
+        c
+    });
     let key = chc_store::client::ObjKey::raw("chc:store:watchdog");
     let mut last_ping = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(every);
-        if let Some(n) = notifier.as_ref().filter(|n| n.watchdog_every().is_some()) {
-            if last_ping.elapsed() >= n.watchdog_every().unwrap_or_default() {
-                probe.call_timeout = every * 4;
-                let answered = (0..store.shards()).all(|s| probe.call_shard(s, key.get()).is_ok());
-                if answered {
-                    let _ = n.send("WATCHDOG=1");
-                    last_ping = std::time::Instant::now();
-                }
+        std::thread::sleep(look);
+        if let (Some(n), Some(every), Some(c)) = (&notifier, ping_every, probe.as_mut()) {
+            if last_ping.elapsed() >= every
+                && (0..store.shards()).all(|s| c.call_shard(s, key.get()).is_ok())
+            {
+                let _ = n.send("WATCHDOG=1");
+                last_ping = std::time::Instant::now();
             }
         }
     }

@@ -52,6 +52,14 @@ impl Notifier {
         self.watchdog.map(|w| w / 2)
     }
 
+    /// Says the process is ready (`READY=1`); a failure is reported on standard error as
+    /// `who`'s, not fatal.
+    pub fn ready(&self, who: &str) {
+        if let Err(e) = self.send("READY=1") {
+            eprintln!("{who}: telling the service manager it is ready: {e}");
+        }
+    }
+
     /// Sends one message (`READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=...`); a failure
     /// is reported, not fatal: the process serves either way.
     pub fn send(&self, msg: &str) -> std::io::Result<()> {

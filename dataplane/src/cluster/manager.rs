@@ -198,6 +198,11 @@ struct Proc {
     since: Instant,
 }
 
+/// A heartbeat's time: ns on the manager's `clock`, never 0 (0 means "not yet").
+fn beat_stamp(clock: Instant) -> u64 {
+    clock.elapsed().as_nanos() as u64 | 1
+}
+
 /// How long a root or instance may take from its start to its first heartbeat (it beats
 /// once its main loop runs, right after it listens).
 const STARTING: Duration = Duration::from_secs(10);
@@ -463,7 +468,7 @@ impl<'a> Cluster<'a> {
                     match std::io::BufRead::read_line(&mut r, &mut line) {
                         Ok(n) if n > 0 => {
                             if line.starts_with("beat") {
-                                beat.store(clock.elapsed().as_nanos() as u64 | 1, Ordering::Relaxed);
+                                beat.store(beat_stamp(clock), Ordering::Relaxed);
                             }
                         }
                         _ => return,
@@ -509,10 +514,7 @@ impl<'a> Cluster<'a> {
         }
         if killed > 0 && self.store_beat.load(Ordering::Relaxed) == 0 {
             for p in self.procs.iter().filter(|p| p.what != Victim::Store) {
-                p.beat.store(
-                    self.clock.elapsed().as_nanos() as u64 | 1,
-                    Ordering::Relaxed,
-                );
+                p.beat.store(beat_stamp(self.clock), Ordering::Relaxed);
             }
         }
         killed
@@ -651,7 +653,7 @@ fn probe_store(
                 };
                 c.call_timeout = HEARTBEAT * 5;
                 while !stop.load(Ordering::Relaxed) && c.call(key.get()).is_ok() {
-                    beat.store(clock.elapsed().as_nanos() as u64 | 1, Ordering::Relaxed);
+                    beat.store(beat_stamp(clock), Ordering::Relaxed);
                     std::thread::sleep(HEARTBEAT);
                 }
             }

@@ -326,9 +326,6 @@ pub fn run_instance(
         tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut finish = false;
         for m in msgs {
-            // And per frame and packet: one turn can be long (a replay re-done upstream
-            // reads the store for every packet), and that is work, not a hang.
-            tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // The frame may pass the packets handled so far on (a watermark or an end of
             // replay flushes them downstream first): their events go before them.
             let packets = matches!(
@@ -349,6 +346,9 @@ pub fn run_instance(
                     match frame {
                         Frame::Packets(ps) => {
                             for p in ps {
+                                // And per packet: one turn can be long (a replay re-done
+                                // upstream reads the store for every packet), and that is
+                                // work, not a hang.
                                 tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 if from == Peer::Root {
                                     max_root_seq = max_root_seq.max(p.seq);

@@ -161,6 +161,32 @@ pub(crate) struct WorkerShared {
     awake_until: AtomicU64,
 }
 
+/// A token file could not give a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("{path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("{path} is empty")]
+    Empty { path: String },
+}
+
+/// The token in a token file: its text without surrounding white space. The servers'
+/// `--auth-token-file` and the clients' token files are read alike, so one file serves
+/// both sides.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, TokenFileError> {
+    let t = std::fs::read_to_string(path).map_err(|cause| TokenFileError::Read {
+        path: path.display().to_string(),
+        cause,
+    })?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(TokenFileError::Empty {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(t.to_string())
+}
+
 /// Nanoseconds since the first call in this process: the clock of `awake_until`.
 pub(crate) fn awake_clock() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
