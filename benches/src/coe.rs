@@ -78,7 +78,9 @@ pub struct CoeArgs {
     /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
     /// `chc-dataplane run --backend dpdk` process, a net_pcap vdev replaying the trace;
     /// scenarios parallel, delay, scale-out, scale-in, autoscale, naive-move, straggler and
-    /// straggler-nodedup). The ideal chain always runs embedded.
+    /// straggler-nodedup; and nf-crash: the chain split over two hosts in network namespaces,
+    /// the second killed and restarted, which needs root). The ideal chain always runs
+    /// embedded.
     #[arg(long, default_value = "pcap")]
     pub backend: String,
     /// With --backend dpdk: EAL arguments of the run, such as its lcores
@@ -117,6 +119,8 @@ pub struct Report {
     pub clone: Option<chc_dataplane::summary::CloneSummary>,
     /// The autoscale scenario's policy decisions.
     pub decisions: Vec<chc_dataplane::summary::Decision>,
+    /// `nf-crash` on the DPDK path: the root's recoveries of the killed host.
+    pub rejoins: Vec<chc_dataplane::dpdk::rejoin::RejoinSummary>,
 }
 
 /// Raw comparison: the same packets, byte for byte, as a multiset.
@@ -691,14 +695,17 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
                 | "naive-move"
                 | "straggler"
                 | "straggler-nodedup"
+                | "nf-crash"
         )
     {
         bail!(
             "scenario {:?} runs on the embedded backend only; with --backend dpdk: parallel, \
-             delay, scale-out, scale-in, autoscale, naive-move, straggler, straggler-nodedup",
+             delay, scale-out, scale-in, autoscale, naive-move, straggler, straggler-nodedup, \
+             nf-crash (a host of two killed and restarted)",
             a.scenario
         );
     }
+    let dpdk_crash = a.backend == "dpdk" && a.scenario == "nf-crash";
     if a.backend != "dpdk" && a.backend != "pcap" {
         bail!("unknown backend {:?} (pcap or dpdk)", a.backend);
     }
@@ -725,7 +732,39 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         &ie,
         a.seed,
     )?;
-    let mut rep = if cluster {
+    let mut rep = if dpdk_crash {
+        let text = match &a.chain {
+            Some(p) => std::fs::read_to_string(p)?,
+            None => chc_dataplane::config::PAPER_CHAIN.to_string(),
+        };
+        let ideal_bytes = std::fs::metadata(&ip)?.len();
+        let run = crate::hostcrash::run(&crate::hostcrash::CrashRun {
+            chain_text: &text,
+            chain: &chain,
+            trace: &a.trace,
+            out: &rp,
+            events: &re,
+            dir: &dir,
+            bin_dir: &default_bin_dir(),
+            ideal_out_bytes: ideal_bytes,
+            seed: a.seed,
+        })
+        .context("scenario nf-crash on the DPDK path")?;
+        let mut rep = compare(&ip, &ie, &rp, &re)?;
+        rep.rejoins = run.rejoins;
+        rep.duplicates_suppressed = run.exits_absorbed;
+        if rep.rejoins.len() != 1 {
+            rep.differences.push(format!(
+                "the root recovered the killed host {} times (once expected)",
+                rep.rejoins.len()
+            ));
+        }
+        if chain.vertices.iter().all(|v| v.parallelism == 1) {
+            rep.differences.extend(strict_differences(&ip, &rp)?);
+        }
+        rep.equivalent = rep.differences.is_empty();
+        rep
+    } else if cluster {
         let text = match &a.chain {
             Some(p) => std::fs::read_to_string(p)?,
             None => chc_dataplane::config::PAPER_CHAIN.to_string(),

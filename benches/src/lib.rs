@@ -4,6 +4,7 @@ pub mod caching;
 pub mod coe;
 pub mod dpdkbench;
 pub mod dynamics;
+pub mod hostcrash;
 pub mod nfbench;
 pub mod order;
 pub mod results;

@@ -72,6 +72,12 @@ fn main() -> Result<()> {
                 rep.ideal_alerts,
                 rep.run_alerts
             );
+            for r in &rep.rejoins {
+                println!(
+                    "  the killed host was back in {:.0} ms; {} packets replayed, settled in {:.1} ms",
+                    r.down_ms, r.replayed, r.settle_ms
+                );
+            }
             for d in rep.differences.iter().take(20) {
                 println!("  {d}");
             }

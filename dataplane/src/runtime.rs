@@ -2261,6 +2261,8 @@ fn summarize(
         clone: None,
         decisions: Vec::new(),
         store: String::new(),
+        rejoins: Vec::new(),
+        exits_absorbed: 0,
     }
 }
 

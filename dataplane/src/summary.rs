@@ -90,6 +90,16 @@ pub struct Summary {
     /// Where the state lived: the in-process store or the servers' addresses.
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub store: String,
+    /// Failed hosts the root recovered (DPDK path, a chain over several hosts).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub rejoins: Vec<crate::dpdk::rejoin::RejoinSummary>,
+    /// Copies of a replayed packet that had left the chain already, absorbed at the egress.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub exits_absorbed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A step an operator's policy took (`--autoscale`, `--clone-stragglers`).
@@ -189,6 +199,20 @@ impl fmt::Display for Summary {
                 f,
                 "cloned {} instance {}: {} packets replayed, {} kept, {} duplicate outputs suppressed",
                 c.vertex, c.of, c.replayed, c.kept, c.duplicates_suppressed
+            )?;
+        }
+        for r in &self.rejoins {
+            writeln!(
+                f,
+                "a host failed after {} packets: back in {:.0} ms, {} packets replayed and settled in {:.1} ms",
+                r.after_packets, r.down_ms, r.replayed, r.settle_ms
+            )?;
+        }
+        if self.exits_absorbed > 0 {
+            writeln!(
+                f,
+                "{} replayed copies had left the chain already and were absorbed at the egress",
+                self.exits_absorbed
             )?;
         }
         if !self.store.is_empty() {

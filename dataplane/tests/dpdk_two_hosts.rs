@@ -28,6 +28,8 @@ use common::{chc_store_bin, sorted_lines, sorted_records};
 /// Longest a trace's two-host run may take (a few seconds alone; far longer on a loaded
 /// machine). Past it both hosts are killed and the test fails with their output.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
+/// Longest a crash run may take once the failed host is back (its traces take seconds).
+const CRASH_RUN_LIMIT: Duration = Duration::from_secs(120);
 /// Longest the veth pair may take to report carrier on both ends.
 const LINK_LIMIT: Duration = Duration::from_secs(60);
 
@@ -57,7 +59,10 @@ struct Hosts {
 
 impl Hosts {
     fn make() -> Option<Hosts> {
-        let id = std::process::id() % 100_000;
+        // Tests of one process run at once: each gets its own pair of namespaces.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}x{n}", std::process::id() % 100_000);
         let h = Hosts {
             a: format!("chca{id}"),
             b: format!("chcb{id}"),
@@ -424,6 +429,165 @@ fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
         );
         if trace.ends_with("scan-nmap-vsn.pcap") {
             assert!(b_events.contains("\"block\""), "the scan is caught on b");
+        }
+    }
+    drop(hosts);
+}
+
+/// The chain of the crash test: as above, but the output port is on host a, so that what
+/// left the chain is on a host that survives (a copy is deleted by the host that sends it
+/// out), and a replayed packet that had left already is absorbed there.
+fn crash_chain_text(input: &Path, output: &Path) -> String {
+    let on_b = format!("tx_pcap={}\"\nhost = \"b\"", output.display());
+    let text = chain_text(input, output, Some(STORE_ADDR));
+    assert!(text.contains(&on_b), "{text}");
+    text.replace(
+        &on_b,
+        &format!("tx_pcap={}\"\nhost = \"a\"", output.display()),
+    )
+}
+
+/// Host `b` is killed with SIGKILL while the chain runs and started again. The root holds
+/// its input while `b` is down, replays its log once `b` is back, and the run ends with the
+/// embedded run's output, packet for packet (nothing lost, nothing twice), and its events.
+#[test]
+fn a_host_killed_mid_run_rejoins_and_the_output_is_the_ideal_multiset() {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipped: needs root to make network namespaces");
+        return;
+    }
+    let Some(hosts) = Hosts::make() else {
+        eprintln!("skipped: cannot make network namespaces and a veth pair here");
+        return;
+    };
+    let traces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
+    // A synthetic trace at a rate that keeps packets in flight: b dies holding some, and
+    // the root has to replay them.
+    let synth_dir = tempfile::tempdir().unwrap();
+    let synth = synth_dir.path().join("s20k.pcap");
+    chc_bench::synth::synth(&chc_bench::synth::SynthArgs {
+        cmd: None,
+        out: synth.clone(),
+        packets: 20_000,
+        connections: 1000,
+        median_size: 300,
+        clients: 200,
+        servers: 20,
+        ipv6: 0.05,
+        duration_s: 2.0,
+        seed: 5,
+    })
+    .unwrap();
+    // (trace, admission rate, share of the output written before b is killed, whether
+    // packets must have been in flight)
+    for (trace, rate, at, replays) in [
+        (traces.join("scan-nmap-vsn.pcap"), 250, 0.3, false),
+        (traces.join("ssh-guess.pcap"), 200, 0.5, false),
+        (traces.join("ftp-exe-download.pcap"), 250, 0.7, false),
+        (synth.clone(), 10_000, 0.4, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a-out.pcap");
+        let chain_file = dir.path().join("crash.toml");
+        let _store = StoreServer::start(&hosts.a, dir.path());
+        let text = crash_chain_text(&trace, &out);
+        std::fs::write(&chain_file, &text).unwrap();
+        let chain = Chain::parse(&chain_text(&trace, &out, None), "crash.toml").unwrap();
+        let (ideal, ideal_ev) = (
+            dir.path().join("ideal.pcap"),
+            dir.path().join("ideal.jsonl"),
+        );
+        run(&RunOptions {
+            events: Some(ideal_ev.clone()),
+            ..RunOptions::new(chain, trace.clone(), ideal.clone())
+        })
+        .unwrap();
+        let ideal_size = std::fs::metadata(&ideal).unwrap().len();
+
+        hosts.wait_link_up();
+        let paced = |mut c: Command| {
+            c.args(["--rate", &rate.to_string()]);
+            c
+        };
+        let mut b1 = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+        let mut a = HostProc::spawn(
+            "a",
+            paced(host_cmd(&hosts.a, "a", 0, &chain_file, dir.path())),
+        );
+        // Kill b once part of the output has left (the pcap grows as a sends).
+        let t = Instant::now();
+        while std::fs::metadata(&out).map_or(0, |m| m.len()) < (ideal_size as f64 * at) as u64 {
+            let early =
+                a.child.try_wait().unwrap().is_some() || b1.child.try_wait().unwrap().is_some();
+            if early || t.elapsed() > RUN_LIMIT {
+                // Fails with what each host printed.
+                wait_all(&trace, vec![a, b1], Duration::ZERO);
+                panic!(
+                    "{}: the output never reached {at} of its size",
+                    trace.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        b1.child.kill().unwrap();
+        b1.child.wait().unwrap();
+        std::fs::rename(dir.path().join("b.jsonl"), dir.path().join("b-first.jsonl")).unwrap();
+        let b2 = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+        wait_all(&trace, vec![a, b2], CRASH_RUN_LIMIT);
+
+        // Events: b's first life wrote each event before its packet's delete left, and a
+        // replayed packet's events come again, so the lines of all three files, each once,
+        // are the ideal run's.
+        let ideal_lines = sorted_lines(&[&ideal_ev]);
+        let mut unique = ideal_lines.clone();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ideal_lines.len(),
+            "the ideal run repeats no line"
+        );
+        let mut evs = sorted_lines(&[
+            &dir.path().join("a.jsonl"),
+            &dir.path().join("b-first.jsonl"),
+            &dir.path().join("b.jsonl"),
+        ]);
+        evs.dedup();
+        assert!(
+            ideal_lines == evs,
+            "{}: events differ from the embedded run: {} lines against {}",
+            trace.display(),
+            evs.len(),
+            ideal_lines.len()
+        );
+        let (want, got) = (sorted_records(&ideal), sorted_records(&out));
+        assert!(
+            want == got,
+            "{}: output records differ: {} against the ideal {}",
+            trace.display(),
+            got.len(),
+            want.len()
+        );
+        let sa: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("a.summary.json")).unwrap(),
+        )
+        .unwrap();
+        let rejoins = sa["rejoins"].as_array().expect("a recovery in a's summary");
+        assert_eq!(rejoins.len(), 1, "{sa}");
+        let input = pcapio::read_all(&trace).unwrap().len() as u64;
+        assert_eq!(sa["packets_read"].as_u64(), Some(input));
+        assert!(
+            rejoins[0]["after_packets"].as_u64().unwrap() < input,
+            "b failed mid-run: {sa}"
+        );
+        if replays {
+            assert!(
+                rejoins[0]["replayed"].as_u64().unwrap() > 0,
+                "packets were in flight when b died: {sa}"
+            );
         }
     }
     drop(hosts);

@@ -32,6 +32,9 @@ impl MetaFlags {
     pub const FIRST: u32 = 4;
     /// The last replayed packet (end of a replay).
     pub const LAST_REPLAYED: u32 = 8;
+    /// A replayed packet that reached a host replacing a failed one: from there on it is
+    /// processed in full (events, every branch), since nothing there remembers it.
+    pub const REDO: u32 = 16;
 
     pub fn has(self, bit: u32) -> bool {
         self.0 & bit != 0

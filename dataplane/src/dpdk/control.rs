@@ -7,13 +7,17 @@
 //!
 //! - other host -> root: `HELLO host`, `DELETES [(clock, weight, vector)]`,
 //!   `COMMITS [(clock, id)]`;
-//! - root -> other host: `WATERMARK clock` (clocks below it are settled: the host retires
-//!   them from its store's clock log), `FINISH` (every packet is settled: stop).
+//! - root -> other host: `WELCOME rejoin` (the answer to HELLO: whether a host of that
+//!   name was here before, so the new one replaces it), `WATERMARK clock` (clocks below it
+//!   are settled: the host retires them from its store's clock log), `FINISH` (every packet
+//!   is settled: stop).
 //!
 //! Frames are a type byte, a little-endian u32 payload length and the payload. A host
-//! queues a terminal's delete before the packet leaves, as on one host; the channel keeps
-//! their order. Losing the connection stops the host (the root then reports the packets
-//! that never settled).
+//! queues a terminal's delete once the events of its burst are written, and the channel
+//! keeps their order. Losing the connection stops the host. The root counts the host as
+//! down until a host of the same name says hello again; whether it waits for that and
+//! replays its log to it (state on shared store servers) or gives up is the root's
+//! lcore's decision (`rejoin`).
 
 use crossbeam::queue::SegQueue;
 use std::io::{BufWriter, Read, Write};
@@ -30,6 +34,7 @@ const DELETES: u8 = 2;
 const COMMITS: u8 = 3;
 const WATERMARK: u8 = 4;
 const FINISH: u8 = 5;
+const WELCOME: u8 = 6;
 
 /// Largest payload accepted (a batch of deletes is far smaller).
 const MAX_FRAME: usize = 16 << 20;
@@ -138,13 +143,23 @@ fn encode_commits(c: &[(u64, u32)], out: &mut Vec<u8>) {
     frame(out, COMMITS, &p);
 }
 
+/// Which hosts are down and how many came back, for the root's lcore.
+#[derive(Debug, Default)]
+pub struct HostWatch {
+    /// Hosts whose connection broke before FINISH and that have not said hello again.
+    pub down: AtomicUsize,
+    /// Hellos from a host that had been here before.
+    pub rejoined: AtomicUsize,
+}
+
 /// The root's side: accepts the other hosts, feeds their deletes and commits to the root,
 /// sends them the watermark and, at the end, FINISH.
 pub struct RootControl {
     addr: String,
-    peers: Arc<Mutex<Vec<(String, TcpStream)>>>,
+    peers: Arc<Mutex<Vec<(u64, String, TcpStream)>>>,
     connected: Arc<AtomicUsize>,
     lost: Arc<AtomicBool>,
+    hosts: Arc<HostWatch>,
     /// Set before FINISH goes out: a connection that closes from then on closed because
     /// its host finished, however late the root looks at [`RootControl::lost`].
     finishing: Arc<AtomicBool>,
@@ -158,6 +173,9 @@ pub struct RootControl {
 struct Flags {
     connected: Arc<AtomicUsize>,
     lost: Arc<AtomicBool>,
+    hosts: Arc<HostWatch>,
+    /// Every host name that said hello.
+    known: Arc<Mutex<Vec<String>>>,
     finishing: Arc<AtomicBool>,
     closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -168,6 +186,8 @@ impl Flags {
         Flags {
             connected: self.connected.clone(),
             lost: self.lost.clone(),
+            hosts: self.hosts.clone(),
+            known: self.known.clone(),
             finishing: self.finishing.clone(),
             closed: self.closed.clone(),
             stop: self.stop.clone(),
@@ -188,10 +208,12 @@ impl RootControl {
         };
         let listener = TcpListener::bind(addr).map_err(io)?;
         listener.set_nonblocking(true).map_err(io)?;
-        let peers: Arc<Mutex<Vec<(String, TcpStream)>>> = Arc::default();
+        let peers: Arc<Mutex<Vec<(u64, String, TcpStream)>>> = Arc::default();
         let flags = Flags {
             connected: Arc::new(AtomicUsize::new(0)),
             lost: Arc::new(AtomicBool::new(false)),
+            hosts: Arc::default(),
+            known: Arc::default(),
             finishing: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicUsize::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
@@ -220,7 +242,7 @@ impl RootControl {
                                 last = wm;
                                 let mut out = Vec::new();
                                 frame(&mut out, WATERMARK, &wm.to_le_bytes());
-                                for (_, s) in
+                                for (_, _, s) in
                                     peers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut()
                                 {
                                     let _ = s.write_all(&out);
@@ -237,6 +259,7 @@ impl RootControl {
             peers,
             connected: flags.connected,
             lost: flags.lost,
+            hosts: flags.hosts,
             finishing: flags.finishing,
             closed: flags.closed,
             stop,
@@ -268,6 +291,11 @@ impl RootControl {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// Hosts down and hosts back, as the root's lcore watches them.
+    pub fn hosts(&self) -> Arc<HostWatch> {
+        self.hosts.clone()
+    }
+
     /// Connections that have closed (for whatever reason).
     pub fn closed(&self) -> usize {
         self.closed.load(Ordering::Acquire)
@@ -280,7 +308,7 @@ impl RootControl {
         self.finishing.store(true, Ordering::Release);
         let mut out = Vec::new();
         frame(&mut out, FINISH, &[]);
-        for (_, s) in self
+        for (_, _, s) in self
             .peers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -295,7 +323,7 @@ impl RootControl {
 impl Drop for RootControl {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for (_, s) in self.peers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (_, _, s) in self.peers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         for t in self.threads.drain(..) {
@@ -307,10 +335,11 @@ impl Drop for RootControl {
 fn accept_loop(
     listener: TcpListener,
     inbox: Arc<Inbox>,
-    peers: Arc<Mutex<Vec<(String, TcpStream)>>>,
+    peers: Arc<Mutex<Vec<(u64, String, TcpStream)>>>,
     flags: Flags,
 ) {
     let mut readers = Vec::new();
+    let mut next_id = 0u64;
     while !flags.stop.load(Ordering::Relaxed) {
         let Ok((s, _)) = listener.accept() else {
             std::thread::sleep(Duration::from_millis(5));
@@ -319,32 +348,69 @@ fn accept_loop(
         let _ = s.set_nonblocking(false);
         let _ = s.set_nodelay(true);
         let Ok(mut r) = s.try_clone() else { continue };
+        next_id += 1;
+        let id = next_id;
         let (inbox, peers, flags) = (inbox.clone(), peers.clone(), flags.clone_all());
         readers.push(std::thread::spawn(move || {
-            let mut hello = false;
+            let mut hello: Option<String> = None;
             loop {
                 match read_frame(&mut r) {
-                    Ok(Some((HELLO, name))) if !hello => {
-                        hello = true;
-                        peers.lock().unwrap_or_else(|e| e.into_inner()).push((
-                            String::from_utf8_lossy(&name).into_owned(),
-                            s.try_clone().expect("clone"),
-                        ));
+                    Ok(Some((HELLO, name))) if hello.is_none() => {
+                        let name = String::from_utf8_lossy(&name).into_owned();
+                        hello = Some(name.clone());
+                        let rejoin = {
+                            let mut known = flags.known.lock().unwrap_or_else(|e| e.into_inner());
+                            let seen = known.contains(&name);
+                            if !seen {
+                                known.push(name.clone());
+                            }
+                            seen
+                        };
+                        let mut welcome = Vec::new();
+                        frame(&mut welcome, WELCOME, &[u8::from(rejoin)]);
+                        let Ok(mut w) = s.try_clone() else { break };
+                        // Under the lock: the watermark thread writes to the same socket.
+                        let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+                        if w.write_all(&welcome).is_err() {
+                            break;
+                        }
+                        p.push((id, name, w));
+                        drop(p);
                         flags.connected.fetch_add(1, Ordering::AcqRel);
+                        if rejoin {
+                            flags.hosts.rejoined.fetch_add(1, Ordering::AcqRel);
+                            let _ = flags.hosts.down.fetch_update(
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                                |d| d.checked_sub(1),
+                            );
+                        }
                     }
-                    Ok(Some((DELETES, p))) if hello => match decode_deletes(&p) {
+                    Ok(Some((DELETES, p))) if hello.is_some() => match decode_deletes(&p) {
                         Ok(v) => v.into_iter().for_each(|d| inbox.deletes.push(d)),
                         Err(_) => break,
                     },
-                    Ok(Some((COMMITS, p))) if hello => match decode_commits(&p) {
+                    Ok(Some((COMMITS, p))) if hello.is_some() => match decode_commits(&p) {
                         Ok(v) => v.into_iter().for_each(|c| inbox.commits.push(c)),
                         Err(_) => break,
                     },
                     _ => break,
                 }
             }
-            if !flags.stop.load(Ordering::Relaxed) && !flags.finishing.load(Ordering::Acquire) {
+            // A host that already came back (its successor said hello first) is not down.
+            let replaced = {
+                let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+                p.retain(|(i, _, _)| *i != id);
+                p.iter()
+                    .any(|(i, n, _)| *i > id && Some(n) == hello.as_ref())
+            };
+            if hello.is_some()
+                && !replaced
+                && !flags.stop.load(Ordering::Relaxed)
+                && !flags.finishing.load(Ordering::Acquire)
+            {
                 flags.lost.store(true, Ordering::Release);
+                flags.hosts.down.fetch_add(1, Ordering::AcqRel);
             }
             flags.closed.fetch_add(1, Ordering::AcqRel);
         }));
@@ -359,6 +425,7 @@ pub struct PeerControl {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stream: TcpStream,
+    rejoining: bool,
 }
 
 /// What a non-root host does with what the root sends.
@@ -399,6 +466,36 @@ impl PeerControl {
         let mut hello = Vec::new();
         frame(&mut hello, HELLO, host.as_bytes());
         (&stream).write_all(&hello).map_err(io)?;
+        // The root answers whether this host replaces one that was here before.
+        let waited = timeout.max(Duration::from_secs(1));
+        stream.set_read_timeout(Some(waited)).map_err(io)?;
+        let rejoining = match read_frame(&mut &stream) {
+            Ok(Some((WELCOME, p))) if p.len() == 1 => p[0] == 1,
+            Ok(Some((ty, _))) => {
+                return Err(ControlError::Protocol(format!(
+                    "{addr}: the root answered hello with frame type {ty}"
+                )))
+            }
+            Ok(None) => {
+                return Err(ControlError::Protocol(format!(
+                    "{addr}: the root closed the connection after hello"
+                )))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ControlError::Timeout {
+                    addr: addr.to_string(),
+                    what: "no answer to hello".into(),
+                    waited,
+                })
+            }
+            Err(e) => return Err(io(e)),
+        };
+        stream.set_read_timeout(None).map_err(io)?;
         let finish = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let watermark = Arc::new(AtomicU64::new(0));
@@ -482,7 +579,14 @@ impl PeerControl {
             stop,
             threads,
             stream,
+            rejoining,
         })
+    }
+
+    /// Whether the root had a host of this name before: this one replaces it, and its
+    /// instances take their state from the store.
+    pub fn rejoining(&self) -> bool {
+        self.rejoining
     }
 
     /// The flag FINISH (or a lost connection) sets.
@@ -614,6 +718,44 @@ mod tests {
         assert!(root.lost());
         root.finish();
         assert!(root.lost(), "FINISH afterwards does not excuse it");
+    }
+
+    #[test]
+    fn a_host_that_comes_back_is_told_it_rejoins_and_is_no_longer_down() {
+        let (root, peer) = pair();
+        assert!(!peer.rejoining());
+        let hosts = root.hosts();
+        drop(peer);
+        wait("down", || hosts.down.load(Ordering::Acquire) == 1);
+        assert_eq!(hosts.rejoined.load(Ordering::Acquire), 0);
+        let again = PeerControl::connect(
+            &root.addr,
+            "b",
+            Arc::new(SegQueue::new()),
+            Box::new(FakeStore {
+                commits: Arc::default(),
+                retired: Arc::default(),
+            }),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(again.rejoining());
+        wait("back", || hosts.rejoined.load(Ordering::Acquire) == 1);
+        assert_eq!(hosts.down.load(Ordering::Acquire), 0);
+        // Another name is a first hello, not a rejoin.
+        let other = PeerControl::connect(
+            &root.addr,
+            "c",
+            Arc::new(SegQueue::new()),
+            Box::new(FakeStore {
+                commits: Arc::default(),
+                retired: Arc::default(),
+            }),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(!other.rejoining());
+        assert_eq!(hosts.rejoined.load(Ordering::Acquire), 1);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod control;
 pub mod meta;
 pub mod plan;
 mod race;
+pub mod rejoin;
 pub mod telemetry;
 mod worker;
 
@@ -603,15 +604,20 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
         }
     }
     let mut link_queues = Vec::new();
+    // Largest frame each link carries (its MTU and the Ethernet header).
+    let mut link_frame = Vec::new();
     for l in &plan.links {
         let config = PortConfig {
             mtu: l.mtu,
             ..PortConfig::default()
         };
         let mut s = open_port(&l.device, &config, &pool)?;
-        let mac = s.port.info()?.mac;
+        let info = s.port.info()?;
+        // Without an MTU in the chain file, the device's is not to be trusted (net_af_packet
+        // says 1500 whatever the interface has); no link carries more than a 9000-byte one.
+        link_frame.push(usize::from(l.mtu.unwrap_or(9000)) + 14);
         running.push((format!("link-{}", l.peer), s.port.clone()));
-        link_queues.push((s.rx.remove(0), s.tx.remove(0), mac, l.peer_mac));
+        link_queues.push((s.rx.remove(0), s.tx.remove(0), info.mac, l.peer_mac));
     }
 
     let local_instances = plan.runs_instances();
@@ -646,6 +652,14 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             finished = Some(pc.finished());
             peer_control = Some(pc);
         }
+    }
+    let rejoining = peer_control.as_ref().is_some_and(PeerControl::rejoining);
+    if rejoining {
+        eprintln!(
+            "chc-dataplane: host {} replaces one that failed: its instances start from the \
+             store's state",
+            plan.host
+        );
     }
     let n_lcores = plan.lcores.len();
     let shared = Arc::new(Shared {
@@ -746,8 +760,10 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 .as_ref()
                 .filter(|(cv, _, _)| *cv == vi && i == live0[vi])
                 .map(|(_, of, _)| *of);
-            let mut inst = if let Some(of) = clone_of {
-                // The straggler's identity, its state from the store, no initialisation.
+            let replaces = clone_of.or(rejoining.then_some(i));
+            let mut inst = if let Some(of) = replaces {
+                // The straggler's identity (or, on a host that replaces a failed one, its
+                // own), its state from the store, no initialisation.
                 let client = (v.mode != Mode::Traditional)
                     .then(|| store.client())
                     .transpose()
@@ -833,7 +849,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 race: race.clone().filter(|r| r.cloning.vertex == vi),
                 toward_clone: race.as_ref().is_some_and(|r| {
                     vi != r.cloning.vertex && crate::runtime::reaches(&chain, vi, r.cloning.vertex)
-                }),
+                }) || reaches_another_host(&chain, &plan, vi),
             });
         }
         // Transmission: the owner holds the queues; others go through its rings.
@@ -863,6 +879,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                     },
                     dst_mac: peer,
                     src_mac: mac,
+                    max_frame: link_frame[links.len()],
                 });
                 links_rx.push(rxq);
             }
@@ -894,6 +911,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                     },
                     dst_mac: plan.links[*k].peer_mac,
                     src_mac: [0; 6],
+                    max_frame: link_frame[*k],
                 });
             }
             // The source MAC is the link port's own.
@@ -931,6 +949,15 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 unsettled: 0,
                 lost_input: 0,
                 pace: opts.rate_pps.map(|pps| worker::Pace::new(pps, hz)),
+                rejoin: root_control.as_ref().map(|rc| {
+                    rejoin::Rejoin::new(
+                        rc.hosts(),
+                        // A failed host's state survives it only on shared servers.
+                        store.local().is_none()
+                            && chain.vertices.iter().all(|v| v.mode != Mode::Traditional),
+                        plan.ports.iter().find(|p| p.rx).map_or(0, |p| p.egress),
+                    )
+                }),
                 clone: race
                     .as_ref()
                     .zip(clone_step.as_ref())
@@ -1012,6 +1039,11 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 errors: Vec::new(),
                 fatal: None,
                 race: race.clone(),
+                exited: plan
+                    .multi_host
+                    .then(|| vec![0; chain.root.log_limit.next_power_of_two().max(1024)]),
+                exits_absorbed: 0,
+                held_deletes: Vec::new(),
             },
             tx_rings,
             owner,
@@ -1109,6 +1141,19 @@ fn devarg<'a>(device: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Hosts other than the root's that take part in the chain.
+/// Whether vertex `vi` runs on another host or leads to one (a replay for a failed host
+/// goes that way).
+fn reaches_another_host(chain: &Chain, plan: &Plan, vi: usize) -> bool {
+    let remote = |w: usize| {
+        plan.placement[w]
+            .iter()
+            .any(|p| matches!(p, Placement::Remote { .. }))
+    };
+    remote(vi)
+        || (0..chain.vertices.len())
+            .any(|w| w != vi && remote(w) && crate::runtime::reaches(chain, vi, w))
+}
+
 fn plan_other_hosts(chain: &Chain, plan: &Plan) -> usize {
     let mut hosts = std::collections::BTreeSet::new();
     for l in &chain.links {
@@ -1278,7 +1323,11 @@ impl Dataplane {
         if let Some(rc) = &self.root_control {
             rc.finish();
         }
-        let peer_lost = self.root_control.as_ref().is_some_and(RootControl::lost);
+        // A host that failed and came back (the root replayed to it) is not lost.
+        let peer_lost = self
+            .root_control
+            .as_ref()
+            .is_some_and(|rc| rc.lost() && rc.hosts().down.load(Ordering::Acquire) > 0);
         drop(self.peer_control.take());
         // Stopping the ports closes net_pcap's output file.
         drop(self._server.take());
@@ -1401,6 +1450,11 @@ fn summarize(chain: &Chain, reports: &[worker::Report], elapsed: Duration) -> Su
             .flat_map(|r| r.decisions.iter().cloned())
             .collect(),
         store: String::new(),
+        rejoins: reports
+            .iter()
+            .flat_map(|r| r.rejoins.iter().cloned())
+            .collect(),
+        exits_absorbed: reports.iter().map(|r| r.exits_absorbed).sum(),
     };
     for r in reports {
         let _ = hist.add(&r.hist);

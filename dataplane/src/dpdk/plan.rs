@@ -206,10 +206,22 @@ pub fn plan(chain: &Chain, host: Option<&str>, lcores: &[u32]) -> Result<Plan, P
                     p.name
                 ));
             }
+            // Packets that leave the chain on another host than the egress port's cross
+            // the exit host's one link to it (and are reported there, as they go out).
             let eh = host_of(&chain.ports[egress].host, &root_host);
-            if eh != exit_host {
+            let touches = |l: &crate::config::LinkFile, h: &str| l.ends.iter().any(|e| e.host == h);
+            let exit_links = chain
+                .links
+                .iter()
+                .filter(|l| touches(l, &exit_host))
+                .count();
+            let joined = chain
+                .links
+                .iter()
+                .any(|l| touches(l, &exit_host) && touches(l, &eh));
+            if eh != exit_host && !(joined && exit_links == 1) {
                 return bad(format!(
-                    "port {:?}: its egress {:?} is on host {eh:?}, but packets leave the chain on host {exit_host:?}",
+                    "port {:?}: its egress {:?} is on host {eh:?}, but packets leave the chain on host {exit_host:?}, which has no single link to it",
                     p.name, chain.ports[egress].name
                 ));
             }
@@ -429,6 +441,16 @@ ends = [{ host = "a", device = "net_af_packet0,iface=veth0" }, { host = "b", dev
     }
 
     #[test]
+    fn the_egress_may_be_across_the_exit_hosts_link() {
+        let c = TWO_HOSTS.replace("out.pcap\"\nhost = \"b\"", "out.pcap\"\nhost = \"a\"");
+        let c = Chain::parse(&c, "t.toml").unwrap();
+        let a = plan(&c, Some("a"), &[1]).unwrap();
+        assert_eq!(a.ports.len(), 2, "both ports on a");
+        let b = plan(&c, Some("b"), &[1]).unwrap();
+        assert!(b.ports.is_empty());
+    }
+
+    #[test]
     fn misplacements_say_why() {
         let cases = [
             (TWO_HOSTS.replace("[[link]]", "[[nolink]]"), "unknown field"),
@@ -441,7 +463,7 @@ ends = [{ host = "a", device = "net_af_packet0,iface=veth0" }, { host = "b", dev
                 "unknown port",
             ),
             (
-                TWO_HOSTS.replace("egress = \"out\"", ""),
+                TWO_HOSTS.replace("out.pcap\"\nhost = \"b\"", "out.pcap\"\nhost = \"c\""),
                 "packets leave the chain on host",
             ),
             (

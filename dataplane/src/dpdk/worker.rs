@@ -14,6 +14,7 @@
 use super::control::{Delete, Inbox};
 use super::meta::{PktMeta, ENCAP_LEN};
 use super::race::{CloneRun, PairPart, Race};
+use super::rejoin::Rejoin;
 use super::telemetry::LcoreCounters;
 use crate::instance::{HandedOver, NfCounters, NfInstance};
 use crate::runtime::{plan_moves, DelayRng, Move, ScaleStep};
@@ -176,6 +177,8 @@ pub struct LinkOut {
     pub tx: TxOut,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
+    /// Largest frame the link carries, NSH included.
+    pub max_frame: usize,
 }
 
 /// A ring into another lcore's instance, with its staged burst.
@@ -279,6 +282,8 @@ pub struct RootPart {
     pub pace: Option<Pace>,
     /// A straggler's clone to start (`--scale NAME:clone=I@N`).
     pub clone: Option<CloneRun>,
+    /// The recovery of a failed host, on a chain over several hosts.
+    pub rejoin: Option<super::rejoin::Rejoin>,
 }
 
 /// Admission at a fixed average rate: a burst is read once the time since the first one
@@ -386,6 +391,9 @@ pub struct Report {
     pub moves: Vec<MoveSummary>,
     pub clone: Option<crate::summary::CloneSummary>,
     pub decisions: Vec<crate::summary::Decision>,
+    pub rejoins: Vec<super::rejoin::RejoinSummary>,
+    /// Copies absorbed at the egress because they had left already (see `Io::exited`).
+    pub exits_absorbed: u64,
 }
 
 /// Time in ns since the epoch from the TSC.
@@ -476,6 +484,24 @@ pub struct Io {
     pub fatal: Option<String>,
     /// A straggler's race, if the run has one (replayed packets are counted through it).
     pub race: Option<Arc<Race>>,
+    /// On a host of a multi-host chain: the clock last sent out by each slot (clock modulo
+    /// the table's size, a power of two at least the root's log limit, so two clocks in
+    /// flight never share a slot). A host's replacement re-does packets whose copy may have
+    /// left here already: the second copy of a clock is absorbed, as the replay's accounting
+    /// expects (see `chc_root::Root::replay`).
+    pub exited: Option<Vec<u64>>,
+    /// Copies absorbed by `exited`.
+    pub exits_absorbed: u64,
+    /// A non-root host's terminals' deletes, held until the events of their burst are
+    /// written: a host that fails after a packet settled must have written its events.
+    pub held_deletes: Vec<Delete>,
+}
+
+/// Whether a replayed packet is re-done for a part of the chain only (toward a clone, or
+/// on the root's host toward a host that replaced a failed one), rather than in full.
+#[inline(always)]
+pub(super) fn partial_replay(meta: &PktMeta) -> bool {
+    meta.chc.flags.0 & (MetaFlags::REPLAY | MetaFlags::REDO) == MetaFlags::REPLAY
 }
 
 /// Largest frame kept in a normal mbuf; larger ones are copied into the jumbo pool.
@@ -506,7 +532,16 @@ impl Io {
         match &self.deletes {
             DeleteSink::Local => self.local_deletes.push((clock, weight, vector)),
             DeleteSink::Queue(q) => q.deletes.push((clock, weight, vector)),
-            DeleteSink::Remote(q) => q.push((clock, weight, vector)),
+            DeleteSink::Remote(_) => self.held_deletes.push((clock, weight, vector)),
+        }
+    }
+
+    /// Sends the held deletes on (after the events of their burst were written).
+    fn release_deletes(&mut self) {
+        if let DeleteSink::Remote(q) = &self.deletes {
+            for d in self.held_deletes.drain(..) {
+                q.push(d);
+            }
         }
     }
 
@@ -523,7 +558,7 @@ impl Io {
     /// Sends `m` (with `meta`) to the instance `r` picks for it.
     #[inline]
     pub(super) fn route(&mut self, r: &Router, mut m: Mbuf, meta: PktMeta) {
-        if r.race.is_some() || meta.chc.flags.has(MetaFlags::REPLAY) {
+        if r.race.is_some() || partial_replay(&meta) {
             return self.route_raced(r, m, meta);
         }
         let i = Io::pick(r, &mut m);
@@ -569,6 +604,17 @@ impl Io {
     /// Pushes NSH and stages the frame on link `k`.
     fn send_link(&mut self, k: usize, mut m: Mbuf, meta: PktMeta) {
         let (dst, src, spi) = (self.links[k].dst_mac, self.links[k].src_mac, self.spi);
+        if m.len() + ENCAP_LEN > self.links[k].max_frame {
+            // The device would drop it unreported, and the root would wait for it forever.
+            let e = format!(
+                "a {}-byte packet does not fit the link with NSH ({} bytes at most): dropped \
+                 (raise the link's MTU)",
+                m.len(),
+                self.links[k].max_frame - ENCAP_LEN
+            );
+            self.error(e);
+            return self.lost(m, meta, "larger than the link's MTU");
+        }
         match m.prepend(ENCAP_LEN) {
             Ok(h) => meta.write_encap(dst, src, spi, h),
             Err(e) => {
@@ -593,22 +639,36 @@ impl Io {
         }
     }
 
-    /// The packet leaves the chain by its egress port: delete first, then transmit.
+    /// The packet leaves the chain by its egress port.
     fn exit(&mut self, m: Mbuf, meta: PktMeta) {
         self.latency(&meta);
-        if meta.chc.clock != 0 {
-            self.delete(meta.chc.clock, meta.weight, meta.chc.vector);
-        }
         self.out(m, meta);
     }
 
-    /// Transmits by the egress port (or to the host that has it).
-    fn out(&mut self, mut m: Mbuf, meta: PktMeta) {
+    /// Transmits by the egress port, deleting first; or hands the packet to the host that
+    /// has the port, which deletes it when it transmits (a copy is never reported by one
+    /// host and sent out by another, which could fail in between).
+    pub(super) fn out(&mut self, mut m: Mbuf, meta: PktMeta) {
         let port = usize::from(meta.egress);
         if let Some(Some(o)) = self.ports.get(port) {
+            let keep_meta = o.keep_meta;
+            let clock = meta.chc.clock;
+            if clock != 0 {
+                if let Some(x) = self.exited.as_mut() {
+                    let mask = x.len() - 1;
+                    let slot = &mut x[clock as usize & mask];
+                    if *slot == clock {
+                        drop(m);
+                        self.exits_absorbed += 1;
+                        return;
+                    }
+                    *slot = clock;
+                }
+                self.delete(clock, meta.weight, meta.chc.vector);
+            }
             // Only a recording port reads the metadata back; elsewhere writing it would
             // dirty a cache line of the mbuf that nothing else touches on the way out.
-            if o.keep_meta {
+            if keep_meta {
                 meta.store(m.private_area_mut());
             }
             self.stage(TxSel::Port(port), m);
@@ -715,20 +775,25 @@ impl Io {
         tx
     }
 
+    /// Writes the events of the burst, then lets its deletes go (on a non-root host, once
+    /// the events are in the file: the process may be killed right after).
     fn write_events(&mut self) {
-        if self.lines.is_empty() {
-            return;
-        }
-        self.events_written += self.lines.len() as u64;
-        if let Some(w) = &self.events {
-            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-            for l in self.lines.drain(..) {
-                if writeln!(w, "{l}").is_err() {
-                    break;
+        if !self.lines.is_empty() {
+            self.events_written += self.lines.len() as u64;
+            if let Some(w) = &self.events {
+                let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+                for l in self.lines.drain(..) {
+                    if writeln!(w, "{l}").is_err() {
+                        break;
+                    }
+                }
+                if matches!(self.deletes, DeleteSink::Remote(_)) {
+                    let _ = w.flush();
                 }
             }
+            self.lines.clear();
         }
-        self.lines.clear();
+        self.release_deletes();
     }
 }
 
@@ -822,6 +887,7 @@ impl Worker {
             if self.root.is_some() {
                 self.scale();
                 self.clone_step();
+                self.rejoin_step();
             }
             self.take_orders();
             if self.root.is_some() {
@@ -1097,10 +1163,13 @@ impl Worker {
         self.shared
             .in_flight
             .store(inflight as u64, Ordering::Relaxed);
+        // The oldest logged packet holds the log's ring: input stops until it settles.
+        let blocked = inflight > 0 && r.root.room() < super::BURST;
         // A move due within the input's last burst is still taken.
-        if !r.input_done
+        if !(r.input_done || blocked)
             || r.scaling.as_ref().is_some_and(Scaling::busy)
             || r.clone.as_ref().is_some_and(CloneRun::busy)
+            || r.rejoin.as_ref().is_some_and(Rejoin::busy)
         {
             return;
         }
@@ -1109,7 +1178,12 @@ impl Worker {
         } else if self.io.clock.ns(now.wrapping_sub(r.last_progress)) > hz_10s {
             r.unsettled = inflight;
             self.io.error(format!(
-                "{inflight} packets never settled at the root (missing deletes or commits)"
+                "{inflight} packets never settled at the root (missing deletes or commits){}",
+                if r.input_done {
+                    ""
+                } else {
+                    "; the oldest held the root's log full, so the input stopped"
+                }
             ));
             self.shared.phase.store(STOPPING, Ordering::Release);
         }
@@ -1147,7 +1221,8 @@ impl Worker {
             .saturating_sub(r.root.in_flight())
             .min(r.root.room());
         let moving = r.scaling.as_ref().is_some_and(Scaling::busy)
-            || r.clone.as_ref().is_some_and(CloneRun::holds_input);
+            || r.clone.as_ref().is_some_and(CloneRun::holds_input)
+            || r.rejoin.as_ref().is_some_and(Rejoin::busy);
         let paced = r
             .pace
             .as_mut()
@@ -1273,6 +1348,9 @@ impl Worker {
                 wm = cr.hold.map_or(wm, |h| h.min(wm));
                 cr.race.cloning.wm.store(wm, Ordering::Relaxed);
             }
+            if let Some(h) = r.rejoin.as_ref().and_then(|rj| rj.hold) {
+                wm = wm.min(h);
+            }
             self.shared.watermark.store(wm, Ordering::Relaxed);
             for s in 0..r.client.shards() {
                 r.client
@@ -1306,6 +1384,10 @@ impl Worker {
                     continue;
                 }
                 meta.t0 = now;
+                if meta.chc.flags.has(MetaFlags::REPLAY) {
+                    // Replayed toward this host, or back from it: in full from here on.
+                    meta.chc.flags.set(MetaFlags::REDO);
+                }
                 if meta.vertex == PASS_THROUGH {
                     self.io.out(m, meta);
                     continue;
@@ -1382,7 +1464,7 @@ impl Worker {
         }
         let mark = self.io.lines.len();
         let verdict = self.run_nf(t, &mut m, &mut meta);
-        if meta.chc.flags.has(MetaFlags::REPLAY) {
+        if partial_replay(&meta) {
             return self.replayed_on(t, m, meta, verdict, mark);
         }
         self.forward(t, m, meta, verdict);
@@ -1576,6 +1658,13 @@ impl Worker {
                 .and_then(|sc| sc.policies.as_mut())
                 .map(|p| std::mem::take(&mut p.decisions))
                 .unwrap_or_default(),
+            rejoins: self
+                .root
+                .as_mut()
+                .and_then(|r| r.rejoin.as_mut())
+                .map(|rj| std::mem::take(&mut rj.done))
+                .unwrap_or_default(),
+            exits_absorbed: self.io.exits_absorbed,
         }
     }
 }
