@@ -895,7 +895,12 @@ impl Shard {
         if op.flags & F_COUNTED != 0 && op.more_run > 0 {
             // One commit for the run: every clock of it has the same id.
             if let Some(&to) = self.commit_subs.get(&root_of(op.clock)) {
-                let id = update_id(op.instance as u16, op.object as u16, op.op_index);
+                let id = update_id(
+                    op.vertex as u16,
+                    op.instance as u16,
+                    op.object as u16,
+                    op.op_index,
+                );
                 out.commits.push((
                     to,
                     wire::Commit {
@@ -918,7 +923,12 @@ impl Shard {
                     }
                 };
                 if let Some(to) = to {
-                    let id = update_id(op.instance as u16, op.object as u16, op_index);
+                    let id = update_id(
+                        op.vertex as u16,
+                        op.instance as u16,
+                        op.object as u16,
+                        op_index,
+                    );
                     out.commits.push((to, wire::Commit { clock, id, run: 0 }));
                 }
             }
@@ -1253,7 +1263,12 @@ impl Shard {
                     sub,
                     wire::Commit {
                         clock: op.clock,
-                        id: update_id(op.instance as u16, op.object as u16, op.op_index),
+                        id: update_id(
+                            op.vertex as u16,
+                            op.instance as u16,
+                            op.object as u16,
+                            op.op_index,
+                        ),
                         run: 0,
                     },
                 ));
@@ -2009,11 +2024,25 @@ fn for_each_folded(op: &wire::Op, mut f: impl FnMut(usize, &wire::Op)) {
 }
 
 /// The 32-bit id a counted update contributes to its packet's update vector (and reports in
-/// its commit notification): `instance << 16 | object`, rotated by the update's index within
-/// the packet. The rotation keeps two updates of one object by one packet from cancelling
-/// out in the XOR (plain ids would XOR to zero and hide a lost update).
-pub fn update_id(instance: u16, object: u16, op_index: u32) -> u32 {
-    (u32::from(instance) << 16 | u32::from(object)).rotate_left(op_index & 31)
+/// its commit notification). The root settles a packet when the XOR of its vector and of
+/// the ids committed for its clock is zero, so two updates of one packet with equal ids
+/// that are both lost cancel out and the loss goes unseen (a host that fails with both
+/// queued). The id therefore mixes everything that tells a packet's updates apart (vertex,
+/// instance, object, index within the instance's part of the packet) through a bijective
+/// 64-bit mixer before folding to 32 bits, so equal ids among one packet's few updates are
+/// as unlikely as a random 32-bit match; and it is never 0, which the XOR would not see.
+pub fn update_id(vertex: u16, instance: u16, object: u16, op_index: u32) -> u32 {
+    let mut x = (u64::from(vertex) << 48 | u64::from(instance) << 32 | u64::from(object) << 16)
+        ^ u64::from(op_index).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    match (x ^ (x >> 32)) as u32 {
+        0 => 1,
+        id => id,
+    }
 }
 
 /// Whether `code` changes an object's value.

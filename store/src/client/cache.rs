@@ -825,7 +825,7 @@ impl StateClient {
             flags |= F_REPLAY;
         }
         if self.clock != 0 {
-            self.vector ^= update_id(self.instance, obj, idx);
+            self.vector ^= update_id(self.vertex, self.instance, obj, idx);
         }
         ops::with_clock(op, self.clock, self.instance, idx, flags)
     }
@@ -1197,7 +1197,7 @@ impl StateClient {
             flags |= F_REPLAY;
         }
         if self.clock != 0 {
-            self.vector ^= update_id(self.instance, obj, idx);
+            self.vector ^= update_id(self.vertex, self.instance, obj, idx);
         }
         // The NF-side log keeps one entry per sequence number, so folding is for stores that
         // are not recovered from it.

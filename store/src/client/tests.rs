@@ -264,7 +264,7 @@ fn consecutive_clocks_travel_as_a_run_and_the_others_in_a_list() {
     }
     let want: Vec<_> = sent
         .iter()
-        .map(|&(clock, index)| (clock, crate::shard::update_id(2, 3, index)))
+        .map(|&(clock, index)| (clock, crate::shard::update_id(1, 2, 3, index)))
         .collect();
     assert_eq!(committed, want);
 }

@@ -168,10 +168,9 @@ fn same_clock_and_index_is_applied_once() {
     assert_eq!(first.commits[0].0, 100);
     assert_eq!(
         first.commits[0].1.id,
-        3 << 16 | 2,
-        "op_index 0: the plain id"
+        update_id(o.vertex as u16, 3, o.object as u16, 0),
+        "the id the client put in the vector"
     );
-    assert_eq!(update_id(3, 2, 1), (3 << 16 | 2) << 1);
     // A clone (another client, same logical instance) replays the packet.
     let again = run(&mut s, 2, vec![o.clone()]);
     assert!(again.replies[0].duplicate);
@@ -1462,4 +1461,29 @@ proptest::proptest! {
         prop_assert_eq!(durable(&a), durable(&b));
         prop_assert_eq!(durable(&a), durable(&folded));
     }
+}
+
+/// The ids of one packet's updates must not cancel in the root's XOR: none is 0, and over
+/// every vertex, instance, object and index a small chain uses, no two are equal (the old
+/// `instance << 16 | object` rotated by the index made, for one, a load balancer's update
+/// of object 1 at index 1 equal to its update of object 2 at index 0).
+#[test]
+fn update_ids_are_distinct_and_never_zero() {
+    let mut seen = std::collections::HashSet::new();
+    for vertex in 0..8u16 {
+        for instance in 0..8u16 {
+            for object in 0..16u16 {
+                for idx in 0..16u32 {
+                    let id = update_id(vertex, instance, object, idx);
+                    assert_ne!(id, 0);
+                    assert!(
+                        seen.insert(id),
+                        "{vertex} {instance} {object} {idx}: id {id:#x} taken"
+                    );
+                }
+            }
+        }
+    }
+    assert_ne!(update_id(3, 0, 1, 1), update_id(3, 0, 2, 0));
+    assert_ne!(update_id(2, 0, 1, 0), update_id(3, 0, 1, 0));
 }
