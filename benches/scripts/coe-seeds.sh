@@ -7,7 +7,9 @@
 # A failing seed is printed, so `chc-bench coe --trace T --scenario S --seed N --keep DIR`
 # replays it with every process's log.
 # CHC_COE_BACKEND=dpdk runs the scenarios' chains on the DPDK path (parallel, delay,
-# scale-out, scale-in, naive-move, straggler, straggler-nodedup); CHC_COE_EAL adds EAL arguments there
+# scale-out, scale-in, naive-move, straggler, straggler-nodedup, and nf-crash: the chain
+# split over two hosts in network namespaces, one killed and restarted; needs root);
+# CHC_COE_EAL adds EAL arguments there
 # (CHC_COE_EAL=--lcores=0@0,1@1,2@1 spreads the instances over two worker lcores).
 # CHC_BENCH=PATH runs a copy of chc-bench (its chc-dataplane and chc-store next to it), so
 # that a rebuild meanwhile does not swap binaries under a running loop.

@@ -515,11 +515,6 @@ fn port_info(id: u16) -> Result<PortInfo> {
     })?;
     // SAFETY: DPDK checks the id.
     let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
-    let mut mtu = 0u16;
-    // SAFETY: valid out-pointer; DPDK checks the id.
-    check("rte_eth_dev_get_mtu", unsafe {
-        sys::rte_eth_dev_get_mtu(id, &mut mtu)
-    })?;
     Ok(PortInfo {
         id,
         name: port_name(id),
@@ -529,7 +524,6 @@ fn port_info(id: u16) -> Result<PortInfo> {
         rss_offloads: info.flow_type_rss_offloads,
         mac: mac.addr_bytes,
         socket: u32::try_from(socket).ok(),
-        mtu,
     })
 }
 

@@ -87,9 +87,6 @@ pub struct PortInfo {
     pub mac: [u8; 6],
     /// NUMA socket of the device, if known.
     pub socket: Option<u32>,
-    /// The port's MTU as DPDK has it (largest payload after the Ethernet header; a vdev
-    /// over a kernel interface may not know the interface's).
-    pub mtu: u16,
 }
 
 /// Link state as the driver reports it.

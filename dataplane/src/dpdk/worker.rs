@@ -648,7 +648,7 @@ impl Io {
     /// Transmits by the egress port, deleting first; or hands the packet to the host that
     /// has the port, which deletes it when it transmits (a copy is never reported by one
     /// host and sent out by another, which could fail in between).
-    pub(super) fn out(&mut self, mut m: Mbuf, meta: PktMeta) {
+    fn out(&mut self, mut m: Mbuf, meta: PktMeta) {
         let port = usize::from(meta.egress);
         if let Some(Some(o)) = self.ports.get(port) {
             let keep_meta = o.keep_meta;
