@@ -747,6 +747,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
             dir: &dir,
             bin_dir: &default_bin_dir(),
             ideal_out_bytes: ideal_bytes,
+            input_packets: ideal_run.packets_read,
             seed: a.seed,
         })
         .context("scenario nf-crash on the DPDK path")?;

@@ -209,11 +209,20 @@ pub fn split_chain(chain_text: &str, chain: &Chain, trace: &Path, out: &Path) ->
     Ok(toml::to_string(&doc)?)
 }
 
-fn host(bin: &Path, ns: &str, name: &str, chain: &Path, dir: &Path, tag: &str) -> Result<Proc> {
+/// A host's process; `rate` paces the root's input (packets per second).
+fn host(
+    bin: &Path,
+    ns: &str,
+    name: &str,
+    chain: &Path,
+    dir: &Path,
+    tag: &str,
+    rate: Option<u64>,
+) -> Result<Proc> {
     let lcore = if name == "a" { 0 } else { 1 };
     let log = std::fs::File::create(dir.join(format!("{tag}.log")))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
         .arg(bin)
         .args(["run", "--backend", "dpdk", "--host", name, "--chain"])
         .arg(chain)
@@ -225,7 +234,11 @@ fn host(bin: &Path, ns: &str, name: &str, chain: &Path, dir: &Path, tag: &str) -
         .arg("--events")
         .arg(dir.join(format!("{tag}.jsonl")))
         .arg("--summary-json")
-        .arg(dir.join(format!("{tag}.summary.json")))
+        .arg(dir.join(format!("{tag}.summary.json")));
+    if let Some(r) = rate {
+        cmd.arg("--rate").arg(r.to_string());
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -241,7 +254,8 @@ fn tail(path: &Path) -> String {
 
 /// One crash run: the chain (its file's text and its parsed form), the trace, where the
 /// output and the events (each line once) go, a directory for the hosts' files, where the
-/// binaries are, the size of the ideal chain's output, and the seed of the kill point.
+/// binaries are, the size of the ideal chain's output, the trace's packets, and the seed of
+/// the kill point.
 pub struct CrashRun<'a> {
     pub chain_text: &'a str,
     pub chain: &'a Chain,
@@ -251,6 +265,8 @@ pub struct CrashRun<'a> {
     pub dir: &'a Path,
     pub bin_dir: &'a Path,
     pub ideal_out_bytes: u64,
+    /// Packets in the trace (the input's pace follows from it).
+    pub input_packets: u64,
     pub seed: u64,
 }
 
@@ -266,6 +282,7 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
         dir,
         bin_dir,
         ideal_out_bytes,
+        input_packets,
         seed,
     } = *r;
     if !chc_dataplane::dpdk::chc_dpdk::is_available() {
@@ -294,8 +311,11 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
     let _ = std::fs::remove_file(out);
     let share = 0.15 + 0.7 * Rng::new(seed).unit();
     let kill_at = (ideal_out_bytes as f64 * share) as u64;
-    let mut b = host(&bin, &hosts.b, "b", &chain_file, dir, "b-first")?;
-    let mut a = host(&bin, &hosts.a, "a", &chain_file, dir, "a")?;
+    // Paced to last about 1.5 s whatever the trace's size, so that the kill falls within
+    // the run (unpaced, a small trace is through before a process could be killed).
+    let rate = (input_packets * 2 / 3).max(200);
+    let mut b = host(&bin, &hosts.b, "b", &chain_file, dir, "b-first", None)?;
+    let mut a = host(&bin, &hosts.a, "a", &chain_file, dir, "a", Some(rate))?;
     let t = Instant::now();
     let killed_at_bytes = loop {
         let n = std::fs::metadata(out).map_or(0, |m| m.len());
@@ -318,7 +338,7 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
     };
     b.0.kill()?;
     b.0.wait()?;
-    let b2 = host(&bin, &hosts.b, "b", &chain_file, dir, "b")?;
+    let b2 = host(&bin, &hosts.b, "b", &chain_file, dir, "b", None)?;
     let t = Instant::now();
     for (mut p, tag) in [(a, "a"), (b2, "b")] {
         let st = loop {

@@ -51,6 +51,23 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Two hosts for a test, or `None` (said why) where DPDK, root or namespaces are missing.
+fn hosts_or_skip() -> Option<Hosts> {
+    if !chc_dpdk::is_available() {
+        eprintln!("skipped: {}", chc_dpdk::backend_status());
+        return None;
+    }
+    if !is_root() {
+        eprintln!("skipped: needs root to make network namespaces");
+        return None;
+    }
+    let h = Hosts::make();
+    if h.is_none() {
+        eprintln!("skipped: cannot make network namespaces and a veth pair here");
+    }
+    h
+}
+
 /// Two namespaces and a veth pair between them; removed on drop.
 struct Hosts {
     a: String,
@@ -322,16 +339,7 @@ fn wait_all(trace: &Path, mut procs: Vec<HostProc>, limit: Duration) {
 
 #[test]
 fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
-        return;
-    }
-    if !is_root() {
-        eprintln!("skipped: needs root to make network namespaces");
-        return;
-    }
-    let Some(hosts) = Hosts::make() else {
-        eprintln!("skipped: cannot make network namespaces and a veth pair here");
+    let Some(hosts) = hosts_or_skip() else {
         return;
     };
     let traces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
@@ -452,16 +460,7 @@ fn crash_chain_text(input: &Path, output: &Path) -> String {
 /// embedded run's output, packet for packet (nothing lost, nothing twice), and its events.
 #[test]
 fn a_host_killed_mid_run_rejoins_and_the_output_is_the_ideal_multiset() {
-    if !chc_dpdk::is_available() {
-        eprintln!("skipped: {}", chc_dpdk::backend_status());
-        return;
-    }
-    if !is_root() {
-        eprintln!("skipped: needs root to make network namespaces");
-        return;
-    }
-    let Some(hosts) = Hosts::make() else {
-        eprintln!("skipped: cannot make network namespaces and a veth pair here");
+    let Some(hosts) = hosts_or_skip() else {
         return;
     };
     let traces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");

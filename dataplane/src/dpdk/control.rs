@@ -683,9 +683,16 @@ mod tests {
         let addr = probe.local_addr().unwrap().to_string();
         drop(probe);
         let root = RootControl::listen(&addr, Arc::default(), Arc::new(AtomicU64::new(0))).unwrap();
-        let peer = PeerControl::connect(
-            &addr,
-            "b",
+        let b = connect_peer(&addr, "b");
+        root.wait_peers(1, Duration::from_secs(5)).unwrap();
+        (root, b)
+    }
+
+    /// A host named `name` connected to the root at `addr`, its store a fake.
+    fn connect_peer(addr: &str, name: &str) -> PeerControl {
+        PeerControl::connect(
+            addr,
+            name,
             Arc::new(SegQueue::new()),
             Box::new(FakeStore {
                 commits: Arc::default(),
@@ -693,9 +700,7 @@ mod tests {
             }),
             Duration::from_secs(5),
         )
-        .unwrap();
-        root.wait_peers(1, Duration::from_secs(5)).unwrap();
-        (root, peer)
+        .unwrap()
     }
 
     #[test]
@@ -728,32 +733,12 @@ mod tests {
         drop(peer);
         wait("down", || hosts.down.load(Ordering::Acquire) == 1);
         assert_eq!(hosts.rejoined.load(Ordering::Acquire), 0);
-        let again = PeerControl::connect(
-            &root.addr,
-            "b",
-            Arc::new(SegQueue::new()),
-            Box::new(FakeStore {
-                commits: Arc::default(),
-                retired: Arc::default(),
-            }),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let again = connect_peer(&root.addr, "b");
         assert!(again.rejoining());
         wait("back", || hosts.rejoined.load(Ordering::Acquire) == 1);
         assert_eq!(hosts.down.load(Ordering::Acquire), 0);
         // Another name is a first hello, not a rejoin.
-        let other = PeerControl::connect(
-            &root.addr,
-            "c",
-            Arc::new(SegQueue::new()),
-            Box::new(FakeStore {
-                commits: Arc::default(),
-                retired: Arc::default(),
-            }),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let other = connect_peer(&root.addr, "c");
         assert!(!other.rejoining());
         assert_eq!(hosts.rejoined.load(Ordering::Acquire), 1);
     }

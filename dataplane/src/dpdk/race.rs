@@ -242,6 +242,36 @@ impl Io {
         self.send_to(r, i, m, meta)
     }
 
+    /// A logged packet in a fresh mbuf with the replay flag and the whole weight, leaving by
+    /// `egress`; `None` without an mbuf.
+    pub(super) fn replayed(
+        &mut self,
+        clock: u64,
+        l: &Logged,
+        egress: u16,
+    ) -> Option<(Mbuf, PktMeta)> {
+        let pool = if l.data.len() <= NORMAL_ROOM {
+            self.pool
+        } else {
+            self.jumbo
+        };
+        let m = pool.alloc_from(&l.data).ok()?;
+        let meta = PktMeta {
+            chc: ChcMeta {
+                clock,
+                flags: MetaFlags(MetaFlags::REPLAY),
+                ..ChcMeta::default()
+            },
+            weight: FULL,
+            ts_ns: l.ts_ns,
+            t0: lcore::tsc(),
+            wire_len: l.wire_len,
+            egress,
+            ..PktMeta::default()
+        };
+        Some((m, meta))
+    }
+
     pub(super) fn replay_done(&mut self) {
         if let Some(rc) = &self.race {
             rc.replay_done();
@@ -384,27 +414,9 @@ impl Worker {
                     let Some((clock, l)) = cr.log.get(cr.next) else {
                         break;
                     };
-                    let pool = if l.data.len() <= NORMAL_ROOM {
-                        self.io.pool
-                    } else {
-                        self.io.jumbo
-                    };
                     // Without an mbuf now, the rest waits for the next loop.
-                    let Ok(m) = pool.alloc_from(&l.data) else {
+                    let Some((m, meta)) = self.io.replayed(*clock, l, cr.egress) else {
                         break;
-                    };
-                    let meta = PktMeta {
-                        chc: ChcMeta {
-                            clock: *clock,
-                            flags: MetaFlags(MetaFlags::REPLAY),
-                            ..ChcMeta::default()
-                        },
-                        weight: FULL,
-                        ts_ns: l.ts_ns,
-                        t0: lcore::tsc(),
-                        wire_len: l.wire_len,
-                        egress: cr.egress,
-                        ..PktMeta::default()
                     };
                     self.io.route(&self.routers[entry], m, meta);
                     cr.next += 1;

@@ -21,12 +21,9 @@
 //! initialisation). Without shared servers the failed host's state died with it: the run
 //! stops with that reason instead of recovering wrongly.
 
-use super::meta::PktMeta;
-use super::worker::{Worker, NORMAL_ROOM};
+use super::worker::Worker;
 use crate::dpdk::control::HostWatch;
-use chc_dpdk::lcore;
-use chc_proto::meta::{ChcMeta, MetaFlags};
-use chc_root::{Logged, FULL};
+use chc_root::Logged;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -176,27 +173,9 @@ impl Worker {
                     let Some((clock, l)) = rj.log.get(rj.next) else {
                         break;
                     };
-                    let pool = if l.data.len() <= NORMAL_ROOM {
-                        self.io.pool
-                    } else {
-                        self.io.jumbo
-                    };
                     // Without an mbuf now, the rest waits for the next loop.
-                    let Ok(m) = pool.alloc_from(&l.data) else {
+                    let Some((m, meta)) = self.io.replayed(*clock, l, rj.egress) else {
                         break;
-                    };
-                    let meta = PktMeta {
-                        chc: ChcMeta {
-                            clock: *clock,
-                            flags: MetaFlags(MetaFlags::REPLAY),
-                            ..ChcMeta::default()
-                        },
-                        weight: FULL,
-                        ts_ns: l.ts_ns,
-                        t0: lcore::tsc(),
-                        wire_len: l.wire_len,
-                        egress: rj.egress,
-                        ..PktMeta::default()
                     };
                     self.io.route(&self.routers[entry], m, meta);
                     rj.next += 1;
