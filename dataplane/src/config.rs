@@ -152,6 +152,10 @@ pub struct RootSection {
     /// (`--backend dpdk` with vertices on several hosts), e.g. `10.0.0.1:7100`.
     #[serde(default)]
     pub control: Option<String>,
+    /// How long the root holds its input for a failed host to come back before it gives up
+    /// (ms; chains over several hosts, state on store servers).
+    #[serde(default = "default_rejoin_wait_ms")]
+    pub rejoin_wait_ms: u64,
 }
 
 impl Default for RootSection {
@@ -161,8 +165,13 @@ impl Default for RootSection {
             log_limit: default_log_limit(),
             persist_every: default_persist(),
             control: None,
+            rejoin_wait_ms: default_rejoin_wait_ms(),
         }
     }
+}
+
+fn default_rejoin_wait_ms() -> u64 {
+    60_000
 }
 
 fn default_root_id() -> u16 {

@@ -446,8 +446,12 @@ fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
 /// left the chain is on a host that survives (a copy is deleted by the host that sends it
 /// out), and a replayed packet that had left already is absorbed there.
 fn crash_chain_text(input: &Path, output: &Path) -> String {
+    egress_on_a(input, output, Some(STORE_ADDR))
+}
+
+fn egress_on_a(input: &Path, output: &Path, store: Option<&str>) -> String {
     let on_b = format!("tx_pcap={}\"\nhost = \"b\"", output.display());
-    let text = chain_text(input, output, Some(STORE_ADDR));
+    let text = chain_text(input, output, store);
     assert!(text.contains(&on_b), "{text}");
     text.replace(
         &on_b,
@@ -592,6 +596,57 @@ fn a_host_killed_mid_run_rejoins_and_the_output_is_the_ideal_multiset() {
                 "packets were in flight when b died: {sa}"
             );
         }
+    }
+    drop(hosts);
+}
+
+/// Kills host b and leaves it dead, once with the state on a store server and a short
+/// `[root] rejoin_wait_ms`, once with each host's state in its own process. Either way the
+/// root must stop the run, fail, and say why, rather than hang or recover wrongly.
+#[test]
+fn a_host_that_stays_dead_or_took_its_state_with_it_stops_the_run_with_the_reason() {
+    let Some(hosts) = hosts_or_skip() else {
+        return;
+    };
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/ssh-guess.pcap");
+    for (servers, why) in [
+        (true, "did not rejoin within"),
+        (false, "cannot be recovered"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a-out.pcap");
+        let chain_file = dir.path().join("dead.toml");
+        let _store = servers.then(|| StoreServer::start(&hosts.a, dir.path()));
+        let text = egress_on_a(&trace, &out, servers.then_some(STORE_ADDR))
+            .replace("log_limit = 256", "log_limit = 256\nrejoin_wait_ms = 1500");
+        std::fs::write(&chain_file, &text).unwrap();
+        hosts.wait_link_up();
+        let mut b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+        let mut a_cmd = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path());
+        a_cmd.args(["--rate", "150"]);
+        let mut a = HostProc::spawn("a", a_cmd);
+        let t = Instant::now();
+        while std::fs::metadata(&out).map_or(0, |m| m.len()) < 10_000 {
+            assert!(
+                a.child.try_wait().unwrap().is_none(),
+                "a ended before b was killed"
+            );
+            assert!(t.elapsed() < RUN_LIMIT, "no output from the chain");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        b.child.kill().unwrap();
+        b.child.wait().unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = a.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < CRASH_RUN_LIMIT, "a did not stop after b died");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = a.stderr.take().unwrap().join().unwrap();
+        assert!(!status.success(), "servers {servers}: a succeeded: {err}");
+        assert!(err.contains(why), "servers {servers}: a's error: {err}");
     }
     drop(hosts);
 }

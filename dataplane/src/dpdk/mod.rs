@@ -952,6 +952,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 rejoin: root_control.as_ref().map(|rc| {
                     rejoin::Rejoin::new(
                         rc.hosts(),
+                        Duration::from_millis(chain.root.rejoin_wait_ms),
                         // A failed host's state survives it only on shared servers.
                         store.local().is_none()
                             && chain.vertices.iter().all(|v| v.mode != Mode::Traditional),

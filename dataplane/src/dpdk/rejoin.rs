@@ -8,7 +8,7 @@
 //! The root, from its lcore:
 //!
 //! 1. holds its input as soon as the host is down, and waits for a host of that name to
-//!    say hello again ([`REJOIN_WAIT`]);
+//!    say hello again (`[root] rejoin_wait_ms`, default 60 s);
 //! 2. replays its log with the replay flag, a burst per loop and no more in flight than
 //!    its input window. On the root's host a
 //!    replayed packet is re-done only on the way to other hosts (the store's clock logs
@@ -28,9 +28,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long the root waits for a failed host to come back.
-pub const REJOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// How long the replayed packets may take to settle once the host is back.
 const SETTLE_WAIT: Duration = Duration::from_secs(20);
@@ -60,6 +57,8 @@ pub struct RejoinSummary {
 /// The root's watch over the other hosts.
 pub struct Rejoin {
     hosts: Arc<HostWatch>,
+    /// How long a failed host may take to come back.
+    wait: Duration,
     /// Whether the failed host's state survives it (the chain's store is on servers).
     recoverable: bool,
     phase: Phase,
@@ -80,9 +79,10 @@ pub struct Rejoin {
 }
 
 impl Rejoin {
-    pub fn new(hosts: Arc<HostWatch>, recoverable: bool, egress: u16) -> Rejoin {
+    pub fn new(hosts: Arc<HostWatch>, wait: Duration, recoverable: bool, egress: u16) -> Rejoin {
         Rejoin {
             hosts,
+            wait,
             recoverable,
             phase: Phase::Normal,
             rejoins_seen: 0,
@@ -142,9 +142,11 @@ impl Worker {
             Phase::Normal => {}
             Phase::Down => {
                 if down || !back {
-                    if rj.since.elapsed() > REJOIN_WAIT {
+                    if rj.since.elapsed() > rj.wait {
                         let e = format!(
-                            "a host of the chain failed and did not rejoin within {REJOIN_WAIT:?}"
+                            "a host of the chain failed and did not rejoin within {:?} ([root] \
+                             rejoin_wait_ms)",
+                            rj.wait
                         );
                         self.io.fail(&self.shared, e);
                     }
