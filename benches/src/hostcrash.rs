@@ -268,6 +268,15 @@ pub struct CrashRun<'a> {
     /// Packets in the trace (the input's pace follows from it).
     pub input_packets: u64,
     pub seed: u64,
+    pub victim: Victim,
+}
+
+/// What is killed with SIGKILL: host b (started again), or the store server (started again
+/// on its data directory, from its write-ahead log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Victim {
+    Host,
+    Store,
 }
 
 /// Runs the split chain, killing host `b` once a seeded share (15-85 %) of the ideal
@@ -284,6 +293,7 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
         ideal_out_bytes,
         input_packets,
         seed,
+        victim,
     } = *r;
     if !chc_dataplane::dpdk::chc_dpdk::is_available() {
         bail!("{}", chc_dataplane::dpdk::chc_dpdk::backend_status());
@@ -294,19 +304,28 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
     std::fs::write(&chain_file, split_chain(chain_text, chain, trace, out)?)?;
     let store_dir = dir.join("store");
     let _ = std::fs::remove_dir_all(&store_dir);
-    let store_log = std::fs::File::create(dir.join("store.log"))?;
-    let _store = Proc(
-        Command::new("ip")
-            .args(["netns", "exec", &hosts.a])
-            .arg(bin_dir.join("chc-store"))
-            .args(["serve", "--shards", "2", "--fsync", "no", "--resp", "off"])
-            .args(["--listen", "10.199.9.1:7132", "--data-dir"])
-            .arg(&store_dir)
-            .stdout(Stdio::null())
-            .stderr(store_log)
-            .spawn()
-            .context("starting chc-store")?,
-    );
+    let start_store = || -> Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("store.log"))?;
+        // fsync always: a store killed with SIGKILL loses nothing it acknowledged.
+        Ok(Proc(
+            Command::new("ip")
+                .args(["netns", "exec", &hosts.a])
+                .arg(bin_dir.join("chc-store"))
+                .args([
+                    "serve", "--shards", "2", "--fsync", "always", "--resp", "off",
+                ])
+                .args(["--listen", "10.199.9.1:7132", "--data-dir"])
+                .arg(&store_dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting chc-store")?,
+        ))
+    };
+    let mut store = start_store()?;
     // The kill point is read from the output's size: none may be left from an earlier run.
     let _ = std::fs::remove_file(out);
     let share = 0.15 + 0.7 * Rng::new(seed).unit();
@@ -336,11 +355,24 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    b.0.kill()?;
-    b.0.wait()?;
-    let b2 = host(&bin, &hosts.b, "b", &chain_file, dir, "b", None)?;
+    let (b2, b2_tag, _store_again) = match victim {
+        Victim::Host => {
+            b.0.kill()?;
+            b.0.wait()?;
+            (
+                host(&bin, &hosts.b, "b", &chain_file, dir, "b", None)?,
+                "b",
+                None,
+            )
+        }
+        Victim::Store => {
+            store.0.kill()?;
+            store.0.wait()?;
+            (b, "b-first", Some(start_store()?))
+        }
+    };
     let t = Instant::now();
-    for (mut p, tag) in [(a, "a"), (b2, "b")] {
+    for (mut p, tag) in [(a, "a"), (b2, b2_tag)] {
         let st = loop {
             if let Some(st) = p.0.try_wait()? {
                 break st;
@@ -364,7 +396,11 @@ pub fn run(r: &CrashRun<'_>) -> Result<HostCrash> {
     // killed host may have died within a write: a last line without its newline is torn
     // (its packet's delete had not left, so the replay brings the event again).
     let mut lines = Vec::new();
-    for tag in ["a", "b-first", "b"] {
+    let tags: &[&str] = match victim {
+        Victim::Host => &["a", "b-first", "b"],
+        Victim::Store => &["a", "b-first"],
+    };
+    for tag in tags {
         let p: PathBuf = dir.join(format!("{tag}.jsonl"));
         let text = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
         let whole = match text.rfind('\n') {

@@ -167,11 +167,16 @@ struct StoreServer(Child);
 
 impl StoreServer {
     fn start(ns: &str, dir: &Path) -> StoreServer {
+        StoreServer::start_with(ns, dir, "no")
+    }
+
+    /// `fsync` as `chc-store serve --fsync` takes it (`always` survives a SIGKILL whole).
+    fn start_with(ns: &str, dir: &Path, fsync: &str) -> StoreServer {
         let bin = chc_store_bin();
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin)
-            .args(["serve", "--shards", "2", "--fsync", "no", "--resp", "off"])
+            .args(["serve", "--shards", "2", "--fsync", fsync, "--resp", "off"])
             .args(["--listen", STORE_ADDR, "--data-dir"])
             .arg(dir.join("store"))
             .stdout(Stdio::null())
@@ -648,5 +653,81 @@ fn a_host_that_stays_dead_or_took_its_state_with_it_stops_the_run_with_the_reaso
         assert!(!status.success(), "servers {servers}: a succeeded: {err}");
         assert!(err.contains(why), "servers {servers}: a's error: {err}");
     }
+    drop(hosts);
+}
+
+/// The store server (fsync always) is killed with SIGKILL while the chain runs and started
+/// again on its data directory. The hosts' clients reconnect and send again what it had not
+/// acknowledged; the root subscribes to its commits again and lets the packets it logged
+/// settle on their deletes. The output is the embedded run's, packet for packet.
+#[test]
+fn the_store_server_killed_mid_run_comes_back_and_the_output_is_the_ideal_multiset() {
+    let Some(hosts) = hosts_or_skip() else {
+        return;
+    };
+    let synth_dir = tempfile::tempdir().unwrap();
+    let trace = synth_dir.path().join("s8k.pcap");
+    chc_bench::synth::synth(&chc_bench::synth::SynthArgs {
+        cmd: None,
+        out: trace.clone(),
+        packets: 8_000,
+        connections: 400,
+        median_size: 300,
+        clients: 100,
+        servers: 20,
+        ipv6: 0.05,
+        duration_s: 2.0,
+        seed: 9,
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a-out.pcap");
+    let chain_file = dir.path().join("store-crash.toml");
+    std::fs::write(&chain_file, crash_chain_text(&trace, &out)).unwrap();
+    let chain = Chain::parse(&chain_text(&trace, &out, None), "store-crash.toml").unwrap();
+    let (ideal, ideal_ev) = (
+        dir.path().join("ideal.pcap"),
+        dir.path().join("ideal.jsonl"),
+    );
+    run(&RunOptions {
+        events: Some(ideal_ev.clone()),
+        ..RunOptions::new(chain, trace.clone(), ideal.clone())
+    })
+    .unwrap();
+    let ideal_size = std::fs::metadata(&ideal).unwrap().len();
+
+    let mut store = StoreServer::start_with(&hosts.a, dir.path(), "always");
+    hosts.wait_link_up();
+    let b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+    let mut a_cmd = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path());
+    a_cmd.args(["--rate", "5000"]);
+    let mut a = HostProc::spawn("a", a_cmd);
+    let t = Instant::now();
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) < ideal_size / 3 {
+        if a.child.try_wait().unwrap().is_some() {
+            wait_all(&trace, vec![a, b], Duration::ZERO);
+            panic!("a ended before the store was killed");
+        }
+        assert!(t.elapsed() < RUN_LIMIT, "no output from the chain");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store.0.kill().unwrap();
+    store.0.wait().unwrap();
+    let _again = StoreServer::start_with(&hosts.a, dir.path(), "always");
+    wait_all(&trace, vec![a, b], CRASH_RUN_LIMIT);
+
+    let (want, got) = (sorted_records(&ideal), sorted_records(&out));
+    assert!(
+        want == got,
+        "output records differ: {} against the ideal {}",
+        got.len(),
+        want.len()
+    );
+    let mut evs = sorted_lines(&[&dir.path().join("a.jsonl"), &dir.path().join("b.jsonl")]);
+    evs.dedup();
+    assert!(
+        sorted_lines(&[&ideal_ev]) == evs,
+        "events differ from the embedded run"
+    );
     drop(hosts);
 }

@@ -949,6 +949,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 unsettled: 0,
                 lost_input: 0,
                 pace: opts.rate_pps.map(|pps| worker::Pace::new(pps, hz)),
+                store_reconnects: 0,
                 rejoin: root_control.as_ref().map(|rc| {
                     rejoin::Rejoin::new(
                         rc.hosts(),

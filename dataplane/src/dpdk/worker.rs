@@ -284,6 +284,8 @@ pub struct RootPart {
     pub clone: Option<CloneRun>,
     /// The recovery of a failed host, on a chain over several hosts.
     pub rejoin: Option<super::rejoin::Rejoin>,
+    /// The root's store client's reconnections seen so far (a store that came back).
+    pub store_reconnects: u64,
 }
 
 /// Admission at a fixed average rate: a burst is read once the time since the first one
@@ -1211,6 +1213,23 @@ impl Worker {
                 for c in p.push.commits {
                     r.root.on_commits(&c);
                 }
+            }
+            // A store that came back (from its write-ahead log) lost the commit
+            // notifications it had not sent, and its subscriptions. The clients retransmit
+            // what it had not acknowledged, so the logged packets' updates are applied: they
+            // settle on their deletes alone.
+            if r.client.stats.reconnects != r.store_reconnects {
+                r.store_reconnects = r.client.stats.reconnects;
+                for s in 0..r.client.shards() {
+                    r.client
+                        .submit_to(s, ops::subscribe_commits(r.root.config().root_id));
+                }
+                let logged = r.root.in_flight();
+                let left = r.root.waive_commits();
+                eprintln!(
+                    "chc-dataplane: root: the store reconnected; waived the commits of {logged} \
+                     logged packets ({left} of them had every copy reported and left the log)"
+                );
             }
         }
         let before = r.root.in_flight();
