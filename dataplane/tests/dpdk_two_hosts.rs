@@ -252,6 +252,20 @@ ends = [{{ host = "a", device = "net_af_packet0,iface=va,framecnt={LINK_FRAMES}"
     )
 }
 
+/// The ideal chain over `trace`: one process, the embedded path, its store in the process
+/// (the chain of [`chain_text`], whose output path only names the port). Returns its output
+/// and events, written into `dir`.
+fn ideal_run(trace: &Path, out: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let chain = Chain::parse(&chain_text(trace, out, None), "ideal.toml").unwrap();
+    let (ideal, ideal_ev) = (dir.join("ideal.pcap"), dir.join("ideal.jsonl"));
+    run(&RunOptions {
+        events: Some(ideal_ev.clone()),
+        ..RunOptions::new(chain, trace.to_path_buf(), ideal.clone())
+    })
+    .unwrap();
+    (ideal, ideal_ev)
+}
+
 fn host_cmd(ns: &str, host: &str, lcore: u32, chain: &Path, dir: &Path) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_chc-dataplane")])
@@ -364,16 +378,7 @@ fn a_chain_split_over_two_hosts_is_equivalent_and_keeps_its_clocks() {
         let text = chain_text(&trace, &out, server.then_some(STORE_ADDR));
         std::fs::write(&chain_file, &text).unwrap();
         // The ideal chain: one process, the embedded path, its store in the process.
-        let chain = Chain::parse(&chain_text(&trace, &out, None), "two-hosts.toml").unwrap();
-        let (ideal, ideal_ev) = (
-            dir.path().join("ideal.pcap"),
-            dir.path().join("ideal.jsonl"),
-        );
-        run(&RunOptions {
-            events: Some(ideal_ev.clone()),
-            ..RunOptions::new(chain, trace.clone(), ideal.clone())
-        })
-        .unwrap();
+        let (ideal, ideal_ev) = ideal_run(&trace, &out, dir.path());
 
         // Either may start first: b connects to the root's control address until it
         // listens, and the root reads its input only once b has said hello.
@@ -504,16 +509,7 @@ fn a_host_killed_mid_run_rejoins_and_the_output_is_the_ideal_multiset() {
         let _store = StoreServer::start(&hosts.a, dir.path());
         let text = crash_chain_text(&trace, &out);
         std::fs::write(&chain_file, &text).unwrap();
-        let chain = Chain::parse(&chain_text(&trace, &out, None), "crash.toml").unwrap();
-        let (ideal, ideal_ev) = (
-            dir.path().join("ideal.pcap"),
-            dir.path().join("ideal.jsonl"),
-        );
-        run(&RunOptions {
-            events: Some(ideal_ev.clone()),
-            ..RunOptions::new(chain, trace.clone(), ideal.clone())
-        })
-        .unwrap();
+        let (ideal, ideal_ev) = ideal_run(&trace, &out, dir.path());
         let ideal_size = std::fs::metadata(&ideal).unwrap().len();
 
         hosts.wait_link_up();
@@ -684,16 +680,7 @@ fn the_store_server_killed_mid_run_comes_back_and_the_output_is_the_ideal_multis
     let out = dir.path().join("a-out.pcap");
     let chain_file = dir.path().join("store-crash.toml");
     std::fs::write(&chain_file, crash_chain_text(&trace, &out)).unwrap();
-    let chain = Chain::parse(&chain_text(&trace, &out, None), "store-crash.toml").unwrap();
-    let (ideal, ideal_ev) = (
-        dir.path().join("ideal.pcap"),
-        dir.path().join("ideal.jsonl"),
-    );
-    run(&RunOptions {
-        events: Some(ideal_ev.clone()),
-        ..RunOptions::new(chain, trace.clone(), ideal.clone())
-    })
-    .unwrap();
+    let (ideal, ideal_ev) = ideal_run(&trace, &out, dir.path());
     let ideal_size = std::fs::metadata(&ideal).unwrap().len();
 
     let mut store = StoreServer::start_with(&hosts.a, dir.path(), "always");
