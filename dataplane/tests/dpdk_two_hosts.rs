@@ -718,3 +718,52 @@ fn the_store_server_killed_mid_run_comes_back_and_the_output_is_the_ideal_multis
     );
     drop(hosts);
 }
+
+/// Host b and the store server die together (Table 3.11: the failed host's unacknowledged
+/// updates and the store's commit notifications are both gone). The root must refuse to
+/// carry on with a clear reason, not settle packets whose updates may be lost.
+#[test]
+fn a_host_and_the_store_failing_together_stop_the_run_with_the_reason() {
+    let Some(hosts) = hosts_or_skip() else {
+        return;
+    };
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/ssh-guess.pcap");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a-out.pcap");
+    let chain_file = dir.path().join("together.toml");
+    std::fs::write(&chain_file, crash_chain_text(&trace, &out)).unwrap();
+    let mut store = StoreServer::start_with(&hosts.a, dir.path(), "always");
+    hosts.wait_link_up();
+    let mut b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+    let mut a_cmd = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path());
+    a_cmd.args(["--rate", "150"]);
+    let mut a = HostProc::spawn("a", a_cmd);
+    let t = Instant::now();
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) < 10_000 {
+        assert!(
+            a.child.try_wait().unwrap().is_none(),
+            "a ended before the failure"
+        );
+        assert!(t.elapsed() < RUN_LIMIT, "no output from the chain");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.child.kill().unwrap();
+    store.0.kill().unwrap();
+    b.child.wait().unwrap();
+    store.0.wait().unwrap();
+    let _store = StoreServer::start_with(&hosts.a, dir.path(), "always");
+    let b2 = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = a.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < CRASH_RUN_LIMIT, "a did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = a.stderr.take().unwrap().join().unwrap();
+    assert!(!status.success(), "a succeeded: {err}");
+    assert!(err.contains("failed together"), "a's error: {err}");
+    drop(b2);
+    drop(hosts);
+}

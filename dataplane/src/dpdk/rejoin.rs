@@ -102,6 +102,11 @@ impl Rejoin {
     pub fn busy(&self) -> bool {
         self.phase != Phase::Normal
     }
+
+    /// A host is down, or its recovery is under way.
+    pub fn host_failing(&self) -> bool {
+        self.busy() || self.hosts.down.load(Ordering::Acquire) > 0
+    }
 }
 
 impl Worker {

@@ -1220,6 +1220,16 @@ impl Worker {
             // settle on their deletes alone.
             if r.client.stats.reconnects != r.store_reconnects {
                 r.store_reconnects = r.client.stats.reconnects;
+                if r.rejoin.as_ref().is_some_and(Rejoin::host_failing) {
+                    // The failed host's updates that the store had not acknowledged are gone
+                    // with it, and the store's commit notifications with the store: which
+                    // logged packet still lacks an update cannot be told (Table 3.11).
+                    let e = "the store and a host of the chain failed together: the run \
+                             cannot be recovered exactly (restart the chain)"
+                        .to_string();
+                    self.io.fail(&self.shared, e);
+                    return n;
+                }
                 for s in 0..r.client.shards() {
                     r.client
                         .submit_to(s, ops::subscribe_commits(r.root.config().root_id));
