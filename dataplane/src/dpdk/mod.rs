@@ -636,6 +636,18 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                 inbox.clone(),
                 shared_watermark.clone(),
             )?);
+            // A host that fails and comes back cannot know what it sent out before: the
+            // replay may send a packet twice through a port it owns.
+            for p in &chain.ports {
+                if let Some(h) = p.host.as_deref().filter(|h| *h != plan.host) {
+                    eprintln!(
+                        "chc-dataplane: note: port {:?} is on host {h:?}; if that host fails, \
+                         packets it sent just before may leave again after its recovery \
+                         (ports on the root's host leave each packet once)",
+                        p.name
+                    );
+                }
+            }
         } else {
             let pc = PeerControl::connect(
                 &addr,
