@@ -601,6 +601,42 @@ fn a_host_killed_mid_run_rejoins_and_the_output_is_the_ideal_multiset() {
     drop(hosts);
 }
 
+/// Starts host b, then host a paced slowly, and waits until 10 KB of output have left.
+fn start_paced(hosts: &Hosts, chain_file: &Path, dir: &Path, out: &Path) -> (HostProc, HostProc) {
+    let b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, chain_file, dir));
+    let mut a_cmd = host_cmd(&hosts.a, "a", 0, chain_file, dir);
+    a_cmd.args(["--rate", "150"]);
+    let mut a = HostProc::spawn("a", a_cmd);
+    let t = Instant::now();
+    while std::fs::metadata(out).map_or(0, |m| m.len()) < 10_000 {
+        assert!(
+            a.child.try_wait().unwrap().is_none(),
+            "a ended before the failure"
+        );
+        assert!(t.elapsed() < RUN_LIMIT, "no output from the chain");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (a, b)
+}
+
+/// Waits for host a to stop; it must fail. Returns its stderr.
+fn failure_of(mut a: HostProc) -> String {
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = a.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < CRASH_RUN_LIMIT,
+            "a did not stop after the failure"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = a.stderr.take().unwrap().join().unwrap();
+    assert!(!status.success(), "a succeeded: {err}");
+    err
+}
+
 /// Kills host b and leaves it dead, once with the state on a store server and a short
 /// `[root] rejoin_wait_ms`, once with each host's state in its own process. Either way the
 /// root must stop the run, fail, and say why, rather than hang or recover wrongly.
@@ -622,31 +658,10 @@ fn a_host_that_stays_dead_or_took_its_state_with_it_stops_the_run_with_the_reaso
             .replace("log_limit = 256", "log_limit = 256\nrejoin_wait_ms = 1500");
         std::fs::write(&chain_file, &text).unwrap();
         hosts.wait_link_up();
-        let mut b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
-        let mut a_cmd = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path());
-        a_cmd.args(["--rate", "150"]);
-        let mut a = HostProc::spawn("a", a_cmd);
-        let t = Instant::now();
-        while std::fs::metadata(&out).map_or(0, |m| m.len()) < 10_000 {
-            assert!(
-                a.child.try_wait().unwrap().is_none(),
-                "a ended before b was killed"
-            );
-            assert!(t.elapsed() < RUN_LIMIT, "no output from the chain");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (a, mut b) = start_paced(&hosts, &chain_file, dir.path(), &out);
         b.child.kill().unwrap();
         b.child.wait().unwrap();
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = a.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(t.elapsed() < CRASH_RUN_LIMIT, "a did not stop after b died");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let err = a.stderr.take().unwrap().join().unwrap();
-        assert!(!status.success(), "servers {servers}: a succeeded: {err}");
+        let err = failure_of(a);
         assert!(err.contains(why), "servers {servers}: a's error: {err}");
     }
     drop(hosts);
@@ -734,35 +749,14 @@ fn a_host_and_the_store_failing_together_stop_the_run_with_the_reason() {
     std::fs::write(&chain_file, crash_chain_text(&trace, &out)).unwrap();
     let mut store = StoreServer::start_with(&hosts.a, dir.path(), "always");
     hosts.wait_link_up();
-    let mut b = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
-    let mut a_cmd = host_cmd(&hosts.a, "a", 0, &chain_file, dir.path());
-    a_cmd.args(["--rate", "150"]);
-    let mut a = HostProc::spawn("a", a_cmd);
-    let t = Instant::now();
-    while std::fs::metadata(&out).map_or(0, |m| m.len()) < 10_000 {
-        assert!(
-            a.child.try_wait().unwrap().is_none(),
-            "a ended before the failure"
-        );
-        assert!(t.elapsed() < RUN_LIMIT, "no output from the chain");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (a, mut b) = start_paced(&hosts, &chain_file, dir.path(), &out);
     b.child.kill().unwrap();
     store.0.kill().unwrap();
     b.child.wait().unwrap();
     store.0.wait().unwrap();
     let _store = StoreServer::start_with(&hosts.a, dir.path(), "always");
     let b2 = HostProc::spawn("b", host_cmd(&hosts.b, "b", 1, &chain_file, dir.path()));
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = a.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < CRASH_RUN_LIMIT, "a did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = a.stderr.take().unwrap().join().unwrap();
-    assert!(!status.success(), "a succeeded: {err}");
+    let err = failure_of(a);
     assert!(err.contains("failed together"), "a's error: {err}");
     drop(b2);
     drop(hosts);
