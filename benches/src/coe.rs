@@ -78,9 +78,9 @@ pub struct CoeArgs {
     /// Run the scenario's chain on this backend: pcap (the embedded runtime) or dpdk (a
     /// `chc-dataplane run --backend dpdk` process, a net_pcap vdev replaying the trace;
     /// scenarios parallel, delay, scale-out, scale-in, autoscale, naive-move, straggler and
-    /// straggler-nodedup; and nf-crash: the chain split over two hosts in network namespaces,
-    /// the second killed and restarted, which needs root). The ideal chain always runs
-    /// embedded.
+    /// straggler-nodedup; and nf-crash / store-crash: the chain split over two hosts in
+    /// network namespaces, the second host or the store server killed and restarted, which
+    /// needs root). The ideal chain always runs embedded.
     #[arg(long, default_value = "pcap")]
     pub backend: String,
     /// With --backend dpdk: EAL arguments of the run, such as its lcores
@@ -119,7 +119,7 @@ pub struct Report {
     pub clone: Option<chc_dataplane::summary::CloneSummary>,
     /// The autoscale scenario's policy decisions.
     pub decisions: Vec<chc_dataplane::summary::Decision>,
-    /// `nf-crash` on the DPDK path: the root's recoveries of the killed host.
+    /// `nf-crash` / `store-crash` on the DPDK path: the root's recoveries of a failed host.
     pub rejoins: Vec<chc_dataplane::dpdk::rejoin::RejoinSummary>,
 }
 
@@ -736,10 +736,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         a.seed,
     )?;
     let mut rep = if dpdk_crash {
-        let text = match &a.chain {
-            Some(p) => std::fs::read_to_string(p)?,
-            None => chc_dataplane::config::PAPER_CHAIN.to_string(),
-        };
+        let text = chain_text(a)?;
         let ideal_bytes = std::fs::metadata(&ip)?.len();
         let run = crate::hostcrash::run(&crate::hostcrash::CrashRun {
             chain_text: &text,
@@ -769,16 +766,11 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
                 rep.rejoins.len()
             ));
         }
-        if chain.vertices.iter().all(|v| v.parallelism == 1) {
-            rep.differences.extend(strict_differences(&ip, &rp)?);
-        }
+        add_strict_differences(&mut rep, &chain, &ip, &rp)?;
         rep.equivalent = rep.differences.is_empty();
         rep
     } else if cluster {
-        let text = match &a.chain {
-            Some(p) => std::fs::read_to_string(p)?,
-            None => chc_dataplane::config::PAPER_CHAIN.to_string(),
-        };
+        let text = chain_text(a)?;
         let packets = pcapio::read_all(&ip)?.len() as u64;
         let run = run_cluster(&ClusterOptions {
             chain: chain.clone(),
@@ -807,13 +799,7 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         rep.recoveries = run.recoveries;
         rep.hung_killed = run.hung_killed;
         rep.duplicates_suppressed = run.duplicates_at_egress;
-        // With one instance per vertex nothing may differ, not even a NAT port.
-        if chain.vertices.iter().all(|v| v.parallelism == 1) {
-            for d in strict_differences(&ip, &rp)? {
-                rep.differences.push(d);
-            }
-            rep.equivalent = rep.differences.is_empty();
-        }
+        add_strict_differences(&mut rep, &chain, &ip, &rp)?;
         rep
     } else if a.backend == "dpdk" {
         let setup = scenario(&chain, &a.scenario, a.seed, ideal_run.packets_read)?;
@@ -864,6 +850,25 @@ pub fn coe(a: &CoeArgs) -> Result<Report> {
         write_json(j, a, &rep)?;
     }
     Ok(rep)
+}
+
+/// The chain file's text (the paper's chain without `--chain`), for runs that start other
+/// processes on it.
+fn chain_text(a: &CoeArgs) -> Result<String> {
+    Ok(match &a.chain {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => chc_dataplane::config::PAPER_CHAIN.to_string(),
+    })
+}
+
+/// With one instance per vertex nothing may differ, not even a NAT port: the byte-for-byte
+/// comparison's differences join the report's.
+fn add_strict_differences(rep: &mut Report, chain: &Chain, ideal: &Path, run: &Path) -> Result<()> {
+    if chain.vertices.iter().all(|v| v.parallelism == 1) {
+        rep.differences.extend(strict_differences(ideal, run)?);
+        rep.equivalent = rep.differences.is_empty();
+    }
+    Ok(())
 }
 
 /// A run that ended with `n` packets never settled: not equivalent, whatever its output.

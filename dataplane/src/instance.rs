@@ -51,6 +51,19 @@ impl NfInstance {
         Self::with_client(v, idx, client, v.mode == Mode::Traditional || idx == 0)
     }
 
+    /// An instance that takes over instance `idx`'s identity and state (a straggler's clone,
+    /// a failed host's replacement): its state comes from the store (per-flow misses load
+    /// it), and the NF's one-time initialisation is not run again.
+    pub fn taking_over(
+        v: &Vertex,
+        idx: u16,
+        client: Option<StoreClient>,
+    ) -> Result<NfInstance, String> {
+        let mut n = Self::with_client(v, idx, client, false)?;
+        n.state.set_fresh(false);
+        Ok(n)
+    }
+
     /// Like [`NfInstance::new`] with a given store client (`None` in traditional mode); `init`
     /// says whether to run the NF's one-time state initialisation (never for a replacement).
     pub fn with_client(

@@ -2049,10 +2049,7 @@ fn clone_instance(v: &Vertex, of: u16, store: &StateStore) -> Result<NfInstance,
     let client = (v.mode != Mode::Traditional)
         .then(|| store.client())
         .transpose()?;
-    NfInstance::with_client(v, of, client, false).map(|mut n| {
-        n.state.set_fresh(false);
-        n
-    })
+    NfInstance::taking_over(v, of, client)
 }
 
 /// The moves of one scaling step, applied to the manager's table of the vertex.

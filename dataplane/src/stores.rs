@@ -162,10 +162,7 @@ impl Remote {
 /// (a server outlives runs, and its clock log must never take a new packet for an old one).
 /// Returns the root and the key its clock is persisted under.
 pub fn start_root(client: &mut StoreClient, cfg: RootConfig) -> Result<(Root, ObjKey), String> {
-    for s in 0..client.shards() {
-        client.submit_to(s, ops::subscribe_commits(cfg.root_id));
-    }
-    client.sync().map_err(|e| format!("store: {e}"))?;
+    subscribe_commits(client, cfg.root_id)?;
     let key = ObjKey::raw(format!("chc:root:{}:clock", cfg.root_id));
     let r = client.call(key.get()).map_err(|e| format!("store: {e}"))?;
     let root = match Value::from_wire(r.value.as_ref()).as_int() {
@@ -173,6 +170,33 @@ pub fn start_root(client: &mut StoreClient, cfg: RootConfig) -> Result<(Root, Ob
         _ => Root::new(cfg, 1),
     };
     Ok((root, key))
+}
+
+/// Subscribes `client` to the commit notifications of root `root_id` on every shard, and
+/// waits until the store has the subscriptions: a commit that reached it first would go to
+/// nobody, and its packet would never settle.
+pub fn subscribe_commits(client: &mut StoreClient, root_id: u16) -> Result<(), String> {
+    for s in 0..client.shards() {
+        client.submit_to(s, ops::subscribe_commits(root_id));
+    }
+    client.sync().map_err(|e| format!("store: {e}"))
+}
+
+/// A root's part when its store came back (from its write-ahead log) after a failure: the
+/// store lost its subscriptions and the commit notifications it had not sent. The root
+/// subscribes again and waives the commit check of the packets it logged (the clients send
+/// again whatever the store had not acknowledged, so their updates are applied); they
+/// settle on their deletes alone. The waiver holds even if subscribing fails (the error
+/// is returned).
+pub fn follow_store_restart(client: &mut StoreClient, root: &mut Root) -> Result<(), String> {
+    let subscribed = subscribe_commits(client, root.config().root_id);
+    let logged = root.in_flight();
+    let left = root.waive_commits();
+    eprintln!(
+        "chc-dataplane: root: the store reconnected; waived the commits of {logged} logged \
+         packets ({left} of them had every copy reported and left the log)"
+    );
+    subscribed
 }
 
 /// A root's clean stop: persists the counter its next packet would have had and retires

@@ -47,13 +47,7 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
             .map_err(|e| format!("store: {e}"))?;
     store.call_timeout = Duration::from_secs(60);
     let clock_key = ObjKey::raw(format!("chc:root:{}:clock", cfg.root_id));
-    let subscribe = |s: &mut StoreClient| -> Result<(), String> {
-        for sh in 0..s.shards() {
-            s.submit_to(sh, ops::subscribe_commits(cfg.root_id));
-        }
-        s.sync().map_err(|e| format!("store: {e}"))
-    };
-    subscribe(&mut store)?;
+    crate::stores::subscribe_commits(&mut store, cfg.root_id)?;
     let entry = chain.entry;
     let n = plan.instances[entry].len();
     // Only recovery reads what entry instances send back, in this thread.
@@ -261,13 +255,7 @@ pub fn run_root(plan: &Plan, recover: bool, standby: bool) -> Result<(), String>
         // A store that came back lost the commit notifications it had not sent.
         if store.stats.reconnects != store_reconnects {
             store_reconnects = store.stats.reconnects;
-            let logged = root.in_flight();
-            let _ = subscribe(&mut store);
-            let left = root.waive_commits();
-            eprintln!(
-                "chc-dataplane: root: the store reconnected; waived the commits of {logged} \
-                 logged packets ({left} of them had every copy reported and left the log)"
-            );
+            let _ = crate::stores::follow_store_restart(&mut store, &mut root);
         }
         if last_wm.elapsed() >= Duration::from_millis(5) {
             last_wm = Instant::now();

@@ -158,7 +158,6 @@ pub struct RootControl {
     addr: String,
     peers: Arc<Mutex<Vec<(u64, String, TcpStream)>>>,
     connected: Arc<AtomicUsize>,
-    lost: Arc<AtomicBool>,
     hosts: Arc<HostWatch>,
     /// Set before FINISH goes out: a connection that closes from then on closed because
     /// its host finished, however late the root looks at [`RootControl::lost`].
@@ -172,7 +171,6 @@ pub struct RootControl {
 /// What the accept loop and its readers share with the [`RootControl`].
 struct Flags {
     connected: Arc<AtomicUsize>,
-    lost: Arc<AtomicBool>,
     hosts: Arc<HostWatch>,
     /// Every host name that said hello.
     known: Arc<Mutex<Vec<String>>>,
@@ -185,7 +183,6 @@ impl Flags {
     fn clone_all(&self) -> Flags {
         Flags {
             connected: self.connected.clone(),
-            lost: self.lost.clone(),
             hosts: self.hosts.clone(),
             known: self.known.clone(),
             finishing: self.finishing.clone(),
@@ -211,7 +208,6 @@ impl RootControl {
         let peers: Arc<Mutex<Vec<(u64, String, TcpStream)>>> = Arc::default();
         let flags = Flags {
             connected: Arc::new(AtomicUsize::new(0)),
-            lost: Arc::new(AtomicBool::new(false)),
             hosts: Arc::default(),
             known: Arc::default(),
             finishing: Arc::new(AtomicBool::new(false)),
@@ -258,7 +254,6 @@ impl RootControl {
             addr: addr.to_string(),
             peers,
             connected: flags.connected,
-            lost: flags.lost,
             hosts: flags.hosts,
             finishing: flags.finishing,
             closed: flags.closed,
@@ -286,9 +281,9 @@ impl RootControl {
         Ok(())
     }
 
-    /// Whether a host's connection broke before FINISH.
+    /// Whether a host's connection broke before FINISH and no host of its name came back.
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.hosts.down.load(Ordering::Acquire) > 0
     }
 
     /// Hosts down and hosts back, as the root's lcore watches them.
@@ -409,7 +404,6 @@ fn accept_loop(
                 && !flags.stop.load(Ordering::Relaxed)
                 && !flags.finishing.load(Ordering::Acquire)
             {
-                flags.lost.store(true, Ordering::Release);
                 flags.hosts.down.fetch_add(1, Ordering::AcqRel);
             }
             flags.closed.fetch_add(1, Ordering::AcqRel);

@@ -612,12 +612,12 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
             ..PortConfig::default()
         };
         let mut s = open_port(&l.device, &config, &pool)?;
-        let info = s.port.info()?;
+        let mac = s.port.info()?.mac;
         // Without an MTU in the chain file, the device's is not to be trusted (net_af_packet
         // says 1500 whatever the interface has); no link carries more than a 9000-byte one.
         link_frame.push(usize::from(l.mtu.unwrap_or(9000)) + 14);
         running.push((format!("link-{}", l.peer), s.port.clone()));
-        link_queues.push((s.rx.remove(0), s.tx.remove(0), info.mac, l.peer_mac));
+        link_queues.push((s.rx.remove(0), s.tx.remove(0), mac, l.peer_mac));
     }
 
     let local_instances = plan.runs_instances();
@@ -780,10 +780,7 @@ pub fn prepare(opts: &DpdkOptions) -> Result<Dataplane, DpdkError> {
                     .then(|| store.client())
                     .transpose()
                     .map_err(DpdkError::Store)?;
-                NfInstance::with_client(&v0, of, client, false).map(|mut n| {
-                    n.state.set_fresh(false);
-                    n
-                })
+                NfInstance::taking_over(&v0, of, client)
             } else if i < live0[vi] {
                 NfInstance::new(&v0, i, &store)
             } else {
@@ -1154,7 +1151,6 @@ fn devarg<'a>(device: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Hosts other than the root's that take part in the chain.
 /// Whether vertex `vi` runs on another host or leads to one (a replay for a failed host
 /// goes that way).
 fn reaches_another_host(chain: &Chain, plan: &Plan, vi: usize) -> bool {
@@ -1168,6 +1164,7 @@ fn reaches_another_host(chain: &Chain, plan: &Plan, vi: usize) -> bool {
             .any(|w| w != vi && remote(w) && crate::runtime::reaches(chain, vi, w))
 }
 
+/// Hosts other than the root's that take part in the chain.
 fn plan_other_hosts(chain: &Chain, plan: &Plan) -> usize {
     let mut hosts = std::collections::BTreeSet::new();
     for l in &chain.links {
@@ -1338,10 +1335,7 @@ impl Dataplane {
             rc.finish();
         }
         // A host that failed and came back (the root replayed to it) is not lost.
-        let peer_lost = self
-            .root_control
-            .as_ref()
-            .is_some_and(|rc| rc.lost() && rc.hosts().down.load(Ordering::Acquire) > 0);
+        let peer_lost = self.root_control.as_ref().is_some_and(RootControl::lost);
         drop(self.peer_control.take());
         // Stopping the ports closes net_pcap's output file.
         drop(self._server.take());

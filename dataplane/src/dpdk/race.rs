@@ -25,7 +25,7 @@
 //! the packet's clock and the store decides their updates (the second of each is absorbed).
 
 use super::meta::PktMeta;
-use super::worker::{Io, Router, Worker, NORMAL_ROOM};
+use super::worker::{Io, Router, Worker};
 use crate::runtime::{Cloning, RACE};
 use crate::split::BUCKETS;
 use crate::summary::CloneSummary;
@@ -242,34 +242,37 @@ impl Io {
         self.send_to(r, i, m, meta)
     }
 
-    /// A logged packet in a fresh mbuf with the replay flag and the whole weight, leaving by
-    /// `egress`; `None` without an mbuf.
-    pub(super) fn replayed(
+    /// Replays up to `max` packets of `log` from `*next` on through `entry`, each in a fresh
+    /// mbuf with the replay flag and the whole weight, leaving by `egress`; advances
+    /// `*next`. Without an mbuf the rest waits for the next call.
+    pub(super) fn replay_burst(
         &mut self,
-        clock: u64,
-        l: &Logged,
+        entry: &Router,
+        log: &[(u64, Logged)],
+        next: &mut usize,
+        max: usize,
         egress: u16,
-    ) -> Option<(Mbuf, PktMeta)> {
-        let pool = if l.data.len() <= NORMAL_ROOM {
-            self.pool
-        } else {
-            self.jumbo
-        };
-        let m = pool.alloc_from(&l.data).ok()?;
-        let meta = PktMeta {
-            chc: ChcMeta {
-                clock,
-                flags: MetaFlags(MetaFlags::REPLAY),
-                ..ChcMeta::default()
-            },
-            weight: FULL,
-            ts_ns: l.ts_ns,
-            t0: lcore::tsc(),
-            wire_len: l.wire_len,
-            egress,
-            ..PktMeta::default()
-        };
-        Some((m, meta))
+    ) {
+        for (clock, l) in log.iter().skip(*next).take(max) {
+            let Some(m) = self.alloc_copy(&l.data) else {
+                return;
+            };
+            let meta = PktMeta {
+                chc: ChcMeta {
+                    clock: *clock,
+                    flags: MetaFlags(MetaFlags::REPLAY),
+                    ..ChcMeta::default()
+                },
+                weight: FULL,
+                ts_ns: l.ts_ns,
+                t0: lcore::tsc(),
+                wire_len: l.wire_len,
+                egress,
+                ..PktMeta::default()
+            };
+            self.route(entry, m, meta);
+            *next += 1;
+        }
     }
 
     pub(super) fn replay_done(&mut self) {
@@ -410,17 +413,13 @@ impl Worker {
             }
             Phase::Replaying => {
                 let entry = r.entry.expect("a chain with a clone has vertices");
-                for _ in 0..super::BURST {
-                    let Some((clock, l)) = cr.log.get(cr.next) else {
-                        break;
-                    };
-                    // Without an mbuf now, the rest waits for the next loop.
-                    let Some((m, meta)) = self.io.replayed(*clock, l, cr.egress) else {
-                        break;
-                    };
-                    self.io.route(&self.routers[entry], m, meta);
-                    cr.next += 1;
-                }
+                self.io.replay_burst(
+                    &self.routers[entry],
+                    &cr.log,
+                    &mut cr.next,
+                    super::BURST,
+                    cr.egress,
+                );
                 if cr.next == cr.log.len() {
                     cr.log = Vec::new();
                     cr.phase = Phase::Racing;

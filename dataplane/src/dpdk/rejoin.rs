@@ -176,17 +176,13 @@ impl Worker {
                     rj.settled += 1;
                 }
                 let room = r.window.saturating_sub(rj.next - rj.settled);
-                for _ in 0..super::BURST.min(room) {
-                    let Some((clock, l)) = rj.log.get(rj.next) else {
-                        break;
-                    };
-                    // Without an mbuf now, the rest waits for the next loop.
-                    let Some((m, meta)) = self.io.replayed(*clock, l, rj.egress) else {
-                        break;
-                    };
-                    self.io.route(&self.routers[entry], m, meta);
-                    rj.next += 1;
-                }
+                self.io.replay_burst(
+                    &self.routers[entry],
+                    &rj.log,
+                    &mut rj.next,
+                    super::BURST.min(room),
+                    rj.egress,
+                );
                 if rj.next == rj.log.len() {
                     rj.phase = Phase::Settling;
                 }
